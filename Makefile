@@ -1,0 +1,36 @@
+# Two commands: `make serve` and `make test`. Both set everything up first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODEL := models/digits/1/saved_model.pb
+
+# Token auth on local clusters breaks drivers joining with ray.init(address=...)
+# (see README); this project chooses the mode explicitly for every process.
+export RAY_AUTH_MODE ?= disabled
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: serve test lint model bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,build]'
+	touch $(STAMP)
+
+$(MODEL): | $(STAMP)
+	$(BIN)/python models/build_digits.py
+
+model: $(MODEL)
+
+serve: $(STAMP) $(MODEL)
+	$(BIN)/serve run configs/config.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) $(MODEL) lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache

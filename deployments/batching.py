@@ -1,0 +1,76 @@
+"""Row arithmetic for dynamic batching (pure numpy).
+
+Requests carry different numbers of rows. Serve's batcher groups requests; the
+model replica merges their rows into one array padded to a bucket size, runs
+the model once and hands each caller its own rows back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+Outputs = dict[str, np.ndarray]
+
+
+def bucket_sizes(max_batch_size: int) -> list[int]:
+    """Powers of two up to ``max_batch_size``, and ``max_batch_size`` itself.
+
+    Every batch is padded to one of these, so TensorFlow sees a bounded set of
+    shapes (one trace/compile each) however the requests arrive.
+    """
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    sizes = [1 << i for i in range(max_batch_size.bit_length()) if 1 << i < max_batch_size]
+    return [*sizes, max_batch_size]
+
+
+def bucket_for(rows: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds ``rows``."""
+    for size in buckets:
+        if rows <= size:
+            return size
+    raise ValueError(f"{rows} rows exceed the largest bucket {buckets[-1]}")
+
+
+def chunk_rows(array: np.ndarray, max_rows: int) -> list[np.ndarray]:
+    """Split a request bigger than a batch into views of at most ``max_rows``."""
+    return [array[i : i + max_rows] for i in range(0, len(array), max_rows)]
+
+
+def merge_rows(arrays: Sequence[np.ndarray], padded_rows: int) -> np.ndarray:
+    """Stack requests' rows into one array of ``padded_rows`` rows.
+
+    A single request that already fills its bucket is passed through as is, so
+    the read-only view from the object store reaches TensorFlow uncopied.
+    Otherwise the rows are written once into a new array whose tail is zeros.
+    """
+    rows = sum(len(a) for a in arrays)
+    if len(arrays) == 1 and rows == padded_rows:
+        return arrays[0]
+    first = arrays[0]
+    merged = np.empty((padded_rows, *first.shape[1:]), dtype=first.dtype)
+    start = 0
+    for a in arrays:
+        merged[start : start + len(a)] = a
+        start += len(a)
+    merged[start:] = 0
+    return merged
+
+
+def split_rows(outputs: Outputs, counts: Sequence[int]) -> list[Outputs]:
+    """Give each request its rows of every output, in order (padding dropped)."""
+    results = []
+    start = 0
+    for n in counts:
+        results.append({name: value[start : start + n] for name, value in outputs.items()})
+        start += n
+    return results
+
+
+def concat_outputs(parts: Sequence[Outputs]) -> Outputs:
+    """Reassemble the outputs of a request that was run in chunks."""
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}

@@ -1,0 +1,38 @@
+"""The one error type of the request path.
+
+Codecs and deployments raise a subclass of :class:`ServeError`; the ingress
+renders every one of them as ``{"error": message}`` with the class's status.
+Handle callers get the same exception class back from Ray.
+"""
+
+from __future__ import annotations
+
+
+class ServeError(Exception):
+    """An error the client caused or must be told about, with its HTTP status."""
+
+    status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ServeError):
+    status = 400
+
+
+class NotFound(ServeError):
+    status = 404
+
+
+class PayloadTooLarge(ServeError):
+    status = 413
+
+
+class UnsupportedMediaType(ServeError):
+    status = 415
+
+
+class ServiceUnavailable(ServeError):
+    status = 503

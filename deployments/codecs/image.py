@@ -1,0 +1,67 @@
+"""Encoded images (PNG, JPEG, anything Pillow reads) → float32 model input.
+
+Each image is converted to the model's mode (grayscale or RGB), resized to its
+height × width with a bilinear filter and scaled to [0, 1]. A batch is
+allocated once and every image is written straight into its row.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from deployments.codecs.errors import BadRequest, PayloadTooLarge
+from deployments.signature import ImageGeometry
+
+
+def decode_images(
+    blobs: Sequence[bytes], geometry: ImageGeometry, max_pixels: int
+) -> np.ndarray:
+    """Decode encoded images into one ``float32[N, H, W, C]`` batch."""
+    if not blobs:
+        raise BadRequest("no images in the request")
+    batch = np.empty((len(blobs), geometry.height, geometry.width, geometry.channels),
+                     dtype=np.float32)
+    for i, blob in enumerate(blobs):
+        pixels = _decode_one(blob, geometry, max_pixels, index=i if len(blobs) > 1 else None)
+        # One write per image: uint8 pixels scaled straight into the batch row.
+        np.multiply(pixels.reshape(batch.shape[1:]), np.float32(1 / 255), out=batch[i])
+    return batch
+
+
+def _decode_one(
+    blob: bytes, geometry: ImageGeometry, max_pixels: int, index: int | None
+) -> np.ndarray:
+    where = "" if index is None else f" (image {index})"
+    if not blob:
+        raise BadRequest(f"empty image{where}")
+    try:
+        image = Image.open(io.BytesIO(blob))
+    except UnidentifiedImageError:
+        raise BadRequest(
+            f"cannot decode image{where}: not an image format the server reads"
+        ) from None
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge(f"image{where} has too many pixels") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"image{where} is {width}x{height} = {width * height} pixels, "
+            f"the limit is {max_pixels}"
+        )
+    if width == 0 or height == 0:
+        raise BadRequest(f"image{where} has no pixels")
+    # JPEG can decode at a reduced scale, far cheaper for large photos.
+    image.draft(geometry.pillow_mode, (geometry.width, geometry.height))
+    try:
+        image = ImageOps.exif_transpose(image).convert(geometry.pillow_mode)
+        if image.size != (geometry.width, geometry.height):
+            image = image.resize((geometry.width, geometry.height), Image.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadRequest(
+            f"cannot decode image{where}: the data is truncated or corrupt ({exc})"
+        ) from None

@@ -1,0 +1,55 @@
+"""Model scores → the JSON predictions the native route and the handle return."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from deployments.codecs.errors import BadRequest
+
+
+def parse_top_k(value: str | int | None, default: int, classes: int) -> int:
+    """Validate a ``top_k`` from a query string or a handle call."""
+    if value is None:
+        return min(default, classes)
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"top_k must be an integer, got {value!r}") from None
+    if not 1 <= k <= classes:
+        raise BadRequest(f"top_k must be between 1 and {classes}, got {k}")
+    return k
+
+
+def parse_flag(value: str | bool | None, name: str) -> bool:
+    """A boolean query parameter: true/false, 1/0, yes/no (missing is false)."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no", ""):
+        return False
+    raise BadRequest(f"{name} must be true or false, got {value!r}")
+
+
+def top_k_predictions(
+    scores: np.ndarray, labels: Sequence[str], k: int, include_scores: bool
+) -> list[dict[str, Any]]:
+    """Per row, the ``k`` best classes (best first) and optionally all scores."""
+    scores = scores.reshape(len(scores), -1)
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    predictions = []
+    for row, indices in zip(scores, best, strict=True):
+        entry: dict[str, Any] = {
+            "top_k": [
+                {"label": labels[i], "index": int(i), "probability": float(row[i])}
+                for i in indices
+            ]
+        }
+        if include_scores:
+            entry["scores"] = row.tolist()
+        predictions.append(entry)
+    return predictions

@@ -1,0 +1,43 @@
+"""JSON tensors (``{"instances": [...]}``) → numpy, without per-element Python work
+beyond what ``json`` and ``numpy`` do."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from deployments.codecs.errors import BadRequest
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a JSON request body or raise a 400 that says where it broke."""
+    if not body:
+        raise BadRequest("empty request body")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise BadRequest("request body is not UTF-8 JSON") from None
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+
+
+def instances_to_array(document: Any) -> np.ndarray:
+    """``{"instances": [row, ...]}`` → an array with one row per instance."""
+    if not isinstance(document, dict) or "instances" not in document:
+        raise BadRequest('expected a JSON object with an "instances" list')
+    instances = document["instances"]
+    if not isinstance(instances, list):
+        raise BadRequest('"instances" must be a list')
+    if not instances:
+        raise BadRequest('"instances" is empty')
+    try:
+        array = np.asarray(instances)
+    except ValueError:
+        raise BadRequest('"instances" is ragged: every instance must have the same shape') from None
+    if array.dtype.kind not in "biuf":
+        raise BadRequest('"instances" must hold only numbers')
+    return array

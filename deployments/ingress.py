@@ -1,0 +1,152 @@
+"""The preprocessing deployment: the HTTP ingress and the app's Python API.
+
+Every route decodes its body with a pure codec into one float32 batch, which
+takes a single data path (:meth:`Preprocessor.predict`): checked against the
+model's signature, ``ray.put`` once into the object store, and the
+``ObjectRef`` handed to the model deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+import ray
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from deployments.codecs.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    ServeError,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from deployments.codecs.image import decode_images
+from deployments.codecs.predictions import parse_flag, parse_top_k, top_k_predictions
+from deployments.codecs.tensor import instances_to_array, parse_json
+from deployments.config import InputLimits
+from deployments.signature import ModelMetadata, check_batch
+
+logger = logging.getLogger("ray.serve")
+
+# Media types handled as a single encoded image besides image/*.
+_OCTET_STREAM = "application/octet-stream"
+
+
+def render_error(request: Request, exc: Exception) -> JSONResponse:
+    """The one renderer of errors: ``{"error": message}`` with the status."""
+    assert isinstance(exc, ServeError)
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with a 413 as soon as it passes ``max_bytes``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"request body is {declared} bytes, the limit is {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@serve.deployment(name="Preprocessor", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class Preprocessor:
+    def __init__(self, model: DeploymentHandle, top_k: int, limits: InputLimits) -> None:
+        self._model = model
+        self._default_top_k = top_k
+        self._limits = limits
+        self._metadata: ModelMetadata | None = None
+        self._metadata_lock = asyncio.Lock()
+
+    def __serve_build_asgi_app__(self) -> Starlette:
+        routes = [
+            Route("/healthz", self.healthz, methods=["GET"]),
+            Route("/readyz", self.readyz, methods=["GET"]),
+            Route("/predict", self.predict_http, methods=["POST"]),
+        ]
+        return Starlette(routes=routes, exception_handlers={ServeError: render_error})
+
+    async def metadata(self) -> ModelMetadata:
+        """The model's signature and labels, asked of a model replica once."""
+        if self._metadata is None:
+            async with self._metadata_lock:
+                if self._metadata is None:
+                    try:
+                        self._metadata = await self._model.metadata.remote()
+                    except Exception as exc:
+                        logger.warning("model metadata unavailable: %s", exc)
+                        raise ServiceUnavailable("the model is not available yet") from exc
+        return self._metadata
+
+    async def predict(
+        self, inputs: np.ndarray, top_k: int | str | None = None, scores: bool | str = False
+    ) -> dict[str, Any]:
+        """Predict a batch; the Python handle API and the end of every route.
+
+        ``inputs`` is a batch in the model's input shape (a caller's
+        ``ObjectRef`` arrives here already resolved by Ray).
+        """
+        meta = await self.metadata()
+        k = parse_top_k(top_k, self._default_top_k, len(meta.labels))
+        include_scores = parse_flag(scores, "scores")
+        batch = check_batch(inputs, meta.input, self._limits.max_rows)
+        outputs = await self._model.remote(ray.put(batch))
+        predictions = top_k_predictions(outputs[meta.scores_output], meta.labels, k,
+                                        include_scores)
+        return {"model": meta.name, "predictions": predictions}
+
+    async def healthz(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(self, request: Request) -> JSONResponse:
+        meta = await self.metadata()
+        return JSONResponse({"status": "ready", "model": meta.name})
+
+    async def predict_http(self, request: Request) -> JSONResponse:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = await read_body(request, self._limits.max_body_bytes)
+        meta = await self.metadata()
+        if media_type.startswith("image/") or media_type == _OCTET_STREAM:
+            batch = decode_images([body], meta.image_geometry(), self._limits.max_image_pixels)
+        elif media_type == "multipart/form-data":
+            batch = await self._decode_multipart(request, body, meta)
+        elif media_type == "application/json":
+            batch = instances_to_array(parse_json(body))
+        else:
+            raise UnsupportedMediaType(
+                f"unsupported Content-Type {media_type or '(none)'!r}: send image/*, "
+                "multipart/form-data with image files, or application/json with \"instances\""
+            )
+        params = request.query_params
+        return JSONResponse(await self.predict(batch, params.get("top_k"), params.get("scores")))
+
+    async def _decode_multipart(
+        self, request: Request, body: bytes, meta: ModelMetadata
+    ) -> np.ndarray:
+        """Every file part of a form, in order, as one image batch."""
+
+        async def replay() -> dict[str, Any]:  # the body was already read within limits
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form(max_files=self._limits.max_rows)
+        except Exception as exc:  # Starlette raises its own error types for bad multipart
+            raise BadRequest(f"malformed multipart body: {exc}") from exc
+        try:
+            blobs = [await v.read() for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        finally:
+            await form.close()
+        return decode_images(blobs, meta.image_geometry(), self._limits.max_image_pixels)

@@ -1,0 +1,102 @@
+"""The model deployment: one SavedModel per replica, loaded once, batched.
+
+Callers (the preprocessor, or any Ray job holding a handle) send a numpy batch
+or an ``ObjectRef`` to one; Ray resolves a top-level ``ObjectRef`` argument
+to a read-only, zero-copy view of the object store's buffer before
+``__call__`` runs. Concurrent requests are merged row-wise by ``serve.batch``
+and padded to a bounded set of bucket sizes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from deployments.batching import (
+    Outputs,
+    bucket_for,
+    bucket_sizes,
+    chunk_rows,
+    concat_outputs,
+    merge_rows,
+    split_rows,
+)
+from deployments.config import DeviceArgs, ModelArgs
+from deployments.device import apply_device_plan, plan_device
+from deployments.signature import ModelMetadata, check_batch
+
+logger = logging.getLogger("ray.serve")
+
+
+class BatchSettings(BaseModel):
+    """The model deployment's ``user_config``: retuned live, without restarts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+
+
+def _total_rows(arrays: list[np.ndarray]) -> int:
+    return sum(len(a) for a in arrays)
+
+
+@serve.deployment(name="Model", max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+class ModelDeployment:
+    def __init__(self, model: ModelArgs, device: DeviceArgs) -> None:
+        context = ray.get_runtime_context()
+        resources = context.get_assigned_resources()
+        plan = plan_device(
+            num_cpus=resources.get("CPU", 1.0),
+            gpu_ids=context.get_accelerator_ids().get("GPU", []),
+            gpu_fraction=resources.get("GPU", 0.0),
+            gpu_memory=device.gpu_memory,
+            gpu_total_memory_mb=device.gpu_total_memory_mb,
+        )
+        apply_device_plan(plan)
+        # Imported here, after the device plan: the preprocessor and the
+        # `serve run` driver import this module too and need no TensorFlow.
+        from deployments.runner import SavedModelRunner
+
+        self._runner = SavedModelRunner(
+            model.name, model.path, model.signature_name, model.scores_output,
+            model.labels_path, plan.device,
+        )
+        # TF releases the GIL while it computes; running it on a thread keeps
+        # the replica's event loop free to form the next batch meanwhile.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tf")
+        self._apply(BatchSettings())
+        logger.info("model %r loaded from %s on %s", model.name, model.path, plan.device)
+
+    def reconfigure(self, user_config: dict) -> None:
+        self._apply(BatchSettings.model_validate(user_config))
+
+    def _apply(self, settings: BatchSettings) -> None:
+        self._settings = settings
+        self._buckets = bucket_sizes(settings.max_batch_size)
+        self._infer_batch.set_max_batch_size(settings.max_batch_size)
+        self._infer_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    def metadata(self) -> ModelMetadata:
+        return self._runner.metadata
+
+    async def __call__(self, batch: np.ndarray) -> Outputs:
+        """Run the model on a batch of any size; returns every output by name."""
+        batch = check_batch(batch, self._runner.metadata.input)
+        chunks = chunk_rows(batch, self._settings.max_batch_size)
+        parts = await asyncio.gather(*(self._infer_batch(c) for c in chunks))
+        return concat_outputs(parts)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_total_rows)
+    async def _infer_batch(self, arrays: list[np.ndarray]) -> list[Outputs]:
+        counts = [len(a) for a in arrays]
+        merged = merge_rows(arrays, bucket_for(sum(counts), self._buckets))
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self._executor, self._runner.run, merged)
+        return split_rows(outputs, counts)

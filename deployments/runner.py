@@ -1,0 +1,87 @@
+"""A loaded SavedModel signature, called with numpy and answering numpy.
+
+Loading happens once per model replica. Each call converts its outputs to
+numpy and drops every TensorFlow tensor before returning, so nothing grows
+from one request to the next.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from deployments.batching import Outputs
+from deployments.signature import ModelMetadata, TensorSpec
+
+
+class ModelLoadError(RuntimeError):
+    """The SavedModel at a configured path cannot be served; says why."""
+
+
+def _spec(name: str, tensor_spec: tf.TensorSpec) -> TensorSpec:
+    shape = tuple(tensor_spec.shape.as_list()) if tensor_spec.shape.rank is not None else ()
+    return TensorSpec(name, np.dtype(tensor_spec.dtype.as_numpy_dtype).name, shape)
+
+
+def read_labels(path: Path | None, classes: int) -> tuple[str, ...]:
+    """Labels, one per line; class indices when no file is configured."""
+    if path is None:
+        return tuple(str(i) for i in range(classes))
+    try:
+        labels = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read labels file {path}: {exc.strerror}") from exc
+    if len(labels) != classes:
+        raise ModelLoadError(
+            f"labels file {path} has {len(labels)} labels but the model outputs {classes} scores"
+        )
+    return labels
+
+
+class SavedModelRunner:
+    def __init__(self, name: str, path: Path, signature_name: str,
+                 scores_output: str | None, labels_path: Path | None, device: str) -> None:
+        if not (path / "saved_model.pb").is_file():
+            reason = "no such directory" if not path.exists() else "no saved_model.pb in it"
+            raise ModelLoadError(f"cannot load model {name!r} from {path}: {reason}")
+        self.device = device
+        try:
+            with tf.device(device):
+                self._model = tf.saved_model.load(str(path))
+        except Exception as exc:  # TF raises many types for a corrupt model
+            raise ModelLoadError(
+                f"cannot load model {name!r} from {path}: {type(exc).__name__}: {exc}"
+            ) from exc
+        signatures = self._model.signatures
+        if signature_name not in signatures:
+            raise ModelLoadError(
+                f"model {name!r} at {path} has no signature {signature_name!r} "
+                f"(it has: {', '.join(sorted(signatures)) or 'none'})"
+            )
+        self._fn = signatures[signature_name]
+        _, input_specs = self._fn.structured_input_signature
+        inputs = tuple(_spec(k, v) for k, v in sorted(input_specs.items()))
+        outputs = tuple(_spec(k, v) for k, v in sorted(self._fn.structured_outputs.items()))
+        output_names = [o.name for o in outputs]
+        scores = scores_output or output_names[0]
+        if scores not in output_names:
+            raise ModelLoadError(
+                f"model {name!r} has no output {scores!r} (it has: {', '.join(output_names)})"
+            )
+        classes = next(o for o in outputs if o.name == scores).shape[-1]
+        if classes is None:
+            raise ModelLoadError(f"output {scores!r} of model {name!r} has no fixed class count")
+        self.metadata = ModelMetadata(
+            name=name, signature_name=signature_name, inputs=inputs, outputs=outputs,
+            scores_output=scores, labels=read_labels(labels_path, classes),
+        )
+
+    def run(self, batch: np.ndarray) -> Outputs:
+        """One signature call. The array is handed to TF as is: TF wraps an
+        aligned numpy buffer without copying and never writes to inputs, so a
+        read-only view from the object store is fine."""
+        with tf.device(self.device):
+            result = self._fn(**{self.metadata.input.name: batch})
+        return {name: tensor.numpy() for name, tensor in result.items()}
