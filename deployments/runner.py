@@ -79,9 +79,14 @@ class SavedModelRunner:
         )
 
     def run(self, batch: np.ndarray) -> Outputs:
-        """One signature call. The array is handed to TF as is: TF wraps an
-        aligned numpy buffer without copying and never writes to inputs, so a
-        read-only view from the object store is fine."""
+        """One signature call on the batch exactly as received.
+
+        We never copy the array, but TensorFlow does once: converting numpy
+        to a tensor copies into TF's own buffer (measured: ~6 ms for a 19 MB
+        batch of 32 images at 224x224x3, ~2% of MobileNetV2's time on it).
+        DLPack would share the buffer, but numpy refuses to export the
+        object store's read-only views through it.
+        """
         with tf.device(self.device):
             result = self._fn(**{self.metadata.input.name: batch})
         return {name: tensor.numpy() for name, tensor in result.items()}

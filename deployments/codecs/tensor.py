@@ -16,7 +16,7 @@ def parse_json(body: bytes) -> Any:
     if not body:
         raise BadRequest("empty request body")
     try:
-        return json.loads(body)
+        return json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise BadRequest("request body is not UTF-8 JSON") from None
     except json.JSONDecodeError as exc:

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from deployments.batching import (
+    bucket_for,
+    bucket_sizes,
+    chunk_rows,
+    concat_outputs,
+    merge_rows,
+    split_rows,
+)
+
+
+def test_buckets_are_powers_of_two_and_the_max():
+    assert bucket_sizes(32) == [1, 2, 4, 8, 16, 32]
+    assert bucket_sizes(24) == [1, 2, 4, 8, 16, 24]
+    assert bucket_sizes(1) == [1]
+    with pytest.raises(ValueError, match="max_batch_size"):
+        bucket_sizes(0)
+
+
+def test_bucket_for_picks_the_smallest_that_fits():
+    buckets = bucket_sizes(24)
+    assert [bucket_for(n, buckets) for n in (1, 3, 9, 17, 24)] == [1, 4, 16, 24, 24]
+    with pytest.raises(ValueError):
+        bucket_for(25, buckets)
+
+
+def test_a_full_single_request_passes_through_uncopied():
+    array = np.ones((4, 2), np.float32)
+    array.flags.writeable = False
+    assert merge_rows([array], 4) is array
+
+
+def test_merge_pads_with_zeros_and_keeps_order():
+    a, b = np.full((1, 2), 1.0), np.full((2, 2), 2.0)
+    merged = merge_rows([a, b], 4)
+    np.testing.assert_array_equal(merged[:, 0], [1, 2, 2, 0])
+
+
+def test_split_gives_each_request_its_rows():
+    outputs = {"p": np.arange(8).reshape(4, 2), "q": np.arange(4)}
+    first, second = split_rows(outputs, [1, 2])
+    np.testing.assert_array_equal(first["q"], [0])
+    np.testing.assert_array_equal(second["p"], [[2, 3], [4, 5]])
+
+
+def test_chunking_and_reassembly_round_trip():
+    array = np.arange(10).reshape(10, 1)
+    chunks = chunk_rows(array, 4)
+    assert [len(c) for c in chunks] == [4, 4, 2]
+    assert all(np.shares_memory(c, array) for c in chunks)
+    rebuilt = concat_outputs([{"y": c * 2} for c in chunks])
+    np.testing.assert_array_equal(rebuilt["y"], array * 2)

@@ -1,0 +1,85 @@
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from deployments.codecs.errors import BadRequest, PayloadTooLarge
+from deployments.codecs.image import decode_images
+from deployments.signature import ImageGeometry
+
+SAMPLES = Path(__file__).resolve().parents[2] / "models" / "samples"
+GRAY = ImageGeometry(28, 28, 1)
+RGB = ImageGeometry(32, 48, 3)
+LIMIT = 4096 * 4096
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_grayscale_png_scaled_to_unit_range():
+    pixels = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
+    batch = decode_images([encode(Image.fromarray(pixels))], GRAY, LIMIT)
+    assert batch.shape == (1, 28, 28, 1) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch[0, ..., 0], pixels / 255.0, atol=1e-6)
+
+
+def test_rgb_image_converted_to_grayscale_and_resized():
+    image = Image.new("RGB", (100, 60), (255, 255, 255))
+    batch = decode_images([encode(image, "JPEG")], GRAY, LIMIT)
+    assert batch.shape == (1, 28, 28, 1)
+    assert batch.min() > 0.98  # white stays white after conversion and resize
+
+
+def test_grayscale_converted_to_rgb_geometry_height_width_order():
+    image = Image.new("L", (10, 10), 128)
+    batch = decode_images([encode(image)], RGB, LIMIT)
+    assert batch.shape == (1, 32, 48, 3)
+    np.testing.assert_allclose(batch, 128 / 255.0, atol=1e-6)
+
+
+def test_batch_keeps_order():
+    blobs = [encode(Image.new("L", (28, 28), v)) for v in (0, 255, 51)]
+    batch = decode_images(blobs, GRAY, LIMIT)
+    np.testing.assert_allclose(batch[:, 0, 0, 0], [0.0, 1.0, 0.2], atol=1e-6)
+
+
+def test_samples_decode():
+    blobs = [p.read_bytes() for p in sorted(SAMPLES.iterdir())]
+    batch = decode_images(blobs, GRAY, LIMIT)
+    assert batch.shape == (10, 28, 28, 1)
+    assert batch.min() >= 0.0 and batch.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        (b"", "empty image"),
+        (b"not an image at all", "not an image format"),
+        (encode(Image.effect_noise((64, 64), 60))[:-60], "truncated or corrupt"),
+    ],
+)
+def test_bad_images_are_400(blob, message):
+    with pytest.raises(BadRequest, match=message):
+        decode_images([blob], GRAY, LIMIT)
+
+
+def test_index_named_in_batch_errors():
+    good = encode(Image.new("L", (28, 28)))
+    with pytest.raises(BadRequest, match=r"image 1"):
+        decode_images([good, b"junk"], GRAY, LIMIT)
+
+
+def test_too_many_pixels_is_413_before_decoding():
+    blob = encode(Image.new("L", (300, 300)))
+    with pytest.raises(PayloadTooLarge, match="300x300 = 90000 pixels, the limit is 10000"):
+        decode_images([blob], GRAY, max_pixels=10_000)
+
+
+def test_no_images_is_400():
+    with pytest.raises(BadRequest, match="no images"):
+        decode_images([], GRAY, LIMIT)

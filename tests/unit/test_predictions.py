@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from deployments.codecs.errors import BadRequest
+from deployments.codecs.predictions import parse_flag, parse_top_k, top_k_predictions
+
+LABELS = ("zero", "one", "two", "three")
+
+
+def test_top_k_best_first_with_labels():
+    scores = np.array([[0.1, 0.6, 0.05, 0.25], [0.7, 0.1, 0.1, 0.1]], dtype=np.float32)
+    result = top_k_predictions(scores, LABELS, 2, include_scores=False)
+    assert [p["label"] for p in result[0]["top_k"]] == ["one", "three"]
+    assert result[0]["top_k"][0] == {"label": "one", "index": 1,
+                                     "probability": pytest.approx(0.6)}
+    assert result[1]["top_k"][0]["label"] == "zero"
+    assert "scores" not in result[0]
+
+
+def test_full_scores_on_request():
+    scores = np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    result = top_k_predictions(scores, LABELS, 1, include_scores=True)
+    assert result[0]["scores"] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+
+
+def test_top_k_default_is_capped_by_class_count():
+    assert parse_top_k(None, default=5, classes=4) == 4
+    assert parse_top_k("2", default=5, classes=4) == 2
+
+
+@pytest.mark.parametrize(("value", "message"), [("x", "integer"), ("0", "between 1 and 4"),
+                                                ("5", "between 1 and 4")])
+def test_bad_top_k(value, message):
+    with pytest.raises(BadRequest, match=message):
+        parse_top_k(value, default=3, classes=4)
+
+
+def test_flags():
+    assert parse_flag("true", "scores") and parse_flag("1", "scores")
+    assert not parse_flag(None, "scores") and not parse_flag("false", "scores")
+    with pytest.raises(BadRequest, match="scores must be true or false"):
+        parse_flag("maybe", "scores")

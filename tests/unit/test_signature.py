@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from deployments.codecs.errors import BadRequest, PayloadTooLarge
+from deployments.signature import ImageGeometry, ModelMetadata, TensorSpec, check_batch
+
+IMAGE = TensorSpec("image", "float32", (None, 28, 28, 1))
+
+
+def metadata(*inputs: TensorSpec) -> ModelMetadata:
+    out = TensorSpec("probabilities", "float32", (None, 10))
+    return ModelMetadata("m", "serving_default", inputs, (out,), "probabilities",
+                         tuple(str(i) for i in range(10)))
+
+
+def test_matching_float32_batch_is_not_copied():
+    batch = np.zeros((3, 28, 28, 1), np.float32)
+    assert check_batch(batch, IMAGE) is batch
+
+
+def test_ints_are_cast_to_the_model_dtype():
+    checked = check_batch(np.zeros((1, 28, 28, 1), np.int64), IMAGE)
+    assert checked.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((2, 28, 28), np.float32),
+         r"shape \[2, 28, 28\], expected float32\[N, 28, 28, 1\]"),
+        (np.zeros((2, 28, 27, 1), np.float32), "expected float32"),
+        (np.zeros((0, 28, 28, 1), np.float32), "empty batch"),
+        (np.array([["a"]]), "dtype <U1"),
+        ([[1.0]], "expected a numpy array"),
+    ],
+)
+def test_rejections_name_the_expected_shape(array, message):
+    with pytest.raises(BadRequest, match=message):
+        check_batch(array, IMAGE)
+
+
+def test_too_many_rows_is_413():
+    with pytest.raises(PayloadTooLarge, match="5 rows, the limit is 4"):
+        check_batch(np.zeros((5, 28, 28, 1), np.float32), IMAGE, max_rows=4)
+
+
+def test_floats_are_refused_for_integer_models():
+    with pytest.raises(BadRequest, match="dtype float64"):
+        check_batch(np.zeros((1, 3)), TensorSpec("ids", "int32", (None, 3)))
+
+
+def test_image_geometry_from_signature():
+    assert metadata(IMAGE).image_geometry() == ImageGeometry(28, 28, 1)
+
+
+@pytest.mark.parametrize("shape", [(None, 10), (None, None, None, 3), (None, 28, 28, 2)])
+def test_non_image_inputs_refuse_images(shape):
+    with pytest.raises(BadRequest, match="not images"):
+        metadata(TensorSpec("x", "float32", shape)).image_geometry()
+
+
+def test_several_inputs_need_a_name():
+    meta = metadata(IMAGE, TensorSpec("mask", "float32", (None, 28, 28, 1)))
+    with pytest.raises(BadRequest, match="several inputs"):
+        _ = meta.input

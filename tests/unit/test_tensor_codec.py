@@ -1,0 +1,44 @@
+import json
+
+import numpy as np
+import pytest
+
+from deployments.codecs.errors import BadRequest
+from deployments.codecs.tensor import instances_to_array, parse_json
+
+
+def test_instances_become_one_array():
+    doc = parse_json(json.dumps({"instances": [[[1, 2]], [[3, 4.5]]]}).encode())
+    array = instances_to_array(doc)
+    assert array.shape == (2, 1, 2)
+    np.testing.assert_array_equal(array[1, 0], [3, 4.5])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "empty request body"),
+        (b"{", "malformed JSON"),
+        (b"\xff\xfe", "not UTF-8 JSON"),
+    ],
+)
+def test_unparseable_bodies(body, message):
+    with pytest.raises(BadRequest, match=message):
+        parse_json(body)
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ([1, 2], 'with an "instances" list'),
+        ({"inputs": [1]}, 'with an "instances" list'),
+        ({"instances": 3}, "must be a list"),
+        ({"instances": []}, "is empty"),
+        ({"instances": [[1, 2], [3]]}, "ragged"),
+        ({"instances": [["a", "b"]]}, "only numbers"),
+        ({"instances": [{"x": 1}]}, "only numbers"),
+    ],
+)
+def test_bad_documents(doc, message):
+    with pytest.raises(BadRequest, match=message):
+        instances_to_array(doc)
