@@ -46,7 +46,8 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
 
 @pytest.fixture(scope="session")
 def cluster_address() -> Iterator[str]:
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    # "local": a fresh cluster owned by this session, even if another runs here.
+    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     serve.shutdown()
     ray.shutdown()
