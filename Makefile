@@ -15,7 +15,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,build]'
+	$(BIN)/pip install --quiet -e '.[test,build,bench]'
 	touch $(STAMP)
 
 $(MODEL): | $(STAMP)
@@ -31,6 +31,9 @@ lint: $(STAMP)
 
 test: $(STAMP) $(MODEL) lint
 	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -17,8 +17,8 @@ Outputs = dict[str, np.ndarray]
 def bucket_sizes(max_batch_size: int) -> list[int]:
     """Powers of two up to ``max_batch_size``, and ``max_batch_size`` itself.
 
-    Every batch is padded to one of these, so TensorFlow sees a bounded set of
-    shapes (one trace/compile each) however the requests arrive.
+    Warm-up runs each of these; under XLA every batch is padded to one of
+    them, so it compiles a bounded set of shapes however the requests arrive.
     """
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")

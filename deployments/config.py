@@ -48,6 +48,7 @@ class ModelArgs(_Strict):
     scores_output: str | None = Field(
         None, description="output holding class scores; default: the only or first output"
     )
+    jit_compile: bool = Field(False, description="compile with XLA (batches padded to buckets)")
 
     def resolved(self) -> ModelArgs:
         """Paths made absolute here, since replicas may run in other directories."""

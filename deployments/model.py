@@ -4,14 +4,17 @@ Callers (the preprocessor, or any Ray job holding a handle) send a numpy batch
 or an ``ObjectRef`` to one; Ray resolves a top-level ``ObjectRef`` argument
 to a read-only, zero-copy view of the object store's buffer before
 ``__call__`` runs. Concurrent requests are merged row-wise by ``serve.batch``
-and padded to a bounded set of bucket sizes.
+and, when XLA needs static shapes, padded to a bounded set of bucket sizes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import ray
@@ -43,6 +46,14 @@ class BatchSettings(BaseModel):
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
 
 
+def _initial_settings() -> BatchSettings:
+    """The ``user_config`` this replica starts with, so the constructor warms up
+    the right buckets (Serve calls ``reconfigure`` with it only afterwards).
+    Serve's own ``serve.batch`` reads the deployment config the same way."""
+    config = getattr(serve.get_replica_context(), "_deployment_config", None)
+    return BatchSettings.model_validate(getattr(config, "user_config", None) or {})
+
+
 def _total_rows(arrays: list[np.ndarray]) -> int:
     return sum(len(a) for a in arrays)
 
@@ -66,25 +77,54 @@ class ModelDeployment:
 
         self._runner = SavedModelRunner(
             model.name, model.path, model.signature_name, model.scores_output,
-            model.labels_path, plan.device,
+            model.labels_path, plan.device, jit_compile=model.jit_compile,
         )
+        self._plan = plan
         # TF releases the GIL while it computes; running it on a thread keeps
         # the replica's event loop free to form the next batch meanwhile.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tf")
-        self._apply(BatchSettings())
+        self._batch_rows: Counter[int] = Counter()
+        self._buckets: list[int] = []
+        self._apply(_initial_settings())
         logger.info("model %r loaded from %s on %s", model.name, model.path, plan.device)
 
     def reconfigure(self, user_config: dict) -> None:
         self._apply(BatchSettings.model_validate(user_config))
 
     def _apply(self, settings: BatchSettings) -> None:
+        """Set batching live; warm up any new bucket before taking traffic.
+
+        Serve runs this before a new replica is marked ready, so the first real
+        request finds every batch shape already traced and its kernels set up.
+        """
+        buckets = bucket_sizes(settings.max_batch_size)
+        self._warm_up([b for b in buckets if b not in self._buckets])
         self._settings = settings
-        self._buckets = bucket_sizes(settings.max_batch_size)
+        self._buckets = buckets
         self._infer_batch.set_max_batch_size(settings.max_batch_size)
         self._infer_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        logger.info("batching: %s, buckets %s", settings, buckets)
+
+    def _warm_up(self, sizes: list[int]) -> None:
+        spec = self._runner.metadata.input
+        for rows in sizes:
+            self._runner.run(np.zeros((rows, *spec.shape[1:]), dtype=spec.dtype))
 
     def metadata(self) -> ModelMetadata:
         return self._runner.metadata
+
+    def stats(self) -> dict[str, Any]:
+        """What this replica runs on and the batches it formed (rows → count)."""
+        return {
+            "pid": os.getpid(),
+            "device": self._plan.device,
+            "intra_op_threads": self._plan.intra_op_threads,
+            "max_batch_size": self._settings.max_batch_size,
+            "batch_wait_timeout_s": self._settings.batch_wait_timeout_s,
+            "buckets": self._buckets,
+            "traces": self._runner.traces,
+            "batch_rows": dict(sorted(self._batch_rows.items())),
+        }
 
     async def __call__(self, batch: np.ndarray) -> Outputs:
         """Run the model on a batch of any size; returns every output by name."""
@@ -96,7 +136,10 @@ class ModelDeployment:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_total_rows)
     async def _infer_batch(self, arrays: list[np.ndarray]) -> list[Outputs]:
         counts = [len(a) for a in arrays]
-        merged = merge_rows(arrays, bucket_for(sum(counts), self._buckets))
+        rows = sum(counts)
+        self._batch_rows[rows] += 1
+        padded = bucket_for(rows, self._buckets) if self._runner.static_shapes else rows
+        merged = merge_rows(arrays, padded)
         loop = asyncio.get_running_loop()
         outputs = await loop.run_in_executor(self._executor, self._runner.run, merged)
         return split_rows(outputs, counts)

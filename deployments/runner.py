@@ -42,7 +42,8 @@ def read_labels(path: Path | None, classes: int) -> tuple[str, ...]:
 
 class SavedModelRunner:
     def __init__(self, name: str, path: Path, signature_name: str,
-                 scores_output: str | None, labels_path: Path | None, device: str) -> None:
+                 scores_output: str | None, labels_path: Path | None, device: str,
+                 jit_compile: bool = False) -> None:
         if not (path / "saved_model.pb").is_file():
             reason = "no such directory" if not path.exists() else "no saved_model.pb in it"
             raise ModelLoadError(f"cannot load model {name!r} from {path}: {reason}")
@@ -77,6 +78,30 @@ class SavedModelRunner:
             name=name, signature_name=signature_name, inputs=inputs, outputs=outputs,
             scores_output=scores, labels=read_labels(labels_path, classes),
         )
+        self.static_shapes = jit_compile
+        self._call = self._compile(jit_compile)
+
+    def _compile(self, jit_compile: bool) -> tf.types.experimental.PolymorphicFunction:
+        """Wrap the signature in one ``tf.function`` whose traces we can count.
+
+        Without XLA the batch dimension stays unknown: one trace serves every
+        batch size. XLA compiles per static shape, so then each shape traces
+        once and callers must pad batches to a few bucket sizes
+        (``static_shapes``) to keep the number of compilations bounded.
+        """
+        spec = self.metadata.input
+        signature_fn = self._fn
+
+        def call(batch: tf.Tensor) -> dict[str, tf.Tensor]:
+            return signature_fn(**{spec.name: batch})
+
+        input_signature = None if jit_compile else [tf.TensorSpec(spec.shape, spec.dtype)]
+        return tf.function(call, input_signature=input_signature, jit_compile=jit_compile)
+
+    @property
+    def traces(self) -> int:
+        """How many times TensorFlow traced the model call so far."""
+        return self._call.experimental_get_tracing_count()
 
     def run(self, batch: np.ndarray) -> Outputs:
         """One signature call on the batch exactly as received.
@@ -88,5 +113,5 @@ class SavedModelRunner:
         object store's read-only views through it.
         """
         with tf.device(self.device):
-            result = self._fn(**{self.metadata.input.name: batch})
+            result = self._call(batch)
         return {name: tensor.numpy() for name, tensor in result.items()}

@@ -1,0 +1,48 @@
+"""Build the benchmark model: Keras MobileNetV2 (224x224x3, 1000 classes),
+randomly initialised (``weights=None``: nothing is downloaded), exported as a
+SavedModel with ``serving_default: image float32[N, 224, 224, 3] →
+probabilities float32[N, 1000]``. Never committed; `make bench` builds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "models" / "mobilenet_v2"
+SIZE = 224
+
+
+def build(out: Path) -> Path:
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    net = tf.keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), weights=None)
+
+    class MobileNet(tf.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="image")]
+        )
+        def serve(self, image):
+            return {"probabilities": self.net(image, training=False)}
+
+    module = MobileNet(net)
+    version_dir = out / "1"
+    tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
+    (out / "labels.txt").write_text("".join(f"class_{i}\n" for i in range(1000)))
+    return version_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    print(f"wrote {build(parser.parse_args().out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Model replicas: threads from num_cpus, warm-up, bounded traces under XLA, and
+batching retuned live from the YAML's user_config without restarts or errors."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+import threading
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from ray import serve
+from ray.serve.schema import ApplicationStatus
+
+from tests.integration.conftest import APP_NAME, BIN, ROOT, SAMPLES, wait_until
+
+RETUNE_APP = "retune"
+
+
+def model_stats(app: str) -> dict:
+    return serve.get_deployment_handle("Model", app).stats.remote().result()
+
+
+def test_replica_threads_follow_num_cpus_and_warm_up(client: httpx.Client):
+    stats = model_stats(APP_NAME)
+    assert stats["device"] == "/CPU:0"
+    assert stats["intra_op_threads"] == 1  # num_cpus: 1 in configs/config.yaml
+    assert stats["buckets"] == [1, 2, 4, 8, 16, 32]
+    # Without XLA one trace serves every batch size, warm-up included.
+    for rows in (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 40):
+        files = [("f", ("d.png", SAMPLES[0].read_bytes(), "image/png"))] * rows
+        assert client.post("/predict", files=files).status_code == 200
+    assert model_stats(APP_NAME)["traces"] == 1
+
+
+def deploy(config: dict, tmp_path: Path, env: dict[str, str]) -> None:
+    """`serve run` a config and wait until the retune app runs its batch settings."""
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    subprocess.run([str(BIN / "serve"), "run", "--non-blocking", str(path)],
+                   cwd=ROOT, env=env, check=True, timeout=300)
+    wanted = config["applications"][-1]["deployments"][-1]["user_config"]["max_batch_size"]
+
+    def applied() -> bool:
+        app = serve.status().applications.get(RETUNE_APP)
+        if app is None or app.status != ApplicationStatus.RUNNING:
+            return False
+        return model_stats(RETUNE_APP)["max_batch_size"] == wanted
+
+    wait_until(applied, 180, f"app {RETUNE_APP!r} with max_batch_size {wanted}")
+
+
+def with_retune_app(user_config: dict) -> dict:
+    """configs/config.yaml plus a second app: XLA on, one fixed replica."""
+    config = yaml.safe_load((ROOT / "configs" / "config.yaml").read_text())
+    (main,) = config["applications"]
+    app = yaml.safe_load(yaml.safe_dump(main))
+    app.update(name=RETUNE_APP, route_prefix=f"/{RETUNE_APP}")
+    app["args"]["model"]["jit_compile"] = True
+    model = next(d for d in app["deployments"] if d["name"] == "Model")
+    model.pop("autoscaling_config")
+    model.update(num_replicas=1, user_config=user_config)
+    config["applications"].append(app)
+    return config
+
+
+@pytest.fixture(scope="module")
+def retune_url(base_url: str, subprocess_env, tmp_path_factory) -> str:
+    deploy(with_retune_app({"max_batch_size": 8, "batch_wait_timeout_s": 0.01}),
+           tmp_path_factory.mktemp("retune"), subprocess_env)
+    return f"{base_url}/{RETUNE_APP}"
+
+
+def test_xla_traces_stay_bounded_by_the_buckets(retune_url: str):
+    before = model_stats(RETUNE_APP)
+    assert before["buckets"] == [1, 2, 4, 8]
+    assert before["traces"] == 4  # warm-up compiled each bucket once
+    rng = np.random.default_rng(0)
+    with httpx.Client(timeout=60) as c:
+        for rows in (1, 3, 5, 6, 7, 9, 11, 13, 17, 21):
+            batch = rng.random((rows, 28, 28, 1), dtype=np.float32)
+            r = c.post(f"{retune_url}/predict", json={"instances": batch.tolist()})
+            assert r.status_code == 200 and len(r.json()["predictions"]) == rows
+    assert model_stats(RETUNE_APP)["traces"] == 4
+
+
+def test_user_config_retunes_live_without_restart_or_lost_requests(
+    retune_url: str, subprocess_env, tmp_path: Path
+):
+    before = model_stats(RETUNE_APP)
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def load() -> None:
+        with httpx.Client(timeout=60) as c:
+            while not stop.is_set():
+                r = c.post(f"{retune_url}/predict", content=SAMPLES[1].read_bytes(),
+                           headers={"Content-Type": "image/jpeg"})
+                statuses.append(r.status_code)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        for _ in range(4):
+            pool.submit(load)
+        deploy(with_retune_app({"max_batch_size": 16, "batch_wait_timeout_s": 0.002}),
+               tmp_path, subprocess_env)
+        after = model_stats(RETUNE_APP)
+        stop.set()
+
+    assert after["pid"] == before["pid"]  # same replica process: no restart
+    assert after["max_batch_size"] == 16 and after["batch_wait_timeout_s"] == 0.002
+    assert after["buckets"] == [1, 2, 4, 8, 16]
+    assert after["traces"] == 5  # only the new bucket was compiled, before serving it
+    assert len(statuses) > 20 and set(statuses) == {200}
