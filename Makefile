@@ -23,8 +23,9 @@ $(MODEL): | $(STAMP)
 
 model: $(MODEL)
 
+# configs/server.env: Serve's faster serving path (HAProxy ingress, throughput mode).
 serve: $(STAMP) $(MODEL)
-	$(BIN)/serve run configs/config.yaml
+	env $$(grep -v '^#' configs/server.env | xargs) $(BIN)/serve run configs/config.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

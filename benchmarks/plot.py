@@ -28,14 +28,14 @@ def plot_results(results: dict, path: Path) -> None:
     left.tick_params(axis="x", rotation=45)
     left.legend()
 
-    labels = ["first request", "1 client p50", "16 clients p50", "16 clients p99"]
-    lat = [app["first_request_ms"], app["one_client"]["p50_ms"],
-           app["sixteen_clients"]["p50_ms"], app["sixteen_clients"]["p99_ms"]]
+    labels = ["first request", "steady p50", "steady p90", "steady p99"]
+    one = app["one_client"]
+    lat = [app["first_request_ms"], one["p50_ms"], one["p90_ms"], one["p99_ms"]]
     right.bar(labels, lat, color=["#d62728", "#1f77b4", "#1f77b4", "#1f77b4"])
     right.axhline(raw["batch1_ms"], color="black", linestyle="--", linewidth=1,
                   label="raw TF batch 1")
     right.set_ylabel("ms")
-    right.set_title("Latency: first request after start vs steady state")
+    right.set_title("One client, one image: first request after start vs steady state")
     right.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

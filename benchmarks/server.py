@@ -36,8 +36,11 @@ def bench_config(model_dir: Path, port: int, model_overrides: dict) -> dict:
 class Server:
     """A local Ray cluster with the app deployed; stopped on exit."""
 
-    def __init__(self, config: dict, workdir: Path) -> None:
+    def __init__(self, config: dict, workdir: Path, env: dict[str, str]) -> None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # Set after this driver imported Serve: they reach the cluster's
+        # processes (started below) while this driver keeps Serve's defaults.
+        os.environ.update(env)
         self.config = config
         self.path = workdir / "bench-config.yaml"
         self.path.write_text(yaml.safe_dump(config))

@@ -48,7 +48,7 @@ def plan_device(
     several replicas must fit for sure).
     """
     threads = max(1, math.floor(num_cpus)) if num_cpus > 0 else 1
-    inter = 1 if threads <= 2 else 2
+    inter = 2 if threads >= 2 else 1
     if not gpu_ids:
         return DevicePlan("/CPU:0", threads, inter)
     if gpu_memory == "growth":

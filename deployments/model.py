@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -85,6 +86,7 @@ class ModelDeployment:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tf")
         self._batch_rows: Counter[int] = Counter()
         self._buckets: list[int] = []
+        self._batch_seconds = 0.0  # moving average of one model call
         self._apply(_initial_settings())
         logger.info("model %r loaded from %s on %s", model.name, model.path, plan.device)
 
@@ -108,7 +110,9 @@ class ModelDeployment:
     def _warm_up(self, sizes: list[int]) -> None:
         spec = self._runner.metadata.input
         for rows in sizes:
+            started = time.perf_counter()
             self._runner.run(np.zeros((rows, *spec.shape[1:]), dtype=spec.dtype))
+            self._batch_seconds = time.perf_counter() - started
 
     def metadata(self) -> ModelMetadata:
         return self._runner.metadata
@@ -140,6 +144,19 @@ class ModelDeployment:
         self._batch_rows[rows] += 1
         padded = bucket_for(rows, self._buckets) if self._runner.static_shapes else rows
         merged = merge_rows(arrays, padded)
+        # Serve forms the next batch while this one runs, closing it after
+        # batch_wait_timeout_s: a few ms would cut it to the one or two
+        # requests that arrived by then, to queue behind this batch anyway.
+        # While the model is busy, wait as long as a batch takes instead, so
+        # the next one fills with what arrives meanwhile (like Triton's and TF
+        # Serving's batchers, which form a batch when the model is free).
+        self._infer_batch.set_batch_wait_timeout_s(
+            max(self._settings.batch_wait_timeout_s, self._batch_seconds))
         loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._executor, self._runner.run, merged)
+        started = loop.time()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._runner.run, merged)
+        finally:
+            self._infer_batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (loop.time() - started)
         return split_rows(outputs, counts)

@@ -13,6 +13,7 @@ the same JSON the HTTP route returns, printed as one JSON document.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from pathlib import Path
 
@@ -21,6 +22,19 @@ from ray import serve
 
 from deployments.codecs.image import decode_images
 from deployments.config import InputLimits
+
+
+async def predict(app_name: str, paths: list[Path], top_k: int | None) -> dict:
+    # Async calls: they work whether Serve's router runs in its own thread
+    # (the default) or in the caller's event loop (RAY_SERVE_THROUGHPUT_OPTIMIZED=1).
+    app = serve.get_app_handle(app_name)
+    meta = await app.metadata.remote()
+    blobs = [path.read_bytes() for path in paths]
+    batch = decode_images(blobs, meta.image_geometry(), InputLimits().max_image_pixels)
+
+    from_array = await app.predict.remote(batch, top_k=top_k)
+    from_ref = await app.predict.remote(ray.put(batch), top_k=top_k)
+    return {"from_array": from_array, "from_object_ref": from_ref}
 
 
 def main() -> None:
@@ -32,14 +46,7 @@ def main() -> None:
     args = parser.parse_args()
 
     ray.init(address=args.address, logging_level="ERROR", log_to_driver=False)
-    app = serve.get_app_handle(args.app)
-    meta = app.metadata.remote().result()
-    blobs = [path.read_bytes() for path in args.images]
-    batch = decode_images(blobs, meta.image_geometry(), InputLimits().max_image_pixels)
-
-    from_array = app.predict.remote(batch, top_k=args.top_k).result()
-    from_ref = app.predict.remote(ray.put(batch), top_k=args.top_k).result()
-    print(json.dumps({"from_array": from_array, "from_object_ref": from_ref}))
+    print(json.dumps(asyncio.run(predict(args.app, args.images, args.top_k))))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import pytest
 import ray
 from ray import serve
 
+from deployments.server_env import read_env_file
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SAMPLES = sorted((ROOT / "models" / "samples").iterdir())
@@ -46,6 +48,12 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
 
 @pytest.fixture(scope="session")
 def cluster_address() -> Iterator[str]:
+    # The cluster's processes serve with configs/server.env, as `make serve`
+    # does; this driver imported Serve before, so its handles keep the defaults.
+    os.environ.update(read_env_file(ROOT / "configs" / "server.env"))
+    # Deleted apps drain for 30 s by default (for HAProxy to stop routing to
+    # them); the tests delete several apps and need no such grace.
+    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
     # "local": a fresh cluster owned by this session, even if another runs here.
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
