@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(MODEL): | $(STAMP)
-	$(BIN)/python models/build_digits.py
+	$(BIN)/python -m models.build_digits
 
 model: $(MODEL)
 

@@ -16,6 +16,12 @@ import numpy as np
 import ray
 from PIL import Image
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
@@ -42,16 +48,27 @@ logger = logging.getLogger("ray.serve")
 _OCTET_STREAM = "application/octet-stream"
 
 
+# The model could not take or finish the request: retrying later may work.
+_MODEL_UNAVAILABLE = (RayActorError, ActorUnavailableError, BackPressureError,
+                      DeploymentUnavailableError, ReplicaUnavailableError)
+
+
 def render_error(request: Request, exc: Exception) -> JSONResponse:
-    """The one renderer of errors: ``{"error": message}`` with the status."""
-    assert isinstance(exc, ServeError)
+    """The one renderer of errors: ``{"error": message}`` with the status.
+
+    Anything not a ServeError is a bug of ours: logged with its traceback,
+    answered with a 500 that reveals nothing internal.
+    """
+    if not isinstance(exc, ServeError):
+        logger.error("unhandled error on %s", request.url.path, exc_info=exc)
+        exc = ServeError("internal server error")
     return JSONResponse({"error": exc.message}, status_code=exc.status)
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The request body, refused with a 413 as soon as it passes ``max_bytes``."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLarge(f"request body is {declared} bytes, the limit is {max_bytes}")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -82,19 +99,23 @@ class Preprocessor:
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/predict", self.predict_http, methods=["POST"]),
         ]
-        return Starlette(routes=routes, exception_handlers={ServeError: render_error})
+        handlers = {ServeError: render_error, Exception: render_error}
+        return Starlette(routes=routes, exception_handlers=handlers)
 
     async def metadata(self) -> ModelMetadata:
         """The model's signature and labels, asked of a model replica once."""
         if self._metadata is None:
             async with self._metadata_lock:
                 if self._metadata is None:
-                    try:
-                        self._metadata = await self._model.metadata.remote()
-                    except Exception as exc:
-                        logger.warning("model metadata unavailable: %s", exc)
-                        raise ServiceUnavailable("the model is not available yet") from exc
+                    self._metadata = await self._fetch_metadata()
         return self._metadata
+
+    async def _fetch_metadata(self) -> ModelMetadata:
+        try:
+            return await asyncio.wait_for(self._model.metadata.remote(), timeout=10)
+        except Exception as exc:
+            logger.warning("model metadata unavailable: %r", exc)
+            raise ServiceUnavailable("the model is not available") from exc
 
     async def predict(
         self, inputs: np.ndarray, top_k: int | str | None = None, scores: bool | str = False
@@ -108,7 +129,11 @@ class Preprocessor:
         k = parse_top_k(top_k, self._default_top_k, len(meta.labels))
         include_scores = parse_flag(scores, "scores")
         batch = check_batch(inputs, meta.input, self._limits.max_rows)
-        outputs = await self._model.remote(ray.put(batch))
+        try:
+            outputs = await self._model.remote(ray.put(batch))
+        except _MODEL_UNAVAILABLE as exc:
+            logger.warning("model unavailable: %r", exc)
+            raise ServiceUnavailable("no model replica could take the request; retry") from exc
         predictions = top_k_predictions(outputs[meta.scores_output], meta.labels, k,
                                         include_scores)
         return {"model": meta.name, "predictions": predictions}
@@ -117,41 +142,59 @@ class Preprocessor:
         return JSONResponse({"status": "alive"})
 
     async def readyz(self, request: Request) -> JSONResponse:
-        meta = await self.metadata()
+        """Ready while a model replica answers now (not just once)."""
+        meta = await self._fetch_metadata()
         return JSONResponse({"status": "ready", "model": meta.name})
 
     async def predict_http(self, request: Request) -> JSONResponse:
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = await read_body(request, self._limits.max_body_bytes)
-        meta = await self.metadata()
         if media_type.startswith("image/") or media_type == _OCTET_STREAM:
-            batch = decode_images([body], meta.image_geometry(), self._limits.max_image_pixels)
+            decode = self._decode_image
         elif media_type == "multipart/form-data":
-            batch = await self._decode_multipart(request, body, meta)
+            decode = self._decode_multipart
         elif media_type == "application/json":
-            batch = instances_to_array(parse_json(body))
+            decode = self._decode_json
         else:
             raise UnsupportedMediaType(
                 f"unsupported Content-Type {media_type or '(none)'!r}: send image/*, "
                 "multipart/form-data with image files, or application/json with \"instances\""
             )
+        body = await read_body(request, self._limits.max_body_bytes)
+        batch = await decode(request, body)
         params = request.query_params
         return JSONResponse(await self.predict(batch, params.get("top_k"), params.get("scores")))
 
-    async def _decode_multipart(
-        self, request: Request, body: bytes, meta: ModelMetadata
-    ) -> np.ndarray:
+    # Decoding is CPU work: it runs on a thread, so the event loop keeps
+    # answering other requests (and health checks) meanwhile.
+
+    async def _decode_image(self, request: Request, body: bytes) -> np.ndarray:
+        return await self._decode_blobs([body])
+
+    async def _decode_json(self, request: Request, body: bytes) -> np.ndarray:
+        return await asyncio.to_thread(lambda: instances_to_array(parse_json(body)))
+
+    async def _decode_multipart(self, request: Request, body: bytes) -> np.ndarray:
         """Every file part of a form, in order, as one image batch."""
 
         async def replay() -> dict[str, Any]:  # the body was already read within limits
             return {"type": "http.request", "body": body, "more_body": False}
 
+        max_rows = self._limits.max_rows
         try:
-            form = await Request(request.scope, replay).form(max_files=self._limits.max_rows)
+            form = await Request(request.scope, replay).form(max_files=max_rows + 1)
         except Exception as exc:  # Starlette raises its own error types for bad multipart
             raise BadRequest(f"malformed multipart body: {exc}") from exc
         try:
-            blobs = [await v.read() for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            if len(files) > max_rows:
+                raise PayloadTooLarge(f"more than {max_rows} files in one request")
+            blobs = [await f.read() for f in files]
         finally:
             await form.close()
-        return decode_images(blobs, meta.image_geometry(), self._limits.max_image_pixels)
+        return await self._decode_blobs(blobs)
+
+    async def _decode_blobs(self, blobs: list[bytes]) -> np.ndarray:
+        geometry = (await self.metadata()).image_geometry()
+        return await asyncio.to_thread(
+            decode_images, blobs, geometry, self._limits.max_image_pixels
+        )

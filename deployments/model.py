@@ -87,32 +87,40 @@ class ModelDeployment:
         self._batch_rows: Counter[int] = Counter()
         self._buckets: list[int] = []
         self._batch_seconds = 0.0  # moving average of one model call
-        self._apply(_initial_settings())
+        settings = _initial_settings()
+        self._warm_up(bucket_sizes(settings.max_batch_size))
+        self._set(settings)
         logger.info("model %r loaded from %s on %s", model.name, model.path, plan.device)
 
-    def reconfigure(self, user_config: dict) -> None:
-        self._apply(BatchSettings.model_validate(user_config))
+    async def reconfigure(self, user_config: dict) -> None:
+        """Retune batching live; new bucket sizes are warmed up before use.
 
-    def _apply(self, settings: BatchSettings) -> None:
-        """Set batching live; warm up any new bucket before taking traffic.
-
-        Serve runs this before a new replica is marked ready, so the first real
-        request finds every batch shape already traced and its kernels set up.
+        Serve also calls this right after the constructor, before the replica
+        takes traffic, so the first real request finds every batch shape
+        traced and its kernels set up.
         """
-        buckets = bucket_sizes(settings.max_batch_size)
-        self._warm_up([b for b in buckets if b not in self._buckets])
+        settings = BatchSettings.model_validate(user_config)
+        new = [b for b in bucket_sizes(settings.max_batch_size) if b not in self._buckets]
+        if new:  # on the model's own thread: never beside a running batch
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._warm_up, new)
+        self._set(settings)
+
+    def _set(self, settings: BatchSettings) -> None:
         self._settings = settings
-        self._buckets = buckets
+        # Buckets only grow: a batch formed under an earlier, larger limit
+        # still finds its (already warm) bucket.
+        self._buckets = sorted({*self._buckets, *bucket_sizes(settings.max_batch_size)})
         self._infer_batch.set_max_batch_size(settings.max_batch_size)
         self._infer_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
-        logger.info("batching: %s, buckets %s", settings, buckets)
+        logger.info("batching: %s, buckets %s", settings, self._buckets)
 
     def _warm_up(self, sizes: list[int]) -> None:
+        """One call per batch size, then a timed warm call for the busy wait."""
         spec = self._runner.metadata.input
-        for rows in sizes:
+        for rows in [*sizes, sizes[0]]:
             started = time.perf_counter()
             self._runner.run(np.zeros((rows, *spec.shape[1:]), dtype=spec.dtype))
-            self._batch_seconds = time.perf_counter() - started
+        self._batch_seconds = time.perf_counter() - started
 
     def metadata(self) -> ModelMetadata:
         return self._runner.metadata
@@ -133,9 +141,22 @@ class ModelDeployment:
     async def __call__(self, batch: np.ndarray) -> Outputs:
         """Run the model on a batch of any size; returns every output by name."""
         batch = check_batch(batch, self._runner.metadata.input)
-        chunks = chunk_rows(batch, self._settings.max_batch_size)
-        parts = await asyncio.gather(*(self._infer_batch(c) for c in chunks))
-        return concat_outputs(parts)
+        return await self._infer_rows(batch)
+
+    async def _infer_rows(self, rows: np.ndarray) -> Outputs:
+        """Any number of rows, in chunks of at most ``max_batch_size``."""
+        chunks = chunk_rows(rows, self._settings.max_batch_size)
+        return concat_outputs(await asyncio.gather(*(self._infer_chunk(c) for c in chunks)))
+
+    async def _infer_chunk(self, chunk: np.ndarray) -> Outputs:
+        try:
+            return await self._infer_batch(chunk)
+        except RuntimeError:
+            # Serve's batcher refuses an item over max_batch_size: it was
+            # lowered live after this chunk was cut. Cut it again.
+            if len(chunk) <= self._settings.max_batch_size:
+                raise
+            return await self._infer_rows(chunk)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_total_rows)
     async def _infer_batch(self, arrays: list[np.ndarray]) -> list[Outputs]:

@@ -64,6 +64,11 @@ class SavedModelRunner:
         self._fn = signatures[signature_name]
         _, input_specs = self._fn.structured_input_signature
         inputs = tuple(_spec(k, v) for k, v in sorted(input_specs.items()))
+        if len(inputs) != 1:
+            raise ModelLoadError(
+                f"model {name!r} signature {signature_name!r} has {len(inputs)} inputs; "
+                "only single-input signatures are served"
+            )
         outputs = tuple(_spec(k, v) for k, v in sorted(self._fn.structured_outputs.items()))
         output_names = [o.name for o in outputs]
         scores = scores_output or output_names[0]

@@ -17,7 +17,7 @@ Shape = tuple[int | None, ...]
 
 # Which numpy kinds may be cast to which target kinds without surprises:
 # bool/int data into a float model is fine, floats into an int model are not.
-_CASTABLE_KINDS = {"f": "iuf", "i": "iu", "u": "u", "b": "b"}
+_CASTABLE_KINDS = {"f": "biuf", "i": "iu", "u": "u", "b": "b"}
 
 
 @dataclass(frozen=True)
@@ -101,4 +101,11 @@ def check_batch(array: np.ndarray, spec: TensorSpec, max_rows: int | None = None
         raise PayloadTooLarge(
             f"input {spec.name!r} has {array.shape[0]} rows, the limit is {max_rows}"
         )
-    return np.asarray(array, dtype=expected)
+    with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
+        checked = np.asarray(array, dtype=expected)
+    if expected.kind == "f" and not np.isfinite(checked).all():
+        raise BadRequest(
+            f"input {spec.name!r} holds NaN or infinite values (or numbers too large "
+            f"for {expected})"
+        )
+    return checked

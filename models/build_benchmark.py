@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from models.export import export_classifier
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "models" / "mobilenet_v2"
 SIZE = 224
@@ -20,20 +22,8 @@ def build(out: Path) -> Path:
     tf.keras.utils.set_random_seed(0)
     net = tf.keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), weights=None)
 
-    class MobileNet(tf.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        @tf.function(
-            input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="image")]
-        )
-        def serve(self, image):
-            return {"probabilities": self.net(image, training=False)}
-
-    module = MobileNet(net)
     version_dir = out / "1"
-    tf.saved_model.save(module, str(version_dir), signatures={"serving_default": module.serve})
+    export_classifier(net, version_dir, SIZE, SIZE, 3)
     (out / "labels.txt").write_text("".join(f"class_{i}\n" for i in range(1000)))
     return version_dir
 

@@ -6,7 +6,7 @@ The 8x8 digits are upscaled to MNIST's 28x28x1 (white ink on black, values in
 ``probabilities: float32[N, 10]``. Training is seeded and op-deterministic, so
 the same TensorFlow build gives the same weights.
 
-Run ``python models/build_digits.py`` (``make model`` does it when the model is
+Run ``python -m models.build_digits`` (``make model`` does it when the model is
 missing). It also writes ``labels.txt``, ``metrics.json`` (held-out accuracy)
 and sample images under ``models/samples/``.
 """
@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+
+from models.export import export_classifier
 
 HERE = Path(__file__).resolve().parent
 SIZE = 28
@@ -68,25 +70,6 @@ def train(x_train: np.ndarray, y_train: np.ndarray, epochs: int):
     return model
 
 
-def export(model, path: Path) -> None:
-    """Write a SavedModel with a named ``serving_default`` signature."""
-    import tensorflow as tf
-
-    class Digits(tf.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        @tf.function(
-            input_signature=[tf.TensorSpec([None, SIZE, SIZE, 1], tf.float32, name="image")]
-        )
-        def serve(self, image):
-            return {"probabilities": self.net(image, training=False)}
-
-    module = Digits(model)
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
-
-
 def write_samples(x: np.ndarray, y: np.ndarray, out: Path) -> None:
     """A few held-out digits as PNG/JPEG files, some RGB and larger than 28x28."""
     out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +111,7 @@ def main() -> None:
         raise SystemExit(f"accuracy {accuracy:.4f} is below 0.95; not exporting")
 
     version_dir = args.out / "1"
-    export(model, version_dir)
+    export_classifier(model, version_dir, SIZE, SIZE, 1)
     (args.out / "labels.txt").write_text("".join(f"{d}\n" for d in range(10)))
     (args.out / "metrics.json").write_text(
         json.dumps(

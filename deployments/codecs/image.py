@@ -8,6 +8,7 @@ allocated once and every image is written straight into its row.
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +16,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deployments.codecs.errors import BadRequest, PayloadTooLarge
 from deployments.signature import ImageGeometry
+
+# Raster formats a client may send. Limiting Pillow to these keeps requests
+# away from its other plugins (EPS would start Ghostscript, for one).
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+# What Pillow's plugins raise on malformed data.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 
 def decode_images(
@@ -39,13 +46,15 @@ def _decode_one(
     if not blob:
         raise BadRequest(f"empty image{where}")
     try:
-        image = Image.open(io.BytesIO(blob))
+        image = Image.open(io.BytesIO(blob), formats=FORMATS)
     except UnidentifiedImageError:
         raise BadRequest(
-            f"cannot decode image{where}: not an image format the server reads"
+            f"cannot decode image{where}: not one of the formats {', '.join(FORMATS)}"
         ) from None
     except Image.DecompressionBombError:
         raise PayloadTooLarge(f"image{where} has too many pixels") from None
+    except _DECODE_ERRORS as exc:
+        raise BadRequest(f"cannot decode image{where}: invalid header ({exc})") from None
     width, height = image.size
     if width * height > max_pixels:
         raise PayloadTooLarge(
@@ -57,11 +66,19 @@ def _decode_one(
     # JPEG can decode at a reduced scale, far cheaper for large photos.
     image.draft(geometry.pillow_mode, (geometry.width, geometry.height))
     try:
-        image = ImageOps.exif_transpose(image).convert(geometry.pillow_mode)
-        if image.size != (geometry.width, geometry.height):
-            image = image.resize((geometry.width, geometry.height), Image.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as exc:
+        image = ImageOps.exif_transpose(image)
+        image.load()
+    except _DECODE_ERRORS as exc:
         raise BadRequest(
             f"cannot decode image{where}: the data is truncated or corrupt ({exc})"
         ) from None
+    try:
+        image = image.convert(geometry.pillow_mode)
+    except ValueError:
+        raise BadRequest(
+            f"image{where} has pixel mode {image.mode}, which cannot be converted to "
+            f"{geometry.pillow_mode}"
+        ) from None
+    if image.size != (geometry.width, geometry.height):
+        image = image.resize((geometry.width, geometry.height), Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)

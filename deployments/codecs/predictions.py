@@ -23,10 +23,12 @@ def parse_top_k(value: str | int | None, default: int, classes: int) -> int:
     return k
 
 
-def parse_flag(value: str | bool | None, name: str) -> bool:
+def parse_flag(value: object, name: str) -> bool:
     """A boolean query parameter: true/false, 1/0, yes/no (missing is false)."""
-    if value is None or isinstance(value, bool):
+    if value is None or isinstance(value, bool | int):
         return bool(value)
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be true or false, got {value!r}")
     lowered = value.lower()
     if lowered in ("1", "true", "yes"):
         return True

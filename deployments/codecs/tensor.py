@@ -11,14 +11,20 @@ import numpy as np
 from deployments.codecs.errors import BadRequest
 
 
+def _refuse_constant(name: str) -> None:
+    raise BadRequest(f"{name} is not a number JSON allows")
+
+
 def parse_json(body: bytes) -> Any:
     """Parse a JSON request body or raise a 400 that says where it broke."""
     if not body:
         raise BadRequest("empty request body")
     try:
-        return json.loads(body.decode("utf-8"))
+        return json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise BadRequest("request body is not UTF-8 JSON") from None
+    except RecursionError:
+        raise BadRequest("JSON nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise BadRequest(
             f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"

@@ -38,6 +38,7 @@ def test_replica_threads_follow_num_cpus_and_warm_up(client: httpx.Client):
 
 def deploy(config: dict, tmp_path: Path, env: dict[str, str]) -> None:
     """`serve run` a config and wait until the retune app runs its batch settings."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     subprocess.run([str(BIN / "serve"), "run", "--non-blocking", str(path)],
@@ -94,23 +95,30 @@ def test_user_config_retunes_live_without_restart_or_lost_requests(
     stop = threading.Event()
     statuses: list[int] = []
 
-    def load() -> None:
+    def load(rows: int) -> None:
+        files = [("f", (p.name, p.read_bytes(), "image/png")) for p in SAMPLES[:rows]]
         with httpx.Client(timeout=60) as c:
             while not stop.is_set():
-                r = c.post(f"{retune_url}/predict", content=SAMPLES[1].read_bytes(),
-                           headers={"Content-Type": "image/jpeg"})
+                r = c.post(f"{retune_url}/predict", files=files)
                 statuses.append(r.status_code)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        for _ in range(4):
-            pool.submit(load)
+        futures = [pool.submit(load, rows) for rows in (1, 1, 7, 10)]
         deploy(with_retune_app({"max_batch_size": 16, "batch_wait_timeout_s": 0.002}),
-               tmp_path, subprocess_env)
-        after = model_stats(RETUNE_APP)
+               tmp_path / "grow", subprocess_env)
+        grown = model_stats(RETUNE_APP)
+        # Lowering the limit while 7- and 10-row chunks are queued must not fail them.
+        deploy(with_retune_app({"max_batch_size": 2, "batch_wait_timeout_s": 0.001}),
+               tmp_path / "shrink", subprocess_env)
+        shrunk = model_stats(RETUNE_APP)
         stop.set()
+        for f in futures:
+            f.result()
 
-    assert after["pid"] == before["pid"]  # same replica process: no restart
-    assert after["max_batch_size"] == 16 and after["batch_wait_timeout_s"] == 0.002
-    assert after["buckets"] == [1, 2, 4, 8, 16]
-    assert after["traces"] == 5  # only the new bucket was compiled, before serving it
+    assert grown["pid"] == shrunk["pid"] == before["pid"]  # same process: no restart
+    assert grown["max_batch_size"] == 16 and grown["batch_wait_timeout_s"] == 0.002
+    assert grown["buckets"] == [1, 2, 4, 8, 16]
+    assert grown["traces"] == 5  # only the new bucket was compiled, before serving it
+    assert shrunk["max_batch_size"] == 2
+    assert shrunk["traces"] == 5  # smaller limits reuse warm buckets
     assert len(statuses) > 20 and set(statuses) == {200}

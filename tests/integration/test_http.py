@@ -67,6 +67,12 @@ def test_top_k_and_full_scores(client: httpx.Client):
     assert len(default["predictions"][0]["top_k"]) == 3  # top_k: 3 in configs/config.yaml
 
 
+def many_files(n: int) -> bytes:
+    part = (b"--x\r\nContent-Disposition: form-data; name=f; filename=a.png\r\n"
+            b"Content-Type: image/png\r\n\r\n" + SAMPLES[0].read_bytes() + b"\r\n")
+    return part * n + b"--x--\r\n"
+
+
 PNG = {"Content-Type": "image/png"}
 JSON = {"Content-Type": "application/json"}
 BAD_REQUESTS = [
@@ -89,6 +95,11 @@ BAD_REQUESTS = [
      "/predict", 400, "no images"),
     ("body over the limit", b"\0" * (16 * 2**20 + 1), PNG, "/predict", 413,
      "the limit is 16777216"),
+    ("NaN in JSON", b'{"instances": [NaN]}', JSON, "/predict", 400, "NaN is not a number"),
+    ("too many files", many_files(257), {"Content-Type": "multipart/form-data; boundary=x"},
+     "/predict", 413, "more than 256 files"),
+    ("corrupt BMP header", b"BM" + b"\0" * 12 + b"\x63" + b"\0" * 60, PNG, "/predict", 400,
+     "cannot decode image"),
 ]
 
 

@@ -4,7 +4,8 @@ from deployments.device import DevicePlan, plan_device
 
 
 def test_cpu_replica_threads_follow_num_cpus():
-    assert plan_device(num_cpus=2, gpu_ids=[], gpu_fraction=0) == DevicePlan("/CPU:0", 2, 1)
+    assert plan_device(num_cpus=2, gpu_ids=[], gpu_fraction=0) == DevicePlan("/CPU:0", 2, 2)
+    assert plan_device(num_cpus=1, gpu_ids=[], gpu_fraction=0) == DevicePlan("/CPU:0", 1, 1)
     assert plan_device(num_cpus=0.5, gpu_ids=[], gpu_fraction=0).intra_op_threads == 1
     assert plan_device(num_cpus=8, gpu_ids=[], gpu_fraction=0).inter_op_threads == 2
 

@@ -59,7 +59,7 @@ def test_samples_decode():
     ("blob", "message"),
     [
         (b"", "empty image"),
-        (b"not an image at all", "not an image format"),
+        (b"not an image at all", "not one of the formats PNG, JPEG"),
         (encode(Image.effect_noise((64, 64), 60))[:-60], "truncated or corrupt"),
     ],
 )
@@ -83,3 +83,22 @@ def test_too_many_pixels_is_413_before_decoding():
 def test_no_images_is_400():
     with pytest.raises(BadRequest, match="no images"):
         decode_images([], GRAY, LIMIT)
+
+
+def test_malformed_header_is_400_not_a_crash():
+    bmp = bytearray(encode(Image.new("L", (8, 8)), "BMP"))
+    bmp[14] = 99  # an impossible DIB header size
+    with pytest.raises(BadRequest, match="cannot decode image"):
+        decode_images([bytes(bmp)], GRAY, LIMIT)
+
+
+def test_formats_outside_the_allow_list_are_refused():
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
+    with pytest.raises(BadRequest, match="not one of the formats"):
+        decode_images([eps], GRAY, LIMIT)
+
+
+def test_unconvertible_pixel_mode_is_named():
+    lab = encode(Image.new("LAB", (8, 8)), "TIFF")
+    with pytest.raises(BadRequest, match="pixel mode LAB"):
+        decode_images([lab], GRAY, LIMIT)

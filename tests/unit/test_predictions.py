@@ -38,5 +38,7 @@ def test_bad_top_k(value, message):
 def test_flags():
     assert parse_flag("true", "scores") and parse_flag("1", "scores")
     assert not parse_flag(None, "scores") and not parse_flag("false", "scores")
-    with pytest.raises(BadRequest, match="scores must be true or false"):
-        parse_flag("maybe", "scores")
+    assert parse_flag(1, "scores") and not parse_flag(0, "scores")
+    for bad in ("maybe", 2.5, [1]):
+        with pytest.raises(BadRequest, match="scores must be true or false"):
+            parse_flag(bad, "scores")

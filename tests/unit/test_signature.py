@@ -63,3 +63,16 @@ def test_several_inputs_need_a_name():
     meta = metadata(IMAGE, TensorSpec("mask", "float32", (None, 28, 28, 1)))
     with pytest.raises(BadRequest, match="several inputs"):
         _ = meta.input
+
+
+def test_bools_feed_float_models():
+    checked = check_batch(np.ones((1, 28, 28, 1), dtype=bool), IMAGE)
+    assert checked.dtype == np.float32 and checked.min() == 1.0
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, 1e39])
+def test_non_finite_values_are_refused(value):
+    batch = np.zeros((1, 28, 28, 1))
+    batch[0, 3, 4, 0] = value
+    with pytest.raises(BadRequest, match="NaN or infinite"):
+        check_batch(batch, IMAGE)

@@ -42,3 +42,16 @@ def test_unparseable_bodies(body, message):
 def test_bad_documents(doc, message):
     with pytest.raises(BadRequest, match=message):
         instances_to_array(doc)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"instances": [NaN]}', "NaN is not a number JSON allows"),
+        (b'{"instances": [Infinity]}', "Infinity is not a number"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ],
+)
+def test_json_that_python_would_accept_or_crash_on(body, message):
+    with pytest.raises(BadRequest, match=message):
+        parse_json(body)
