@@ -100,8 +100,8 @@ def main() -> None:
         app["one_client"] = run_load(url, lambda: one_image, 1, 1, seconds, label="1 client")
         app["sixteen_clients"] = run_load(url, lambda: one_image, 1, 16, seconds,
                                           label="16 clients, 1 image")
-        app["batch32_requests"] = run_load(
-            url, lambda: (multipart([jpeg] * 32), {}), 32, 2, seconds,
+        app["batch32_requests"] = run_load(  # twice as long: few, big requests
+            url, lambda: (multipart([jpeg] * 32), {}), 32, 2, 2 * seconds,
             label="2 clients, 32 images")
         app["model_stats"] = server.model_stats()
     results["app"] = app
