@@ -66,7 +66,7 @@ def _decode_one(
     # JPEG can decode at a reduced scale, far cheaper for large photos.
     image.draft(geometry.pillow_mode, (geometry.width, geometry.height))
     try:
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of the pixels
         image.load()
     except _DECODE_ERRORS as exc:
         raise BadRequest(

@@ -102,3 +102,15 @@ def test_unconvertible_pixel_mode_is_named():
     lab = encode(Image.new("LAB", (8, 8)), "TIFF")
     with pytest.raises(BadRequest, match="pixel mode LAB"):
         decode_images([lab], GRAY, LIMIT)
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("L", (40, 20), 0)
+    image.paste(255, (0, 0, 20, 20))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif, quality=100)
+    batch = decode_images([buffer.getvalue()], ImageGeometry(40, 20, 1), LIMIT)
+    # Displayed upright the image is 20 wide, 40 tall, white on top.
+    assert batch[0, :15, :, 0].mean() > 0.9 and batch[0, 25:, :, 0].mean() < 0.1
