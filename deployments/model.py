@@ -44,7 +44,7 @@ class BatchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int = Field(32, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(0.002, ge=0, le=10)
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=10)
 
 
 def _initial_settings() -> BatchSettings:
@@ -158,7 +158,7 @@ class ModelDeployment:
                 raise
             return await self._infer_rows(chunk)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002, batch_size_fn=_total_rows)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, batch_size_fn=_total_rows)
     async def _infer_batch(self, arrays: list[np.ndarray]) -> list[Outputs]:
         counts = [len(a) for a in arrays]
         rows = sum(counts)
