@@ -21,7 +21,7 @@ from benchmarks.load import run_load, single_request_ms
 from benchmarks.plot import plot_results
 from benchmarks.raw_tf import measure_raw
 from benchmarks.server import ROOT, Server, bench_config
-from deployments.server_env import read_env_file
+from deployments.local import read_env_file
 from models.build_benchmark import DEFAULT_OUT, build
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,11 +67,9 @@ def main() -> None:
                              "0: the smallest batch within 5%% of this run's raw peak")
     parser.add_argument("--batch-wait-ms", type=float, default=0.0,
                         help="batch_wait_timeout_s while the model is idle, in ms")
-    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="added to configs/server.env for the cluster's processes")
+    parser.add_argument("--server-env", type=Path, default=ROOT / "configs" / "server.env",
+                        help="environment file of the cluster's processes")
     args = parser.parse_args()
-    server_env = {**read_env_file(ROOT / "configs" / "server.env"),
-                  **dict(item.split("=", 1) for item in args.server_env)}
     seconds = 20.0 if args.full else 8.0
 
     model_dir = DEFAULT_OUT
@@ -95,10 +93,12 @@ def main() -> None:
                         "batch_wait_timeout_s": args.batch_wait_ms / 1000},
     }
     config = bench_config(model_dir, args.port, overrides)
-    results["config"] = {"model_deployment": overrides, "server_env": server_env}
+    results["config"] = {"model_deployment": overrides,
+                         "server_env": read_env_file(args.server_env)}
     jpeg = sample_jpeg()
     one_image = (jpeg, {"Content-Type": "image/jpeg"})
-    with tempfile.TemporaryDirectory() as tmp, Server(config, Path(tmp), server_env) as server:
+    with (tempfile.TemporaryDirectory() as tmp,
+          Server(config, Path(tmp), args.server_env) as server):
         url = f"{server.url}/predict?top_k=1"
         first = single_request_ms(url, *one_image)
         app: dict = {"first_request_ms": first}

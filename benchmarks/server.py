@@ -3,19 +3,15 @@ deployed with `serve run` like a user does, on a cluster the bench owns."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import ray
 import yaml
 from ray import serve
 
+from deployments.local import serve_run, start_cluster, wait_ready
+
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 APP = "ray-tf-serve"
 
 
@@ -36,33 +32,17 @@ def bench_config(model_dir: Path, port: int, model_overrides: dict) -> dict:
 class Server:
     """A local Ray cluster with the app deployed; stopped on exit."""
 
-    def __init__(self, config: dict, workdir: Path, env: dict[str, str]) -> None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # Set after this driver imported Serve: they reach the cluster's
-        # processes (started below) while this driver keeps Serve's defaults.
-        os.environ.update(env)
-        self.config = config
+    def __init__(self, config: dict, workdir: Path, env_file: Path) -> None:
+        self.env_file = env_file
         self.path = workdir / "bench-config.yaml"
         self.path.write_text(yaml.safe_dump(config))
-        port = config["http_options"]["port"]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://127.0.0.1:{config['http_options']['port']}"
 
     def __enter__(self) -> Server:
-        ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
-        env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-        subprocess.run([str(BIN / "serve"), "run", "--non-blocking", str(self.path)],
-                       cwd=ROOT, env=env, check=True, timeout=300,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise TimeoutError("the benchmark app did not become ready")
+        start_cluster(self.env_file, logging_level="ERROR")
+        serve_run(self.path, cwd=ROOT, quiet=True)
+        wait_ready(self.url)
+        return self
 
     def model_stats(self) -> dict:
         return serve.get_deployment_handle("Model", APP).stats.remote().result()

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +16,9 @@ import pytest
 import ray
 from ray import serve
 
-from deployments.server_env import read_env_file
+from deployments.local import serve_run, start_cluster, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 SAMPLES = sorted((ROOT / "models" / "samples").iterdir())
 APP_NAME = "ray-tf-serve"  # as named in configs/config.yaml
 
@@ -37,26 +33,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 @pytest.fixture(scope="session")
 def cluster_address() -> Iterator[str]:
-    # The cluster's processes serve with configs/server.env, as `make serve`
-    # does; this driver imported Serve before, so its handles keep the defaults.
-    os.environ.update(read_env_file(ROOT / "configs" / "server.env"))
     # Deleted apps drain for 30 s by default (for HAProxy to stop routing to
     # them); the tests delete several apps and need no such grace.
     os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
-    # "local": a fresh cluster owned by this session, even if another runs here.
-    ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
+    yield start_cluster(ROOT / "configs" / "server.env", num_cpus=8)
     serve.shutdown()
     ray.shutdown()
 
@@ -67,23 +49,13 @@ def subprocess_env(cluster_address: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def base_url(cluster_address: str, subprocess_env: dict[str, str]) -> str:
+def base_url(cluster_address: str) -> str:
     """The app from configs/config.yaml, deployed with `serve run` on a free port."""
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    subprocess.run(
-        [str(BIN / "serve"), "run", "--non-blocking", "configs/config.yaml"],
-        cwd=ROOT, env=subprocess_env, check=True, timeout=300,
-    )
+    serve_run(ROOT / "configs" / "config.yaml", cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(ready, 180, "the app to be ready")
+    wait_ready(url, 180)
     return url
 
 

@@ -4,7 +4,6 @@ batching retuned live from the YAML's user_config without restarts or errors."""
 from __future__ import annotations
 
 import concurrent.futures
-import subprocess
 import threading
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import yaml
 from ray import serve
 from ray.serve.schema import ApplicationStatus
 
-from tests.integration.conftest import APP_NAME, BIN, ROOT, SAMPLES, wait_until
+from deployments.local import serve_run, wait_until
+from tests.integration.conftest import APP_NAME, ROOT, SAMPLES
 
 RETUNE_APP = "retune"
 
@@ -36,13 +36,12 @@ def test_replica_threads_follow_num_cpus_and_warm_up(client: httpx.Client):
     assert model_stats(APP_NAME)["traces"] == 1
 
 
-def deploy(config: dict, tmp_path: Path, env: dict[str, str]) -> None:
+def deploy(config: dict, tmp_path: Path) -> None:
     """`serve run` a config and wait until the retune app runs its batch settings."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    subprocess.run([str(BIN / "serve"), "run", "--non-blocking", str(path)],
-                   cwd=ROOT, env=env, check=True, timeout=300)
+    serve_run(path, cwd=ROOT)
     wanted = config["applications"][-1]["deployments"][-1]["user_config"]["max_batch_size"]
 
     def applied() -> bool:
@@ -69,9 +68,9 @@ def with_retune_app(user_config: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def retune_url(base_url: str, subprocess_env, tmp_path_factory) -> str:
+def retune_url(base_url: str, tmp_path_factory) -> str:
     deploy(with_retune_app({"max_batch_size": 8, "batch_wait_timeout_s": 0.01}),
-           tmp_path_factory.mktemp("retune"), subprocess_env)
+           tmp_path_factory.mktemp("retune"))
     return f"{base_url}/{RETUNE_APP}"
 
 
@@ -89,7 +88,7 @@ def test_xla_traces_stay_bounded_by_the_buckets(retune_url: str):
 
 
 def test_user_config_retunes_live_without_restart_or_lost_requests(
-    retune_url: str, subprocess_env, tmp_path: Path
+    retune_url: str, tmp_path: Path
 ):
     before = model_stats(RETUNE_APP)
     stop = threading.Event()
@@ -105,11 +104,11 @@ def test_user_config_retunes_live_without_restart_or_lost_requests(
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(load, rows) for rows in (1, 1, 7, 10)]
         deploy(with_retune_app({"max_batch_size": 16, "batch_wait_timeout_s": 0.002}),
-               tmp_path / "grow", subprocess_env)
+               tmp_path / "grow")
         grown = model_stats(RETUNE_APP)
         # Lowering the limit while 7- and 10-row chunks are queued must not fail them.
         deploy(with_retune_app({"max_batch_size": 2, "batch_wait_timeout_s": 0.001}),
-               tmp_path / "shrink", subprocess_env)
+               tmp_path / "shrink")
         shrunk = model_stats(RETUNE_APP)
         stop.set()
         for f in futures:
