@@ -88,7 +88,9 @@ class ModelDeployment:
         self._buckets: list[int] = []
         self._batch_seconds = 0.0  # moving average of one model call
         settings = _initial_settings()
-        self._warm_up(bucket_sizes(settings.max_batch_size))
+        # Warm up on the thread that will run every batch: it starts now, and
+        # TF's per-thread state is ready before the first real request.
+        self._executor.submit(self._warm_up, bucket_sizes(settings.max_batch_size)).result()
         self._set(settings)
         logger.info("model %r loaded from %s on %s", model.name, model.path, plan.device)
 
