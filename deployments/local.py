@@ -35,14 +35,18 @@ def start_cluster(env_file: Path, **init_args: object) -> str:
     return ray.get_runtime_context().gcs_address
 
 
+def driver_env() -> dict[str, str]:
+    """The environment of another process joining this driver's cluster."""
+    return {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+
+
 def serve_run(config: Path, cwd: Path, quiet: bool = False) -> None:
     """``serve run --non-blocking config`` on this driver's cluster, from ``cwd``
     (where the config's relative model paths start)."""
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     output = subprocess.DEVNULL if quiet else None
     subprocess.run(
         [str(Path(sys.executable).parent / "serve"), "run", "--non-blocking", str(config)],
-        cwd=cwd, env=env, check=True, timeout=300, stdout=output, stderr=output,
+        cwd=cwd, env=driver_env(), check=True, timeout=300, stdout=output, stderr=output,
     )
 
 

@@ -16,7 +16,7 @@ import pytest
 import ray
 from ray import serve
 
-from deployments.local import serve_run, start_cluster, wait_ready
+from deployments.local import driver_env, serve_run, start_cluster, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "models" / "samples").iterdir())
@@ -45,7 +45,7 @@ def cluster_address() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def subprocess_env(cluster_address: str) -> dict[str, str]:
-    return {**os.environ, "RAY_ADDRESS": cluster_address}
+    return driver_env()
 
 
 @pytest.fixture(scope="session")
