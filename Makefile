@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODEL := models/digits/1/saved_model.pb
+LINEAR_MODEL := models/digits_linear/1/saved_model.pb
 
 # Token auth on local clusters breaks drivers joining with ray.init(address=...)
 # (see README); this project chooses the mode explicitly for every process.
@@ -21,16 +22,19 @@ $(STAMP): pyproject.toml
 $(MODEL): | $(STAMP)
 	$(BIN)/python -m models.build_digits
 
-model: $(MODEL)
+$(LINEAR_MODEL): | $(STAMP)
+	$(BIN)/python -m models.build_digits_linear
+
+model: $(MODEL) $(LINEAR_MODEL)
 
 # configs/server.env: Serve's faster serving path (HAProxy ingress, throughput mode).
-serve: $(STAMP) $(MODEL)
+serve: $(STAMP) model
 	env $$(grep -v '^#' configs/server.env | xargs) $(BIN)/serve run configs/config.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) $(MODEL) lint
+test: $(STAMP) model lint
 	$(BIN)/pytest
 
 bench: $(STAMP)

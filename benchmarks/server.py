@@ -13,6 +13,7 @@ from deployments.local import serve_run, start_cluster, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "ray-tf-serve"
+MODEL = "mobilenet_v2"
 
 
 def bench_config(model_dir: Path, port: int, model_overrides: dict) -> dict:
@@ -20,9 +21,11 @@ def bench_config(model_dir: Path, port: int, model_overrides: dict) -> dict:
     config = yaml.safe_load((ROOT / "configs" / "config.yaml").read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     (app,) = config["applications"]
-    app["args"]["model"] = {"name": "mobilenet_v2", "path": str(model_dir / "1"),
-                            "labels_path": str(model_dir / "labels.txt")}
-    model = next(d for d in app["deployments"] if d["name"] == "Model")
+    app["args"]["models"] = [{"name": MODEL, "path": str(model_dir), "input": "image",
+                              "labels_path": str(model_dir / "labels.txt")}]
+    app["deployments"] = [d for d in app["deployments"] if d["name"] != "digits_linear"]
+    model = next(d for d in app["deployments"] if d["name"] == "digits")
+    model["name"] = MODEL
     model.update(model_overrides)
     if "num_replicas" in model_overrides:
         model.pop("autoscaling_config", None)
@@ -45,7 +48,7 @@ class Server:
         return self
 
     def model_stats(self) -> dict:
-        return serve.get_deployment_handle("Model", APP).stats.remote().result()
+        return serve.get_deployment_handle(MODEL, APP).stats.remote().result()
 
     def __exit__(self, *exc: object) -> None:
         serve.shutdown()

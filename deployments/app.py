@@ -1,8 +1,9 @@
 """``build_app``: the YAML's ``args`` → the bound deployment graph.
 
 ``serve run configs/config.yaml`` calls :func:`build_app` with the
-application's ``args``; replica counts, autoscaling, resources and batching
-come from the YAML's ``deployments`` section, which Serve applies on top.
+application's ``args``. Each model becomes its own deployment, named after
+the model, so the YAML's ``deployments`` section sets its replicas,
+autoscaling, resources and batching by that name.
 """
 
 from __future__ import annotations
@@ -18,5 +19,9 @@ from deployments.model import ModelDeployment
 
 def build_app(args: dict[str, Any]) -> Application:
     config = AppArgs.model_validate(args)
-    model = ModelDeployment.bind(config.model.resolved(), config.device)
-    return Preprocessor.bind(model, config.top_k, config.limits)
+    models = {}
+    for model in config.models:
+        resolved = model.resolved()
+        models[model.name] = ModelDeployment.options(name=model.name).bind(
+            resolved, resolved.version_dirs(), config.device)
+    return Preprocessor.bind(models, config.top_k, config.limits)

@@ -7,8 +7,9 @@ receives plain, validated values.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from deployments.device import GpuMemoryMode
 
@@ -38,11 +39,25 @@ class DeviceArgs(_Strict):
         return self
 
 
+InputKind = Literal["image", "tensor"]
+
+# Deployment names in the app besides one per model.
+RESERVED_NAMES = frozenset({"Preprocessor"})
+
+
 class ModelArgs(_Strict):
-    """One SavedModel to serve."""
+    """One model to serve, in TF Serving's layout: ``path`` holds numbered
+    version directories (``path/1``, ``path/2``), each a SavedModel; a
+    SavedModel directory itself is served as version 1."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    path: Path = Field(description="SavedModel directory (relative to where serve runs)")
+    path: Path = Field(description="model base directory (relative to where serve runs)")
+    versions: tuple[PositiveInt, ...] | None = Field(
+        None, min_length=1, description="versions to serve; default: the highest one present"
+    )
+    input: InputKind = Field(
+        "tensor", description="image: encoded images are decoded to the input tensor"
+    )
     labels_path: Path | None = Field(None, description="one class label per line")
     signature_name: str = "serving_default"
     scores_output: str | None = Field(
@@ -55,9 +70,32 @@ class ModelArgs(_Strict):
         labels = self.labels_path.resolve() if self.labels_path else None
         return self.model_copy(update={"path": self.path.resolve(), "labels_path": labels})
 
+    def version_dirs(self) -> dict[int, Path]:
+        """Each served version's SavedModel directory, highest version last.
+
+        A missing directory is still named here: the replica that fails to
+        load it reports the path and the cause in ``serve status``.
+        """
+        if self.versions in (None, (1,)) and (self.path / "saved_model.pb").is_file():
+            return {1: self.path}
+        if self.versions:
+            return {v: self.path / str(v) for v in sorted(self.versions)}
+        found = sorted(int(d.name) for d in self.path.glob("[0-9]*")
+                       if d.name.isdigit() and (d / "saved_model.pb").is_file())
+        return {found[-1]: self.path / str(found[-1])} if found else {1: self.path}
+
 
 class AppArgs(_Strict):
-    model: ModelArgs
+    models: tuple[ModelArgs, ...] = Field(min_length=1)
     top_k: int = Field(5, ge=1, description="default number of classes per prediction")
     limits: InputLimits = InputLimits()
     device: DeviceArgs = DeviceArgs()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AppArgs:
+        names = [m.name for m in self.models]
+        taken = sorted({n for n in names if names.count(n) > 1 or n in RESERVED_NAMES})
+        if taken:
+            raise ValueError(f"model names must be unique and not {sorted(RESERVED_NAMES)}: "
+                             f"{', '.join(taken)}")
+        return self

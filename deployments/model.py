@@ -15,7 +15,8 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -31,9 +32,13 @@ from deployments.batching import (
     merge_rows,
     split_rows,
 )
+from deployments.codecs.errors import NotFound
 from deployments.config import DeviceArgs, ModelArgs
 from deployments.device import apply_device_plan, plan_device
 from deployments.signature import ModelMetadata, check_batch
+
+if TYPE_CHECKING:
+    from deployments.runner import SavedModelRunner
 
 logger = logging.getLogger("ray.serve")
 
@@ -59,9 +64,91 @@ def _total_rows(arrays: list[np.ndarray]) -> int:
     return sum(len(a) for a in arrays)
 
 
-@serve.deployment(name="Model", max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
+class ServedVersion:
+    """One loaded version of the model with its own batch queue.
+
+    Each version gets its own ``serve.batch`` queue (the decorator keeps one
+    queue per decorated function), so a batch never mixes versions.
+    """
+
+    def __init__(self, runner: SavedModelRunner, executor: ThreadPoolExecutor,
+                 settings: BatchSettings) -> None:
+        self.runner = runner
+        self._executor = executor
+        self._settings = settings
+        self._batch_seconds = 0.0  # moving average of one model call
+        self.batch_rows: Counter[int] = Counter()
+        self.buckets: list[int] = []
+        self._batch = serve.batch(batch_size_fn=_total_rows)(self._run_batch)
+
+    def warm_up(self, sizes: list[int]) -> None:
+        """One call per batch size, then a timed warm call for the busy wait.
+
+        Runs on the model's executor thread, which runs every batch: TF's
+        per-thread state is ready before the first real request.
+        """
+        spec = self.runner.metadata.input
+        for rows in [*sizes, sizes[0]]:
+            started = time.perf_counter()
+            self.runner.run(np.zeros((rows, *spec.shape[1:]), dtype=spec.dtype))
+        self._batch_seconds = time.perf_counter() - started
+
+    def new_buckets(self, settings: BatchSettings) -> list[int]:
+        return [b for b in bucket_sizes(settings.max_batch_size) if b not in self.buckets]
+
+    def apply(self, settings: BatchSettings) -> None:
+        """Switch to ``settings``; their buckets must be warm already."""
+        self._settings = settings
+        # Buckets only grow: a batch formed under an earlier, larger limit
+        # still finds its (already warm) bucket.
+        self.buckets = sorted({*self.buckets, *bucket_sizes(settings.max_batch_size)})
+        self._batch.set_max_batch_size(settings.max_batch_size)
+        self._batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    async def infer(self, rows: np.ndarray) -> Outputs:
+        """Any number of rows, in chunks of at most ``max_batch_size``."""
+        chunks = chunk_rows(rows, self._settings.max_batch_size)
+        return concat_outputs(await asyncio.gather(*(self._infer_chunk(c) for c in chunks)))
+
+    async def _infer_chunk(self, chunk: np.ndarray) -> Outputs:
+        try:
+            return await self._batch(chunk)
+        except RuntimeError:
+            # Serve's batcher refuses an item over max_batch_size: it was
+            # lowered live after this chunk was cut. Cut it again.
+            if len(chunk) <= self._settings.max_batch_size:
+                raise
+            return await self.infer(chunk)
+
+    async def _run_batch(self, arrays: list[np.ndarray]) -> list[Outputs]:
+        counts = [len(a) for a in arrays]
+        rows = sum(counts)
+        self.batch_rows[rows] += 1
+        padded = bucket_for(rows, self.buckets) if self.runner.static_shapes else rows
+        merged = merge_rows(arrays, padded)
+        # Serve forms the next batch while this one runs, closing it after
+        # batch_wait_timeout_s: a few ms would cut it to the one or two
+        # requests that arrived by then, to queue behind this batch anyway.
+        # While the model is busy, wait as long as a batch takes instead, so
+        # the next one fills with what arrives meanwhile (like Triton's and TF
+        # Serving's batchers, which form a batch when the model is free).
+        self._batch.set_batch_wait_timeout_s(
+            max(self._settings.batch_wait_timeout_s, self._batch_seconds))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self.runner.run, merged)
+        finally:
+            self._batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (loop.time() - started)
+        return split_rows(outputs, counts)
+
+
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 1})
 class ModelDeployment:
-    def __init__(self, model: ModelArgs, device: DeviceArgs) -> None:
+    """Every configured version of one model; the app names it after the model."""
+
+    def __init__(self, model: ModelArgs, versions: dict[int, Path], device: DeviceArgs) -> None:
         context = ray.get_runtime_context()
         resources = context.get_assigned_resources()
         plan = plan_device(
@@ -76,23 +163,21 @@ class ModelDeployment:
         # `serve run` driver import this module too and need no TensorFlow.
         from deployments.runner import SavedModelRunner
 
-        self._runner = SavedModelRunner(
-            model.name, model.path, model.signature_name, model.scores_output,
-            model.labels_path, plan.device, jit_compile=model.jit_compile,
-        )
         self._plan = plan
         # TF releases the GIL while it computes; running it on a thread keeps
         # the replica's event loop free to form the next batch meanwhile.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tf")
-        self._batch_rows: Counter[int] = Counter()
-        self._buckets: list[int] = []
-        self._batch_seconds = 0.0  # moving average of one model call
-        settings = _initial_settings()
-        # Warm up on the thread that will run every batch: it starts now, and
-        # TF's per-thread state is ready before the first real request.
-        self._executor.submit(self._warm_up, bucket_sizes(settings.max_batch_size)).result()
-        self._set(settings)
-        logger.info("model %r loaded from %s on %s", model.name, model.path, plan.device)
+        self._settings = _initial_settings()
+        self._versions: dict[int, ServedVersion] = {}
+        for version, path in sorted(versions.items()):
+            runner = SavedModelRunner(model, version, path, plan.device)
+            served = ServedVersion(runner, self._executor, self._settings)
+            self._executor.submit(served.warm_up, served.new_buckets(self._settings)).result()
+            served.apply(self._settings)
+            self._versions[version] = served
+            logger.info("model %r version %d loaded from %s on %s",
+                        model.name, version, path, plan.device)
+        self._latest = max(self._versions)
 
     async def reconfigure(self, user_config: dict) -> None:
         """Retune batching live; new bucket sizes are warmed up before use.
@@ -102,84 +187,37 @@ class ModelDeployment:
         traced and its kernels set up.
         """
         settings = BatchSettings.model_validate(user_config)
-        new = [b for b in bucket_sizes(settings.max_batch_size) if b not in self._buckets]
-        if new:  # on the model's own thread: never beside a running batch
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._warm_up, new)
-        self._set(settings)
-
-    def _set(self, settings: BatchSettings) -> None:
+        loop = asyncio.get_running_loop()
+        for served in self._versions.values():
+            if new := served.new_buckets(settings):  # on the model's own thread
+                await loop.run_in_executor(self._executor, served.warm_up, new)
+            served.apply(settings)
         self._settings = settings
-        # Buckets only grow: a batch formed under an earlier, larger limit
-        # still finds its (already warm) bucket.
-        self._buckets = sorted({*self._buckets, *bucket_sizes(settings.max_batch_size)})
-        self._infer_batch.set_max_batch_size(settings.max_batch_size)
-        self._infer_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
-        logger.info("batching: %s, buckets %s", settings, self._buckets)
+        logger.info("batching: %s", settings)
 
-    def _warm_up(self, sizes: list[int]) -> None:
-        """One call per batch size, then a timed warm call for the busy wait."""
-        spec = self._runner.metadata.input
-        for rows in [*sizes, sizes[0]]:
-            started = time.perf_counter()
-            self._runner.run(np.zeros((rows, *spec.shape[1:]), dtype=spec.dtype))
-        self._batch_seconds = time.perf_counter() - started
+    def metadata(self) -> dict[int, ModelMetadata]:
+        """Every served version's signature, by version."""
+        return {v: served.runner.metadata for v, served in self._versions.items()}
 
-    def metadata(self) -> ModelMetadata:
-        return self._runner.metadata
-
-    def stats(self) -> dict[str, Any]:
+    def stats(self, version: int | None = None) -> dict[str, Any]:
         """What this replica runs on and the batches it formed (rows → count)."""
+        served = self._versions[version or self._latest]
         return {
             "pid": os.getpid(),
             "device": self._plan.device,
             "intra_op_threads": self._plan.intra_op_threads,
             "max_batch_size": self._settings.max_batch_size,
             "batch_wait_timeout_s": self._settings.batch_wait_timeout_s,
-            "buckets": self._buckets,
-            "traces": self._runner.traces,
-            "batch_rows": dict(sorted(self._batch_rows.items())),
+            "versions": sorted(self._versions),
+            "buckets": served.buckets,
+            "traces": served.runner.traces,
+            "batch_rows": dict(sorted(served.batch_rows.items())),
         }
 
-    async def __call__(self, batch: np.ndarray) -> Outputs:
-        """Run the model on a batch of any size; returns every output by name."""
-        batch = check_batch(batch, self._runner.metadata.input)
-        return await self._infer_rows(batch)
-
-    async def _infer_rows(self, rows: np.ndarray) -> Outputs:
-        """Any number of rows, in chunks of at most ``max_batch_size``."""
-        chunks = chunk_rows(rows, self._settings.max_batch_size)
-        return concat_outputs(await asyncio.gather(*(self._infer_chunk(c) for c in chunks)))
-
-    async def _infer_chunk(self, chunk: np.ndarray) -> Outputs:
-        try:
-            return await self._infer_batch(chunk)
-        except RuntimeError:
-            # Serve's batcher refuses an item over max_batch_size: it was
-            # lowered live after this chunk was cut. Cut it again.
-            if len(chunk) <= self._settings.max_batch_size:
-                raise
-            return await self._infer_rows(chunk)
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, batch_size_fn=_total_rows)
-    async def _infer_batch(self, arrays: list[np.ndarray]) -> list[Outputs]:
-        counts = [len(a) for a in arrays]
-        rows = sum(counts)
-        self._batch_rows[rows] += 1
-        padded = bucket_for(rows, self._buckets) if self._runner.static_shapes else rows
-        merged = merge_rows(arrays, padded)
-        # Serve forms the next batch while this one runs, closing it after
-        # batch_wait_timeout_s: a few ms would cut it to the one or two
-        # requests that arrived by then, to queue behind this batch anyway.
-        # While the model is busy, wait as long as a batch takes instead, so
-        # the next one fills with what arrives meanwhile (like Triton's and TF
-        # Serving's batchers, which form a batch when the model is free).
-        self._infer_batch.set_batch_wait_timeout_s(
-            max(self._settings.batch_wait_timeout_s, self._batch_seconds))
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            outputs = await loop.run_in_executor(self._executor, self._runner.run, merged)
-        finally:
-            self._infer_batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
-        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (loop.time() - started)
-        return split_rows(outputs, counts)
+    async def __call__(self, batch: np.ndarray, version: int | None = None) -> Outputs:
+        """Run a batch of any size on a version (default: the highest);
+        returns every output by name."""
+        served = self._versions.get(version or self._latest)
+        if served is None:
+            raise NotFound(f"model version {version} is not served")
+        return await served.infer(check_batch(batch, served.runner.metadata.input))

@@ -8,12 +8,16 @@ from one request to the next.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow.core.protobuf import saved_model_pb2
 
 from deployments.batching import Outputs
-from deployments.signature import ModelMetadata, TensorSpec
+from deployments.config import ModelArgs
+from deployments.signature import ModelMetadata, TensorSpec, image_geometry
 
 
 class ModelLoadError(RuntimeError):
@@ -40,10 +44,20 @@ def read_labels(path: Path | None, classes: int) -> tuple[str, ...]:
     return labels
 
 
+def _signature_defs(path: Path, signature_name: str) -> dict[str, Any]:
+    """The served ``SignatureDef`` from saved_model.pb, as JSON."""
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((path / "saved_model.pb").read_bytes())
+    defs = proto.meta_graphs[0].signature_def
+    return {signature_name: json_format.MessageToDict(defs[signature_name],
+                                                      preserving_proto_field_name=True)}
+
+
 class SavedModelRunner:
-    def __init__(self, name: str, path: Path, signature_name: str,
-                 scores_output: str | None, labels_path: Path | None, device: str,
-                 jit_compile: bool = False) -> None:
+    """One version of a model, loaded from ``path`` onto ``device``."""
+
+    def __init__(self, model: ModelArgs, version: int, path: Path, device: str) -> None:
+        name, signature_name = model.name, model.signature_name
         if not (path / "saved_model.pb").is_file():
             reason = "no such directory" if not path.exists() else "no saved_model.pb in it"
             raise ModelLoadError(f"cannot load model {name!r} from {path}: {reason}")
@@ -69,9 +83,15 @@ class SavedModelRunner:
                 f"model {name!r} signature {signature_name!r} has {len(inputs)} inputs; "
                 "only single-input signatures are served"
             )
+        if model.input == "image":
+            try:
+                image_geometry(inputs[0])
+            except ValueError as exc:
+                raise ModelLoadError(f"model {name!r} is configured with input: image, "
+                                     f"but {exc}") from None
         outputs = tuple(_spec(k, v) for k, v in sorted(self._fn.structured_outputs.items()))
         output_names = [o.name for o in outputs]
-        scores = scores_output or output_names[0]
+        scores = model.scores_output or output_names[0]
         if scores not in output_names:
             raise ModelLoadError(
                 f"model {name!r} has no output {scores!r} (it has: {', '.join(output_names)})"
@@ -80,11 +100,13 @@ class SavedModelRunner:
         if classes is None:
             raise ModelLoadError(f"output {scores!r} of model {name!r} has no fixed class count")
         self.metadata = ModelMetadata(
-            name=name, signature_name=signature_name, inputs=inputs, outputs=outputs,
-            scores_output=scores, labels=read_labels(labels_path, classes),
+            name=name, version=version, signature_name=signature_name, inputs=inputs,
+            outputs=outputs, scores_output=scores,
+            labels=read_labels(model.labels_path, classes), takes_images=model.input == "image",
+            signature_defs=_signature_defs(path, signature_name),
         )
-        self.static_shapes = jit_compile
-        self._call = self._compile(jit_compile)
+        self.static_shapes = model.jit_compile
+        self._call = self._compile(model.jit_compile)
 
     def _compile(self, jit_compile: bool) -> tf.types.experimental.PolymorphicFunction:
         """Wrap the signature in one ``tf.function`` whose traces we can count.

@@ -7,7 +7,8 @@ tensors before anything is put in the object store.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -52,11 +53,18 @@ class ModelMetadata:
     """Everything the preprocessor needs to know about a served model."""
 
     name: str
+    version: int
     signature_name: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     scores_output: str
     labels: tuple[str, ...]
+    takes_images: bool = False
+    # The served SignatureDef as JSON (TF Serving's metadata API shows it).
+    signature_defs: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((o for o in self.outputs if o.name == name), None)
 
     @property
     def input(self) -> TensorSpec:
@@ -67,15 +75,23 @@ class ModelMetadata:
         return self.inputs[0]
 
     def image_geometry(self) -> ImageGeometry:
-        """The image layout of the input, or a 400 when it is not an image."""
+        """The image layout of the input, or a 400 when the model takes no images."""
         spec = self.input
-        if len(spec.shape) != 4 or spec.shape[3] not in (1, 3) or None in spec.shape[1:]:
+        if not self.takes_images:
             raise BadRequest(
-                f"model {self.name!r} takes {spec.describe()}, not images "
-                "([N, height, width, 1 or 3]); send a JSON tensor instead"
+                f"model {self.name!r} takes tensors ({spec.describe()}), not encoded images"
             )
-        _, height, width, channels = spec.shape
-        return ImageGeometry(int(height), int(width), int(channels))
+        return image_geometry(spec)
+
+
+def image_geometry(spec: TensorSpec) -> ImageGeometry:
+    """The image layout of ``spec``: ``[N, height, width, 1 or 3]``, else ValueError."""
+    if len(spec.shape) != 4 or spec.shape[3] not in (1, 3) or None in spec.shape[1:]:
+        raise ValueError(
+            f"input {spec.name!r} is {spec.describe()}, not images ([N, height, width, 1 or 3])"
+        )
+    _, height, width, channels = spec.shape
+    return ImageGeometry(int(height), int(width), int(channels))
 
 
 def check_batch(array: np.ndarray, spec: TensorSpec, max_rows: int | None = None) -> np.ndarray:

@@ -23,7 +23,7 @@ def build(out: Path) -> Path:
     net = tf.keras.applications.MobileNetV2(input_shape=(SIZE, SIZE, 3), weights=None)
 
     version_dir = out / "1"
-    export_classifier(net, version_dir, SIZE, SIZE, 3)
+    export_classifier(net, version_dir, "image", (SIZE, SIZE, 3))
     (out / "labels.txt").write_text("".join(f"class_{i}\n" for i in range(1000)))
     return version_dir
 

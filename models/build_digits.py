@@ -111,7 +111,7 @@ def main() -> None:
         raise SystemExit(f"accuracy {accuracy:.4f} is below 0.95; not exporting")
 
     version_dir = args.out / "1"
-    export_classifier(model, version_dir, SIZE, SIZE, 1)
+    export_classifier(model, version_dir, "image", (SIZE, SIZE, 1))
     (args.out / "labels.txt").write_text("".join(f"{d}\n" for d in range(10)))
     (args.out / "metrics.json").write_text(
         json.dumps(

@@ -1,19 +1,19 @@
-"""Export a Keras image classifier as the SavedModel layout the server reads:
-``serving_default: image float32[N, H, W, C] → probabilities float32[N, classes]``."""
+"""Export a Keras classifier as the SavedModel layout the server reads:
+``serving_default: <input> float32[N, ...] → probabilities float32[N, classes]``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def export_classifier(net, path: Path, height: int, width: int, channels: int) -> None:
+def export_classifier(net, path: Path, input_name: str, input_shape: tuple[int, ...]) -> None:
     import tensorflow as tf
 
-    spec = tf.TensorSpec([None, height, width, channels], tf.float32, name="image")
+    spec = tf.TensorSpec([None, *input_shape], tf.float32, name=input_name)
 
     @tf.function(input_signature=[spec])
-    def serve(image):
-        return {"probabilities": net(image, training=False)}
+    def serve(batch):
+        return {"probabilities": net(batch, training=False)}
 
     module = tf.Module()
     module.net = net  # tracked, so its variables are saved

@@ -14,11 +14,13 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
+import yaml
 from ray import serve
 
 from deployments.local import driver_env, serve_run, start_cluster, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "configs" / "config.yaml"
 SAMPLES = sorted((ROOT / "models" / "samples").iterdir())
 APP_NAME = "ray-tf-serve"  # as named in configs/config.yaml
 
@@ -49,14 +51,27 @@ def subprocess_env(cluster_address: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def base_url(cluster_address: str) -> str:
-    """The app from configs/config.yaml, deployed with `serve run` on a free port."""
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve_run(ROOT / "configs" / "config.yaml", cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
+def ports(cluster_address: str) -> dict[str, int]:
+    """Serve started on free HTTP and gRPC ports, with the config's gRPC service."""
+    grpc_options = yaml.safe_load(CONFIG.read_text())["grpc_options"]
+    chosen = {"http": free_port(), "grpc": free_port()}
+    serve.start(http_options={"host": "127.0.0.1", "port": chosen["http"]},
+                grpc_options={**grpc_options, "port": chosen["grpc"]})
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def base_url(ports: dict[str, int]) -> str:
+    """The app from configs/config.yaml, deployed with `serve run`."""
+    serve_run(CONFIG, cwd=ROOT)
+    url = f"http://127.0.0.1:{ports['http']}"
     wait_ready(url, 180)
     return url
+
+
+@pytest.fixture(scope="session")
+def grpc_address(base_url: str, ports: dict[str, int]) -> str:
+    return f"127.0.0.1:{ports['grpc']}"
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ RETUNE_APP = "retune"
 
 
 def model_stats(app: str) -> dict:
-    return serve.get_deployment_handle("Model", app).stats.remote().result()
+    return serve.get_deployment_handle("digits", app).stats.remote().result()
 
 
 def test_replica_threads_follow_num_cpus_and_warm_up(client: httpx.Client):
@@ -54,13 +54,16 @@ def deploy(config: dict, tmp_path: Path) -> None:
 
 
 def with_retune_app(user_config: dict) -> dict:
-    """configs/config.yaml plus a second app: XLA on, one fixed replica."""
+    """configs/config.yaml plus a second app: its first model only, XLA on,
+    one fixed replica."""
     config = yaml.safe_load((ROOT / "configs" / "config.yaml").read_text())
     (main,) = config["applications"]
     app = yaml.safe_load(yaml.safe_dump(main))
     app.update(name=RETUNE_APP, route_prefix=f"/{RETUNE_APP}")
-    app["args"]["model"]["jit_compile"] = True
-    model = next(d for d in app["deployments"] if d["name"] == "Model")
+    app["args"]["models"] = [{**app["args"]["models"][0], "jit_compile": True}]
+    app["deployments"] = [d for d in app["deployments"]
+                          if d["name"] in ("Preprocessor", "digits")]
+    model = app["deployments"][-1]
     model.pop("autoscaling_config")
     model.update(num_replicas=1, user_config=user_config)
     config["applications"].append(app)

@@ -21,7 +21,8 @@ def top_label(prediction: dict) -> str:
 
 def test_health_and_readiness(client: httpx.Client):
     assert client.get("/healthz").json() == {"status": "alive"}
-    assert client.get("/readyz").json() == {"status": "ready", "model": "digits"}
+    assert client.get("/readyz").json() == {"status": "ready",
+                                            "models": ["digits", "digits_linear"]}
 
 
 def test_raw_image_bodies(client: httpx.Client):

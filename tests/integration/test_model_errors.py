@@ -26,13 +26,13 @@ def test_unloadable_model_fails_clearly(
     base_url, client: httpx.Client, tmp_path: Path, make_path, cause
 ):
     path = make_path(tmp_path)
-    app = build_app({"model": {"name": "broken", "path": str(path)}})
+    app = build_app({"models": [{"name": "broken", "path": str(path)}]})
     with pytest.raises(RuntimeError):
         serve.run(app, name="broken", route_prefix="/broken")
     try:
         status = serve.status().applications["broken"]
         assert status.status == ApplicationStatus.DEPLOY_FAILED
-        message = status.deployments["Model"].message
+        message = status.deployments["broken"].message
         assert str(path) in message and cause in message
     finally:
         serve.delete("broken")
@@ -44,12 +44,12 @@ def test_unloadable_model_fails_clearly(
 def test_labels_that_do_not_match_the_model_fail_clearly(base_url, tmp_path: Path):
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\n")
-    app = build_app({"model": {"name": "mislabelled", "path": str(ROOT / "models/digits/1"),
-                               "labels_path": str(labels)}})
+    app = build_app({"models": [{"name": "mislabelled", "path": str(ROOT / "models/digits"),
+                                 "labels_path": str(labels)}]})
     with pytest.raises(RuntimeError):
         serve.run(app, name="mislabelled", route_prefix="/mislabelled")
     try:
-        message = serve.status().applications["mislabelled"].deployments["Model"].message
+        message = serve.status().applications["mislabelled"].deployments["mislabelled"].message
         assert "has 2 labels but the model outputs 10 scores" in message
     finally:
         serve.delete("mislabelled")

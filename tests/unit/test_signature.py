@@ -2,15 +2,21 @@ import numpy as np
 import pytest
 
 from deployments.codecs.errors import BadRequest, PayloadTooLarge
-from deployments.signature import ImageGeometry, ModelMetadata, TensorSpec, check_batch
+from deployments.signature import (
+    ImageGeometry,
+    ModelMetadata,
+    TensorSpec,
+    check_batch,
+    image_geometry,
+)
 
 IMAGE = TensorSpec("image", "float32", (None, 28, 28, 1))
 
 
-def metadata(*inputs: TensorSpec) -> ModelMetadata:
+def metadata(*inputs: TensorSpec, takes_images: bool = True) -> ModelMetadata:
     out = TensorSpec("probabilities", "float32", (None, 10))
-    return ModelMetadata("m", "serving_default", inputs, (out,), "probabilities",
-                         tuple(str(i) for i in range(10)))
+    return ModelMetadata("m", 1, "serving_default", inputs, (out,), "probabilities",
+                         tuple(str(i) for i in range(10)), takes_images=takes_images)
 
 
 def test_matching_float32_batch_is_not_copied():
@@ -54,9 +60,15 @@ def test_image_geometry_from_signature():
 
 
 @pytest.mark.parametrize("shape", [(None, 10), (None, None, None, 3), (None, 28, 28, 2)])
-def test_non_image_inputs_refuse_images(shape):
-    with pytest.raises(BadRequest, match="not images"):
-        metadata(TensorSpec("x", "float32", shape)).image_geometry()
+def test_only_image_shaped_inputs_have_a_geometry(shape):
+    with pytest.raises(ValueError, match="not images"):
+        image_geometry(TensorSpec("x", "float32", shape))
+
+
+def test_tensor_models_refuse_images():
+    meta = metadata(TensorSpec("x", "float32", (None, 64)), takes_images=False)
+    with pytest.raises(BadRequest, match=r"takes tensors \(float32\[N, 64\]\), not encoded"):
+        meta.image_geometry()
 
 
 def test_several_inputs_need_a_name():

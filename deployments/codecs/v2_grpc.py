@@ -1,0 +1,114 @@
+"""KServe V2 over gRPC: ``inference.GRPCInferenceService`` messages ↔ the
+tensors of :mod:`deployments.codecs.v2` (pure; no Ray, no TensorFlow).
+
+The protobuf classes are the ones ``tritonclient`` generates from the
+protocol's ``grpc_service.proto``, so its clients speak to us unmodified.
+``raw_input_contents`` become numpy views of the message's bytes; outputs
+are always sent as ``raw_output_contents``, as Triton does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+
+from deployments.codecs.errors import BadRequest
+from deployments.codecs.v2 import (
+    BYTES,
+    InferInput,
+    InferRequest,
+    OutputTensor,
+    RequestedOutput,
+    as_datatype,
+    check_datatype,
+    check_shape,
+    element_count,
+    model_metadata,
+    raw_to_tensor,
+    tensor_to_raw,
+)
+from deployments.signature import ModelMetadata
+
+# Which typed ``InferTensorContents`` field holds each datatype.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+    "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
+    "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", BYTES: "bytes_contents",
+}
+
+
+def _parameter(value: pb.InferParameter) -> Any:
+    kind = value.WhichOneof("parameter_choice")
+    return getattr(value, kind) if kind else None
+
+
+def _parameters(params: Any) -> dict[str, Any]:
+    return {key: _parameter(value) for key, value in params.items()}
+
+
+def _input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> InferInput:
+    what = f"input {tensor.name!r}"
+    if not tensor.name:
+        raise BadRequest("every input needs a name")
+    datatype = check_datatype(tensor.datatype, what)
+    shape = check_shape(list(tensor.shape), what)
+    if raw is not None:
+        return InferInput(tensor.name, datatype, shape, raw_to_tensor(raw, datatype, shape, what))
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise BadRequest(f"{what}: {datatype} data must come in raw_input_contents")
+    values = getattr(tensor.contents, field)
+    if len(values) != element_count(shape):
+        raise BadRequest(f"{what}: {len(values)} elements for shape {list(shape)}")
+    if datatype == BYTES:
+        return InferInput(tensor.name, datatype, shape, list(values))
+    array = np.asarray(values)
+    return InferInput(tensor.name, datatype, shape, as_datatype(array, datatype, shape, what))
+
+
+def parse_infer_request(message: pb.ModelInferRequest) -> InferRequest:
+    """A ``ModelInferRequest`` → tensors. Raw contents are viewed, not copied."""
+    raws = list(message.raw_input_contents)
+    if raws and len(raws) != len(message.inputs):
+        raise BadRequest(f"{len(raws)} raw_input_contents for {len(message.inputs)} inputs")
+    if not message.inputs:
+        raise BadRequest("the request has no inputs")
+    inputs = [_input(t, raws[i] if raws else None) for i, t in enumerate(message.inputs)]
+    outputs = None
+    if message.outputs:
+        outputs = []
+        for out in message.outputs:
+            classes = _parameters(out.parameters).get("classification", 0)
+            if not isinstance(classes, int) or classes < 0:
+                raise BadRequest(f"output {out.name!r}: classification must be a class count")
+            outputs.append(RequestedOutput(out.name, classification=classes))
+    return InferRequest(inputs=inputs, outputs=outputs, id=message.id or None,
+                        parameters=_parameters(message.parameters))
+
+
+def encode_infer_response(meta: ModelMetadata, request_id: str | None,
+                          outputs: list[OutputTensor]) -> pb.ModelInferResponse:
+    return pb.ModelInferResponse(
+        model_name=meta.name, model_version=str(meta.version), id=request_id or "",
+        outputs=[pb.ModelInferResponse.InferOutputTensor(
+            name=o.name, datatype=o.datatype, shape=list(o.shape)) for o in outputs],
+        raw_output_contents=[tensor_to_raw(o) for o in outputs],
+    )
+
+
+def model_metadata_response(meta: ModelMetadata,
+                            versions: list[int]) -> pb.ModelMetadataResponse:
+    document = model_metadata(meta, versions)
+
+    def tensor(entry: dict[str, Any]) -> pb.ModelMetadataResponse.TensorMetadata:
+        return pb.ModelMetadataResponse.TensorMetadata(
+            name=entry["name"], datatype=entry["datatype"], shape=entry["shape"])
+
+    return pb.ModelMetadataResponse(
+        name=document["name"], versions=document["versions"], platform=document["platform"],
+        inputs=[tensor(t) for t in document["inputs"]],
+        outputs=[tensor(t) for t in document["outputs"]],
+    )

@@ -1,0 +1,47 @@
+"""What every HTTP route shares: bounded body reads and the one error renderer."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from deployments.codecs.errors import PayloadTooLarge, ServeError
+
+logger = logging.getLogger("ray.serve")
+
+
+def render_error(request: Request, exc: Exception) -> JSONResponse:
+    """Every error as ``{"error": message}`` with its status (TF Serving's and
+    KServe V2's error body alike).
+
+    Anything not a ServeError or a routing error is a bug of ours: logged with
+    its traceback, answered with a 500 that reveals nothing internal.
+    """
+    if isinstance(exc, HTTPException):  # no such route, or a method it lacks
+        return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"},
+                            status_code=exc.status_code, headers=exc.headers)
+    if not isinstance(exc, ServeError):
+        logger.error("unhandled error on %s", request.url.path, exc_info=exc)
+        exc = ServeError("internal server error")
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with a 413 as soon as it passes ``max_bytes``."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"request body is {declared} bytes, the limit is {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,125 @@
+"""The native API: upload images (raw, multipart) or JSON instances, get the
+top classes back. Also what Python handle callers use (:meth:`NativeApi.predict`).
+
+    POST /predict                                   the default (first) model
+    POST /models/{name}[/versions/{version}]/predict
+    GET  /models                                    what is served
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from deployments.codecs.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from deployments.codecs.predictions import parse_flag, parse_top_k, top_k_predictions
+from deployments.codecs.tensor import instances_to_array, parse_json
+from deployments.config import InputLimits
+from deployments.protocols.http import media_type, read_body
+from deployments.registry import ModelEndpoint, ModelRegistry
+from deployments.signature import ModelMetadata
+
+# Media types handled as a single encoded image besides image/*.
+_OCTET_STREAM = "application/octet-stream"
+
+
+class NativeApi:
+    def __init__(self, registry: ModelRegistry, limits: InputLimits, top_k: int) -> None:
+        self._registry = registry
+        self._limits = limits
+        self._default_top_k = top_k
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/predict", self.predict_http, methods=["POST"]),
+            Route("/models", self.list_models, methods=["GET"]),
+            Route("/models/{name}/predict", self.predict_http, methods=["POST"]),
+            Route("/models/{name}/versions/{version}/predict", self.predict_http,
+                  methods=["POST"]),
+        ]
+
+    async def predict(
+        self, inputs: np.ndarray, top_k: int | str | None = None, scores: bool | str = False,
+        model: str | None = None, version: int | str | None = None,
+    ) -> dict[str, Any]:
+        """Predict a batch in the model's input shape: the top classes per row."""
+        endpoint = self._registry.get(model)
+        meta = await endpoint.version(version)
+        return await self._predict(endpoint, meta, inputs, top_k, scores)
+
+    async def _predict(self, endpoint: ModelEndpoint, meta: ModelMetadata, inputs: np.ndarray,
+                       top_k: int | str | None, scores: bool | str) -> dict[str, Any]:
+        k = parse_top_k(top_k, self._default_top_k, len(meta.labels))
+        include_scores = parse_flag(scores, "scores")
+        outputs = await endpoint.infer(meta, inputs)
+        predictions = top_k_predictions(outputs[meta.scores_output], meta.labels, k,
+                                        include_scores)
+        return {"model": meta.name, "version": meta.version, "predictions": predictions}
+
+    async def list_models(self, request: Request) -> JSONResponse:
+        models = []
+        for name in self._registry.names:
+            versions = await self._registry.get(name).versions()
+            latest = versions[max(versions)]
+            models.append({"name": name, "versions": sorted(versions),
+                           "input": "image" if latest.takes_images else "tensor",
+                           "input_shape": [d or -1 for d in latest.input.shape],
+                           "labels": list(latest.labels)})
+        return JSONResponse({"default": self._registry.default, "models": models})
+
+    async def predict_http(self, request: Request) -> JSONResponse:
+        kind = media_type(request)
+        if kind.startswith("image/") or kind == _OCTET_STREAM:
+            decode = self._decode_image
+        elif kind == "multipart/form-data":
+            decode = self._decode_multipart
+        elif kind == "application/json":
+            decode = self._decode_json
+        else:
+            raise UnsupportedMediaType(
+                f"unsupported Content-Type {kind or '(none)'!r}: send image/*, "
+                "multipart/form-data with image files, or application/json with \"instances\""
+            )
+        endpoint = self._registry.get(request.path_params.get("name"))
+        meta = await endpoint.version(request.path_params.get("version"))
+        body = await read_body(request, self._limits.max_body_bytes)
+        batch = await decode(request, body, endpoint, meta)
+        params = request.query_params
+        return JSONResponse(
+            await self._predict(endpoint, meta, batch, params.get("top_k"), params.get("scores"))
+        )
+
+    async def _decode_image(self, request: Request, body: bytes, endpoint: ModelEndpoint,
+                            meta: ModelMetadata) -> np.ndarray:
+        return await endpoint.decode_images(meta, [body])
+
+    async def _decode_json(self, request: Request, body: bytes, endpoint: ModelEndpoint,
+                           meta: ModelMetadata) -> np.ndarray:
+        return await asyncio.to_thread(lambda: instances_to_array(parse_json(body)))
+
+    async def _decode_multipart(self, request: Request, body: bytes, endpoint: ModelEndpoint,
+                                meta: ModelMetadata) -> np.ndarray:
+        """Every file part of a form, in order, as one image batch."""
+
+        async def replay() -> dict[str, Any]:  # the body was already read within limits
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        max_rows = self._limits.max_rows
+        try:
+            form = await Request(request.scope, replay).form(max_files=max_rows + 1)
+        except Exception as exc:  # Starlette raises its own error types for bad multipart
+            raise BadRequest(f"malformed multipart body: {exc}") from exc
+        try:
+            files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+            if len(files) > max_rows:
+                raise PayloadTooLarge(f"more than {max_rows} files in one request")
+            blobs = [await f.read() for f in files]
+        finally:
+            await form.close()
+        return await endpoint.decode_images(meta, blobs)

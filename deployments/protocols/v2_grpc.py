@@ -1,0 +1,110 @@
+"""KServe V2 over gRPC (``inference.GRPCInferenceService``) through Ray Serve's
+gRPC proxy.
+
+The proxy calls the ingress deployment's method named after the RPC with the
+request message; the config enables it with ``grpc_options`` and
+:data:`SERVICER`. Errors set a gRPC status code on the call's context, the
+way ``tritonclient.grpc`` reports them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from ray.serve.grpc_util import RayServegRPCContext
+from tritonclient.grpc import service_pb2 as pb
+
+from deployments.codecs.errors import PayloadTooLarge, ServeError
+from deployments.codecs.v2_grpc import (
+    encode_infer_response,
+    model_metadata_response,
+    parse_infer_request,
+)
+from deployments.config import InputLimits
+from deployments.protocols import v2
+from deployments.registry import ModelRegistry
+
+logger = logging.getLogger("ray.serve")
+
+# For `grpc_options.grpc_servicer_functions` in the YAML.
+SERVICER = "tritonclient.grpc.service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+
+_STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+                 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                 415: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE}
+
+Rpc = Callable[[Any, Any, RayServegRPCContext], Awaitable[Any]]
+
+
+def _status(rpc: Rpc) -> Rpc:
+    """Turn our errors into gRPC status codes with their message. (Serve passes
+    ``grpc_context`` to methods whose signature names it.)"""
+
+    @functools.wraps(rpc)
+    async def call(self: Any, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        try:
+            return await rpc(self, request, grpc_context)
+        except ServeError as exc:
+            grpc_context.set_code(_STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL))
+            grpc_context.set_details(exc.message)
+            raise
+        except Exception:
+            logger.exception("unhandled error in gRPC %s", rpc.__name__)
+            grpc_context.set_code(grpc.StatusCode.INTERNAL)
+            grpc_context.set_details("internal server error")
+            raise
+
+    return call
+
+
+class V2GrpcService:
+    """The V2 RPCs, mixed into the ingress deployment (method names are the RPCs')."""
+
+    _registry: ModelRegistry
+    _limits: InputLimits
+
+    @_status
+    async def ServerLive(self, request: pb.ServerLiveRequest,
+                         grpc_context: RayServegRPCContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @_status
+    async def ServerReady(self, request: pb.ServerReadyRequest,
+                          grpc_context: RayServegRPCContext) -> pb.ServerReadyResponse:
+        await self._registry.ready()
+        return pb.ServerReadyResponse(ready=True)
+
+    @_status
+    async def ModelReady(self, request: pb.ModelReadyRequest,
+                         grpc_context: RayServegRPCContext) -> pb.ModelReadyResponse:
+        endpoint = self._registry.get(request.name)
+        await endpoint.version(request.version or None)
+        await endpoint.fetch_versions()
+        return pb.ModelReadyResponse(ready=True)
+
+    @_status
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest,
+                             grpc_context: RayServegRPCContext) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(**v2.server_metadata())
+
+    @_status
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
+                            grpc_context: RayServegRPCContext) -> pb.ModelMetadataResponse:
+        endpoint = self._registry.get(request.name)
+        meta = await endpoint.version(request.version or None)
+        return model_metadata_response(meta, sorted(await endpoint.versions()))
+
+    @_status
+    async def ModelInfer(self, request: pb.ModelInferRequest,
+                         grpc_context: RayServegRPCContext) -> pb.ModelInferResponse:
+        size, limit = request.ByteSize(), self._limits.max_body_bytes
+        if size > limit:
+            raise PayloadTooLarge(f"request is {size} bytes, the limit is {limit}")
+        parsed = parse_infer_request(request)
+        meta, outputs = await v2.infer(self._registry, request.model_name,
+                                       request.model_version, parsed)
+        return encode_infer_response(meta, parsed.id, outputs)

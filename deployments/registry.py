@@ -1,0 +1,118 @@
+"""The app's models by name, as every protocol sees them.
+
+Each model is its own deployment; a :class:`ModelEndpoint` holds its handle
+and its cached metadata, and owns the one data path into it: check the batch
+against the signature, ``ray.put`` it once into the object store, and hand
+the ``ObjectRef`` to a model replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
+from ray.serve.handle import DeploymentHandle
+
+from deployments.batching import Outputs
+from deployments.codecs.errors import NotFound, ServiceUnavailable
+from deployments.codecs.image import decode_images
+from deployments.config import InputLimits
+from deployments.signature import ModelMetadata, check_batch
+
+logger = logging.getLogger("ray.serve")
+
+# The model could not take or finish the request: retrying later may work.
+_MODEL_UNAVAILABLE = (RayActorError, ActorUnavailableError, BackPressureError,
+                      DeploymentUnavailableError, ReplicaUnavailableError)
+
+
+class ModelEndpoint:
+    """One model deployment: its versions' metadata and the way in."""
+
+    def __init__(self, name: str, handle: DeploymentHandle, limits: InputLimits) -> None:
+        self.name = name
+        # By reference: the model replica gets the ObjectRef and reads the
+        # object store's buffer, even where Serve would otherwise send request
+        # arguments by value over gRPC (RAY_SERVE_THROUGHPUT_OPTIMIZED=1).
+        self._handle = handle.options(_by_reference=True)
+        self._limits = limits
+        self._versions: dict[int, ModelMetadata] | None = None
+        self._lock = asyncio.Lock()
+
+    async def versions(self) -> dict[int, ModelMetadata]:
+        """Every served version's metadata, asked of a model replica once."""
+        if self._versions is None:
+            async with self._lock:
+                if self._versions is None:
+                    self._versions = await self.fetch_versions()
+        return self._versions
+
+    async def fetch_versions(self) -> dict[int, ModelMetadata]:
+        """Ask a model replica now: a 503 unless one answers within seconds."""
+        try:
+            return await asyncio.wait_for(self._handle.metadata.remote(), timeout=10)
+        except Exception as exc:
+            logger.warning("model %r metadata unavailable: %r", self.name, exc)
+            raise ServiceUnavailable(f"model {self.name!r} is not available") from exc
+
+    async def version(self, version: str | int | None = None) -> ModelMetadata:
+        """One version's metadata (default: the highest), or a 404."""
+        versions = await self.versions()
+        if version is None:
+            return versions[max(versions)]
+        number = int(version) if isinstance(version, int) or version.isdigit() else None
+        if number not in versions:
+            raise NotFound(f"model {self.name!r} has no version {version!r} (it serves: "
+                           f"{', '.join(map(str, sorted(versions)))})")
+        return versions[number]
+
+    async def decode_images(self, meta: ModelMetadata, blobs: Sequence[bytes]) -> np.ndarray:
+        """Encoded images → the model's input batch, on a thread: decoding is CPU
+        work, and the event loop keeps answering other requests meanwhile."""
+        geometry = meta.image_geometry()
+        return await asyncio.to_thread(decode_images, blobs, geometry,
+                                       self._limits.max_image_pixels)
+
+    async def infer(self, meta: ModelMetadata, batch: np.ndarray) -> Outputs:
+        """Every output of one version for ``batch``, through the object store."""
+        checked = check_batch(batch, meta.input, self._limits.max_rows)
+        try:
+            return await self._handle.remote(ray.put(checked), meta.version)
+        except _MODEL_UNAVAILABLE as exc:
+            logger.warning("model %r unavailable: %r", self.name, exc)
+            raise ServiceUnavailable(
+                f"no replica of model {self.name!r} could take the request; retry"
+            ) from exc
+
+
+class ModelRegistry:
+    """The served models in config order; the first is the default."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle], limits: InputLimits) -> None:
+        self._models = {name: ModelEndpoint(name, h, limits) for name, h in handles.items()}
+        self.default = next(iter(self._models))
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def get(self, name: str | None = None) -> ModelEndpoint:
+        """A model by name (default: the first configured), or a 404."""
+        model = self._models.get(self.default if name is None else name)
+        if model is None:
+            raise NotFound(f"no model named {name!r} (served: {', '.join(self._models)})")
+        return model
+
+    async def ready(self) -> list[ModelMetadata]:
+        """Each model's highest version, asked of its replicas now."""
+        answers = await asyncio.gather(*(m.fetch_versions() for m in self._models.values()))
+        return [versions[max(versions)] for versions in answers]

@@ -1,0 +1,193 @@
+"""KServe V2 / Open Inference Protocol, spoken by NVIDIA's own clients
+(``tritonclient.http`` with JSON and binary tensors, ``tritonclient.grpc``)
+and by hand for the binary extension's edge cases."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from tests.integration.conftest import SAMPLES, sample_label
+
+
+@pytest.fixture(scope="module")
+def http_client(base_url: str) -> httpclient.InferenceServerClient:
+    return httpclient.InferenceServerClient(base_url.removeprefix("http://"))
+
+
+@pytest.fixture(scope="module")
+def grpc_client(grpc_address: str) -> grpcclient.InferenceServerClient:
+    return grpcclient.InferenceServerClient(grpc_address)
+
+
+def digit_rows() -> tuple[np.ndarray, np.ndarray]:
+    """Held-out-like rows for the tensor model: sklearn's 8x8 digits."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.data[:20].astype(np.float32), digits.target[:20]
+
+
+def encoded_samples() -> tuple[np.ndarray, list[str]]:
+    blobs = np.array([p.read_bytes() for p in SAMPLES], dtype=object)
+    return blobs, [sample_label(p) for p in SAMPLES]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_tritonclient_http_infers_a_tensor_model(http_client, binary: bool):
+    rows, labels = digit_rows()
+    inp = httpclient.InferInput("pixels", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows, binary_data=binary)
+    out = httpclient.InferRequestedOutput("probabilities", binary_data=binary)
+    result = http_client.infer("digits_linear", [inp], outputs=[out], request_id="r-1")
+    probs = result.as_numpy("probabilities")
+    assert probs.shape == (20, 10) and probs.dtype == np.float32
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+    assert (probs.argmax(axis=1) == labels).mean() >= 0.9
+    response = result.get_response()
+    assert response["model_name"] == "digits_linear" and response["id"] == "r-1"
+    assert response["model_version"] == "1"
+
+
+def test_tritonclient_http_sends_images_as_bytes(http_client):
+    blobs, labels = encoded_samples()
+    inp = httpclient.InferInput("image", [len(blobs)], "BYTES")
+    inp.set_data_from_numpy(blobs, binary_data=True)
+    outputs = [httpclient.InferRequestedOutput("probabilities", binary_data=True,
+                                               class_count=3)]
+    result = http_client.infer("digits", [inp], outputs=outputs)
+    top = result.as_numpy("probabilities")  # classification: "score:index:label"
+    assert top.shape == (len(blobs), 3)
+    predicted = [row[0].decode().split(":")[2] for row in top]
+    assert sum(p == t for p, t in zip(predicted, labels, strict=True)) >= 9
+
+
+def test_tritonclient_http_metadata_and_health(http_client):
+    assert http_client.is_server_live() and http_client.is_server_ready()
+    assert http_client.is_model_ready("digits") and http_client.is_model_ready("digits", "1")
+    assert not http_client.is_model_ready("no_such_model")
+    server = http_client.get_server_metadata()
+    assert "binary_tensor_data" in server["extensions"]
+    meta = http_client.get_model_metadata("digits")
+    assert meta["name"] == "digits" and meta["versions"] == ["1"]
+    assert meta["inputs"][0] == {"name": "image", "datatype": "FP32", "shape": [-1, 28, 28, 1],
+                                 "parameters": {"also_accepts": "BYTES [N] encoded images"}}
+    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32",
+                                "shape": [-1, 10]}]
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "match"),
+    [
+        ("no_such_model", [("pixels", (1, 64), "FP32")], "no model named 'no_such_model'"),
+        ("digits_linear", [("wrong", (1, 64), "FP32")], "takes one input, 'pixels'"),
+        ("digits_linear", [("pixels", (1, 63), "FP32")], r"shape \[1, 63\]"),
+        ("digits_linear", [("pixels", (1, 64), "BYTES")], "takes tensors"),
+    ],
+)
+def test_tritonclient_http_errors_name_the_problem(http_client, model, inputs, match):
+    infer_inputs = []
+    for name, shape, datatype in inputs:
+        inp = httpclient.InferInput(name, list(shape), datatype)
+        data = (np.full(shape, b"x", dtype=object) if datatype == "BYTES"
+                else np.zeros(shape, np.float32))
+        inp.set_data_from_numpy(data)
+        infer_inputs.append(inp)
+    with pytest.raises(InferenceServerException, match=match):
+        http_client.infer(model, infer_inputs)
+
+
+def test_tritonclient_grpc_infers_tensors_and_images(grpc_client):
+    assert grpc_client.is_server_live() and grpc_client.is_server_ready()
+    assert grpc_client.is_model_ready("digits_linear")
+    meta = grpc_client.get_model_metadata("digits_linear", as_json=True)
+    assert meta["inputs"][0]["name"] == "pixels" and meta["platform"] == "tensorflow_savedmodel"
+
+    rows, labels = digit_rows()
+    inp = grpcclient.InferInput("pixels", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows)
+    result = grpc_client.infer("digits_linear", [inp], request_id="g-1")
+    probs = result.as_numpy("probabilities")
+    assert probs.shape == (20, 10) and (probs.argmax(axis=1) == labels).mean() >= 0.9
+    assert result.get_response().id == "g-1"
+
+    blobs, image_labels = encoded_samples()
+    img = grpcclient.InferInput("image", [len(blobs)], "BYTES")
+    img.set_data_from_numpy(blobs)
+    out = grpcclient.InferRequestedOutput("probabilities", class_count=1)
+    top = grpc_client.infer("digits", [img], outputs=[out]).as_numpy("probabilities")
+    predicted = [row[0].decode().split(":")[2] for row in top]
+    assert sum(p == t for p, t in zip(predicted, image_labels, strict=True)) >= 9
+
+
+def test_tritonclient_grpc_errors_carry_status_codes(grpc_client):
+    inp = grpcclient.InferInput("pixels", [1, 63], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 63), np.float32))
+    with pytest.raises(InferenceServerException) as bad:
+        grpc_client.infer("digits_linear", [inp])
+    assert bad.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "shape [1, 63]" in bad.value.message()
+    with pytest.raises(InferenceServerException) as missing:
+        grpc_client.get_model_metadata("no_such_model")
+    assert missing.value.status() == "StatusCode.NOT_FOUND"
+
+
+def binary_request(header: dict, blobs: list[bytes], length: int | None = None):
+    head = json.dumps(header).encode()
+    return head + b"".join(blobs), {"Inference-Header-Content-Length":
+                                    str(len(head) if length is None else length)}
+
+
+def test_binary_extension_by_hand(client: httpx.Client):
+    rows, _ = digit_rows()
+    header = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": list(rows.shape),
+                          "parameters": {"binary_data_size": rows.nbytes}}],
+              "parameters": {"binary_data_output": True}}
+    body, headers = binary_request(header, [rows.tobytes()])
+    r = client.post("/v2/models/digits_linear/versions/1/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    length = int(r.headers["Inference-Header-Content-Length"])
+    head = json.loads(r.content[:length])
+    (out,) = head["outputs"]
+    assert out["parameters"]["binary_data_size"] == 20 * 10 * 4
+    probs = np.frombuffer(r.content[length:], "<f4").reshape(out["shape"])
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("size", "blob", "length", "match"),
+    [
+        (256, b"\0" * 100, None, "runs past the end of the body"),
+        (256, b"\0" * 300, None, "carries 300 bytes of binary data"),
+        (100, b"\0" * 100, None, "100 bytes of data, but shape \\[1, 64\\]"),
+        (256, b"\0" * 256, 10**6, "Inference-Header-Content-Length is 1000000"),
+        (256, b"\0" * 256, 5, "malformed JSON"),
+    ],
+)
+def test_binary_extension_refuses_inconsistent_sizes(client, size, blob, length, match):
+    header = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
+                          "parameters": {"binary_data_size": size}}]}
+    body, headers = binary_request(header, [blob], length)
+    r = client.post("/v2/models/digits_linear/infer", content=body, headers=headers)
+    assert r.status_code == 400 and re.search(match, r.json()["error"]), r.text
+
+
+def test_v2_json_errors_and_unknown_versions(client: httpx.Client):
+    r = client.post("/v2/models/digits_linear/versions/7/infer",
+                    json={"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
+                                      "data": [0] * 64}]})
+    assert r.status_code == 404 and "has no version '7'" in r.json()["error"]
+    r = client.post("/v2/models/digits_linear/infer",
+                    json={"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64],
+                                      "data": [0] * 63}]})
+    assert r.status_code == 400 and "63 elements for shape [1, 64]" in r.json()["error"]
+    r = client.get("/v2/models/digits/versions/2")
+    assert r.status_code == 404
+    assert client.get("/v2/health/live").json() == {"live": True}
