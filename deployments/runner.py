@@ -29,17 +29,19 @@ def _spec(name: str, tensor_spec: tf.TensorSpec) -> TensorSpec:
     return TensorSpec(name, np.dtype(tensor_spec.dtype.as_numpy_dtype).name, shape)
 
 
-def read_labels(path: Path | None, classes: int) -> tuple[str, ...]:
-    """Labels, one per line; class indices when no file is configured."""
+def read_labels(path: Path | None, classes: int | None) -> tuple[str, ...]:
+    """Labels, one per line; class indices when no file is configured; none
+    when the scores output is not ``[N, classes]`` (e.g. a regression)."""
     if path is None:
-        return tuple(str(i) for i in range(classes))
+        return tuple(str(i) for i in range(classes or 0))
     try:
         labels = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
     except OSError as exc:
         raise ModelLoadError(f"cannot read labels file {path}: {exc.strerror}") from exc
     if len(labels) != classes:
         raise ModelLoadError(
-            f"labels file {path} has {len(labels)} labels but the model outputs {classes} scores"
+            f"labels file {path} has {len(labels)} labels but the model outputs "
+            f"{'no [N, classes] scores' if classes is None else f'{classes} scores'}"
         )
     return labels
 
@@ -96,9 +98,8 @@ class SavedModelRunner:
             raise ModelLoadError(
                 f"model {name!r} has no output {scores!r} (it has: {', '.join(output_names)})"
             )
-        classes = next(o for o in outputs if o.name == scores).shape[-1]
-        if classes is None:
-            raise ModelLoadError(f"output {scores!r} of model {name!r} has no fixed class count")
+        shape = next(o for o in outputs if o.name == scores).shape
+        classes = shape[1] if len(shape) == 2 else None
         self.metadata = ModelMetadata(
             name=name, version=version, signature_name=signature_name, inputs=inputs,
             outputs=outputs, scores_output=scores,

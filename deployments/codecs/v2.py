@@ -291,6 +291,9 @@ def select_outputs(request: InferRequest, meta: ModelMetadata,
         data: np.ndarray = results[out.name]
         binary = request.binary_output if out.binary is None else out.binary
         if out.classification:
+            if out.name != meta.scores_output or not meta.labels:
+                raise BadRequest(f"output {out.name!r} of model {meta.name!r} holds no class "
+                                 "scores to classify")
             data = classify(data, meta.labels, out.classification)
             tensors.append(OutputTensor(out.name, BYTES, data.shape, list(data.ravel()), binary))
         else:

@@ -55,12 +55,16 @@ class NativeApi:
 
     async def _predict(self, endpoint: ModelEndpoint, meta: ModelMetadata, inputs: np.ndarray,
                        top_k: int | str | None, scores: bool | str) -> dict[str, Any]:
+        answer: dict[str, Any] = {"model": meta.name, "version": meta.version}
+        if not meta.labels:  # not a classifier: every output as it is
+            outputs = await endpoint.infer(meta, inputs)
+            return {**answer, "outputs": {name: a.tolist() for name, a in outputs.items()}}
         k = parse_top_k(top_k, self._default_top_k, len(meta.labels))
         include_scores = parse_flag(scores, "scores")
         outputs = await endpoint.infer(meta, inputs)
-        predictions = top_k_predictions(outputs[meta.scores_output], meta.labels, k,
-                                        include_scores)
-        return {"model": meta.name, "version": meta.version, "predictions": predictions}
+        answer["predictions"] = top_k_predictions(outputs[meta.scores_output], meta.labels, k,
+                                                  include_scores)
+        return answer
 
     async def list_models(self, request: Request) -> JSONResponse:
         models = []

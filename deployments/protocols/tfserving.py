@@ -38,6 +38,8 @@ class TFServingApi:
         return [
             Route(base + ":predict", self.predict, methods=["POST"]),
             Route(version + ":predict", self.predict, methods=["POST"]),
+            Route(base + ":{verb}", self.other_verb, methods=["POST"]),
+            Route(version + ":{verb}", self.other_verb, methods=["POST"]),
             Route(base, self.status, methods=["GET"]),
             Route(version, self.status, methods=["GET"]),
             Route(base + "/metadata", self.metadata, methods=["GET"]),
@@ -55,6 +57,14 @@ class TFServingApi:
         endpoint = self._registry.get(request.path_params["name"])
         meta = await endpoint.version(request.path_params.get("version"))
         return JSONResponse(model_metadata(meta))
+
+    async def other_verb(self, request: Request) -> JSONResponse:
+        """``:classify`` and ``:regress`` need tf.Example signatures, which a
+        SavedModel exported for ``:predict`` does not have."""
+        endpoint = self._registry.get(request.path_params["name"])
+        meta = await endpoint.version(request.path_params.get("version"))
+        raise BadRequest(f"model {meta.name!r} serves only :predict (signature "
+                         f"{meta.signature_name!r}), not :{request.path_params['verb']}")
 
     async def predict(self, request: Request) -> JSONResponse:
         endpoint = self._registry.get(request.path_params["name"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -71,10 +72,11 @@ def with_retune_app(user_config: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def retune_url(base_url: str, tmp_path_factory) -> str:
+def retune_url(base_url: str, tmp_path_factory) -> Iterator[str]:
     deploy(with_retune_app({"max_batch_size": 8, "batch_wait_timeout_s": 0.01}),
            tmp_path_factory.mktemp("retune"))
-    return f"{base_url}/{RETUNE_APP}"
+    yield f"{base_url}/{RETUNE_APP}"
+    serve.delete(RETUNE_APP)
 
 
 def test_xla_traces_stay_bounded_by_the_buckets(retune_url: str):

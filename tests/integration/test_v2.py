@@ -14,12 +14,17 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.integration.conftest import SAMPLES, sample_label
+from tests.integration.conftest import APP_NAME, SAMPLES, sample_label
 
 
 @pytest.fixture(scope="module")
 def http_client(base_url: str) -> httpclient.InferenceServerClient:
     return httpclient.InferenceServerClient(base_url.removeprefix("http://"))
+
+
+# Serve's gRPC proxy routes to the only app, or else by the "application"
+# metadata; other test modules run apps beside this one.
+APP = {"application": APP_NAME}
 
 
 @pytest.fixture(scope="module")
@@ -105,15 +110,15 @@ def test_tritonclient_http_errors_name_the_problem(http_client, model, inputs, m
 
 
 def test_tritonclient_grpc_infers_tensors_and_images(grpc_client):
-    assert grpc_client.is_server_live() and grpc_client.is_server_ready()
-    assert grpc_client.is_model_ready("digits_linear")
-    meta = grpc_client.get_model_metadata("digits_linear", as_json=True)
+    assert grpc_client.is_server_live(APP) and grpc_client.is_server_ready(APP)
+    assert grpc_client.is_model_ready("digits_linear", headers=APP)
+    meta = grpc_client.get_model_metadata("digits_linear", headers=APP, as_json=True)
     assert meta["inputs"][0]["name"] == "pixels" and meta["platform"] == "tensorflow_savedmodel"
 
     rows, labels = digit_rows()
     inp = grpcclient.InferInput("pixels", list(rows.shape), "FP32")
     inp.set_data_from_numpy(rows)
-    result = grpc_client.infer("digits_linear", [inp], request_id="g-1")
+    result = grpc_client.infer("digits_linear", [inp], request_id="g-1", headers=APP)
     probs = result.as_numpy("probabilities")
     assert probs.shape == (20, 10) and (probs.argmax(axis=1) == labels).mean() >= 0.9
     assert result.get_response().id == "g-1"
@@ -122,7 +127,8 @@ def test_tritonclient_grpc_infers_tensors_and_images(grpc_client):
     img = grpcclient.InferInput("image", [len(blobs)], "BYTES")
     img.set_data_from_numpy(blobs)
     out = grpcclient.InferRequestedOutput("probabilities", class_count=1)
-    top = grpc_client.infer("digits", [img], outputs=[out]).as_numpy("probabilities")
+    top = grpc_client.infer("digits", [img], outputs=[out], headers=APP).as_numpy(
+        "probabilities")
     predicted = [row[0].decode().split(":")[2] for row in top]
     assert sum(p == t for p, t in zip(predicted, image_labels, strict=True)) >= 9
 
@@ -131,11 +137,11 @@ def test_tritonclient_grpc_errors_carry_status_codes(grpc_client):
     inp = grpcclient.InferInput("pixels", [1, 63], "FP32")
     inp.set_data_from_numpy(np.zeros((1, 63), np.float32))
     with pytest.raises(InferenceServerException) as bad:
-        grpc_client.infer("digits_linear", [inp])
+        grpc_client.infer("digits_linear", [inp], headers=APP)
     assert bad.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "shape [1, 63]" in bad.value.message()
     with pytest.raises(InferenceServerException) as missing:
-        grpc_client.get_model_metadata("no_such_model")
+        grpc_client.get_model_metadata("no_such_model", headers=APP)
     assert missing.value.status() == "StatusCode.NOT_FOUND"
 
 

@@ -33,7 +33,8 @@ class InputProbe(ModelDeployment.func_or_class):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.seen: dict | None = None
-        run = self._runner.run
+        (served,) = self._versions.values()
+        run = served.runner.run
 
         def recording_run(batch: np.ndarray):
             self.seen = {
@@ -44,7 +45,7 @@ class InputProbe(ModelDeployment.func_or_class):
             }
             return run(batch)
 
-        self._runner.run = recording_run
+        served.runner.run = recording_run
 
     async def received(self, batch: np.ndarray) -> dict:
         view = {"address": batch.ctypes.data, "writeable": bool(batch.flags.writeable)}
@@ -53,9 +54,10 @@ class InputProbe(ModelDeployment.func_or_class):
 
 
 def test_model_replica_reads_the_object_store_buffer_without_copying(cluster_address):
-    model = ModelArgs(name="digits", path=ROOT / "models" / "digits" / "1",
+    model = ModelArgs(name="digits", path=ROOT / "models" / "digits",
                       labels_path=ROOT / "models" / "digits" / "labels.txt")
-    probe = serve.deployment(InputProbe, name="Probe").bind(model, DeviceArgs())
+    probe = serve.deployment(InputProbe, name="Probe").bind(
+        model, model.version_dirs(), DeviceArgs())
     handle = serve.run(probe, name="zero-copy-probe", route_prefix=None)
     try:
         # 32 rows fill the largest batch bucket, so no padding copy is due.

@@ -1,0 +1,113 @@
+"""Several models in one app, each its own deployment, and several versions of
+one model, addressed the same way by every protocol."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from ray import serve
+
+from deployments.app import build_app
+from tests.integration.conftest import APP_NAME, ROOT, SAMPLES
+
+VERSIONS_APP = "versions"
+
+
+def test_models_are_listed_with_their_input_kind(client: httpx.Client):
+    listing = client.get("/models").json()
+    assert listing["default"] == "digits"
+    by_name = {m["name"]: m for m in listing["models"]}
+    assert by_name["digits"]["input"] == "image"
+    assert by_name["digits"]["input_shape"] == [-1, 28, 28, 1]
+    assert by_name["digits_linear"]["input"] == "tensor"
+    assert by_name["digits_linear"]["versions"] == [1]
+    status = serve.status().applications[APP_NAME].deployments
+    assert {"Preprocessor", "digits", "digits_linear"} <= set(status)
+
+
+def test_native_routes_address_models_by_name(client: httpx.Client):
+    image = {"content": SAMPLES[0].read_bytes(), "headers": {"Content-Type": "image/png"}}
+    assert client.post("/predict", **image).json()["model"] == "digits"
+    assert client.post("/models/digits/versions/1/predict", **image).json()["version"] == 1
+    r = client.post("/models/digits_linear/predict", json={"instances": [[0.0] * 64]})
+    assert r.status_code == 200 and r.json()["model"] == "digits_linear"
+    wrong_kind = client.post("/models/digits_linear/predict", **image)
+    assert wrong_kind.status_code == 400
+    assert "takes tensors (float32[N, 64]), not encoded images" in wrong_kind.json()["error"]
+    unknown = client.post("/models/nope/predict", **image)
+    assert unknown.status_code == 404
+    assert unknown.json() == {"error": "no model named 'nope' (served: digits, digits_linear)"}
+
+
+def test_unknown_routes_and_methods_answer_json(client: httpx.Client):
+    r = client.get("/no/such/route")
+    assert r.status_code == 404 and r.json() == {"error": "Not Found: GET /no/such/route"}
+    r = client.get("/predict")
+    assert r.status_code == 405 and "Method Not Allowed" in r.json()["error"]
+
+
+def test_openapi_document_is_served(client: httpx.Client):
+    document = client.get("/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    assert "/v2/models/{name}/infer" in document["paths"]
+    params = document["paths"]["/v1/models/{name}:predict"]["post"]["parameters"]
+    assert params[0]["schema"]["enum"] == ["digits", "digits_linear"]
+
+
+@pytest.fixture(scope="module")
+def versions_url(base_url: str, tmp_path_factory) -> Iterator[str]:
+    """A second app serving two versions of the digits model from one base path."""
+    base = tmp_path_factory.mktemp("models") / "digits"
+    for version in ("1", "2"):
+        shutil.copytree(ROOT / "models" / "digits" / "1", base / version)
+    app = build_app({"models": [{"name": "digits", "path": str(base), "versions": [1, 2],
+                                 "input": "image"}]})
+    serve.run(app, name=VERSIONS_APP, route_prefix=f"/{VERSIONS_APP}")
+    yield f"{base_url}/{VERSIONS_APP}"
+    serve.delete(VERSIONS_APP)
+
+
+def test_versions_are_served_side_by_side(versions_url: str):
+    with httpx.Client(base_url=versions_url, timeout=60) as c:
+        image = {"content": SAMPLES[3].read_bytes(), "headers": {"Content-Type": "image/png"}}
+        assert c.post("/predict", **image).json()["version"] == 2  # the highest by default
+        one = c.post("/models/digits/versions/1/predict", **image).json()
+        two = c.post("/models/digits/versions/2/predict", **image).json()
+        assert (one["version"], two["version"]) == (1, 2)
+        assert one["predictions"] == two["predictions"]  # same weights in both
+        status = c.get("/v1/models/digits").json()["model_version_status"]
+        assert [s["version"] for s in status] == ["2", "1"]
+        assert c.get("/v2/models/digits").json()["versions"] == ["1", "2"]
+        r = c.post("/v2/models/digits/versions/1/infer", json={"inputs": [
+            {"name": "image", "datatype": "FP32", "shape": [1, 28, 28, 1],
+             "data": np.zeros(784).tolist()}]})
+        assert r.status_code == 200 and r.json()["model_version"] == "1"
+        missing = c.get("/v2/models/digits/versions/3")
+        assert missing.status_code == 404
+        assert missing.json()["error"] == "model 'digits' has no version '3' (it serves: 1, 2)"
+
+
+def test_handle_callers_choose_model_and_version(versions_url: str):
+    app = serve.get_app_handle(VERSIONS_APP)
+    batch = np.zeros((2, 28, 28, 1), np.float32)
+    answer = app.predict.remote(batch, model="digits", version=1).result()
+    assert answer["version"] == 1 and len(answer["predictions"]) == 2
+    meta = app.metadata.remote(version=2).result()
+    assert meta.version == 2 and meta.takes_images
+
+
+def test_every_version_is_loaded_in_each_replica(versions_url: str):
+    stats = serve.get_deployment_handle("digits", VERSIONS_APP).stats.remote(1).result()
+    assert stats["versions"] == [1, 2]
+
+
+def test_model_handles_take_arrays_directly(base_url: str):
+    """Any Ray job may skip the preprocessor and call a model deployment."""
+    model = serve.get_deployment_handle("digits_linear", APP_NAME)
+    outputs = model.remote(np.zeros((3, 64), np.float32)).result()
+    assert outputs["probabilities"].shape == (3, 10)
+

@@ -1,0 +1,71 @@
+import base64
+
+import numpy as np
+import pytest
+
+from deployments.codecs.errors import BadRequest
+from deployments.codecs.tfserving import (
+    encode_predict_response,
+    model_status,
+    parse_predict_request,
+    rows_to_array,
+)
+from deployments.signature import TensorSpec
+
+SPEC = TensorSpec("image", "float32", (None, 2))
+
+
+def test_row_and_columnar_values():
+    rows = parse_predict_request({"instances": [[1, 2], {"image": [3, 4]}]}, SPEC)
+    assert not rows.columnar and rows_to_array(rows.value).tolist() == [[1, 2], [3, 4]]
+    columns = parse_predict_request({"inputs": {"image": [[1, 2]]}}, SPEC)
+    assert columns.columnar and rows_to_array(columns.value).shape == (1, 2)
+
+
+def test_b64_values_are_decoded_blobs():
+    encoded = base64.b64encode(b"\x89PNG").decode()
+    request = parse_predict_request({"instances": [{"b64": encoded}, {"image": {"b64": ""}}]},
+                                    SPEC)
+    assert request.is_binary and request.value == [b"\x89PNG", b""]
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ([], "must be a JSON object"),
+        ({}, "exactly one of"),
+        ({"instances": [], "inputs": []}, "exactly one of"),
+        ({"instances": {}}, "non-empty list"),
+        ({"inputs": {"other": [1]}}, "names inputs other"),
+        ({"inputs": 3}, "non-empty list"),
+        ({"instances": [{"b64": "AA=="}, [1, 2]]}, "mix of"),
+        ({"instances": [{"b64": 5}]}, "must be a base64 string"),
+        ({"instances": [{"b64": "@@"}]}, "not valid base64"),
+        ({"signature_name": 1, "instances": [[1, 2]]}, "must be a string"),
+    ],
+)
+def test_bad_requests(document, message):
+    with pytest.raises(BadRequest, match=message):
+        parse_predict_request(document, SPEC)
+
+
+@pytest.mark.parametrize(("rows", "message"), [([[1], [1, 2]], "ragged"), (["a"], "numbers")])
+def test_bad_rows(rows, message):
+    with pytest.raises(BadRequest, match=message):
+        rows_to_array(rows)
+
+
+def test_responses_name_outputs_only_when_several():
+    one = {"y": np.array([[1.0], [2.0]])}
+    assert encode_predict_response(one, columnar=False) == {"predictions": [[1.0], [2.0]]}
+    assert encode_predict_response(one, columnar=True) == {"outputs": [[1.0], [2.0]]}
+    two = {"y": np.array([1, 2]), "z": np.array([3, 4])}
+    assert encode_predict_response(two, columnar=False) == {
+        "predictions": [{"y": 1, "z": 3}, {"y": 2, "z": 4}]}
+    assert encode_predict_response(two, columnar=True) == {"outputs": {"y": [1, 2],
+                                                                       "z": [3, 4]}}
+
+
+def test_status_lists_newest_first():
+    versions = [v["version"] for v in model_status([1, 3, 2])["model_version_status"]]
+    assert versions == ["3", "2", "1"]

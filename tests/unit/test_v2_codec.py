@@ -1,0 +1,171 @@
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from deployments.codecs.errors import BadRequest
+from deployments.codecs.v2 import (
+    InferRequest,
+    OutputTensor,
+    RequestedOutput,
+    classify,
+    datatype_of,
+    encode_infer_response,
+    parse_infer_request,
+    raw_to_tensor,
+    select_outputs,
+    tensor_to_raw,
+)
+from deployments.signature import ModelMetadata, TensorSpec
+
+META = ModelMetadata(
+    "m", 3, "serving_default", (TensorSpec("x", "float32", (None, 4)),),
+    (TensorSpec("probabilities", "float32", (None, 3)),), "probabilities", ("a", "b", "c"),
+)
+
+
+def body(inputs: list[dict], blobs: list[bytes] = (), **extra) -> tuple[bytes, str | None]:
+    header = json.dumps({"inputs": inputs, **extra}).encode()
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), str(len(header))
+
+
+def test_json_tensors_flat_or_nested():
+    for data in ([1, 2, 3, 4, 5, 6, 7, 8], [[1, 2, 3, 4], [5, 6, 7, 8]]):
+        request = parse_infer_request(*body([{"name": "x", "datatype": "FP32",
+                                              "shape": [2, 4], "data": data}]))
+        (inp,) = request.inputs
+        assert inp.data.dtype == np.float32 and inp.data.shape == (2, 4)
+        assert inp.data[1, 3] == 8
+
+
+def test_binary_tensors_are_views_of_the_body():
+    array = np.arange(8, dtype="<f4").reshape(2, 4)
+    raw, length = body([{"name": "x", "datatype": "FP32", "shape": [2, 4],
+                         "parameters": {"binary_data_size": array.nbytes}}], [array.tobytes()])
+    (inp,) = parse_infer_request(raw, length).inputs
+    assert np.array_equal(inp.data, array)
+    assert not inp.data.flags.owndata and not inp.data.flags.writeable  # no copy
+
+
+def test_bytes_tensors_binary_and_json():
+    blobs = [b"\x89PNG", b"", b"abc"]
+    raw = b"".join(struct.pack("<I", len(b)) + b for b in blobs)
+    request = parse_infer_request(*body([{"name": "x", "datatype": "BYTES", "shape": [3],
+                                          "parameters": {"binary_data_size": len(raw)}}],
+                                        [raw]))
+    assert request.inputs[0].data == blobs
+    request = parse_infer_request(*body([{"name": "x", "datatype": "BYTES", "shape": [2],
+                                          "data": ["é", "b"]}]))
+    assert request.inputs[0].data == ["é".encode(), b"b"]
+
+
+def test_mixed_binary_and_json_inputs_keep_their_order():
+    a, b = np.ones(2, "<i8"), np.zeros(3, "<f8")
+    raw, length = body([
+        {"name": "a", "datatype": "INT64", "shape": [2], "parameters": {"binary_data_size": 16}},
+        {"name": "j", "datatype": "BOOL", "shape": [1], "data": [True]},
+        {"name": "b", "datatype": "FP64", "shape": [3], "parameters": {"binary_data_size": 24}},
+    ], [a.tobytes(), b.tobytes()])
+    a_in, j_in, b_in = parse_infer_request(raw, length).inputs
+    assert a_in.data.tolist() == [1, 1] and j_in.data.tolist() == [True]
+    assert b_in.data.tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ([], '"inputs" must be a non-empty list'),
+        ([{"datatype": "FP32", "shape": [1], "data": [1]}], "name must be a non-empty string"),
+        ([{"name": "x", "datatype": "FP8", "shape": [1], "data": [1]}], "unsupported datatype"),
+        ([{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}], "non-negative"),
+        ([{"name": "x", "datatype": "FP32", "shape": [2], "data": [1]}], "1 elements for shape"),
+        ([{"name": "x", "datatype": "FP32", "shape": [2], "data": ["a", "b"]}], "only numbers"),
+        ([{"name": "x", "datatype": "FP32", "shape": [2], "data": [[1], [2, 3]]}], "ragged"),
+        ([{"name": "x", "datatype": "UINT8", "shape": [1], "data": [300]}], "out of range"),
+        ([{"name": "x", "datatype": "FP16", "shape": [1], "data": [1e10]}], "out of range"),
+        ([{"name": "x", "datatype": "BOOL", "shape": [1], "data": [2]}], "only booleans"),
+        ([{"name": "x", "datatype": "BYTES", "shape": [1], "data": [1]}], "must be strings"),
+        ([{"name": "x", "datatype": "FP32", "shape": [1]}], 'neither "data"'),
+    ],
+)
+def test_bad_json_requests(inputs, message):
+    with pytest.raises(BadRequest, match=message):
+        parse_infer_request(*body(inputs))
+
+
+@pytest.mark.parametrize(
+    ("length", "message"),
+    [("abc", "must be a byte count"), ("-1", "must be a byte count"),
+     ("99999", "the body has only")],
+)
+def test_bad_header_lengths(length, message):
+    raw, _ = body([{"name": "x", "datatype": "FP32", "shape": [1],
+                    "parameters": {"binary_data_size": 4}}], [b"\0" * 4])
+    with pytest.raises(BadRequest, match=message):
+        parse_infer_request(raw, length)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [(b"\x05\0\0\0ab", "runs past the data"), (b"\x01\0", "inside an element's length"),
+     (b"\x01\0\0\0ab", "1 bytes left over")],
+)
+def test_bad_bytes_elements(raw, message):
+    with pytest.raises(BadRequest, match=message):
+        raw_to_tensor(raw, "BYTES", (1,), "input 'x'")
+
+
+def test_outputs_round_trip_through_raw():
+    data = np.arange(6, dtype=np.float32).reshape(2, 3)
+    tensor = OutputTensor("y", "FP32", (2, 3), data)
+    assert np.array_equal(raw_to_tensor(tensor_to_raw(tensor), "FP32", (2, 3), "y"), data)
+    words = OutputTensor("w", "BYTES", (2,), [b"ab", b""])
+    assert raw_to_tensor(tensor_to_raw(words), "BYTES", (2,), "w") == [b"ab", b""]
+
+
+def test_response_json_and_binary():
+    scores = np.array([[0.2, 0.5, 0.3]], np.float32)
+    request = InferRequest(inputs=[], outputs=[RequestedOutput("probabilities", binary=True)])
+    outputs = select_outputs(request, META, {"probabilities": scores})
+    content, length = encode_infer_response(META, "id-1", outputs)
+    header = json.loads(content[:length])
+    assert header["model_version"] == "3" and header["id"] == "id-1"
+    assert header["outputs"][0]["parameters"] == {"binary_data_size": 12}
+    assert np.array_equal(np.frombuffer(content[length:], "<f4"), scores.ravel())
+
+    plain = select_outputs(InferRequest(inputs=[]), META, {"probabilities": scores})
+    content, length = encode_infer_response(META, None, plain)
+    assert length is None
+    assert json.loads(content)["outputs"][0]["data"] == pytest.approx([0.2, 0.5, 0.3])
+
+
+def test_classification_extension():
+    scores = np.array([[0.2, 0.5, 0.3]], np.float32)
+    assert classify(scores, META.labels, 2).tolist() == [[b"0.500000:1:b", b"0.300000:2:c"]]
+    request = InferRequest(inputs=[], outputs=[RequestedOutput("probabilities",
+                                                               classification=1)])
+    (out,) = select_outputs(request, META, {"probabilities": scores})
+    assert out.datatype == "BYTES" and out.shape == (1, 1)
+
+
+def test_unknown_outputs_are_named():
+    request = InferRequest(inputs=[], outputs=[RequestedOutput("nope")])
+    with pytest.raises(BadRequest, match="has no output 'nope'"):
+        select_outputs(request, META, {"probabilities": np.zeros((1, 3), np.float32)})
+
+
+@pytest.mark.parametrize(("dtype", "name"), [(np.float32, "FP32"), (np.uint8, "UINT8"),
+                                             (np.bool_, "BOOL"), (object, "BYTES")])
+def test_datatype_names(dtype, name):
+    assert datatype_of(dtype) == name
+
+
+def test_classification_needs_class_scores():
+    regression = ModelMetadata("r", 1, "serving_default", META.inputs,
+                               (TensorSpec("value", "float32", (None,)),), "value", ())
+    request = InferRequest(inputs=[], outputs=[RequestedOutput("value", classification=1)])
+    with pytest.raises(BadRequest, match="holds no class scores"):
+        select_outputs(request, regression, {"value": np.zeros(2, np.float32)})
