@@ -40,10 +40,15 @@ def instances_to_array(document: Any) -> np.ndarray:
         raise BadRequest('"instances" must be a list')
     if not instances:
         raise BadRequest('"instances" is empty')
+    return rows_to_array(instances, '"instances"')
+
+
+def rows_to_array(rows: list[Any], what: str) -> np.ndarray:
+    """Numeric rows → one array, row 0 first; errors name ``what``."""
     try:
-        array = np.asarray(instances)
+        array = np.asarray(rows)
     except ValueError:
-        raise BadRequest('"instances" is ragged: every instance must have the same shape') from None
+        raise BadRequest(f"{what} is ragged: every row must have the same shape") from None
     if array.dtype.kind not in "biuf":
-        raise BadRequest('"instances" must hold only numbers')
+        raise BadRequest(f"{what} must hold only numbers")
     return array

@@ -83,17 +83,6 @@ def parse_predict_request(document: Any, spec: TensorSpec) -> PredictRequest:
     return PredictRequest(signature, not has_rows, rows, False)
 
 
-def rows_to_array(rows: list[Any]) -> np.ndarray:
-    """Numeric rows → one array, row 0 first."""
-    try:
-        array = np.asarray(rows)
-    except ValueError:
-        raise BadRequest("the input is ragged: every row must have the same shape") from None
-    if array.dtype.kind not in "biuf":
-        raise BadRequest("the input must hold only numbers (binary data as {\"b64\": ...})")
-    return array
-
-
 def encode_predict_response(outputs: dict[str, np.ndarray], columnar: bool) -> dict[str, Any]:
     """``{"predictions": [...]}`` per row, or ``{"outputs": ...}`` per output;
     a single output is given bare, several by name, as TF Serving does."""

@@ -48,8 +48,8 @@ def datatype_of(dtype: np.dtype | str) -> str:
 
 
 @dataclass
-class InferInput:
-    """One input tensor: numeric data as an array, BYTES data as a list."""
+class Tensor:
+    """One named tensor: numeric data as an array, BYTES data as a list."""
 
     name: str
     datatype: str
@@ -66,7 +66,7 @@ class RequestedOutput:
 
 @dataclass
 class InferRequest:
-    inputs: list[InferInput]
+    inputs: list[Tensor]
     outputs: list[RequestedOutput] | None = None  # None: every output
     id: str | None = None
     binary_output: bool = False  # the request's default for outputs
@@ -74,12 +74,8 @@ class InferRequest:
 
 
 @dataclass
-class OutputTensor:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    data: np.ndarray | list[bytes]
-    binary: bool = False
+class OutputTensor(Tensor):
+    binary: bool = False  # sent as raw bytes after the JSON (binary extension)
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -237,7 +233,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
             data = _json_data(item["data"], datatype, shape, what)
         else:
             raise BadRequest(f"{what} has neither \"data\" nor a binary_data_size")
-        inputs.append(InferInput(name, datatype, shape, data))
+        inputs.append(Tensor(name, datatype, shape, data))
     if offset != len(binary):
         raise BadRequest(f"the body carries {len(binary)} bytes of binary data but the "
                          f"inputs' binary_data_size add up to {offset}")

@@ -17,10 +17,10 @@ from tritonclient.grpc import service_pb2 as pb
 from deployments.codecs.errors import BadRequest
 from deployments.codecs.v2 import (
     BYTES,
-    InferInput,
     InferRequest,
     OutputTensor,
     RequestedOutput,
+    Tensor,
     as_datatype,
     check_datatype,
     check_shape,
@@ -49,14 +49,14 @@ def _parameters(params: Any) -> dict[str, Any]:
     return {key: _parameter(value) for key, value in params.items()}
 
 
-def _input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> InferInput:
+def _input(tensor: pb.ModelInferRequest.TensorTensor, raw: bytes | None) -> Tensor:
     what = f"input {tensor.name!r}"
     if not tensor.name:
         raise BadRequest("every input needs a name")
     datatype = check_datatype(tensor.datatype, what)
     shape = check_shape(list(tensor.shape), what)
     if raw is not None:
-        return InferInput(tensor.name, datatype, shape, raw_to_tensor(raw, datatype, shape, what))
+        return Tensor(tensor.name, datatype, shape, raw_to_tensor(raw, datatype, shape, what))
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
         raise BadRequest(f"{what}: {datatype} data must come in raw_input_contents")
@@ -64,9 +64,9 @@ def _input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> 
     if len(values) != element_count(shape):
         raise BadRequest(f"{what}: {len(values)} elements for shape {list(shape)}")
     if datatype == BYTES:
-        return InferInput(tensor.name, datatype, shape, list(values))
+        return Tensor(tensor.name, datatype, shape, list(values))
     array = np.asarray(values)
-    return InferInput(tensor.name, datatype, shape, as_datatype(array, datatype, shape, what))
+    return Tensor(tensor.name, datatype, shape, as_datatype(array, datatype, shape, what))
 
 
 def parse_infer_request(message: pb.ModelInferRequest) -> InferRequest:

@@ -14,13 +14,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from deployments.codecs.errors import BadRequest
-from deployments.codecs.tensor import parse_json
+from deployments.codecs.tensor import parse_json, rows_to_array
 from deployments.codecs.tfserving import (
     encode_predict_response,
     model_metadata,
     model_status,
     parse_predict_request,
-    rows_to_array,
 )
 from deployments.config import InputLimits
 from deployments.protocols.http import read_body
@@ -79,6 +78,6 @@ class TFServingApi:
         if parsed.is_binary:
             batch = await endpoint.decode_images(meta, parsed.value)
         else:
-            batch = await asyncio.to_thread(rows_to_array, parsed.value)
+            batch = await asyncio.to_thread(rows_to_array, parsed.value, "the input")
         outputs = await endpoint.infer(meta, batch)
         return JSONResponse(encode_predict_response(outputs, parsed.columnar))

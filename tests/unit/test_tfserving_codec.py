@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from deployments.codecs.errors import BadRequest
+from deployments.codecs.tensor import rows_to_array
 from deployments.codecs.tfserving import (
     encode_predict_response,
     model_status,
     parse_predict_request,
-    rows_to_array,
 )
 from deployments.signature import TensorSpec
 
@@ -17,9 +17,9 @@ SPEC = TensorSpec("image", "float32", (None, 2))
 
 def test_row_and_columnar_values():
     rows = parse_predict_request({"instances": [[1, 2], {"image": [3, 4]}]}, SPEC)
-    assert not rows.columnar and rows_to_array(rows.value).tolist() == [[1, 2], [3, 4]]
+    assert not rows.columnar and rows_to_array(rows.value, "x").tolist() == [[1, 2], [3, 4]]
     columns = parse_predict_request({"inputs": {"image": [[1, 2]]}}, SPEC)
-    assert columns.columnar and rows_to_array(columns.value).shape == (1, 2)
+    assert columns.columnar and rows_to_array(columns.value, "x").shape == (1, 2)
 
 
 def test_b64_values_are_decoded_blobs():
@@ -52,7 +52,7 @@ def test_bad_requests(document, message):
 @pytest.mark.parametrize(("rows", "message"), [([[1], [1, 2]], "ragged"), (["a"], "numbers")])
 def test_bad_rows(rows, message):
     with pytest.raises(BadRequest, match=message):
-        rows_to_array(rows)
+        rows_to_array(rows, "the input")
 
 
 def test_responses_name_outputs_only_when_several():
