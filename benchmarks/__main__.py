@@ -1,11 +1,12 @@
 """`make bench` (short) or `python -m benchmarks --full`: one run measures raw
-TensorFlow on the benchmark model and this server over HTTP on the same
-machine, and writes benchmarks/results/<timestamp>.json and .png."""
+TensorFlow, a naive Ray Serve deployment, KServe's ModelServer and this server
+(over each protocol and the Python handle) on the same model, machine and
+client, plus the zero-copy handoff, autoscaling under a step load and replica
+memory over a long run. Writes benchmarks/results/<timestamp>.json and .png."""
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -13,14 +14,23 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
 import numpy as np
-from PIL import Image, ImageDraw
+from ray import serve
 
-from benchmarks.load import run_load, single_request_ms
+from benchmarks import bodies
+from benchmarks.cluster_probes import (
+    ReplicaCounter,
+    object_store_mb,
+    replica_pids,
+    rss_mb,
+)
+from benchmarks.handoff import measure_handoff
+from benchmarks.kserve_peer import KServePeer
+from benchmarks.load import run_load, run_phases, single_request_ms
 from benchmarks.plot import plot_results
 from benchmarks.raw_tf import measure_raw
-from benchmarks.server import ROOT, Server, bench_config
+from benchmarks.report import ratios, report
+from benchmarks.server import APP, MODEL, NAIVE_APP, ROOT, Server, bench_config
 from deployments.local import read_env_file
 from models.build_benchmark import DEFAULT_OUT, build
 
@@ -28,32 +38,83 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_SIZES = [1, 2, 4, 8, 16, 32]
 
 
-def sample_jpeg(seed: int = 0) -> bytes:
-    """A 224x224 photo-like JPEG (smooth shading and shapes, ~10 KB)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:224, 0:224]
-    base = np.stack([x, y, (x + y) // 2], axis=-1).astype(np.uint8)
-    image = Image.fromarray(base)
-    draw = ImageDraw.Draw(image)
-    for _ in range(12):
-        x0, y0 = rng.integers(0, 180, 2)
-        draw.ellipse([int(x0), int(y0), int(x0) + 40, int(y0) + 40],
-                     fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def multipart(blobs: list[bytes]) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    for i, blob in enumerate(blobs):
-        form.add_field("images", blob, filename=f"{i}.jpg", content_type="image/jpeg")
-    return form
-
-
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "processor": platform.processor()}
+
+
+def by_concurrency(url: str, body: bodies.Body, levels: list[int], seconds: float,
+                   label: str) -> dict[str, dict]:
+    return {str(c): run_load(url, lambda: body, 1, c, seconds, label=f"{label}, {c} clients")
+            for c in levels}
+
+
+def measure_server(server: Server, levels: list[int], seconds: float, jpeg: bytes) -> dict:
+    """This server over each path, then the naive baseline beside it."""
+    pixels = bodies.pixels(jpeg)
+    base = server.url
+    paths = {
+        "native image": (f"{base}/predict?top_k=1", bodies.native_image(jpeg)),
+        "TF Serving b64": (f"{base}/v1/models/{MODEL}:predict", bodies.tfserving_b64(jpeg)),
+        "V2 binary": (f"{base}/v2/models/{MODEL}/infer", bodies.v2(pixels, binary=True)),
+    }
+    app: dict = {"first_request_ms": single_request_ms(paths["native image"][0],
+                                                       *paths["native image"][1])}
+    systems: dict = {}
+    for name, (url, body) in paths.items():
+        systems[f"this server: {name}"] = by_concurrency(url, body, levels, seconds, name)
+    systems["this server: Python handle"] = {
+        str(c): server.handle_load(c, seconds, f"Python handle, {c} clients") for c in levels}
+    app["batch32_requests"] = run_load(  # twice as long: few, big requests
+        f"{base}/predict?top_k=1", lambda: (bodies.native_multipart([jpeg] * 32), {}), 32, 2,
+        2 * seconds, label="2 clients, 32 images")
+    app["model_stats"] = server.model_stats()
+    systems["naive Ray Serve (JSON)"] = by_concurrency(
+        f"{base}/{NAIVE_APP}", bodies.json_instances(pixels), levels, seconds, "naive")
+    return {"app": app, "systems": systems}
+
+
+def measure_memory(server: Server, jpeg: bytes, requests: int, replicas: int) -> dict:
+    """Replica RSS and object-store use, sampled between bursts of 16 clients."""
+    pids = replica_pids(APP, MODEL, replicas)
+    body = bodies.native_image(jpeg)
+    samples, sent = [], 0
+    while sent < requests:
+        burst = run_load(f"{server.url}/predict?top_k=1", lambda: body, 1, 16, 5.0,
+                         warmup_s=0, label=f"memory: {sent}/{requests} requests")
+        sent += burst["requests"] + sum(burst["errors"].values())
+        samples.append({"requests": sent, "rss_mb": {str(p): rss_mb(p) for p in pids},
+                        "object_store_mb": object_store_mb(),
+                        "errors": burst["errors"]})
+    return {"pids": pids, "samples": samples}
+
+
+def measure_autoscaling(server: Server, config: dict, jpeg: bytes, full: bool) -> dict:
+    """A step load (1 → 16 → 1 clients) against the config's autoscaling."""
+    server.deploy(config)
+    phases = [(1, 20.0), (16, 60.0), (1, 60.0)] if full else [(1, 10.0), (16, 40.0),
+                                                                (1, 45.0)]
+    body = bodies.native_image(jpeg)
+    with ReplicaCounter(APP, MODEL) as counter:
+        result = run_phases(f"{server.url}/predict?top_k=1", lambda: body, phases,
+                            "autoscaling: 1 → 16 → 1 clients")
+    return {"phases": phases, "replicas": counter.samples, "done_at_s": result.done_at_s,
+            "latencies_ms": result.latencies_ms, "errors": result.errors,
+            "autoscaling_config": config["applications"][0]["deployments"][-1].get(
+                "autoscaling_config")}
+
+
+def measure_kserve(model_dir: Path, port: int, levels: list[int], seconds: float,
+                   pixels: np.ndarray) -> dict:
+    systems = {}
+    for workers in (1, 2):
+        with KServePeer(model_dir / "1", port, workers) as peer:
+            url = f"{peer.url}/v2/models/{MODEL}/infer"
+            for kind, binary in (("V2 JSON", False), ("V2 binary", True)):
+                name = f"KServe {workers} worker{'s' * (workers > 1)} ({kind})"
+                systems[name] = by_concurrency(url, bodies.v2(pixels, binary), levels, seconds,
+                                               name)
+    return systems
 
 
 def main() -> None:
@@ -69,8 +130,12 @@ def main() -> None:
                         help="batch_wait_timeout_s while the model is idle, in ms")
     parser.add_argument("--server-env", type=Path, default=ROOT / "configs" / "server.env",
                         help="environment file of the cluster's processes")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["kserve", "handoff", "memory", "autoscaling"],
+                        help="sections to leave out")
     args = parser.parse_args()
-    seconds = 20.0 if args.full else 8.0
+    seconds = 15.0 if args.full else 6.0
+    levels = [1, 8, 16, 32] if args.full else [1, 16, 32]
 
     model_dir = DEFAULT_OUT
     if not (model_dir / "1" / "saved_model.pb").exists():
@@ -78,41 +143,42 @@ def main() -> None:
         build(model_dir)
 
     results: dict = {"machine": machine(), "mode": "full" if args.full else "short",
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "levels": levels}
     raw = measure_raw(model_dir / "1", BATCH_SIZES, seconds=seconds / 2, label="raw TF (before)")
     best = max(raw, key=lambda b: raw[b]["images_per_s"])
     # The curve is flat near its peak on CPUs: take the smallest batch within
     # 5% of it, which serves at the same speed with less waiting.
     near_peak = min(b for b in raw if raw[b]["images_per_s"] >= 0.95 * raw[best]["images_per_s"])
-    max_batch_size = args.max_batch_size or near_peak
-
     overrides = {
         "num_replicas": args.replicas,
         "ray_actor_options": {"num_cpus": args.model_cpus},
-        "user_config": {"max_batch_size": max_batch_size,
+        "user_config": {"max_batch_size": args.max_batch_size or near_peak,
                         "batch_wait_timeout_s": args.batch_wait_ms / 1000},
     }
     config = bench_config(model_dir, args.port, overrides)
     results["config"] = {"model_deployment": overrides,
                          "server_env": read_env_file(args.server_env)}
-    jpeg = sample_jpeg()
-    one_image = (jpeg, {"Content-Type": "image/jpeg"})
+    jpeg = bodies.sample_jpeg()
     with (tempfile.TemporaryDirectory() as tmp,
-          Server(config, Path(tmp), args.server_env) as server):
-        url = f"{server.url}/predict?top_k=1"
-        first = single_request_ms(url, *one_image)
-        app: dict = {"first_request_ms": first}
-        app["one_client"] = run_load(url, lambda: one_image, 1, 1, seconds, label="1 client")
-        app["sixteen_clients"] = run_load(url, lambda: one_image, 1, 16, seconds,
-                                          label="16 clients, 1 image")
-        app["batch32_requests"] = run_load(  # twice as long: few, big requests
-            url, lambda: (multipart([jpeg] * 32), {}), 32, 2, 2 * seconds,
-            label="2 clients, 32 images")
-        app["model_stats"] = server.model_stats()
-    results["app"] = app
+          Server(config, Path(tmp), args.server_env, model_dir, args.replicas) as server):
+        results.update(measure_server(server, levels, seconds, jpeg))
+        serve.delete(NAIVE_APP)  # idle from here on
+        if "handoff" not in args.skip:
+            results["handoff"] = measure_handoff([1, 10, 100, 400], 5 if args.full else 3)
+        if "memory" not in args.skip:
+            results["memory"] = measure_memory(server, jpeg, 10_000 if args.full else 1_500,
+                                               args.replicas)
+        if "autoscaling" not in args.skip:
+            autoscaled = bench_config(model_dir, args.port, {
+                "user_config": overrides["user_config"],
+                "ray_actor_options": overrides["ray_actor_options"]})
+            results["autoscaling"] = measure_autoscaling(server, autoscaled, jpeg, args.full)
+    if "kserve" not in args.skip:  # after the cluster is gone: nothing else running
+        results["systems"].update(measure_kserve(model_dir, args.port + 1, levels, seconds,
+                                                 bodies.pixels(jpeg)))
 
     # Raw TF again: the machine's speed drifts, so the limit is the mean of
-    # the measurements before and after the app's, and their spread is kept.
+    # the measurements before and after the servers', and their spread is kept.
     again = measure_raw(model_dir / "1", [1, best], seconds=seconds / 2, label="raw TF (after)")
     batch1 = [raw[1]["ms_per_call"], again[1]["ms_per_call"]]
     limit = [raw[best]["images_per_s"], again[best]["images_per_s"]]
@@ -120,15 +186,7 @@ def main() -> None:
                          "best_images_per_s": float(np.mean(limit)),
                          "best_images_per_s_spread": [min(limit), max(limit)],
                          "batch1_ms": float(np.mean(batch1))}
-
-    best_ips = results["raw_tf"]["best_images_per_s"]
-    results["ratios"] = {
-        "single_image_16_clients_vs_raw_best": app["sixteen_clients"]["images_per_s"] / best_ips,
-        "batch32_requests_vs_raw_best": app["batch32_requests"]["images_per_s"] / best_ips,
-        "p50_one_client_minus_raw_batch1_ms":
-            app["one_client"]["p50_ms"] - results["raw_tf"]["batch1_ms"],
-        "first_request_vs_steady_p50": first / app["one_client"]["p50_ms"],
-    }
+    results["ratios"] = ratios(results)
 
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / time.strftime("%Y%m%d-%H%M%S")
@@ -136,21 +194,6 @@ def main() -> None:
     plot_results(results, stem.with_suffix(".png"))
     report(results)
     print(f"wrote {stem}.json and {stem}.png")
-
-
-def report(results: dict) -> None:
-    raw, app, ratios = results["raw_tf"], results["app"], results["ratios"]
-    low, high = raw["best_images_per_s_spread"]
-    print(f"\nraw TF: batch 1 {raw['batch1_ms']:.1f} ms; best batch {raw['best_batch']}: "
-          f"{raw['best_images_per_s']:.1f} img/s (before/after: {low:.1f}-{high:.1f})")
-    for key in ("one_client", "sixteen_clients", "batch32_requests"):
-        s = app[key]
-        print(f"{key:>17}: {s['images_per_s']:7.1f} img/s  p50 {s['p50_ms']:6.1f} ms  "
-              f"p99 {s['p99_ms']:6.1f} ms  errors {s['errors'] or 0}")
-    print(f"first request {app['first_request_ms']:.1f} ms; "
-          f"batches formed (rows: count) {app['model_stats']['batch_rows']}")
-    for name, value in ratios.items():
-        print(f"  {name}: {value:.2f}")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,18 @@ class LoadResult:
     seconds: float
     requests: int = 0
     images: int = 0
-    errors: dict[int, int] = field(default_factory=dict)
+    errors: dict[int | str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    done_at_s: list[float] = field(default_factory=list)  # since the run's start
+
+    def record(self, started: float, done: float, origin: float, images: int) -> None:
+        self.requests += 1
+        self.images += images
+        self.latencies_ms.append(1000 * (done - started))
+        self.done_at_s.append(done - origin)
+
+    def error(self, kind: int | str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def summary(self) -> dict:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
@@ -58,11 +68,9 @@ async def _run(url: str, make: RequestFactory, images_per_request: int, clients:
                     done = time.perf_counter()
                 if now >= measure_from:
                     if r.status == 200:
-                        result.requests += 1
-                        result.images += images_per_request
-                        result.latencies_ms.append(1000 * (done - now))
+                        result.record(now, done, start, images_per_request)
                     else:
-                        result.errors[r.status] = result.errors.get(r.status, 0) + 1
+                        result.error(r.status)
 
         async def ticker() -> None:
             while time.perf_counter() < stop_at:
@@ -92,3 +100,55 @@ def single_request_ms(url: str, body: bytes, headers: dict[str, str]) -> float:
             return 1000 * (time.perf_counter() - start)
 
     return asyncio.run(once())
+
+
+Phases = list[tuple[int, float]]  # (clients, seconds), one after another
+
+
+async def _run_phases(url: str, make: RequestFactory, phases: Phases,
+                      label: str) -> LoadResult:
+    """Closed-loop load whose client count steps through ``phases``."""
+    total = sum(seconds for _, seconds in phases)
+    result = LoadResult(max(c for c, _ in phases), total)
+    bounds, elapsed = [], 0.0
+    for clients, seconds in phases:
+        elapsed += seconds
+        bounds.append((elapsed, clients))
+    connector = aiohttp.TCPConnector(limit=result.clients)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+        start = time.perf_counter()
+        bar = tqdm(total=round(total), desc=label, unit="s", leave=False)
+
+        def active(now: float) -> int:
+            return next((c for end, c in bounds if now - start < end), 0)
+
+        async def client(k: int) -> None:
+            while (now := time.perf_counter()) < start + total:
+                if k >= active(now):
+                    await asyncio.sleep(0.1)
+                    continue
+                body, headers = make()
+                try:
+                    async with session.post(url, data=body, headers=headers) as r:
+                        await r.read()
+                except aiohttp.ClientError as exc:
+                    result.error(type(exc).__name__)
+                    continue
+                if r.status == 200:
+                    result.record(now, time.perf_counter(), start, 1)
+                else:
+                    result.error(r.status)
+
+        async def ticker() -> None:
+            while time.perf_counter() < start + total:
+                await asyncio.sleep(1)
+                bar.update(1)
+
+        await asyncio.gather(ticker(), *(client(k) for k in range(result.clients)))
+        bar.close()
+    return result
+
+
+def run_phases(url: str, make: RequestFactory, phases: Phases, label: str) -> LoadResult:
+    return asyncio.run(_run_phases(url, make, phases, label))

@@ -1,42 +1,95 @@
-"""One PNG per run: raw TF by batch size beside the app, and latency figures."""
+"""One PNG per run: throughput and latency by concurrency per system, raw TF by
+batch size, the handoff by size, the autoscaling timeline and replica memory."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
+def _systems(ax_tput, ax_lat, results: dict) -> None:
+    for name, by_clients in results["systems"].items():
+        clients = [int(c) for c in by_clients]
+        style = "-o" if name.startswith("this server") else "--s"
+        ax_tput.plot(clients, [s["images_per_s"] for s in by_clients.values()], style,
+                     label=name)
+        ax_lat.plot(clients, [s["p99_ms"] for s in by_clients.values()], style, label=name)
+    best = results["raw_tf"]["best_images_per_s"]
+    ax_tput.axhline(best, color="black", linestyle=":", label="raw TF best batch")
+    ax_tput.set(xlabel="concurrent clients (1 image each)", ylabel="images / s",
+                title="Throughput by system", xscale="log", xticks=results["levels"])
+    ax_tput.set_xticklabels(results["levels"])
+    ax_lat.set(xlabel="concurrent clients", ylabel="p99 ms", title="p99 latency",
+               xscale="log", yscale="log", xticks=results["levels"])
+    ax_lat.set_xticklabels(results["levels"])
+    ax_tput.legend(fontsize=6)
+
+
+def _raw(ax, results: dict) -> None:
+    raw = results["raw_tf"]["by_batch"]
+    ax.bar([str(b) for b in raw], [v["images_per_s"] for v in raw.values()], color="#999999")
+    ax.set(xlabel="batch size", ylabel="images / s", title="Raw TensorFlow in one process")
+
+
+def _handoff(ax, results: dict) -> None:
+    handoff = results.get("handoff")
+    if not handoff:
+        return
+    sizes = [h["mb"] for h in handoff]
+    ax.loglog(sizes, [h["handoff_ms"] for h in handoff], "-o", label="ray.put + replica call")
+    ax.loglog(sizes, [h["copy_ms"] for h in handoff], "--s", label="one np.copy")
+    ax.set(xlabel="array MB", ylabel="ms", title="Handoff through the object store")
+    ax.legend(fontsize=7)
+
+
+def _autoscaling(ax, results: dict) -> None:
+    auto = results.get("autoscaling")
+    if not auto:
+        return
+    done = np.array(auto["done_at_s"])
+    lat = np.array(auto["latencies_ms"])
+    end = int(sum(s for _, s in auto["phases"]))
+    seconds = np.arange(0, end, 5)
+    tput = [((done >= t) & (done < t + 5)).sum() / 5 for t in seconds]
+    p99 = [np.percentile(lat[(done >= t) & (done < t + 5)], 99)
+           if ((done >= t) & (done < t + 5)).any() else np.nan for t in seconds]
+    ax.plot(seconds, tput, "-", label="images / s")
+    ax.plot(seconds, np.array(p99) / 10, ":", label="p99 ms / 10")
+    twin = ax.twinx()
+    twin.step([t for t, _ in auto["replicas"]], [n for _, n in auto["replicas"]], "r-",
+              where="post", label="replicas")
+    twin.set_ylabel("replicas", color="red")
+    twin.set_ylim(0, max(3, max((n for _, n in auto["replicas"]), default=1) + 1))
+    ax.set(xlabel="seconds (1 → 16 → 1 clients)", title="Autoscaling under a step load")
+    ax.legend(fontsize=7, loc="upper left")
+
+
+def _memory(ax, results: dict) -> None:
+    memory = results.get("memory")
+    if not memory:
+        return
+    requests = [s["requests"] for s in memory["samples"]]
+    for pid in memory["pids"]:
+        ax.plot(requests, [s["rss_mb"][str(pid)] for s in memory["samples"]], "-o",
+                label=f"replica {pid} RSS")
+    ax.plot(requests, [s["object_store_mb"] for s in memory["samples"]], "--",
+            label="object store used")
+    ax.set(xlabel="requests", ylabel="MB", title="Memory over a long run")
+    ax.legend(fontsize=7)
+
+
 def plot_results(results: dict, path: Path) -> None:
-    raw, app = results["raw_tf"], results["app"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-
-    names = [f"raw b={b}" for b in raw["by_batch"]] + [
-        "app 1 client", "app 16 clients", "app 32-img req"]
-    values = [v["images_per_s"] for v in raw["by_batch"].values()] + [
-        app["one_client"]["images_per_s"], app["sixteen_clients"]["images_per_s"],
-        app["batch32_requests"]["images_per_s"]]
-    colors = ["#999999"] * len(raw["by_batch"]) + ["#1f77b4"] * 3
-    left.bar(names, values, color=colors)
-    left.axhline(raw["best_images_per_s"], color="black", linestyle="--", linewidth=1,
-                 label="raw TF best")
-    left.set_ylabel("images / s")
-    left.set_title("Throughput: raw TensorFlow vs this server (MobileNetV2)")
-    left.tick_params(axis="x", rotation=45)
-    left.legend()
-
-    labels = ["first request", "steady p50", "steady p90", "steady p99"]
-    one = app["one_client"]
-    lat = [app["first_request_ms"], one["p50_ms"], one["p90_ms"], one["p99_ms"]]
-    right.bar(labels, lat, color=["#d62728", "#1f77b4", "#1f77b4", "#1f77b4"])
-    right.axhline(raw["batch1_ms"], color="black", linestyle="--", linewidth=1,
-                  label="raw TF batch 1")
-    right.set_ylabel("ms")
-    right.set_title("One client, one image: first request after start vs steady state")
-    right.legend()
+    fig, axes = plt.subplots(2, 3, figsize=(18, 9))
+    _systems(axes[0][0], axes[0][1], results)
+    _raw(axes[0][2], results)
+    _handoff(axes[1][0], results)
+    _autoscaling(axes[1][1], results)
+    _memory(axes[1][2], results)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)

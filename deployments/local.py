@@ -59,14 +59,29 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
     raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+def http_ok(url: str) -> bool:
+    """Whether ``GET url`` answers 200 now (refused, reset, timed out or an
+    error status are all "no")."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def wait_ready(url: str, timeout_s: float = 300) -> None:
     """Until ``GET {url}/readyz`` answers 200 (a model replica is up)."""
+    wait_until(lambda: http_ok(f"{url}/readyz"), timeout_s, f"{url} to be ready")
 
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
-                return response.status == 200
-        except OSError:  # refused, reset, timed out, or an HTTP error status
-            return False
 
-    wait_until(ready, timeout_s, f"{url} to be ready")
+def in_object_store(address: int) -> bool:
+    """Whether ``address`` lies in this process's mapping of Ray's shared-memory
+    object store (a zero-copy view, not a private copy)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)  # the path may end in " (deleted)"
+            if len(fields) == 6 and "plasma" in fields[5]:
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                if start <= address < end:
+                    return True
+    return False

@@ -51,8 +51,9 @@ def _signature_defs(path: Path, signature_name: str) -> dict[str, Any]:
     proto = saved_model_pb2.SavedModel()
     proto.ParseFromString((path / "saved_model.pb").read_bytes())
     defs = proto.meta_graphs[0].signature_def
-    return {signature_name: json_format.MessageToDict(defs[signature_name],
-                                                      preserving_proto_field_name=True)}
+    return {signature_name: json_format.MessageToDict(
+        defs[signature_name], preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True)}  # as TF Serving prints it
 
 
 class SavedModelRunner:

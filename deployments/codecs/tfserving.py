@@ -83,17 +83,37 @@ def parse_predict_request(document: Any, spec: TensorSpec) -> PredictRequest:
     return PredictRequest(signature, not has_rows, rows, False)
 
 
+def _values(name: str, array: np.ndarray) -> Any:
+    """An output as JSON values: strings as UTF-8, or ``{"b64": ...}`` for
+    outputs named ``*_bytes``, as TF Serving writes them."""
+    if array.dtype.kind not in "OSU":
+        return array.tolist()
+    binary = name.endswith("_bytes")
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, list):
+            return [encode(v) for v in value]
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        return {"b64": base64.b64encode(raw).decode()} if binary else raw.decode("utf-8",
+                                                                                "replace")
+
+    return encode(array.tolist())
+
+
 def encode_predict_response(outputs: dict[str, np.ndarray], columnar: bool) -> dict[str, Any]:
     """``{"predictions": [...]}`` per row, or ``{"outputs": ...}`` per output;
-    a single output is given bare, several by name, as TF Serving does."""
+    a single output is given bare, several by name, as TF Serving does.
+    Non-finite floats stay NaN/Infinity, as TF Serving writes them."""
+    if any(array.ndim == 0 for array in outputs.values()) and not columnar:
+        raise BadRequest("an output has no batch dimension: ask in the columnar format "
+                         '("inputs")')
+    values = {name: _values(name, array) for name, array in outputs.items()}
     if columnar:
-        values = {name: array.tolist() for name, array in outputs.items()}
         return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
-    if len(outputs) == 1:
-        return {"predictions": next(iter(outputs.values())).tolist()}
-    columns = {name: array.tolist() for name, array in outputs.items()}
-    rows = len(next(iter(outputs.values())))
-    return {"predictions": [{name: column[i] for name, column in columns.items()}
+    if len(values) == 1:
+        return {"predictions": next(iter(values.values()))}
+    rows = len(next(iter(values.values())))
+    return {"predictions": [{name: column[i] for name, column in values.items()}
                             for i in range(rows)]}
 
 

@@ -166,9 +166,11 @@ def _json_data(value: Any, datatype: str, shape: tuple[int, ...],
         array = np.asarray(value)
     except ValueError:
         raise BadRequest(f"{what}: data is ragged") from None
-    if array.dtype.kind not in ("b" if datatype == "BOOL" else "biuf"):
+    if array.dtype.kind not in ("b" if datatype == "BOOL" else "iuf"):
         raise BadRequest(f"{what}: data must hold only "
                          f"{'booleans' if datatype == 'BOOL' else 'numbers'}")
+    if DATATYPES[datatype].kind in "iu" and array.dtype.kind == "f":
+        raise BadRequest(f"{what}: {datatype} data must be integers")
     if array.size != count:
         raise BadRequest(f"{what}: {array.size} elements for shape {list(shape)}")
     return as_datatype(array, datatype, shape, what)
@@ -241,9 +243,12 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest('"id" must be a string')
+    binary_output = params.get("binary_data_output", False)
+    if not isinstance(binary_output, bool):
+        raise BadRequest("binary_data_output must be true or false")
     return InferRequest(
         inputs=inputs, outputs=_requested_outputs(document.get("outputs")), id=request_id,
-        binary_output=bool(params.get("binary_data_output", False)), parameters=params,
+        binary_output=binary_output, parameters=params,
     )
 
 
@@ -258,11 +263,18 @@ def _requested_outputs(value: Any) -> list[RequestedOutput] | None:
         name = _string(item.get("name"), f"outputs[{i}].name")
         params = _object(item.get("parameters", {}), f"output {name!r} parameters")
         binary = params.get("binary_data")
+        if binary is not None and not isinstance(binary, bool):
+            raise BadRequest(f"output {name!r}: binary_data must be true or false")
         classes = params.get("classification", 0)
         if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
             raise BadRequest(f"output {name!r}: classification must be a class count")
-        outputs.append(RequestedOutput(name, None if binary is None else bool(binary), classes))
+        outputs.append(RequestedOutput(name, binary, classes))
     return outputs
+
+
+def as_bytes(array: np.ndarray) -> list[bytes]:
+    """A string array's elements in row-major order, as bytes."""
+    return [v if isinstance(v, bytes) else str(v).encode() for v in array.ravel()]
 
 
 def classify(scores: np.ndarray, labels: tuple[str, ...], k: int) -> np.ndarray:
@@ -292,6 +304,8 @@ def select_outputs(request: InferRequest, meta: ModelMetadata,
                                  "scores to classify")
             data = classify(data, meta.labels, out.classification)
             tensors.append(OutputTensor(out.name, BYTES, data.shape, list(data.ravel()), binary))
+        elif datatype_of(data.dtype) == BYTES:  # a string output: its elements as bytes
+            tensors.append(OutputTensor(out.name, BYTES, data.shape, as_bytes(data), binary))
         else:
             tensors.append(OutputTensor(out.name, datatype_of(data.dtype), data.shape, data,
                                         binary))

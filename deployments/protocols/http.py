@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import zlib
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from deployments.codecs.errors import PayloadTooLarge, ServeError
+from deployments.codecs.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    ServeError,
+    UnsupportedMediaType,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -44,4 +52,38 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         if size > max_bytes:
             raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return _decompress(b"".join(chunks), request.headers.get("content-encoding"), max_bytes)
+
+
+# Content-Encoding → zlib's wbits: gzip, or zlib-wrapped deflate (what HTTP
+# clients such as tritonclient send as "deflate").
+_ENCODINGS = {"gzip": 31, "deflate": 15}
+
+
+def _decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
+    """A compressed body inflated, refused with a 413 past ``max_bytes`` (so a
+    small bomb cannot inflate into gigabytes)."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in _ENCODINGS:
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not supported: send gzip, deflate or none")
+    inflater = zlib.decompressobj(_ENCODINGS[encoding])
+    try:
+        inflated = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as exc:
+        raise BadRequest(f"cannot {encoding}-decode the body: {exc}") from None
+    if len(inflated) > max_bytes:
+        raise PayloadTooLarge(f"decompressed body exceeds the limit of {max_bytes} bytes")
+    if not inflater.eof:
+        raise BadRequest(f"the {encoding} body is truncated")
+    return inflated
+
+
+class JSONWithNaN(JSONResponse):
+    """JSON that may carry NaN and Infinity, which TF Serving's responses use
+    for non-finite floats (Starlette's JSONResponse refuses them)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()

@@ -22,7 +22,7 @@ from deployments.codecs.tfserving import (
     parse_predict_request,
 )
 from deployments.config import InputLimits
-from deployments.protocols.http import read_body
+from deployments.protocols.http import JSONWithNaN, read_body
 from deployments.registry import ModelRegistry
 
 
@@ -80,4 +80,4 @@ class TFServingApi:
         else:
             batch = await asyncio.to_thread(rows_to_array, parsed.value, "the input")
         outputs = await endpoint.infer(meta, batch)
-        return JSONResponse(encode_predict_response(outputs, parsed.columnar))
+        return JSONWithNaN(encode_predict_response(outputs, parsed.columnar))

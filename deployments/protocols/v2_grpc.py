@@ -18,7 +18,7 @@ import grpc
 from ray.serve.grpc_util import RayServegRPCContext
 from tritonclient.grpc import service_pb2 as pb
 
-from deployments.codecs.errors import PayloadTooLarge, ServeError
+from deployments.codecs.errors import PayloadTooLarge, ServeError, ServiceUnavailable
 from deployments.codecs.v2_grpc import (
     encode_infer_response,
     model_metadata_response,
@@ -75,15 +75,21 @@ class V2GrpcService:
     @_status
     async def ServerReady(self, request: pb.ServerReadyRequest,
                           grpc_context: RayServegRPCContext) -> pb.ServerReadyResponse:
-        await self._registry.ready()
+        try:
+            await self._registry.ready()
+        except ServiceUnavailable:  # clients poll until ready: an answer, not an error
+            return pb.ServerReadyResponse(ready=False)
         return pb.ServerReadyResponse(ready=True)
 
     @_status
     async def ModelReady(self, request: pb.ModelReadyRequest,
                          grpc_context: RayServegRPCContext) -> pb.ModelReadyResponse:
         endpoint = self._registry.get(request.name)
-        await endpoint.version(request.version or None)
-        await endpoint.fetch_versions()
+        try:
+            await endpoint.version(request.version or None)  # a 404 if unknown
+            await endpoint.fetch_versions()
+        except ServiceUnavailable:
+            return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
     @_status

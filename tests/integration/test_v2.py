@@ -61,6 +61,16 @@ def test_tritonclient_http_infers_a_tensor_model(http_client, binary: bool):
     assert response["model_version"] == "1"
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_http_compressed_requests(http_client, algorithm: str):
+    rows, labels = digit_rows()
+    inp = httpclient.InferInput("pixels", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows, binary_data=True)
+    result = http_client.infer("digits_linear", [inp],
+                               request_compression_algorithm=algorithm)
+    assert (result.as_numpy("probabilities").argmax(axis=1) == labels).mean() >= 0.9
+
+
 def test_tritonclient_http_sends_images_as_bytes(http_client):
     blobs, labels = encoded_samples()
     inp = httpclient.InferInput("image", [len(blobs)], "BYTES")

@@ -9,22 +9,12 @@ from ray import cloudpickle, serve
 
 import tests.integration.test_zero_copy as this_module
 from deployments.config import DeviceArgs, ModelArgs
+from deployments.local import in_object_store
 from deployments.model import ModelDeployment
 from tests.integration.conftest import ROOT
 
 # Replicas cannot import the tests package; ship this module's classes by value.
 cloudpickle.register_pickle_by_value(this_module)
-
-
-def object_store_ranges() -> list[tuple[int, int]]:
-    """Address ranges of this process's mappings of Ray's shared-memory store."""
-    ranges = []
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            if "/dev/shm/plasma" in line or "plasma" in line.split()[-1]:
-                start, end = (int(x, 16) for x in line.split()[0].split("-"))
-                ranges.append((start, end))
-    return ranges
 
 
 class InputProbe(ModelDeployment.func_or_class):
@@ -40,8 +30,7 @@ class InputProbe(ModelDeployment.func_or_class):
             self.seen = {
                 "address": batch.ctypes.data,
                 "writeable": bool(batch.flags.writeable),
-                "in_object_store": any(s <= batch.ctypes.data < e
-                                       for s, e in object_store_ranges()),
+                "in_object_store": in_object_store(batch.ctypes.data),
             }
             return run(batch)
 

@@ -69,3 +69,25 @@ def test_responses_name_outputs_only_when_several():
 def test_status_lists_newest_first():
     versions = [v["version"] for v in model_status([1, 3, 2])["model_version_status"]]
     assert versions == ["3", "2", "1"]
+
+
+def test_string_outputs_are_utf8_or_b64_by_name():
+    outputs = {"label": np.array([b"cat", "d\u00f6g"], dtype=object),
+               "raw_bytes": np.array([b"\xff"], dtype=object)}
+    rows = encode_predict_response({"label": outputs["label"]}, columnar=False)
+    assert rows == {"predictions": ["cat", "d\u00f6g"]}
+    columns = encode_predict_response({"raw_bytes": outputs["raw_bytes"]}, columnar=True)
+    assert columns == {"outputs": [{"b64": "/w=="}]}
+
+
+def test_non_finite_outputs_render_as_tf_serving_writes_them():
+    from deployments.protocols.http import JSONWithNaN
+
+    body = encode_predict_response({"y": np.array([np.nan, -np.inf])}, columnar=False)
+    assert JSONWithNaN(body).body == b'{"predictions":[NaN,-Infinity]}'
+
+
+def test_scalar_outputs_need_the_columnar_format():
+    with pytest.raises(BadRequest, match="no batch dimension"):
+        encode_predict_response({"y": np.array(1.0)}, columnar=False)
+    assert encode_predict_response({"y": np.array(1.0)}, columnar=True) == {"outputs": 1.0}

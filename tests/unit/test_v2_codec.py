@@ -87,6 +87,8 @@ def test_mixed_binary_and_json_inputs_keep_their_order():
         ([{"name": "x", "datatype": "UINT8", "shape": [1], "data": [300]}], "out of range"),
         ([{"name": "x", "datatype": "FP16", "shape": [1], "data": [1e10]}], "out of range"),
         ([{"name": "x", "datatype": "BOOL", "shape": [1], "data": [2]}], "only booleans"),
+        ([{"name": "x", "datatype": "INT32", "shape": [1], "data": [1.7]}], "must be integers"),
+        ([{"name": "x", "datatype": "FP32", "shape": [1], "data": [True]}], "only numbers"),
         ([{"name": "x", "datatype": "BYTES", "shape": [1], "data": [1]}], "must be strings"),
         ([{"name": "x", "datatype": "FP32", "shape": [1]}], 'neither "data"'),
     ],
@@ -169,3 +171,23 @@ def test_classification_needs_class_scores():
     request = InferRequest(inputs=[], outputs=[RequestedOutput("value", classification=1)])
     with pytest.raises(BadRequest, match="holds no class scores"):
         select_outputs(request, regression, {"value": np.zeros(2, np.float32)})
+
+
+def test_binary_flags_must_be_booleans():
+    inputs = [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]
+    with pytest.raises(BadRequest, match="binary_data_output must be true or false"):
+        parse_infer_request(*body(inputs, parameters={"binary_data_output": "false"}))
+    with pytest.raises(BadRequest, match="binary_data must be true or false"):
+        parse_infer_request(*body(inputs, outputs=[{"name": "y",
+                                                    "parameters": {"binary_data": 1}}]))
+
+
+def test_string_outputs_become_bytes_elements():
+    meta = ModelMetadata("s", 1, "serving_default", META.inputs,
+                         (TensorSpec("label", "object", (None, 2)),), "label", ())
+    names = np.array([[b"a", "é"], [b"", b"z"]], dtype=object)
+    (out,) = select_outputs(InferRequest(inputs=[]), meta, {"label": names})
+    assert out.datatype == "BYTES" and out.shape == (2, 2)
+    assert out.data == [b"a", "é".encode(), b"", b"z"]
+    content, _ = encode_infer_response(meta, None, [out])
+    assert json.loads(content)["outputs"][0]["data"] == ["a", "é", "", "z"]

@@ -1,0 +1,60 @@
+"""A second Ray job calling the app through its Python handle: N concurrent
+callers, closed loop, for a fixed time. Run by the benchmark as a subprocess
+joining its cluster; prints one JSON summary line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import numpy as np
+import ray
+from ray import serve
+
+from benchmarks.load import LoadResult
+
+
+async def drive(app_name: str, clients: int, seconds: float, warmup_s: float,
+                shape: tuple[int, ...]) -> dict:
+    app = serve.get_app_handle(app_name)
+    batch = np.random.default_rng(0).random(shape, dtype=np.float32)
+    await app.predict.remote(batch)  # the router learns the replicas first
+    result = LoadResult(clients, seconds)
+    measure_from = time.perf_counter() + warmup_s
+    stop_at = measure_from + seconds
+
+    async def client() -> None:
+        while (now := time.perf_counter()) < stop_at:
+            try:
+                await app.predict.remote(batch, top_k=1)
+            except Exception as exc:  # counted, like an HTTP error status
+                name = type(exc).__name__
+                result.errors[name] = result.errors.get(name, 0) + 1
+                continue
+            if now >= measure_from:
+                result.requests += 1
+                result.images += shape[0]
+                result.latencies_ms.append(1000 * (time.perf_counter() - now))
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return result.summary()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--app", required=True)
+    parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--shape", type=int, nargs="+", default=[1, 224, 224, 3])
+    args = parser.parse_args()
+    ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
+    summary = asyncio.run(drive(args.app, args.clients, args.seconds, args.warmup,
+                                tuple(args.shape)))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

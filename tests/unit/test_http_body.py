@@ -1,0 +1,32 @@
+import gzip
+import zlib
+
+import pytest
+
+from deployments.codecs.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from deployments.protocols.http import _decompress
+
+
+@pytest.mark.parametrize(("encoding", "pack"), [("gzip", gzip.compress),
+                                                ("deflate", zlib.compress),
+                                                ("identity", lambda b: b), (None, lambda b: b)])
+def test_bodies_are_inflated(encoding, pack):
+    assert _decompress(pack(b'{"a": 1}'), encoding, 100) == b'{"a": 1}'
+
+
+def test_a_small_bomb_is_refused_at_the_limit():
+    bomb = gzip.compress(b"\0" * 10_000_000)
+    assert len(bomb) < 20_000
+    with pytest.raises(PayloadTooLarge, match="decompressed body exceeds the limit of 1000"):
+        _decompress(bomb, "gzip", 1000)
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding", "error", "message"),
+    [(b"not gzip", "gzip", BadRequest, "cannot gzip-decode"),
+     (gzip.compress(b"abcdef")[:-12], "gzip", BadRequest, "truncated"),
+     (b"x", "br", UnsupportedMediaType, "'br' is not supported")],
+)
+def test_bad_encodings(body, encoding, error, message):
+    with pytest.raises(error, match=message):
+        _decompress(body, encoding, 100)
