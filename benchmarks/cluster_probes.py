@@ -46,8 +46,10 @@ class ReplicaCounter:
     def _run(self) -> None:
         start = time.perf_counter()
         while not self._stop.is_set():
-            status = serve.status().applications[self._app].deployments[self._deployment]
-            running = status.replica_states.get("RUNNING", 0)
+            app = serve.status().applications.get(self._app)
+            status = app.deployments.get(self._deployment) if app else None
+            running = sum(n for state, n in status.replica_states.items()
+                          if str(state).endswith("RUNNING")) if status else 0
             self.samples.append((time.perf_counter() - start, running))
             self._stop.wait(1.0)
 

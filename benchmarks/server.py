@@ -13,10 +13,11 @@ from pathlib import Path
 import ray
 import yaml
 from ray import cloudpickle, serve
+from ray.serve.schema import ApplicationStatus
 
 import benchmarks.naive
 from benchmarks.naive import NaiveModel
-from deployments.local import driver_env, serve_run, start_cluster, wait_ready
+from deployments.local import driver_env, serve_run, start_cluster, wait_ready, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "ray-tf-serve"
@@ -62,12 +63,18 @@ class Server:
         path = self.workdir / "bench-config.yaml"
         path.write_text(yaml.safe_dump(config))
         serve_run(path, cwd=ROOT, quiet=True)
+
+        def running() -> bool:
+            app = serve.status().applications.get(APP)
+            return app is not None and app.status == ApplicationStatus.RUNNING
+
+        wait_until(running, 300, f"app {APP!r} to run the new config")
         wait_ready(self.url)
 
     def __enter__(self) -> Server:
         # Logical CPUs beyond the machine's: every system stays deployed while
         # one at a time is measured; replicas' threads follow their num_cpus.
-        start_cluster(self.env_file, logging_level="ERROR", num_cpus=16)
+        start_cluster(self.env_file, drain_s=1, logging_level="ERROR", num_cpus=16)
         self.deploy(self._config)
         naive = NaiveModel.options(num_replicas=self._naive_replicas)
         serve.run(naive.bind(str(self._model_dir / "1")), name=NAIVE_APP,

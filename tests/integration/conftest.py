@@ -6,7 +6,6 @@ configs/config.yaml`` in a subprocess, joining this session's cluster.
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,10 +36,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def cluster_address() -> Iterator[str]:
-    # Deleted apps drain for 30 s by default (for HAProxy to stop routing to
-    # them); the tests delete several apps and need no such grace.
-    os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
-    yield start_cluster(ROOT / "configs" / "server.env", num_cpus=8)
+    yield start_cluster(ROOT / "configs" / "server.env", drain_s=1, num_cpus=8)
     serve.shutdown()
     ray.shutdown()
 
