@@ -23,6 +23,7 @@ from benchmarks.cluster_probes import (
     object_store_mb,
     replica_pids,
     rss_mb,
+    running_replicas,
 )
 from benchmarks.handoff import measure_handoff
 from benchmarks.kserve_peer import KServePeer
@@ -31,7 +32,7 @@ from benchmarks.plot import plot_results
 from benchmarks.raw_tf import measure_raw
 from benchmarks.report import ratios, report
 from benchmarks.server import APP, MODEL, NAIVE_APP, ROOT, Server, bench_config
-from deployments.local import read_env_file
+from deployments.local import read_env_file, wait_until
 from models.build_benchmark import DEFAULT_OUT, build
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -92,16 +93,19 @@ def measure_memory(server: Server, jpeg: bytes, requests: int, replicas: int) ->
 def measure_autoscaling(server: Server, config: dict, jpeg: bytes, full: bool) -> dict:
     """A step load (1 → 16 → 1 clients) against the config's autoscaling."""
     server.deploy(config)
-    phases = [(1, 20.0), (16, 60.0), (1, 60.0)] if full else [(1, 10.0), (16, 40.0),
-                                                                (1, 45.0)]
+    autoscaling = config["applications"][0]["deployments"][-1]["autoscaling_config"]
+    # Start from the floor: replicas left from before scale down first.
+    wait_until(lambda: running_replicas(APP, MODEL) == autoscaling["min_replicas"], 180,
+               "the model deployment to settle at min_replicas")
+    phases = [(1, 20.0), (16, 60.0), (1, 90.0)] if full else [(1, 10.0), (16, 45.0),
+                                                                (1, 60.0)]
     body = bodies.native_image(jpeg)
     with ReplicaCounter(APP, MODEL) as counter:
         result = run_phases(f"{server.url}/predict?top_k=1", lambda: body, phases,
                             "autoscaling: 1 → 16 → 1 clients")
     return {"phases": phases, "replicas": counter.samples, "done_at_s": result.done_at_s,
             "latencies_ms": result.latencies_ms, "errors": result.errors,
-            "autoscaling_config": config["applications"][0]["deployments"][-1].get(
-                "autoscaling_config")}
+            "autoscaling_config": autoscaling}
 
 
 def measure_kserve(model_dir: Path, port: int, levels: list[int], seconds: float,
@@ -131,7 +135,7 @@ def main() -> None:
     parser.add_argument("--server-env", type=Path, default=ROOT / "configs" / "server.env",
                         help="environment file of the cluster's processes")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["kserve", "handoff", "memory", "autoscaling"],
+                        choices=["systems", "kserve", "handoff", "memory", "autoscaling"],
                         help="sections to leave out")
     args = parser.parse_args()
     seconds = 15.0 if args.full else 6.0
@@ -161,7 +165,8 @@ def main() -> None:
     jpeg = bodies.sample_jpeg()
     with (tempfile.TemporaryDirectory() as tmp,
           Server(config, Path(tmp), args.server_env, model_dir, args.replicas) as server):
-        results.update(measure_server(server, levels, seconds, jpeg))
+        if "systems" not in args.skip:
+            results.update(measure_server(server, levels, seconds, jpeg))
         serve.delete(NAIVE_APP)  # idle from here on
         if "handoff" not in args.skip:
             results["handoff"] = measure_handoff([1, 10, 100, 400], 5 if args.full else 3)
@@ -174,8 +179,8 @@ def main() -> None:
                 "ray_actor_options": overrides["ray_actor_options"]})
             results["autoscaling"] = measure_autoscaling(server, autoscaled, jpeg, args.full)
     if "kserve" not in args.skip:  # after the cluster is gone: nothing else running
-        results["systems"].update(measure_kserve(model_dir, args.port + 1, levels, seconds,
-                                                 bodies.pixels(jpeg)))
+        peers = measure_kserve(model_dir, args.port + 1, levels, seconds, bodies.pixels(jpeg))
+        results.setdefault("systems", {}).update(peers)
 
     # Raw TF again: the machine's speed drifts, so the limit is the mean of
     # the measurements before and after the servers', and their spread is kept.

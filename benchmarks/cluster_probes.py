@@ -34,6 +34,16 @@ def object_store_mb() -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def running_replicas(app_name: str, deployment: str) -> int:
+    """How many replicas of a deployment run now (0 while the app deploys)."""
+    app = serve.status().applications.get(app_name)
+    status = app.deployments.get(deployment) if app else None
+    if status is None:
+        return 0
+    return sum(n for state, n in status.replica_states.items()
+               if str(state).endswith("RUNNING"))
+
+
 class ReplicaCounter:
     """Samples a deployment's running replicas once a second, in a thread."""
 
@@ -46,10 +56,7 @@ class ReplicaCounter:
     def _run(self) -> None:
         start = time.perf_counter()
         while not self._stop.is_set():
-            app = serve.status().applications.get(self._app)
-            status = app.deployments.get(self._deployment) if app else None
-            running = sum(n for state, n in status.replica_states.items()
-                          if str(state).endswith("RUNNING")) if status else 0
+            running = running_replicas(self._app, self._deployment)
             self.samples.append((time.perf_counter() - start, running))
             self._stop.wait(1.0)
 

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt
 
 
 def _systems(ax_tput, ax_lat, results: dict) -> None:
+    if "systems" not in results:
+        return
     for name, by_clients in results["systems"].items():
         clients = [int(c) for c in by_clients]
         style = "-o" if name.startswith("this server") else "--s"

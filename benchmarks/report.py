@@ -32,6 +32,24 @@ def rss_growth(memory: dict) -> float:
 
 
 def ratios(results: dict) -> dict:
+    """Every target's figure the run has the sections for."""
+    out: dict = {}
+    if OURS in results.get("systems", {}):
+        out.update(_throughput_ratios(results))
+    if "handoff" in results:
+        at_100 = next(h for h in results["handoff"] if h["mb"] == 100)
+        out["handoff_100mb_vs_copy"] = at_100["handoff_vs_copy"]
+        out["handoff_receiver_zero_copy"] = all(
+            h["receiver"]["in_object_store"] and not h["receiver"]["writeable"]
+            for h in results["handoff"])
+    if "memory" in results:
+        out["replica_rss_growth"] = rss_growth(results["memory"])
+    if "autoscaling" in results:
+        out.update(scale_times(results["autoscaling"]))
+    return out
+
+
+def _throughput_ratios(results: dict) -> dict:
     raw, systems, app = results["raw_tf"], results["systems"], results["app"]
     best = raw["best_images_per_s"]
     many = 16 if "16" in systems[OURS] else max(int(c) for c in systems[OURS])
@@ -49,16 +67,6 @@ def ratios(results: dict) -> dict:
     kserve = [_at(s, many) for name, s in systems.items() if name.startswith("KServe")]
     if kserve:
         out[f"native_vs_best_kserve_{many}_clients"] = ours / max(kserve)
-    if "handoff" in results:
-        at_100 = next(h for h in results["handoff"] if h["mb"] == 100)
-        out["handoff_100mb_vs_copy"] = at_100["handoff_vs_copy"]
-        out["handoff_receiver_zero_copy"] = all(
-            h["receiver"]["in_object_store"] and not h["receiver"]["writeable"]
-            for h in results["handoff"])
-    if "memory" in results:
-        out["replica_rss_growth"] = rss_growth(results["memory"])
-    if "autoscaling" in results:
-        out.update(scale_times(results["autoscaling"]))
     return out
 
 
@@ -67,13 +75,14 @@ def report(results: dict) -> None:
     low, high = raw["best_images_per_s_spread"]
     print(f"\nraw TF: batch 1 {raw['batch1_ms']:.1f} ms; best batch {raw['best_batch']}: "
           f"{raw['best_images_per_s']:.1f} img/s (before/after: {low:.1f}-{high:.1f})")
-    for name, by_clients in results["systems"].items():
+    for name, by_clients in results.get("systems", {}).items():
         cells = "  ".join(f"{c}: {s['images_per_s']:6.1f} img/s p50 {s['p50_ms']:6.1f} ms"
                           for c, s in by_clients.items())
         print(f"{name:>36}  {cells}")
-    b32 = results["app"]["batch32_requests"]
-    print(f"{'32-image requests, 2 clients':>36}  {b32['images_per_s']:.1f} img/s")
-    print(f"batches formed (rows: count) {results['app']['model_stats']['batch_rows']}")
+    if "app" in results:
+        b32 = results["app"]["batch32_requests"]
+        print(f"{'32-image requests, 2 clients':>36}  {b32['images_per_s']:.1f} img/s")
+        print(f"batches formed (rows: count) {results['app']['model_stats']['batch_rows']}")
     for h in results.get("handoff", []):
         print(f"handoff {h['mb']:4d} MB: {h['handoff_ms']:7.1f} ms vs np.copy "
               f"{h['copy_ms']:7.1f} ms ({h['handoff_vs_copy']:.2f}x)")
