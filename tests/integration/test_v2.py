@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from ray import serve
 from tritonclient.utils import InferenceServerException
 
 from tests.integration.conftest import APP_NAME, SAMPLES, sample_label
@@ -117,6 +118,12 @@ def test_tritonclient_http_errors_name_the_problem(http_client, model, inputs, m
         infer_inputs.append(inp)
     with pytest.raises(InferenceServerException, match=match):
         http_client.infer(model, infer_inputs)
+
+
+def test_tritonclient_grpc_needs_no_metadata_with_one_app(grpc_client):
+    if set(serve.status().applications) != {APP_NAME}:
+        pytest.skip("other apps run beside this one now: clients must name the app")
+    assert grpc_client.is_server_live() and grpc_client.is_model_ready("digits")
 
 
 def test_tritonclient_grpc_infers_tensors_and_images(grpc_client):
