@@ -13,11 +13,16 @@ from pathlib import Path
 import ray
 import yaml
 from ray import cloudpickle, serve
-from ray.serve.schema import ApplicationStatus
 
 import benchmarks.naive
 from benchmarks.naive import NaiveModel
-from deployments.local import driver_env, serve_run, start_cluster, wait_ready, wait_until
+from deployments.local import (
+    driver_env,
+    serve_run,
+    start_cluster,
+    wait_app_running,
+    wait_ready,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "ray-tf-serve"
@@ -63,12 +68,7 @@ class Server:
         path = self.workdir / "bench-config.yaml"
         path.write_text(yaml.safe_dump(config))
         serve_run(path, cwd=ROOT, quiet=True)
-
-        def running() -> bool:
-            app = serve.status().applications.get(APP)
-            return app is not None and app.status == ApplicationStatus.RUNNING
-
-        wait_until(running, 300, f"app {APP!r} to run the new config")
+        wait_app_running(APP)
         wait_ready(self.url)
 
     def __enter__(self) -> Server:

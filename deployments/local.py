@@ -63,6 +63,18 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
     raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+def wait_app_running(app: str, timeout_s: float = 300) -> None:
+    """Until Serve reports the app RUNNING (deployed, every replica up)."""
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    def running() -> bool:
+        status = serve.status().applications.get(app)
+        return status is not None and status.status == ApplicationStatus.RUNNING
+
+    wait_until(running, timeout_s, f"app {app!r} to run")
+
+
 def http_ok(url: str) -> bool:
     """Whether ``GET url`` answers 200 now (refused, reset, timed out or an
     error status are all "no")."""

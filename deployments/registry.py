@@ -31,8 +31,8 @@ from deployments.signature import ModelMetadata, check_batch
 logger = logging.getLogger("ray.serve")
 
 # The model could not take or finish the request: retrying later may work.
-_MODEL_UNAVAILABLE = (RayActorError, ActorUnavailableError, BackPressureError,
-                      DeploymentUnavailableError, ReplicaUnavailableError)
+_MODEL_UNAVAILABLE = (RayActorError, ActorUnavailableError, DeploymentUnavailableError,
+                      ReplicaUnavailableError)
 
 
 class ModelEndpoint:
@@ -87,6 +87,10 @@ class ModelEndpoint:
         checked = check_batch(batch, meta.input, self._limits.max_rows)
         try:
             return await self._handle.remote(ray.put(checked), meta.version)
+        except BackPressureError as exc:  # max_queued_requests reached: shed at once
+            raise ServiceUnavailable(
+                f"model {self.name!r} is overloaded (its request queue is full); retry shortly"
+            ) from exc
         except _MODEL_UNAVAILABLE as exc:
             logger.warning("model %r unavailable: %r", self.name, exc)
             raise ServiceUnavailable(

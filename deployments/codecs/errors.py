@@ -12,6 +12,7 @@ class ServeError(Exception):
     """An error the client caused or must be told about, with its HTTP status."""
 
     status: int = 500
+    headers: dict[str, str] = {}  # noqa: RUF012  (read-only, per class)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -35,4 +36,7 @@ class UnsupportedMediaType(ServeError):
 
 
 class ServiceUnavailable(ServeError):
+    """Overloaded or no replica up: the client should retry shortly."""
+
     status = 503
+    headers = {"Retry-After": "1"}  # noqa: RUF012

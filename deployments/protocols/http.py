@@ -34,7 +34,7 @@ def render_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, ServeError):
         logger.error("unhandled error on %s", request.url.path, exc_info=exc)
         exc = ServeError("internal server error")
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
 def media_type(request: Request) -> str:
