@@ -23,7 +23,6 @@ from benchmarks.cluster_probes import (
     object_store_mb,
     replica_pids,
     rss_mb,
-    running_replicas,
 )
 from benchmarks.handoff import measure_handoff
 from benchmarks.kserve_peer import KServePeer
@@ -32,7 +31,7 @@ from benchmarks.plot import plot_results
 from benchmarks.raw_tf import measure_raw
 from benchmarks.report import ratios, report
 from benchmarks.server import APP, MODEL, NAIVE_APP, ROOT, Server, bench_config
-from deployments.local import read_env_file, wait_until
+from deployments.local import read_env_file, running_replicas, wait_until
 from models.build_benchmark import DEFAULT_OUT, build
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -95,7 +94,7 @@ def measure_autoscaling(server: Server, config: dict, jpeg: bytes, full: bool) -
     server.deploy(config)
     autoscaling = config["applications"][0]["deployments"][-1]["autoscaling_config"]
     # Start from the floor: replicas left from before scale down first.
-    wait_until(lambda: running_replicas(APP, MODEL) == autoscaling["min_replicas"], 180,
+    wait_until(lambda: running_replicas(APP).get(MODEL) == autoscaling["min_replicas"], 180,
                "the model deployment to settle at min_replicas")
     phases = [(1, 20.0), (16, 60.0), (1, 90.0)] if full else [(1, 10.0), (16, 45.0),
                                                                 (1, 60.0)]

@@ -11,6 +11,8 @@ from pathlib import Path
 from ray import serve
 from ray._private.internal_api import memory_summary
 
+from deployments.local import running_replicas
+
 
 def replica_pids(app: str, deployment: str, replicas: int, tries: int = 50) -> list[int]:
     """The pids of a deployment's replicas, learned from their own ``stats``."""
@@ -34,16 +36,6 @@ def object_store_mb() -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def running_replicas(app_name: str, deployment: str) -> int:
-    """How many replicas of a deployment run now (0 while the app deploys)."""
-    app = serve.status().applications.get(app_name)
-    status = app.deployments.get(deployment) if app else None
-    if status is None:
-        return 0
-    return sum(n for state, n in status.replica_states.items()
-               if str(state).endswith("RUNNING"))
-
-
 class ReplicaCounter:
     """Samples a deployment's running replicas once a second, in a thread."""
 
@@ -56,7 +48,7 @@ class ReplicaCounter:
     def _run(self) -> None:
         start = time.perf_counter()
         while not self._stop.is_set():
-            running = running_replicas(self._app, self._deployment)
+            running = running_replicas(self._app).get(self._deployment, 0)
             self.samples.append((time.perf_counter() - start, running))
             self._stop.wait(1.0)
 

@@ -75,6 +75,18 @@ def wait_app_running(app: str, timeout_s: float = 300) -> None:
     wait_until(running, timeout_s, f"app {app!r} to run")
 
 
+def running_replicas(app: str) -> dict[str, int]:
+    """How many replicas of each of an app's deployments run now."""
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None:
+        return {}
+    return {name: sum(n for state, n in d.replica_states.items()
+                      if str(state).endswith("RUNNING"))
+            for name, d in status.deployments.items()}
+
+
 def http_ok(url: str) -> bool:
     """Whether ``GET url`` answers 200 now (refused, reset, timed out or an
     error status are all "no")."""

@@ -20,6 +20,8 @@ from deployments.signature import ImageGeometry
 # Raster formats a client may send. Limiting Pillow to these keeps requests
 # away from its other plugins (EPS would start Ghostscript, for one).
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+# 16- and 32-bit grayscale modes, which Pillow's convert("L") would clip at 255.
+_WIDE_GRAYSCALE = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # What Pillow's plugins raise on malformed data.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
@@ -63,6 +65,9 @@ def _decode_one(
         )
     if width == 0 or height == 0:
         raise BadRequest(f"image{where} has no pixels")
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:  # which frame would the model see? the client must choose
+        raise BadRequest(f"image{where} is animated ({frames} frames): send a single frame")
     # JPEG can decode at a reduced scale, far cheaper for large photos.
     image.draft(geometry.pillow_mode, (geometry.width, geometry.height))
     try:
@@ -72,6 +77,8 @@ def _decode_one(
         raise BadRequest(
             f"cannot decode image{where}: the data is truncated or corrupt ({exc})"
         ) from None
+    if image.mode in _WIDE_GRAYSCALE:
+        image = _to_8_bit(image)
     try:
         image = image.convert(geometry.pillow_mode)
     except ValueError:
@@ -82,3 +89,9 @@ def _decode_one(
     if image.size != (geometry.width, geometry.height):
         image = image.resize((geometry.width, geometry.height), Image.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """16-bit grayscale scaled to 8 bits (the top byte of each sample)."""
+    samples = np.asarray(image).astype(np.int64, copy=False)
+    return Image.fromarray((np.clip(samples, 0, 65535) >> 8).astype(np.uint8), mode="L")

@@ -8,9 +8,9 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from ray import serve
 from schemathesis.checks import not_a_server_error
 
+from deployments.local import running_replicas
 from tests.integration.conftest import APP_NAME, SAMPLES, sample_label
 
 
@@ -21,14 +21,7 @@ def api_schema(base_url: str) -> schemathesis.BaseSchema:
 
 @pytest.fixture(scope="module")
 def replicas_before(base_url: str) -> dict[str, int]:
-    return running_replicas()
-
-
-def running_replicas() -> dict[str, int]:
-    deployments = serve.status().applications[APP_NAME].deployments
-    return {name: sum(n for state, n in d.replica_states.items()
-                      if str(state).endswith("RUNNING"))
-            for name, d in deployments.items()}
+    return running_replicas(APP_NAME)
 
 
 def test_no_generated_request_gets_a_server_error(api_schema, base_url: str, replicas_before):
@@ -51,7 +44,7 @@ def test_no_generated_request_gets_a_server_error(api_schema, base_url: str, rep
 
 
 def test_the_app_is_whole_after_fuzzing(client: httpx.Client, replicas_before):
-    assert running_replicas() == replicas_before
+    assert running_replicas(APP_NAME) == replicas_before
     sample = SAMPLES[5]
     r = client.post("/predict", content=sample.read_bytes(),
                     headers={"Content-Type": "image/png"})

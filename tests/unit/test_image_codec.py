@@ -114,3 +114,29 @@ def test_exif_orientation_is_applied():
     batch = decode_images([buffer.getvalue()], ImageGeometry(40, 20, 1), LIMIT)
     # Displayed upright the image is 20 wide, 40 tall, white on top.
     assert batch[0, :15, :, 0].mean() > 0.9 and batch[0, 25:, :, 0].mean() < 0.1
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped():
+    samples = np.linspace(0, 65535, 28 * 28).astype(np.uint16).reshape(28, 28)
+    buffer = io.BytesIO()
+    Image.fromarray(samples).save(buffer, format="PNG")
+    batch = decode_images([buffer.getvalue()], ImageGeometry(28, 28, 1), 10**6)
+    expected = (samples >> 8).astype(np.float32) / 255
+    assert np.allclose(batch[0, ..., 0], expected, atol=1e-6)
+
+
+def test_palette_images_decode_to_their_colours():
+    gray = Image.fromarray(np.full((28, 28), 200, np.uint8)).convert("P")
+    buffer = io.BytesIO()
+    gray.save(buffer, format="PNG")
+    batch = decode_images([buffer.getvalue()], ImageGeometry(28, 28, 1), 10**6)
+    assert np.allclose(batch, 200 / 255)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])
+def test_animated_images_are_refused(fmt):
+    frames = [Image.new("L", (28, 28), c) for c in (0, 255, 128)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:])
+    with pytest.raises(BadRequest, match=r"animated \(3 frames\): send a single frame"):
+        decode_images([buffer.getvalue()], ImageGeometry(28, 28, 1), 10**6)
