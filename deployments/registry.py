@@ -30,6 +30,9 @@ from deployments.signature import ModelMetadata, check_batch
 
 logger = logging.getLogger("ray.serve")
 
+# Pauses before each new try of a request whose model replica died.
+_RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0)
+
 # The model could not take or finish the request: retrying later may work.
 _MODEL_UNAVAILABLE = (RayActorError, ActorUnavailableError, DeploymentUnavailableError,
                       ReplicaUnavailableError)
@@ -84,18 +87,26 @@ class ModelEndpoint:
 
     async def infer(self, meta: ModelMetadata, batch: np.ndarray) -> Outputs:
         """Every output of one version for ``batch``, through the object store."""
-        checked = check_batch(batch, meta.input, self._limits.max_rows)
-        try:
-            return await self._handle.remote(ray.put(checked), meta.version)
-        except BackPressureError as exc:  # max_queued_requests reached: shed at once
-            raise ServiceUnavailable(
-                f"model {self.name!r} is overloaded (its request queue is full); retry shortly"
-            ) from exc
-        except _MODEL_UNAVAILABLE as exc:
-            logger.warning("model %r unavailable: %r", self.name, exc)
-            raise ServiceUnavailable(
-                f"no replica of model {self.name!r} could take the request; retry"
-            ) from exc
+        ref = ray.put(check_batch(batch, meta.input, self._limits.max_rows))
+        # Inference has no side effects: a request whose replica died under it
+        # is sent again (Serve routes it to a live replica), a few times.
+        delays = iter(_RETRY_DELAYS_S)
+        while True:
+            try:
+                return await self._handle.remote(ref, meta.version)
+            except BackPressureError as exc:  # max_queued_requests reached: shed at once
+                raise ServiceUnavailable(f"model {self.name!r} is overloaded (its request "
+                                         "queue is full); retry shortly") from exc
+            except _MODEL_UNAVAILABLE as exc:
+                delay = next(delays, None)
+                if delay is None:
+                    logger.warning("model %r unavailable: %r", self.name, exc)
+                    raise ServiceUnavailable(
+                        f"no replica of model {self.name!r} could take the request; retry"
+                    ) from exc
+                logger.info("model %r replica lost (%r); retrying in %.1f s",
+                            self.name, exc, delay)
+                await asyncio.sleep(delay)
 
 
 class ModelRegistry:
