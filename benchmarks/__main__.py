@@ -18,12 +18,7 @@ import numpy as np
 from ray import serve
 
 from benchmarks import bodies
-from benchmarks.cluster_probes import (
-    ReplicaCounter,
-    object_store_mb,
-    replica_pids,
-    rss_mb,
-)
+from benchmarks.cluster_probes import ReplicaCounter
 from benchmarks.handoff import measure_handoff
 from benchmarks.kserve_peer import KServePeer
 from benchmarks.load import run_load, run_phases, single_request_ms
@@ -31,7 +26,14 @@ from benchmarks.plot import plot_results
 from benchmarks.raw_tf import measure_raw
 from benchmarks.report import ratios, report
 from benchmarks.server import APP, MODEL, NAIVE_APP, ROOT, Server, bench_config
-from deployments.local import read_env_file, running_replicas, wait_until
+from deployments.local import (
+    object_store_mb,
+    read_env_file,
+    replica_pids,
+    rss_mb,
+    running_replicas,
+    wait_until,
+)
 from models.build_benchmark import DEFAULT_OUT, build
 
 RESULTS = Path(__file__).resolve().parent / "results"

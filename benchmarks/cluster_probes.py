@@ -1,39 +1,11 @@
-"""What the cluster itself reports while load runs: model replicas' resident
-memory, the object store's use, and how many replicas are running."""
+"""How many replicas run, sampled while load runs."""
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-from pathlib import Path
-
-from ray import serve
-from ray._private.internal_api import memory_summary
 
 from deployments.local import running_replicas
-
-
-def replica_pids(app: str, deployment: str, replicas: int, tries: int = 50) -> list[int]:
-    """The pids of a deployment's replicas, learned from their own ``stats``."""
-    handle = serve.get_deployment_handle(deployment, app)
-    pids: set[int] = set()
-    for _ in range(tries):
-        pids.add(handle.stats.remote().result()["pid"])
-        if len(pids) >= replicas:
-            break
-    return sorted(pids)
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a local process (this machine's replicas)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
-
-
-def object_store_mb() -> float:
-    match = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
-    return float(match.group(1)) if match else 0.0
 
 
 class ReplicaCounter:

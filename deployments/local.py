@@ -6,6 +6,7 @@ the cluster's processes get ``configs/server.env``, apps are deployed with
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,6 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import ray
+from ray import serve
+from ray._private.internal_api import memory_summary
+from ray.serve.schema import ApplicationStatus
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -65,9 +69,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
 
 def wait_app_running(app: str, timeout_s: float = 300) -> None:
     """Until Serve reports the app RUNNING (deployed, every replica up)."""
-    from ray import serve
-    from ray.serve.schema import ApplicationStatus
-
     def running() -> bool:
         status = serve.status().applications.get(app)
         return status is not None and status.status == ApplicationStatus.RUNNING
@@ -77,14 +78,35 @@ def wait_app_running(app: str, timeout_s: float = 300) -> None:
 
 def running_replicas(app: str) -> dict[str, int]:
     """How many replicas of each of an app's deployments run now."""
-    from ray import serve
-
     status = serve.status().applications.get(app)
     if status is None:
         return {}
     return {name: sum(n for state, n in d.replica_states.items()
                       if str(state).endswith("RUNNING"))
             for name, d in status.deployments.items()}
+
+
+def replica_pids(app: str, deployment: str, replicas: int, tries: int = 50) -> list[int]:
+    """The pids of a model deployment's replicas, learned from their own ``stats``."""
+    handle = serve.get_deployment_handle(deployment, app)
+    pids: set[int] = set()
+    for _ in range(tries):
+        pids.add(handle.stats.remote().result()["pid"])
+        if len(pids) >= replicas:
+            break
+    return sorted(pids)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a local process (this machine's replicas)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def object_store_mb() -> float:
+    """The object store's used memory across the cluster, in MiB."""
+    match = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
+    return float(match.group(1)) if match else 0.0
 
 
 def http_ok(url: str) -> bool:
