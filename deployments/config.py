@@ -24,6 +24,7 @@ class InputLimits(_Strict):
     max_body_bytes: int = Field(16 * 2**20, gt=0)
     max_image_pixels: int = Field(4096 * 4096, gt=0)
     max_rows: int = Field(256, gt=0, description="images or instances per request")
+    max_elements: int = Field(2**26, gt=0, description="numbers per request once decoded")
 
 
 class DeviceArgs(_Strict):

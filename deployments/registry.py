@@ -26,7 +26,7 @@ from deployments.batching import Outputs
 from deployments.codecs.errors import NotFound, ServiceUnavailable
 from deployments.codecs.image import decode_images
 from deployments.config import InputLimits
-from deployments.signature import ModelMetadata, check_batch
+from deployments.signature import ModelMetadata, check_batch, check_size
 
 logger = logging.getLogger("ray.serve")
 
@@ -82,12 +82,17 @@ class ModelEndpoint:
         """Encoded images → the model's input batch, on a thread: decoding is CPU
         work, and the event loop keeps answering other requests meanwhile."""
         geometry = meta.image_geometry()
+        per_image = geometry.height * geometry.width * geometry.channels
+        # Before decoding: the batch would be allocated for all of them.
+        check_size(meta.input, len(blobs), len(blobs) * per_image, self._limits.max_rows,
+                   self._limits.max_elements)
         return await asyncio.to_thread(decode_images, blobs, geometry,
                                        self._limits.max_image_pixels)
 
     async def infer(self, meta: ModelMetadata, batch: np.ndarray) -> Outputs:
         """Every output of one version for ``batch``, through the object store."""
-        ref = ray.put(check_batch(batch, meta.input, self._limits.max_rows))
+        limits = self._limits
+        ref = ray.put(check_batch(batch, meta.input, limits.max_rows, limits.max_elements))
         # Inference has no side effects: a request whose replica died under it
         # is sent again (Serve routes it to a live replica), a few times.
         delays = iter(_RETRY_DELAYS_S)

@@ -94,7 +94,8 @@ def image_geometry(spec: TensorSpec) -> ImageGeometry:
     return ImageGeometry(int(height), int(width), int(channels))
 
 
-def check_batch(array: np.ndarray, spec: TensorSpec, max_rows: int | None = None) -> np.ndarray:
+def check_batch(array: np.ndarray, spec: TensorSpec, max_rows: int | None = None,
+                max_elements: int | None = None) -> np.ndarray:
     """Check a batch against ``spec``; cast its dtype if needed (else no copy)."""
     if not isinstance(array, np.ndarray):
         raise BadRequest(f"expected a numpy array for {spec.name!r}, got {type(array).__name__}")
@@ -113,10 +114,7 @@ def check_batch(array: np.ndarray, spec: TensorSpec, max_rows: int | None = None
         )
     if array.shape[0] == 0:
         raise BadRequest(f"input {spec.name!r} is an empty batch")
-    if max_rows is not None and array.shape[0] > max_rows:
-        raise PayloadTooLarge(
-            f"input {spec.name!r} has {array.shape[0]} rows, the limit is {max_rows}"
-        )
+    check_size(spec, array.shape[0], array.size, max_rows, max_elements)
     with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
         checked = np.asarray(array, dtype=expected)
     if expected.kind == "f" and not np.isfinite(checked).all():
@@ -125,3 +123,13 @@ def check_batch(array: np.ndarray, spec: TensorSpec, max_rows: int | None = None
             f"for {expected})"
         )
     return checked
+
+
+def check_size(spec: TensorSpec, rows: int, elements: int, max_rows: int | None,
+               max_elements: int | None) -> None:
+    """A 413 when a request carries more rows or numbers than allowed."""
+    if max_rows is not None and rows > max_rows:
+        raise PayloadTooLarge(f"input {spec.name!r} has {rows} rows, the limit is {max_rows}")
+    if max_elements is not None and elements > max_elements:
+        raise PayloadTooLarge(f"input {spec.name!r} has {elements} numbers, the limit is "
+                              f"{max_elements}")

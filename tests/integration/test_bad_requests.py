@@ -284,9 +284,26 @@ def media_and_encoding_cases() -> list[Bad]:
     return cases
 
 
+def too_many_images_cases() -> list[Bad]:
+    """Refused by count before any is decoded (the batch would be allocated first)."""
+    blobs = [PNG] * 257
+    raw = b"".join(struct.pack("<I", len(b)) + b for b in blobs)
+    header = json_body({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [257],
+                                    "parameters": {"binary_data_size": len(raw)}}]})
+    encoded = [{"b64": base64.b64encode(b).decode()} for b in blobs]
+    return [
+        Bad("V2 BYTES 257 images", "POST", f"/v2/models/{IMAGE_MODEL}/infer", 413,
+            "has 257 rows, the limit is 256", header + raw,
+            {"Inference-Header-Content-Length": str(len(header))}),
+        Bad("TF Serving 257 b64 images", "POST", f"/v1/models/{IMAGE_MODEL}:predict", 413,
+            "has 257 rows, the limit is 256", json_body({"instances": encoded})),
+    ]
+
+
 def corpus() -> list[Bad]:
     return (image_cases() + tensor_cases() + malformed_json_cases() + v2_binary_cases()
-            + v2_json_structure_cases() + routing_cases() + media_and_encoding_cases())
+            + v2_json_structure_cases() + routing_cases() + media_and_encoding_cases()
+            + too_many_images_cases())
 
 
 def test_the_corpus_is_large(base_url: str):

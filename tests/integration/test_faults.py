@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,25 +22,71 @@ from tests.integration.conftest import CONFIG, ROOT, SAMPLES
 APP = "faults"
 
 
-@pytest.fixture(scope="module")
-def faults_url(base_url: str, tmp_path_factory) -> Iterator[str]:
+def deploy_faults_app(tmp_path: Path, top_k: int = 3, model_cpus: float = 1) -> None:
     """configs/config.yaml plus an app with two fixed replicas of the digits model."""
     config = yaml.safe_load(CONFIG.read_text())
     (main,) = config["applications"]
     app = yaml.safe_load(yaml.safe_dump(main))
     app.update(name=APP, route_prefix=f"/{APP}")
     app["args"]["models"] = app["args"]["models"][:1]
+    app["args"]["top_k"] = top_k
     preprocessor, model = app["deployments"][:2]
     model.pop("autoscaling_config")
     model["num_replicas"] = 2
+    model["ray_actor_options"]["num_cpus"] = model_cpus
     app["deployments"] = [preprocessor, model]
     config["applications"].append(app)
-    path = tmp_path_factory.mktemp("faults") / "config.yaml"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     serve_run(path, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def faults_url(base_url: str, tmp_path_factory) -> Iterator[str]:
+    deploy_faults_app(tmp_path_factory.mktemp("faults"))
     wait_app_running(APP, 180)
     yield f"{base_url}/{APP}"
     serve.delete(APP)
+
+
+class SteadyLoad:
+    """Clients posting big batches in a loop until stopped; statuses counted."""
+
+    def __init__(self, url: str, clients: int) -> None:
+        # Big batches keep both replicas busy, so faults land on requests in flight.
+        self._files = [("f", (p.name, p.read_bytes(), "image/png")) for p in SAMPLES] * 12
+        self._url, self._clients = url, clients
+        self.statuses: Counter[int | str] = Counter()
+        self.top_k: set[int] = set()
+        self.slowest_s = 0.0
+        self._stop = threading.Event()
+        self._pool = concurrent.futures.ThreadPoolExecutor(clients)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    r = client.post(f"{self._url}/predict", files=self._files)
+                    self.statuses[r.status_code] += 1
+                    if r.status_code == 200:
+                        self.top_k.add(len(r.json()["predictions"][0]["top_k"]))
+                except httpx.HTTPError as exc:
+                    self.statuses[type(exc).__name__] += 1
+                self.slowest_s = max(self.slowest_s, time.perf_counter() - started)
+
+    def __enter__(self) -> SteadyLoad:
+        self._futures = [self._pool.submit(self._run) for _ in range(self._clients)]
+        time.sleep(3)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(2)
+        self._stop.set()
+        for f in self._futures:
+            f.result()
+        self._pool.shutdown()
 
 
 def replica_actor_names() -> list[str]:
@@ -50,38 +97,29 @@ def replica_actor_names() -> list[str]:
 
 def test_a_killed_replica_loses_no_request(faults_url: str):
     assert len(replica_actor_names()) == 2
-    # Big batches keep both replicas busy, so the kill lands on requests in flight.
-    files = [("f", (p.name, p.read_bytes(), "image/png")) for p in SAMPLES] * 12
-    statuses: Counter[int | str] = Counter()
-    slowest = [0.0]
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(timeout=60) as client:
-            while not stop.is_set():
-                started = time.perf_counter()
-                try:
-                    r = client.post(f"{faults_url}/predict", files=files)
-                    statuses[r.status_code] += 1
-                except httpx.HTTPError as exc:
-                    statuses[type(exc).__name__] += 1
-                slowest[0] = max(slowest[0], time.perf_counter() - started)
-
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(load) for _ in range(6)]
-        time.sleep(3)
+    with SteadyLoad(faults_url, clients=6) as load:
         victim = replica_actor_names()[0]
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
         killed_at = time.monotonic()
         wait_until(lambda: running_replicas(APP).get("digits") == 2
                    and victim not in replica_actor_names(), 120, "a replacement replica")
         recovered_s = time.monotonic() - killed_at
-        time.sleep(2)
-        stop.set()
-        for f in futures:
-            f.result()
 
-    assert statuses[200] > 20
-    assert set(statuses) == {200}, statuses  # in-flight requests were sent again
-    assert slowest[0] < 15  # nothing hung
+    assert load.statuses[200] > 20
+    assert set(load.statuses) == {200}, load.statuses  # in-flight requests were sent again
+    assert load.slowest_s < 15  # nothing hung
     assert recovered_s < 60
+
+
+def test_a_redeploy_under_load_drains_in_flight_requests(faults_url: str, tmp_path: Path):
+    before = replica_actor_names()
+    with SteadyLoad(faults_url, clients=4) as load:
+        # New top_k restarts the Preprocessor; new num_cpus restarts the model replicas.
+        deploy_faults_app(tmp_path, top_k=2, model_cpus=0.9)
+        wait_app_running(APP, 180)
+        wait_until(lambda: not set(before) & set(replica_actor_names()), 120,
+                   "the old model replicas to be gone")
+
+    assert set(load.statuses) == {200}, load.statuses
+    assert load.top_k == {3, 2}  # served by the old version, then by the new
+    assert load.slowest_s < 30

@@ -88,3 +88,10 @@ def test_non_finite_values_are_refused(value):
     batch[0, 3, 4, 0] = value
     with pytest.raises(BadRequest, match="NaN or infinite"):
         check_batch(batch, IMAGE)
+
+
+def test_too_many_numbers_is_413():
+    spec = TensorSpec("x", "float32", (None, 64))
+    with pytest.raises(PayloadTooLarge, match="has 640 numbers, the limit is 600"):
+        check_batch(np.zeros((10, 64), np.float32), spec, max_elements=600)
+    assert check_batch(np.zeros((9, 64), np.float32), spec, max_elements=600).shape == (9, 64)
