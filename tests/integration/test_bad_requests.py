@@ -256,6 +256,12 @@ def routing_cases() -> list[Bad]:
         cases.append(Bad(f"{method} {path}", method, path, status, phrase))
     for path in ("/nope", "/v3/models", "/v1/models", "/v2/models/", "/models/digits"):
         cases.append(Bad(f"GET {path}", "GET", path, 404, "Not Found"))
+    # Models are looked up by configured name, never as a path on disk.
+    for name in ("..%2F..%2Fetc%2Fpasswd", "%2Ftmp%2Fmodel", "digits%2F1"):
+        cases.append(Bad(f"model path {name}", "GET", f"/v2/models/{name}", 404, "Not Found"))
+    for name in ("~root", "digits..", ".hidden"):
+        cases.append(Bad(f"model name {name}", "GET", f"/v1/models/{name}", 404,
+                         "no model named"))
     return cases
 
 
