@@ -6,6 +6,7 @@ configs/config.yaml`` in a subprocess, joining this session's cluster.
 
 from __future__ import annotations
 
+import copy
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,3 +75,29 @@ def grpc_address(base_url: str, ports: dict[str, int]) -> str:
 def client(base_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=base_url, timeout=60) as c:
         yield c
+
+
+def with_test_app(name: str, args: dict | None = None, model_args: dict | None = None,
+                  deployment: dict | None = None) -> dict:
+    """configs/config.yaml plus an app ``name`` at ``/name`` serving the config's
+    first model without autoscaling; the overrides merge into the app's args,
+    that model's args and its deployment's settings."""
+    config = yaml.safe_load(CONFIG.read_text())
+    app = copy.deepcopy(config["applications"][0])
+    app.update(name=name, route_prefix=f"/{name}")
+    app["args"]["models"] = [{**app["args"]["models"][0], **(model_args or {})}]
+    app["args"].update(args or {})
+    preprocessor, model = app["deployments"][:2]
+    model.pop("autoscaling_config")
+    model.update(deployment or {})
+    app["deployments"] = [preprocessor, model]
+    config["applications"].append(app)
+    return config
+
+
+def deploy_config(config: dict, tmp_path: Path) -> None:
+    """`serve run` a whole config, as a user redeploys one."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve_run(path, cwd=ROOT)

@@ -11,12 +11,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
 from ray import serve
 from ray.serve.schema import ApplicationStatus
 
-from deployments.local import serve_run, wait_until
-from tests.integration.conftest import APP_NAME, ROOT, SAMPLES
+from deployments.local import wait_until
+from tests.integration.conftest import APP_NAME, SAMPLES, deploy_config, with_test_app
 
 RETUNE_APP = "retune"
 
@@ -38,11 +37,8 @@ def test_replica_threads_follow_num_cpus_and_warm_up(client: httpx.Client):
 
 
 def deploy(config: dict, tmp_path: Path) -> None:
-    """`serve run` a config and wait until the retune app runs its batch settings."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    serve_run(path, cwd=ROOT)
+    """Redeploy, and wait until the retune app runs its batch settings."""
+    deploy_config(config, tmp_path)
     wanted = config["applications"][-1]["deployments"][-1]["user_config"]["max_batch_size"]
 
     def applied() -> bool:
@@ -55,20 +51,9 @@ def deploy(config: dict, tmp_path: Path) -> None:
 
 
 def with_retune_app(user_config: dict) -> dict:
-    """configs/config.yaml plus a second app: its first model only, XLA on,
-    one fixed replica."""
-    config = yaml.safe_load((ROOT / "configs" / "config.yaml").read_text())
-    (main,) = config["applications"]
-    app = yaml.safe_load(yaml.safe_dump(main))
-    app.update(name=RETUNE_APP, route_prefix=f"/{RETUNE_APP}")
-    app["args"]["models"] = [{**app["args"]["models"][0], "jit_compile": True}]
-    app["deployments"] = [d for d in app["deployments"]
-                          if d["name"] in ("Preprocessor", "digits")]
-    model = app["deployments"][-1]
-    model.pop("autoscaling_config")
-    model.update(num_replicas=1, user_config=user_config)
-    config["applications"].append(app)
-    return config
+    """A second app: XLA on, one fixed replica."""
+    return with_test_app(RETUNE_APP, model_args={"jit_compile": True},
+                         deployment={"num_replicas": 1, "user_config": user_config})
 
 
 @pytest.fixture(scope="module")

@@ -13,33 +13,19 @@ from pathlib import Path
 import httpx
 import pytest
 import ray
-import yaml
 from ray import serve
 
-from deployments.local import running_replicas, serve_run, wait_app_running, wait_until
-from tests.integration.conftest import CONFIG, ROOT, SAMPLES
+from deployments.local import running_replicas, wait_app_running, wait_until
+from tests.integration.conftest import SAMPLES, deploy_config, with_test_app
 
 APP = "faults"
 
 
 def deploy_faults_app(tmp_path: Path, top_k: int = 3, model_cpus: float = 1) -> None:
-    """configs/config.yaml plus an app with two fixed replicas of the digits model."""
-    config = yaml.safe_load(CONFIG.read_text())
-    (main,) = config["applications"]
-    app = yaml.safe_load(yaml.safe_dump(main))
-    app.update(name=APP, route_prefix=f"/{APP}")
-    app["args"]["models"] = app["args"]["models"][:1]
-    app["args"]["top_k"] = top_k
-    preprocessor, model = app["deployments"][:2]
-    model.pop("autoscaling_config")
-    model["num_replicas"] = 2
-    model["ray_actor_options"]["num_cpus"] = model_cpus
-    app["deployments"] = [preprocessor, model]
-    config["applications"].append(app)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    serve_run(path, cwd=ROOT)
+    """An app with two fixed replicas of the digits model."""
+    config = with_test_app(APP, args={"top_k": top_k}, deployment={
+        "num_replicas": 2, "ray_actor_options": {"num_cpus": model_cpus}})
+    deploy_config(config, tmp_path)
 
 
 @pytest.fixture(scope="module")

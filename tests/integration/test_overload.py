@@ -10,31 +10,20 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-import yaml
 from ray import serve
 
-from deployments.local import serve_run, wait_app_running
-from tests.integration.conftest import CONFIG, ROOT
+from deployments.local import wait_app_running
+from tests.integration.conftest import deploy_config, with_test_app
 
 APP = "overload"
 
 
 @pytest.fixture(scope="module")
 def overload_url(base_url: str, tmp_path_factory) -> Iterator[str]:
-    """configs/config.yaml plus an app whose model admits 1 request and queues 1."""
-    config = yaml.safe_load(CONFIG.read_text())
-    (main,) = config["applications"]
-    app = yaml.safe_load(yaml.safe_dump(main))
-    app.update(name=APP, route_prefix=f"/{APP}")
-    app["args"]["models"] = app["args"]["models"][:1]
-    preprocessor, model = app["deployments"][:2]
-    model.pop("autoscaling_config")
-    model.update(num_replicas=1, max_ongoing_requests=1, max_queued_requests=1)
-    app["deployments"] = [preprocessor, model]
-    config["applications"].append(app)
-    path = tmp_path_factory.mktemp("overload") / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    serve_run(path, cwd=ROOT)
+    """An app whose model admits 1 request and queues 1."""
+    config = with_test_app(APP, deployment={"num_replicas": 1, "max_ongoing_requests": 1,
+                                            "max_queued_requests": 1})
+    deploy_config(config, tmp_path_factory.mktemp("overload"))
     wait_app_running(APP, 180)
     yield f"{base_url}/{APP}"
     serve.delete(APP)
