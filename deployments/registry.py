@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +31,9 @@ from deployments.signature import ModelMetadata, check_batch, check_size
 
 logger = logging.getLogger("ray.serve")
 
+# How long the versions and signatures learned from a model replica are trusted.
+_METADATA_TTL_S = 5.0
+
 # Pauses before each new try of a request whose model replica died.
 _RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0)
 
@@ -49,15 +53,28 @@ class ModelEndpoint:
         self._handle = handle.options(_by_reference=True)
         self._limits = limits
         self._versions: dict[int, ModelMetadata] | None = None
+        self._fetched_at = 0.0
         self._lock = asyncio.Lock()
 
     async def versions(self) -> dict[int, ModelMetadata]:
-        """Every served version's metadata, asked of a model replica once."""
-        if self._versions is None:
+        """Every served version's metadata, asked of a model replica again
+        every few seconds: a redeploy may add or drop versions while this
+        ingress keeps running."""
+        if self._stale():
             async with self._lock:
-                if self._versions is None:
-                    self._versions = await self.fetch_versions()
+                if self._stale():
+                    try:
+                        self._versions = await self.fetch_versions()
+                    except ServiceUnavailable:
+                        if self._versions is None:
+                            raise
+                    self._fetched_at = time.monotonic()  # also after a failure: no storm
+        assert self._versions is not None
         return self._versions
+
+    def _stale(self) -> bool:
+        return (self._versions is None
+                or time.monotonic() - self._fetched_at > _METADATA_TTL_S)
 
     async def fetch_versions(self) -> dict[int, ModelMetadata]:
         """Ask a model replica now: a 503 unless one answers within seconds."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from ray import serve
 
 from deployments.app import build_app
+from deployments.local import wait_until
 from tests.integration.conftest import APP_NAME, ROOT, SAMPLES
 
 VERSIONS_APP = "versions"
@@ -58,17 +60,27 @@ def test_openapi_document_is_served(client: httpx.Client):
     assert params[0]["schema"]["enum"] == ["digits", "digits_linear"]
 
 
-@pytest.fixture(scope="module")
-def versions_url(base_url: str, tmp_path_factory) -> Iterator[str]:
-    """A second app serving two versions of the digits model from one base path."""
-    base = tmp_path_factory.mktemp("models") / "digits"
-    for version in ("1", "2"):
-        shutil.copytree(ROOT / "models" / "digits" / "1", base / version)
-    app = build_app({"models": [{"name": "digits", "path": str(base), "versions": [1, 2],
+def run_versions_app(base: Path, versions: list[int]) -> None:
+    for version in versions:
+        if not (base / str(version)).exists():
+            shutil.copytree(ROOT / "models" / "digits" / "1", base / str(version))
+    app = build_app({"models": [{"name": "digits", "path": str(base), "versions": versions,
                                  "input": "image"}]})
     serve.run(app, name=VERSIONS_APP, route_prefix=f"/{VERSIONS_APP}")
-    yield f"{base_url}/{VERSIONS_APP}"
+
+
+@pytest.fixture(scope="module")
+def versions_base(base_url: str, tmp_path_factory) -> Iterator[Path]:
+    """A second app serving two versions of the digits model from one base path."""
+    base = tmp_path_factory.mktemp("models") / "digits"
+    run_versions_app(base, [1, 2])
+    yield base
     serve.delete(VERSIONS_APP)
+
+
+@pytest.fixture(scope="module")
+def versions_url(base_url: str, versions_base: Path) -> str:
+    return f"{base_url}/{VERSIONS_APP}"
 
 
 def test_versions_are_served_side_by_side(versions_url: str):
@@ -111,3 +123,15 @@ def test_model_handles_take_arrays_directly(base_url: str):
     outputs = model.remote(np.zeros((3, 64), np.float32)).result()
     assert outputs["probabilities"].shape == (3, 10)
 
+
+
+def test_a_redeploy_adding_a_version_serves_it(versions_url: str, versions_base: Path):
+    assert serve.get_app_handle(VERSIONS_APP).metadata.remote().result().version == 2
+    run_versions_app(versions_base, [1, 2, 3])
+
+    def served() -> list[str]:
+        return httpx.get(f"{versions_url}/v2/models/digits", timeout=30).json()["versions"]
+
+    wait_until(lambda: served() == ["1", "2", "3"], 30, "version 3 to be listed")
+    image = {"content": SAMPLES[3].read_bytes(), "headers": {"Content-Type": "image/png"}}
+    assert httpx.post(f"{versions_url}/predict", **image, timeout=30).json()["version"] == 3
