@@ -95,6 +95,11 @@ class ModelEndpoint:
                            f"{', '.join(map(str, sorted(versions)))})")
         return versions[number]
 
+    async def check_ready(self, version: str | int | None = None) -> None:
+        """A 404 unless ``version`` is served, a 503 unless a replica answers now."""
+        await self.version(version)
+        await self.fetch_versions()
+
     async def decode_images(self, meta: ModelMetadata, blobs: Sequence[bytes]) -> np.ndarray:
         """Encoded images → the model's input batch, on a thread: decoding is CPU
         work, and the event loop keeps answering other requests meanwhile."""

@@ -101,8 +101,7 @@ class V2Api:
 
     async def model_ready(self, request: Request) -> JSONResponse:
         endpoint = self._registry.get(request.path_params["name"])
-        await endpoint.version(request.path_params.get("version"))  # a 404 if unknown
-        await endpoint.fetch_versions()  # a 503 unless a replica answers now
+        await endpoint.check_ready(request.path_params.get("version"))
         return JSONResponse({"name": endpoint.name, "ready": True})
 
     async def infer(self, request: Request) -> Response:

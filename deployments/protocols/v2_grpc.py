@@ -86,8 +86,7 @@ class V2GrpcService:
                          grpc_context: RayServegRPCContext) -> pb.ModelReadyResponse:
         endpoint = self._registry.get(request.name)
         try:
-            await endpoint.version(request.version or None)  # a 404 if unknown
-            await endpoint.fetch_versions()
+            await endpoint.check_ready(request.version or None)  # 404 if unknown
         except ServiceUnavailable:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
