@@ -17,12 +17,14 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from deployments.codecs.errors import ServeError
 from deployments.config import InputLimits
+from deployments.metrics import IngressMetrics
 from deployments.openapi import openapi_document
 from deployments.protocols.http import render_error
 from deployments.protocols.native import NativeApi
@@ -38,7 +40,8 @@ from deployments.signature import ModelMetadata
 class Preprocessor(V2GrpcService):
     def __init__(self, models: dict[str, DeploymentHandle], top_k: int,
                  limits: InputLimits) -> None:
-        self._registry = ModelRegistry(models, limits)
+        self._metrics = IngressMetrics(models)
+        self._registry = ModelRegistry(models, limits, self._metrics)
         self._limits = limits
         self._native = NativeApi(self._registry, limits, top_k)
         Image.preinit()  # load Pillow's common decoders now, not in the first request
@@ -54,7 +57,8 @@ class Preprocessor(V2GrpcService):
         ]
         handlers = {ServeError: render_error, HTTPException: render_error,
                     Exception: render_error}
-        return Starlette(routes=routes, exception_handlers=handlers)
+        return Starlette(routes=routes, exception_handlers=handlers,
+                         middleware=[Middleware(self._metrics.asgi)])
 
     async def predict(
         self, inputs: np.ndarray, top_k: int | str | None = None, scores: bool | str = False,
@@ -63,7 +67,8 @@ class Preprocessor(V2GrpcService):
         """The Python handle API: a batch in the model's input shape (default:
         the first configured model, its highest version) → the top classes per
         row. A caller's ``ObjectRef`` arrives here already resolved by Ray."""
-        return await self._native.predict(inputs, top_k, scores, model, version)
+        with self._metrics.handle_call(model):
+            return await self._native.predict(inputs, top_k, scores, model, version)
 
     async def metadata(self, model: str | None = None,
                        version: int | str | None = None) -> ModelMetadata:

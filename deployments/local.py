@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,13 @@ def read_env_file(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_cluster(env_file: Path, drain_s: int | None = None, **init_args: object) -> str:
     """A fresh local cluster whose processes serve with ``env_file``; its address.
 
@@ -36,6 +44,10 @@ def start_cluster(env_file: Path, drain_s: int | None = None, **init_args: objec
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.update(read_env_file(env_file))
+    # HAProxy's fallback proxy listens on fixed ports (8500, 9500) by default:
+    # two local clusters (a test run beside a benchmark) would share them.
+    for name in ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"):
+        os.environ.setdefault(name, str(free_port()))
     if drain_s is not None:
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(drain_s)
     # "local": a new cluster owned by this process, even if another runs here.

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from deployments.batching import (
 from deployments.codecs.errors import NotFound
 from deployments.config import DeviceArgs, ModelArgs
 from deployments.device import apply_device_plan, plan_device
+from deployments.metrics import ModelMetrics
 from deployments.signature import ModelMetadata, check_batch
 
 if TYPE_CHECKING:
@@ -80,6 +82,8 @@ class ServedVersion:
         self.batch_rows: Counter[int] = Counter()
         self.buckets: list[int] = []
         self._batch = serve.batch(batch_size_fn=_total_rows)(self._run_batch)
+        self._metrics = ModelMetrics(runner.metadata.name, runner.metadata.version)
+        self._waiting: set[int] = set()  # ids of the chunks queued for a batch
 
     def warm_up(self, sizes: list[int]) -> None:
         """One call per batch size, then a timed warm call for the busy wait.
@@ -111,6 +115,7 @@ class ServedVersion:
         return concat_outputs(await asyncio.gather(*(self._infer_chunk(c) for c in chunks)))
 
     async def _infer_chunk(self, chunk: np.ndarray) -> Outputs:
+        self._queue(add=[chunk])
         try:
             return await self._batch(chunk)
         except RuntimeError:
@@ -119,8 +124,16 @@ class ServedVersion:
             if len(chunk) <= self._settings.max_batch_size:
                 raise
             return await self.infer(chunk)
+        finally:
+            self._queue(remove=[chunk])  # also if cancelled while queued
+
+    def _queue(self, add: Sequence[np.ndarray] = (), remove: Sequence[np.ndarray] = ()) -> None:
+        self._waiting.update(id(a) for a in add)
+        self._waiting.difference_update(id(a) for a in remove)
+        self._metrics.queue_length(len(self._waiting))
 
     async def _run_batch(self, arrays: list[np.ndarray]) -> list[Outputs]:
+        self._queue(remove=arrays)
         counts = [len(a) for a in arrays]
         rows = sum(counts)
         self.batch_rows[rows] += 1
@@ -140,7 +153,9 @@ class ServedVersion:
             outputs = await loop.run_in_executor(self._executor, self.runner.run, merged)
         finally:
             self._batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
-        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * (loop.time() - started)
+        seconds = loop.time() - started
+        self._metrics.batch(rows, seconds)
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
         return split_rows(outputs, counts)
 
 

@@ -27,6 +27,7 @@ from deployments.batching import Outputs
 from deployments.codecs.errors import NotFound, ServiceUnavailable
 from deployments.codecs.image import decode_images
 from deployments.config import InputLimits
+from deployments.metrics import IngressMetrics
 from deployments.signature import ModelMetadata, check_batch, check_size
 
 logger = logging.getLogger("ray.serve")
@@ -45,8 +46,10 @@ _MODEL_UNAVAILABLE = (RayActorError, ActorUnavailableError, DeploymentUnavailabl
 class ModelEndpoint:
     """One model deployment: its versions' metadata and the way in."""
 
-    def __init__(self, name: str, handle: DeploymentHandle, limits: InputLimits) -> None:
+    def __init__(self, name: str, handle: DeploymentHandle, limits: InputLimits,
+                 metrics: IngressMetrics) -> None:
         self.name = name
+        self._metrics = metrics
         # By reference: the model replica gets the ObjectRef and reads the
         # object store's buffer, even where Serve would otherwise send request
         # arguments by value over gRPC (RAY_SERVE_THROUGHPUT_OPTIMIZED=1).
@@ -115,12 +118,14 @@ class ModelEndpoint:
         """Every output of one version for ``batch``, through the object store."""
         limits = self._limits
         ref = ray.put(check_batch(batch, meta.input, limits.max_rows, limits.max_elements))
+        self._metrics.preprocessed(self.name)
         # Inference has no side effects: a request whose replica died under it
         # is sent again (Serve routes it to a live replica), a few times.
         delays = iter(_RETRY_DELAYS_S)
         while True:
             try:
-                return await self._handle.remote(ref, meta.version)
+                with self._metrics.inference(self.name):
+                    return await self._handle.remote(ref, meta.version)
             except BackPressureError as exc:  # max_queued_requests reached: shed at once
                 raise ServiceUnavailable(f"model {self.name!r} is overloaded (its request "
                                          "queue is full); retry shortly") from exc
@@ -139,8 +144,10 @@ class ModelEndpoint:
 class ModelRegistry:
     """The served models in config order; the first is the default."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle], limits: InputLimits) -> None:
-        self._models = {name: ModelEndpoint(name, h, limits) for name, h in handles.items()}
+    def __init__(self, handles: dict[str, DeploymentHandle], limits: InputLimits,
+                 metrics: IngressMetrics) -> None:
+        self._models = {name: ModelEndpoint(name, h, limits, metrics)
+                        for name, h in handles.items()}
         self.default = next(iter(self._models))
 
     @property

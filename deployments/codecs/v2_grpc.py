@@ -9,10 +9,14 @@ are always sent as ``raw_output_contents``, as Triton does.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+import grpc
 import numpy as np
+from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc.service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 
 from deployments.codecs.errors import BadRequest
 from deployments.codecs.v2 import (
@@ -30,6 +34,20 @@ from deployments.codecs.v2 import (
     tensor_to_raw,
 )
 from deployments.signature import ModelMetadata
+
+# The generated classes name their modules after the .proto files
+# ("grpc_service_pb2"), which are not importable by those names. Serve's gRPC
+# proxy pickles each request for the replica, and pickle finds a class by its
+# module: without these aliases it fails with PicklingError.
+sys.modules.setdefault("grpc_service_pb2", pb)
+sys.modules.setdefault("model_config_pb2", model_config_pb2)
+
+
+def add_servicer(servicer: Any, server: grpc.Server) -> None:
+    """For ``grpc_options.grpc_servicer_functions``: tritonclient's generated
+    registration, reached through this module so that the proxy process that
+    imports it gets the aliases above."""
+    add_GRPCInferenceServiceServicer_to_server(servicer, server)
 
 # Which typed ``InferTensorContents`` field holds each datatype.
 _CONTENTS_FIELD = {

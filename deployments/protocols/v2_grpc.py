@@ -3,8 +3,8 @@ gRPC proxy.
 
 The proxy calls the ingress deployment's method named after the RPC with the
 request message; the config enables it with ``grpc_options`` and
-:data:`SERVICER`. Errors set a gRPC status code on the call's context, the
-way ``tritonclient.grpc`` reports them.
+:func:`deployments.codecs.v2_grpc.add_servicer`. Errors set a gRPC status
+code on the call's context, the way ``tritonclient.grpc`` reports them.
 """
 
 from __future__ import annotations
@@ -25,13 +25,11 @@ from deployments.codecs.v2_grpc import (
     parse_infer_request,
 )
 from deployments.config import InputLimits
+from deployments.metrics import IngressMetrics, arrival
 from deployments.protocols import v2
 from deployments.registry import ModelRegistry
 
 logger = logging.getLogger("ray.serve")
-
-# For `grpc_options.grpc_servicer_functions` in the YAML.
-SERVICER = "tritonclient.grpc.service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
 
 _STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
                  413: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -41,22 +39,33 @@ Rpc = Callable[[Any, Any, RayServegRPCContext], Awaitable[Any]]
 
 
 def _status(rpc: Rpc) -> Rpc:
-    """Turn our errors into gRPC status codes with their message. (Serve passes
-    ``grpc_context`` to methods whose signature names it.)"""
+    """Turn our errors into gRPC status codes with their message, and count
+    the call by its code. (Serve passes ``grpc_context`` to methods whose
+    signature names it.)"""
 
     @functools.wraps(rpc)
-    async def call(self: Any, request: Any, grpc_context: RayServegRPCContext) -> Any:
+    async def call(self: V2GrpcService, request: Any,
+                   grpc_context: RayServegRPCContext) -> Any:
+        code = grpc.StatusCode.INTERNAL
         try:
-            return await rpc(self, request, grpc_context)
+            with arrival():
+                answer = await rpc(self, request, grpc_context)
+            code = grpc.StatusCode.OK
+            return answer
         except ServeError as exc:
-            grpc_context.set_code(_STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL))
+            code = _STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL)
+            grpc_context.set_code(code)
             grpc_context.set_details(exc.message)
             raise
         except Exception:
             logger.exception("unhandled error in gRPC %s", rpc.__name__)
-            grpc_context.set_code(grpc.StatusCode.INTERNAL)
+            grpc_context.set_code(code)
             grpc_context.set_details("internal server error")
             raise
+        finally:
+            # Model RPCs name their model in `model_name` (infer) or `name`.
+            name = getattr(request, "model_name", None) or getattr(request, "name", "")
+            self._metrics.count(name, "v2-grpc", code.name)
 
     return call
 
@@ -66,6 +75,7 @@ class V2GrpcService:
 
     _registry: ModelRegistry
     _limits: InputLimits
+    _metrics: IngressMetrics
 
     @_status
     async def ServerLive(self, request: pb.ServerLiveRequest,

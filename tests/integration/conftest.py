@@ -7,7 +7,6 @@ configs/config.yaml`` in a subprocess, joining this session's cluster.
 from __future__ import annotations
 
 import copy
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import ray
 import yaml
 from ray import serve
 
-from deployments.local import driver_env, serve_run, start_cluster, wait_ready
+from deployments.local import driver_env, free_port, serve_run, start_cluster, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "config.yaml"
@@ -27,12 +26,6 @@ APP_NAME = "ray-tf-serve"  # as named in configs/config.yaml
 
 def sample_label(path: Path) -> str:
     return path.name.split("_")[1]  # digit_<label>_<size>_<mode>.<ext>
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

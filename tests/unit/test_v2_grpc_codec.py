@@ -1,3 +1,5 @@
+import pickle
+
 import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
@@ -64,3 +66,12 @@ def test_response_uses_raw_output_contents():
     assert response.model_version == "1" and response.id == "q"
     assert response.outputs[0].shape == [1, 2]
     assert np.array_equal(np.frombuffer(response.raw_output_contents[0], "<f4"), data.ravel())
+
+
+def test_messages_survive_plain_pickle_as_serve_proxy_sends_them():
+    """Serve's gRPC proxy sends each request to the replica with ``pickle``;
+    the generated classes' module names are not importable without our alias."""
+    request = pb.ModelInferRequest(model_name="digits", raw_input_contents=[b"\x00" * 8])
+    response = pb.ModelInferResponse(model_name="digits", id="r-1")
+    for message in (request, response):
+        assert pickle.loads(pickle.dumps(message)) == message

@@ -1,0 +1,169 @@
+"""The app's Prometheus metrics, through ``ray.serve.metrics``.
+
+Ray exports them on each node's metrics port with a ``ray_`` prefix and
+Serve's own ``deployment``, ``replica`` and ``application`` tags added.
+``deploy/grafana/ray-tf-serve.json`` charts them.
+
+    ray_tfserve_requests_total{model, protocol, status}     ingress
+    ray_tfserve_preprocess_seconds{model}                   ingress: arrival → object store
+    ray_tfserve_inference_seconds{model}                    ingress: model call round trip
+    ray_tfserve_batch_rows{model, version}                  model replica: rows per TF call
+    ray_tfserve_batch_seconds{model, version}               model replica: one TF call
+    ray_tfserve_queue_length{model, version}                model replica: requests waiting
+
+Label values are bounded: a model name that is not served counts as
+``"unknown"``, so a client cannot grow the series without limit.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_SECONDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+UNKNOWN_MODEL = "unknown"
+
+# When the request being handled arrived (perf_counter), for the preprocess time.
+_arrived: contextvars.ContextVar[float | None] = contextvars.ContextVar("arrived", default=None)
+
+
+def protocol_of(route_path: str | None) -> str:
+    """The protocol a matched route belongs to (``None``: no route matched)."""
+    if route_path is None:
+        return "none"
+    if route_path.startswith("/v1/"):
+        return "tfserving"
+    if route_path.startswith("/v2"):
+        return "v2"
+    if route_path in ("/predict", "/models") or route_path.startswith("/models/"):
+        return "native"
+    return "other"  # health, OpenAPI
+
+
+def model_label(name: str | None, served: Collection[str]) -> str:
+    """A served model's name, ``""`` for requests about no model, or ``unknown``."""
+    if not name:
+        return ""
+    return name if name in served else UNKNOWN_MODEL
+
+
+@contextmanager
+def arrival() -> Iterator[None]:
+    """Marks when the request being handled arrived, for its preprocess time."""
+    token = _arrived.set(time.perf_counter())
+    try:
+        yield
+    finally:
+        _arrived.reset(token)
+
+
+class IngressMetrics:
+    """What the ingress counts and times, for every protocol and the handle API."""
+
+    def __init__(self, served: Collection[str]) -> None:
+        self._served = list(served)
+        self._requests = Counter(
+            "tfserve_requests", "Requests by model, protocol and status code.",
+            tag_keys=("model", "protocol", "status"))
+        self._preprocess = Histogram(
+            "tfserve_preprocess_seconds",
+            "From a request's arrival until its batch is in the object store.",
+            boundaries=list(_SECONDS), tag_keys=("model",))
+        self._inference = Histogram(
+            "tfserve_inference_seconds",
+            "The model deployment's answer time, queueing and batching included.",
+            boundaries=list(_SECONDS), tag_keys=("model",))
+
+    def count(self, name: str | None, protocol: str, status: int | str) -> None:
+        """One request about model ``name`` (``None``: the default model)."""
+        model = model_label(self._served[0] if name is None else name, self._served)
+        self._requests.inc(tags={"model": model, "protocol": protocol, "status": str(status)})
+
+    @contextmanager
+    def handle_call(self, name: str | None) -> Iterator[None]:
+        """Times a Python handle call and counts it by the HTTP status it
+        would have had."""
+        status = 500
+        try:
+            with arrival():
+                yield
+            status = 200
+        except Exception as exc:
+            status = getattr(exc, "status", 500)
+            raise
+        finally:
+            self.count(name, "handle", status)
+
+    def preprocessed(self, model: str) -> None:
+        """The request's batch is in the object store now."""
+        arrived = _arrived.get()
+        if arrived is not None:
+            self._preprocess.observe(time.perf_counter() - arrived, tags={"model": model})
+
+    @contextmanager
+    def inference(self, model: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._inference.observe(time.perf_counter() - started, tags={"model": model})
+
+    def asgi(self, app: ASGIApp) -> ASGIApp:
+        """``app`` with every HTTP request counted by model, protocol and status
+        (as Starlette middleware: unhandled errors pass it as a 500)."""
+
+        async def metered(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            status = 500  # unless a response starts
+
+            async def watch(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                with arrival():
+                    await app(scope, receive, watch)
+            finally:
+                # Starlette's router records the matched route in the scope.
+                route: Any = scope.get("route")
+                path = getattr(route, "path", None)
+                name = scope.get("path_params", {}).get("name", None if path == "/predict" else "")
+                self.count(name, protocol_of(path), status)
+
+        return metered
+
+
+class ModelMetrics:
+    """What a model replica records per version: batch sizes, TF time, queue."""
+
+    def __init__(self, model: str, version: int) -> None:
+        tags = {"model": model, "version": str(version)}
+        self._rows = Histogram("tfserve_batch_rows", "Rows per TensorFlow call.",
+                               boundaries=list(_ROWS), tag_keys=("model", "version"))
+        self._seconds = Histogram("tfserve_batch_seconds", "One TensorFlow call.",
+                                  boundaries=list(_SECONDS), tag_keys=("model", "version"))
+        self._queue = Gauge("tfserve_queue_length",
+                            "Requests in this replica waiting for a batch.",
+                            tag_keys=("model", "version"))
+        for metric in (self._rows, self._seconds, self._queue):
+            metric.set_default_tags(dict(tags))  # Serve adds its tags to the dict
+        self._queue.set(0)
+
+    def queue_length(self, requests: int) -> None:
+        self._queue.set(requests)
+
+    def batch(self, rows: int, seconds: float) -> None:
+        self._rows.observe(rows)
+        self._seconds.observe(seconds)
