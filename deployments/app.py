@@ -3,7 +3,8 @@
 ``serve run configs/config.yaml`` calls :func:`build_app` with the
 application's ``args``. Each model becomes its own deployment, named after
 the model, so the YAML's ``deployments`` section sets its replicas,
-autoscaling, resources and batching by that name.
+autoscaling, resources and batching by that name. A model with ``ship: true``
+is packed into the object store here, once (see ``deployments.shipping``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ray.serve import Application
 from deployments.config import AppArgs
 from deployments.ingress import Preprocessor
 from deployments.model import ModelDeployment
+from deployments.shipping import ship
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -22,6 +24,7 @@ def build_app(args: dict[str, Any]) -> Application:
     models = {}
     for model in config.models:
         resolved = model.resolved()
+        shipped = ship(resolved.path, resolved.shipped_files()) if model.ship else None
         models[model.name] = ModelDeployment.options(name=model.name).bind(
-            resolved, resolved.version_dirs(), config.device)
+            resolved, config.device, shipped)
     return Preprocessor.bind(models, config.top_k, config.limits)

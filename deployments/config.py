@@ -65,11 +65,35 @@ class ModelArgs(_Strict):
         None, description="output holding class scores; default: the only or first output"
     )
     jit_compile: bool = Field(False, description="compile with XLA (batches padded to buckets)")
+    ship: bool = Field(
+        False, description="pack the served versions and labels into the object store; "
+                           "replicas load a copy on their own node"
+    )
+
+    @model_validator(mode="after")
+    def _shipped_labels_inside(self) -> ModelArgs:
+        labels = self.labels_path
+        if self.ship and labels and not labels.resolve().is_relative_to(self.path.resolve()):
+            raise ValueError(f"ship: true packs what lies under path ({self.path}); "
+                             f"labels_path {labels} lies outside it")
+        return self
 
     def resolved(self) -> ModelArgs:
-        """Paths made absolute here, since replicas may run in other directories."""
+        """Paths made absolute and versions pinned, when the app is built:
+        replicas may run in other directories, and all serve the same versions."""
         labels = self.labels_path.resolve() if self.labels_path else None
-        return self.model_copy(update={"path": self.path.resolve(), "labels_path": labels})
+        absolute = self.model_copy(update={"path": self.path.resolve(), "labels_path": labels})
+        return absolute.model_copy(update={"versions": tuple(absolute.version_dirs())})
+
+    def shipped_files(self) -> list[Path]:
+        """What ``ship: true`` packs: each served version and the labels file."""
+        return [*self.version_dirs().values(), *filter(None, [self.labels_path])]
+
+    def moved_to(self, base: Path) -> ModelArgs:
+        """These (resolved) arguments with ``path`` moved to ``base``, as a
+        replica sees a shipped model."""
+        labels = self.labels_path and base / self.labels_path.relative_to(self.path)
+        return self.model_copy(update={"path": base, "labels_path": labels})
 
     def version_dirs(self) -> dict[int, Path]:
         """Each served version's SavedModel directory, highest version last.

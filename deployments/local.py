@@ -98,6 +98,13 @@ def running_replicas(app: str) -> dict[str, int]:
             for name, d in status.deployments.items()}
 
 
+def replica_actor_names(app: str, deployment: str) -> list[str]:
+    """The Ray actor names of a deployment's replicas (namespace ``serve``)."""
+    names = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(n["name"] for n in names
+                  if n["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}#"))
+
+
 def replica_pids(app: str, deployment: str, replicas: int, tries: int = 50) -> list[int]:
     """The pids of a model deployment's replicas, learned from their own ``stats``."""
     handle = serve.get_deployment_handle(deployment, app)

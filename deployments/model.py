@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +36,7 @@ from deployments.codecs.errors import NotFound
 from deployments.config import DeviceArgs, ModelArgs
 from deployments.device import apply_device_plan, plan_device
 from deployments.metrics import ModelMetrics
+from deployments.shipping import ShippedModel, receive
 from deployments.signature import ModelMetadata, check_batch
 
 if TYPE_CHECKING:
@@ -163,7 +163,8 @@ class ServedVersion:
 class ModelDeployment:
     """Every configured version of one model; the app names it after the model."""
 
-    def __init__(self, model: ModelArgs, versions: dict[int, Path], device: DeviceArgs) -> None:
+    def __init__(self, model: ModelArgs, device: DeviceArgs,
+                 shipped: ShippedModel | None = None) -> None:
         context = ray.get_runtime_context()
         resources = context.get_assigned_resources()
         plan = plan_device(
@@ -183,8 +184,11 @@ class ModelDeployment:
         # the replica's event loop free to form the next batch meanwhile.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tf")
         self._settings = _initial_settings()
+        if shipped is not None:  # load this node's copy, not the source
+            model = model.moved_to(receive(shipped))
         self._versions: dict[int, ServedVersion] = {}
-        for version, path in sorted(versions.items()):
+        self._paths = model.version_dirs()
+        for version, path in self._paths.items():
             runner = SavedModelRunner(model, version, path, plan.device)
             served = ServedVersion(runner, self._executor, self._settings)
             self._executor.submit(served.warm_up, served.new_buckets(self._settings)).result()
@@ -224,6 +228,7 @@ class ModelDeployment:
             "max_batch_size": self._settings.max_batch_size,
             "batch_wait_timeout_s": self._settings.batch_wait_timeout_s,
             "versions": sorted(self._versions),
+            "path": str(self._paths[version or self._latest]),
             "buckets": served.buckets,
             "traces": served.runner.traces,
             "batch_rows": dict(sorted(served.batch_rows.items())),

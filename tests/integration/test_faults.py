@@ -15,6 +15,7 @@ import pytest
 import ray
 from ray import serve
 
+from deployments import local
 from deployments.local import running_replicas, wait_app_running, wait_until
 from tests.integration.conftest import SAMPLES, deploy_config, with_test_app
 
@@ -76,9 +77,7 @@ class SteadyLoad:
 
 
 def replica_actor_names() -> list[str]:
-    names = ray.util.list_named_actors(all_namespaces=True)
-    return sorted(n["name"] for n in names
-                  if n["name"].startswith(f"SERVE_REPLICA::{APP}#digits#"))
+    return local.replica_actor_names(APP, "digits")
 
 
 def test_a_killed_replica_loses_no_request(faults_url: str):

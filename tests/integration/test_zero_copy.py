@@ -46,7 +46,7 @@ def test_model_replica_reads_the_object_store_buffer_without_copying(cluster_add
     model = ModelArgs(name="digits", path=ROOT / "models" / "digits",
                       labels_path=ROOT / "models" / "digits" / "labels.txt")
     probe = serve.deployment(InputProbe, name="Probe").bind(
-        model, model.version_dirs(), DeviceArgs())
+        model, DeviceArgs())
     handle = serve.run(probe, name="zero-copy-probe", route_prefix=None)
     try:
         # 32 rows fill the largest batch bucket, so no padding copy is due.

@@ -1,0 +1,61 @@
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from deployments.config import ModelArgs
+from deployments.shipping import pack, unpack
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = ROOT / "models" / "digits"
+MODEL = ModelArgs(name="digits", path=BASE, labels_path=BASE / "labels.txt").resolved()
+
+
+def packed() -> bytes:
+    return pack(MODEL.path, MODEL.shipped_files())
+
+
+def files(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def test_pack_is_deterministic_and_unpacks_to_the_same_files(tmp_path):
+    blob = packed()
+    assert packed() == blob  # same model, same digest, one copy per node
+    local = unpack(blob, "abc", tmp_path)
+    assert local == tmp_path / "abc"
+    assert files(local) == {f"1/{name}": data for name, data in files(BASE / "1").items()} | {
+        "labels.txt": (BASE / "labels.txt").read_bytes()}
+    moved = MODEL.moved_to(local)  # as the replica sees it
+    assert moved.version_dirs() == {1: local / "1"}
+    assert moved.labels_path == local / "labels.txt"
+
+
+def test_a_complete_copy_is_reused(tmp_path):
+    first = unpack(packed(), "abc", tmp_path)
+    (first / "marker").write_text("kept")
+    assert (unpack(packed(), "abc", tmp_path) / "marker").read_text() == "kept"
+    assert [p.name for p in tmp_path.iterdir()] == ["abc"]  # no staging left behind
+
+
+def test_a_missing_member_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nothing to ship at .*/7"):
+        pack(tmp_path, [tmp_path / "7"])
+
+
+def test_shipped_labels_must_lie_under_the_model_path(tmp_path):
+    with pytest.raises(ValueError, match=r"labels_path .* lies outside it"):
+        ModelArgs(name="m", path=tmp_path / "m", labels_path=tmp_path / "labels.txt", ship=True)
+
+
+def test_a_tar_escaping_its_directory_is_refused(tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("../escaped")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(tarfile.TarError):
+        unpack(buffer.getvalue(), "evil", tmp_path / "root")
+    assert not (tmp_path / "escaped").exists()
+    assert not (tmp_path / "root" / "evil").exists()
