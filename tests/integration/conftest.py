@@ -7,6 +7,7 @@ configs/config.yaml`` in a subprocess, joining this session's cluster.
 from __future__ import annotations
 
 import copy
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,10 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def cluster_address() -> Iterator[str]:
+    # HAProxy's metrics and stats ports are fixed (9101, 8404) unless set: free
+    # ones let this session run beside another one or `make serve`.
+    for name in ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT"):
+        os.environ.setdefault(name, str(free_port()))
     yield start_cluster(ROOT / "configs" / "server.env", drain_s=1, num_cpus=8)
     serve.shutdown()
     ray.shutdown()
