@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import mimetypes
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -70,9 +70,12 @@ def open_page(browser: webdriver.Chrome, url: str) -> None:
     assert browser.find_element(By.ID, "error").text == ""
 
 
-def answer(browser: webdriver.Chrome) -> tuple[list[str], str, str]:
-    """Once no request is in flight: the labels shown (best first), the line
-    naming the model and latency, and the error shown ("" if none)."""
+def answer(browser: webdriver.Chrome, act: Callable[[], object]) -> tuple[list[str], str, str]:
+    """Do ``act`` (draw, drop, choose a file), then, once no request is in
+    flight: the labels shown (best first), the line naming the model and
+    latency, and the error shown ("" if none)."""
+    browser.execute_script('document.getElementById("result").removeAttribute("aria-busy")')
+    act()
     WebDriverWait(browser, 30).until(
         lambda d: d.find_element(By.ID, "result").get_attribute("aria-busy") == "false")
     labels = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#classes .label")]
@@ -129,8 +132,8 @@ def test_the_page_and_its_files_are_served(client: httpx.Client):
 def test_a_drawn_one_is_read_as_one(browser: webdriver.Chrome, base_url: str, kind: str):
     open_page(browser, f"{base_url}/ui/")
     assert not browser.find_element(By.ID, "model-row").is_displayed()  # one image model
-    draw(browser, [(0, y) for y in range(-100, 101, 20)], kind)
-    labels, meta, error = answer(browser)
+    stroke = [(0, y) for y in range(-100, 101, 20)]
+    labels, meta, error = answer(browser, lambda: draw(browser, stroke, kind))
     assert (labels[0], error) == ("1", "")
     assert len(labels) == 5
     assert meta.startswith("digits v1 answered in ") and meta.endswith(" ms (round trip)")
@@ -142,8 +145,7 @@ def test_a_drawn_one_is_read_as_one(browser: webdriver.Chrome, base_url: str, ki
 def test_a_dropped_sample_is_read_as_its_label(browser: webdriver.Chrome, base_url: str,
                                                  sample: Path):
     open_page(browser, f"{base_url}/ui/")
-    drop(browser, sample)
-    labels, _, error = answer(browser)
+    labels, _, error = answer(browser, lambda: drop(browser, sample))
     assert (labels[0], error) == (sample_label(sample), "")
 
 
@@ -158,8 +160,7 @@ def test_a_newer_image_supersedes_the_one_in_flight(browser: webdriver.Chrome, b
         };
     """)
     first, second = SAMPLES[3], SAMPLES[8]
-    drop(browser, first, second)
-    labels, _, error = answer(browser)
+    labels, _, error = answer(browser, lambda: drop(browser, first, second))
     assert (labels[0], error) == (sample_label(second), "")
     assert browser.execute_script("return window.signals.map((s) => s.aborted)") == [True, False]
 
@@ -169,12 +170,11 @@ def test_a_rejected_file_shows_the_server_error(browser: webdriver.Chrome, base_
     open_page(browser, f"{base_url}/ui/")
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"not a PNG at all")
-    browser.find_element(By.ID, "file").send_keys(str(corrupt))  # the file picker
-    labels, meta, error = answer(browser)
+    chooser = browser.find_element(By.ID, "file")  # the file picker
+    labels, meta, error = answer(browser, lambda: chooser.send_keys(str(corrupt)))
     assert labels == [] and meta == "No prediction."
     assert error.startswith("The server answered 400: cannot decode image")
-    browser.find_element(By.ID, "file").send_keys(str(SAMPLES[0]))
-    labels, _, error = answer(browser)
+    labels, _, error = answer(browser, lambda: chooser.send_keys(str(SAMPLES[0])))
     assert (labels[0], error) == (sample_label(SAMPLES[0]), "")
 
 
@@ -185,7 +185,6 @@ def test_the_picker_offers_image_models_under_a_route_prefix(browser: webdriver.
     assert picker.first_selected_option.text == "digits"
     assert [o.text for o in picker.options] == ["digits", "digits_copy"]  # no tensor model
     picker.select_by_visible_text("digits_copy")
-    drop(browser, SAMPLES[7])
-    labels, meta, error = answer(browser)
+    labels, meta, error = answer(browser, lambda: drop(browser, SAMPLES[7]))
     assert (labels[0], error) == (sample_label(SAMPLES[7]), "")
     assert meta.startswith("digits_copy v1 ")
