@@ -11,7 +11,7 @@ LINEAR_MODEL := models/digits_linear/1/saved_model.pb
 export RAY_AUTH_MODE ?= disabled
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: serve test lint model bench clean
+.PHONY: serve test lint model browser bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,12 @@ serve: $(STAMP) model
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) model lint
+# Debian's Chromium and its driver, for the demo page's browser tests (as root, like CI).
+browser:
+	command -v chromedriver >/dev/null || (apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver)
+
+test: $(STAMP) model lint browser
 	$(BIN)/pytest
 
 bench: $(STAMP)

@@ -26,6 +26,7 @@ from deployments.codecs.errors import ServeError
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics
 from deployments.openapi import openapi_document
+from deployments.protocols import ui
 from deployments.protocols.http import render_error
 from deployments.protocols.native import NativeApi
 from deployments.protocols.tfserving import TFServingApi
@@ -54,6 +55,7 @@ class Preprocessor(V2GrpcService):
             *self._native.routes(),
             *TFServingApi(self._registry, self._limits).routes(),
             *V2Api(self._registry, self._limits).routes(),
+            *ui.routes(),
         ]
         handlers = {ServeError: render_error, HTTPException: render_error,
                     Exception: render_error}

@@ -44,9 +44,11 @@ def start_cluster(env_file: Path, drain_s: int | None = None, **init_args: objec
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.update(read_env_file(env_file))
-    # HAProxy's fallback proxy listens on fixed ports (8500, 9500) by default:
-    # two local clusters (a test run beside a benchmark) would share them.
-    for name in ("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"):
+    # HAProxy and its fallback proxy listen on fixed ports by default (9101,
+    # 8404, 8500, 9500): free ones let two local clusters (a test run beside a
+    # benchmark or `make serve`) run at once.
+    for name in ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT",
+                 "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"):
         os.environ.setdefault(name, str(free_port()))
     if drain_s is not None:
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(drain_s)
@@ -124,7 +126,8 @@ def rss_mb(pid: int) -> float:
 
 def object_store_mb() -> float:
     """The object store's used memory across the cluster, in MiB."""
-    match = re.search(r"Plasma memory usage (\d+) MiB", memory_summary(stats_only=True))
+    summary = memory_summary(ray.get_runtime_context().gcs_address, stats_only=True)
+    match = re.search(r"Plasma memory usage (\d+) MiB", summary)
     return float(match.group(1)) if match else 0.0
 
 

@@ -1,9 +1,10 @@
-"""The OpenAPI document is valid and lists exactly the routes the app serves."""
+"""The OpenAPI document is valid and lists exactly the API routes the app serves."""
 
 from openapi_spec_validator import validate
 
 from deployments.config import InputLimits
 from deployments.openapi import openapi_document
+from deployments.protocols import ui
 from deployments.protocols.native import NativeApi
 from deployments.protocols.tfserving import TFServingApi
 from deployments.protocols.v2 import V2Api
@@ -14,7 +15,8 @@ HEALTH = {("/healthz", "get"), ("/readyz", "get"), ("/openapi.json", "get")}
 def served_routes() -> set[tuple[str, str]]:
     apis = [NativeApi(None, InputLimits(), 3), TFServingApi(None, InputLimits()),
             V2Api(None, InputLimits())]
-    return HEALTH | {
+    pages = {(mount.path + "/{path}", "get") for mount in ui.routes()}
+    return HEALTH | pages | {
         (route.path, method.lower())
         for api in apis for route in api.routes() for method in route.methods - {"HEAD"}
     }
@@ -32,6 +34,8 @@ def test_document_lists_every_route_and_method():
     # The catch-all for TF Serving's other verbs (:classify, :regress) is an error route.
     served -= {("/v1/models/{name}:{verb}", "post"),
                ("/v1/models/{name}/versions/{version}:{verb}", "post")}
+    # The demo page's static files are for people, not API clients (nor the fuzzer).
+    served -= {("/ui/{path}", "get")}
     assert documented == served
 
 
