@@ -42,6 +42,10 @@ browser:
 test: $(STAMP) model lint browser
 	$(BIN)/pytest
 
+# deploy/kuberay/*.yaml from configs/ (a unit test fails when they are stale).
+kuberay: $(STAMP)
+	$(BIN)/python -m deploy.rayservice
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 

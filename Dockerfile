@@ -1,0 +1,27 @@
+# ray-tf-serve on the official Ray image, with the default models baked in.
+#   CPU: docker build -t ray-tf-serve:0.1.0 .
+#   GPU: docker build -t ray-tf-serve:0.1.0-gpu \
+#          --build-arg RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu --build-arg EXTRAS=gpu .
+# deploy/kuberay/*.yaml run these images; `serve run configs/config.yaml` works in them too.
+ARG RAY_IMAGE=rayproject/ray:2.60.0-py311
+FROM ${RAY_IMAGE}
+ARG EXTRAS=""
+
+# The configs' relative model paths start here (the manifests' workingDir).
+WORKDIR /home/ray/app
+
+# Dependencies first: they change less often than the code.
+COPY --chown=ray:users pyproject.toml README.md ./
+COPY --chown=ray:users deployments ./deployments
+RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"
+
+# The default models are committed (built by models/build_*.py), labels beside them.
+COPY --chown=ray:users models ./models
+COPY --chown=ray:users configs ./configs
+
+# The serving-path switches `make serve` uses (configs/server.env).
+ENV RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
+    RAY_SERVE_ENABLE_HA_PROXY=1
+
+EXPOSE 8000 9000 8265 8080
+CMD ["serve", "run", "configs/config.yaml"]

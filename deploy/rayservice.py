@@ -1,0 +1,183 @@
+"""KubeRay ``RayService`` manifests generated from the Serve configs.
+
+    python -m deploy.rayservice           # `make kuberay`: write deploy/kuberay/*.yaml
+    python -m deploy.rayservice --check   # exit 1 if a manifest is out of date
+
+``serveConfigV2`` is each config file verbatim, so the YAML a user runs with
+``serve run`` is the one the cluster runs: edit ``configs/``, never the
+manifests. The image is the repository's ``Dockerfile``.
+
+- ``rayservice.yaml``: ``configs/config.yaml`` on a CPU head and CPU workers.
+- ``rayservice-gpu.yaml``: ``configs/gpu.yaml`` on a CPU head and GPU workers,
+  sized from that config's model replicas (``num_gpus`` × ``max_replicas``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+
+from deployments.local import read_env_file
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "deploy" / "kuberay"
+IMAGE = "ray-tf-serve:0.1.0"  # `docker build -t ray-tf-serve:0.1.0 .`
+WORKDIR = "/home/ray/app"  # the Dockerfile's; the configs' relative paths start here
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 9000, 8080
+
+
+@dataclass(frozen=True)
+class Workers:
+    """One worker group: what each pod offers Ray."""
+
+    group: str
+    cpus: int
+    memory: str
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class Target:
+    config: Path
+    manifest: Path
+    name: str
+    image: str
+    workers: Workers
+
+
+TARGETS = (
+    Target(ROOT / "configs" / "config.yaml", OUT / "rayservice.yaml", "ray-tf-serve", IMAGE,
+           Workers("cpu-workers", cpus=2, memory="6Gi")),
+    Target(ROOT / "configs" / "gpu.yaml", OUT / "rayservice-gpu.yaml", "ray-tf-serve-gpu",
+           f"{IMAGE}-gpu", Workers("gpu-workers", cpus=4, memory="16Gi", gpus=1)),
+)
+
+
+def _model_deployments(serve_config: dict) -> list[dict]:
+    app = serve_config["applications"][0]
+    models = {m["name"] for m in app["args"]["models"]}
+    return [d for d in app["deployments"] if d["name"] in models]
+
+
+def worker_pods(serve_config: dict, workers: Workers) -> int:
+    """Worker pods that fit every model deployment at its largest: GPUs when
+    the workers have them, else CPUs."""
+    needed = 0.0
+    for deployment in _model_deployments(serve_config):
+        replicas = deployment.get("autoscaling_config", {}).get(
+            "max_replicas", deployment.get("num_replicas", 1))
+        options = deployment.get("ray_actor_options", {})
+        per_replica = options.get("num_gpus", 0) if workers.gpus else options.get("num_cpus", 1)
+        needed += replicas * per_replica
+    return max(1, math.ceil(needed / (workers.gpus or workers.cpus)))
+
+
+def _container(name: str, image: str, cpus: int, memory: str, gpus: int = 0) -> dict:
+    limits: dict[str, Any] = {"cpu": cpus, "memory": memory}
+    if gpus:
+        limits["nvidia.com/gpu"] = gpus
+    serving_env = read_env_file(ROOT / "configs" / "server.env")
+    return {
+        "name": name,
+        "image": image,
+        "workingDir": WORKDIR,
+        "env": [{"name": k, "value": v} for k, v in sorted(serving_env.items())],
+        "resources": {"requests": dict(limits), "limits": limits},
+        "ports": [
+            {"containerPort": 6379, "name": "gcs"},
+            {"containerPort": 8265, "name": "dashboard"},
+            {"containerPort": HTTP_PORT, "name": "serve"},
+            {"containerPort": GRPC_PORT, "name": "grpc"},
+            {"containerPort": METRICS_PORT, "name": "metrics"},
+        ],
+    }
+
+
+def _ready_when_models_answer() -> dict:
+    """The app's own readiness: the pod takes traffic once every model has a
+    replica that answers (``/readyz``), not merely once Ray's proxy is up."""
+    return {"httpGet": {"path": "/readyz", "port": HTTP_PORT}, "periodSeconds": 5,
+            "timeoutSeconds": 3, "failureThreshold": 3}
+
+
+def render(target: Target) -> dict:
+    serve_config = yaml.safe_load(target.config.read_text())
+    workers = target.workers
+    pods = worker_pods(serve_config, workers)
+    head = _container("ray-head", target.image, cpus=2, memory="6Gi")
+    # The head takes Serve's controller, proxy and the ingress (num_cpus: 0)
+    # but no model replicas, so it stays responsive under load.
+    head_params = {"num-cpus": "0", "dashboard-host": "0.0.0.0",
+                   "metrics-export-port": str(METRICS_PORT)}
+    worker = _container("ray-worker", target.image, workers.cpus, workers.memory, workers.gpus)
+    worker["readinessProbe"] = _ready_when_models_answer()
+    worker_params = {"num-cpus": str(workers.cpus), "metrics-export-port": str(METRICS_PORT)}
+    if workers.gpus:
+        worker_params["num-gpus"] = str(workers.gpus)
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": target.name},
+        "spec": {
+            "serveConfigV2": target.config.read_text(),
+            "rayClusterConfig": {
+                "rayVersion": ray.__version__,
+                "enableInTreeAutoscaling": True,  # Serve's autoscaling asks; pods follow
+                "headGroupSpec": {
+                    "rayStartParams": head_params,
+                    "template": {"spec": {"containers": [head]}},
+                },
+                "workerGroupSpecs": [{
+                    "groupName": workers.group,
+                    "replicas": 1,
+                    "minReplicas": 1,
+                    "maxReplicas": pods,
+                    "rayStartParams": worker_params,
+                    "template": {"spec": {"containers": [worker]}},
+                }],
+            },
+        },
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the embedded Serve config) as readable ``|`` blocks."""
+
+
+_Dumper.add_representer(
+    str, lambda dumper, text: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
+def manifest_text(target: Target) -> str:
+    header = (f"# Generated by `make kuberay` from {target.config.relative_to(ROOT)}: "
+              "edit that file, not this one.\n")
+    return header + yaml.dump(render(target), Dumper=_Dumper, sort_keys=False, width=100)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="fail if a manifest is stale")
+    stale = []
+    for target in TARGETS:
+        text = manifest_text(target)
+        if parser.parse_args().check:
+            if not target.manifest.is_file() or target.manifest.read_text() != text:
+                stale.append(str(target.manifest.relative_to(ROOT)))
+        else:
+            target.manifest.parent.mkdir(parents=True, exist_ok=True)
+            target.manifest.write_text(text)
+    if stale:
+        print(f"out of date (run `make kuberay`): {', '.join(stale)}", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
