@@ -11,7 +11,7 @@ LINEAR_MODEL := models/digits_linear/1/saved_model.pb
 export RAY_AUTH_MODE ?= disabled
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: serve test lint model browser bench clean
+.PHONY: serve test lint model browser bench kuberay clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
