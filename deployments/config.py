@@ -83,7 +83,10 @@ class ModelArgs(_Strict):
         replicas may run in other directories, and all serve the same versions."""
         labels = self.labels_path.resolve() if self.labels_path else None
         absolute = self.model_copy(update={"path": self.path.resolve(), "labels_path": labels})
-        return absolute.model_copy(update={"versions": tuple(absolute.version_dirs())})
+        dirs = absolute.version_dirs()
+        if absolute.path in dirs.values():  # the path itself is (or fails as) the SavedModel
+            return absolute
+        return absolute.model_copy(update={"versions": tuple(dirs)})
 
     def shipped_files(self) -> list[Path]:
         """What ``ship: true`` packs: each served version and the labels file."""

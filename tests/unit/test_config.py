@@ -74,3 +74,13 @@ def test_a_savedmodel_directory_is_version_1(tmp_path):
 def test_bad_args_are_refused(bad):
     with pytest.raises(ValidationError):
         AppArgs.model_validate(bad)
+
+
+def test_resolved_pins_the_versions_found_when_the_app_is_built(tmp_path):
+    savedmodel(tmp_path / "m" / "3")
+    resolved = ModelArgs(name="m", path=tmp_path / "m").resolved()
+    assert resolved.versions == (3,)
+    savedmodel(tmp_path / "m" / "4")  # appears later: replicas still serve 3
+    assert resolved.version_dirs() == {3: tmp_path / "m" / "3"}
+    bare = ModelArgs(name="m", path=tmp_path / "nope").resolved()
+    assert bare.versions is None and bare.version_dirs() == {1: tmp_path / "nope"}
