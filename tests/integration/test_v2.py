@@ -5,6 +5,7 @@ and by hand for the binary extension's edge cases."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import httpx
@@ -148,6 +149,19 @@ def test_tritonclient_grpc_infers_tensors_and_images(grpc_client):
         "probabilities")
     predicted = [row[0].decode().split(":")[2] for row in top]
     assert sum(p == t for p, t in zip(predicted, image_labels, strict=True)) >= 9
+
+
+def test_grpc_through_serves_own_proxy(base_url):
+    """HAProxy sends gRPC to Serve's fallback proxy while no ingress replica is
+    registered with it (at start-up, during redeploys). That proxy pickles each
+    request for the replica: the generated messages must survive it."""
+    port = os.environ["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"]  # chosen by start_cluster
+    fallback = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    rows, labels = digit_rows()
+    inp = grpcclient.InferInput("pixels", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows)
+    probs = fallback.infer("digits_linear", [inp], headers=APP).as_numpy("probabilities")
+    assert (probs.argmax(axis=1) == labels).mean() >= 0.9
 
 
 def test_tritonclient_grpc_errors_carry_status_codes(grpc_client):
