@@ -100,10 +100,12 @@ def _container(name: str, image: str, cpus: int, memory: str, gpus: int = 0) -> 
     }
 
 
-def _ready_when_models_answer() -> dict:
-    """The app's own readiness: the pod takes traffic once every model has a
-    replica that answers (``/readyz``), not merely once Ray's proxy is up."""
-    return {"httpGet": {"path": "/readyz", "port": HTTP_PORT}, "periodSeconds": 5,
+def _ready_when_the_app_answers() -> dict:
+    """The pod takes traffic once its proxy reaches the app's ingress
+    (``/healthz``). Not ``/readyz``: that needs every model up, so one model
+    down (or scaled to zero) would take every pod out of service at once and
+    the healthy models with it. ``/readyz`` is for external checks."""
+    return {"httpGet": {"path": "/healthz", "port": HTTP_PORT}, "periodSeconds": 5,
             "timeoutSeconds": 3, "failureThreshold": 3}
 
 
@@ -117,7 +119,7 @@ def render(target: Target) -> dict:
     head_params = {"num-cpus": "0", "dashboard-host": "0.0.0.0",
                    "metrics-export-port": str(METRICS_PORT)}
     worker = _container("ray-worker", target.image, workers.cpus, workers.memory, workers.gpus)
-    worker["readinessProbe"] = _ready_when_models_answer()
+    worker["readinessProbe"] = _ready_when_the_app_answers()
     worker_params = {"num-cpus": str(workers.cpus), "metrics-export-port": str(METRICS_PORT)}
     if workers.gpus:
         worker_params["num-gpus"] = str(workers.gpus)
@@ -165,10 +167,11 @@ def manifest_text(target: Target) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="fail if a manifest is stale")
+    check = parser.parse_args().check
     stale = []
     for target in TARGETS:
         text = manifest_text(target)
-        if parser.parse_args().check:
+        if check:
             if not target.manifest.is_file() or target.manifest.read_text() != text:
                 stale.append(str(target.manifest.relative_to(ROOT)))
         else:

@@ -9,14 +9,18 @@ Serve's own ``deployment``, ``replica`` and ``application`` tags added.
     ray_tfserve_inference_seconds{model}                    ingress: model call round trip
     ray_tfserve_batch_rows{model, version}                  model replica: rows per TF call
     ray_tfserve_batch_seconds{model, version}               model replica: one TF call
-    ray_tfserve_queue_length{model, version}                model replica: requests waiting
+    ray_tfserve_queue_length{model, version}                model replica: requests waiting*
 
 Label values are bounded: a model name that is not served counts as
 ``"unknown"``, so a client cannot grow the series without limit.
+(*A request over ``max_batch_size`` waits as several chunks and counts once
+per chunk.) Requests that Serve refuses before the ingress runs (its queue
+full) are counted by Serve's own metrics, not here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
 from collections.abc import Collection, Iterator
@@ -30,6 +34,10 @@ _SECONDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 _ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 UNKNOWN_MODEL = "unknown"
+
+# The status of a request whose client went away first (as nginx logs it),
+# so that client timeouts do not count as server errors.
+CLIENT_GONE = 499
 
 # When the request being handled arrived (perf_counter), for the preprocess time.
 _arrived: contextvars.ContextVar[float | None] = contextvars.ContextVar("arrived", default=None)
@@ -96,6 +104,9 @@ class IngressMetrics:
             with arrival():
                 yield
             status = 200
+        except asyncio.CancelledError:
+            status = CLIENT_GONE
+            raise
         except Exception as exc:
             status = getattr(exc, "status", 500)
             raise
@@ -110,11 +121,10 @@ class IngressMetrics:
 
     @contextmanager
     def inference(self, model: str) -> Iterator[None]:
+        """Times one model call that succeeds (a refused one is not an answer)."""
         started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._inference.observe(time.perf_counter() - started, tags={"model": model})
+        yield
+        self._inference.observe(time.perf_counter() - started, tags={"model": model})
 
     def asgi(self, app: ASGIApp) -> ASGIApp:
         """``app`` with every HTTP request counted by model, protocol and status
@@ -135,6 +145,9 @@ class IngressMetrics:
             try:
                 with arrival():
                     await app(scope, receive, watch)
+            except asyncio.CancelledError:  # the client went away
+                status = CLIENT_GONE
+                raise
             finally:
                 # Starlette's router records the matched route in the scope.
                 route: Any = scope.get("route")

@@ -123,6 +123,7 @@ class ServedVersion:
             # lowered live after this chunk was cut. Cut it again.
             if len(chunk) <= self._settings.max_batch_size:
                 raise
+            self._queue(remove=[chunk])  # its pieces queue instead
             return await self.infer(chunk)
         finally:
             self._queue(remove=[chunk])  # also if cancelled while queued

@@ -5,12 +5,13 @@ The app builder packs each version once into the object store; every model
 replica unpacks it into a directory of its own node and loads from there, so
 nodes need neither a shared filesystem nor the model baked into their image.
 
-The packed model is owned by a small detached actor, named after the
-model's digest: the build task that packs it exits right after the build,
-and replicas started later (autoscaling, restarts) must still find it. The
-same model redeployed reuses its actor; ``ray.kill`` it to free the memory
-once no app ships that model any more (``ray list actors`` shows them as
-``ray-tf-serve-model-<digest>``).
+The packed model is owned by a small detached actor on the node where the
+app is built (Serve's build task, normally beside its controller on the
+head), named after the model's digest: the build task exits right after the
+build, and replicas started later (autoscaling, restarts) must still find
+it. The same model redeployed reuses its actor; ``ray.kill`` it to free the
+memory once no app ships that model any more (``ray list actors`` shows them
+as ``ray-tf-serve-model-<first 24 hex digits of the digest>``).
 """
 
 from __future__ import annotations
@@ -24,16 +25,23 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 # Where replicas unpack shipped models on their node, one directory per digest.
-LOCAL_ROOT = Path(tempfile.gettempdir()) / "ray-tf-serve" / "models"
-
+MODEL_DIR_ENV = "RAY_TF_SERVE_MODEL_DIR"
 
 # The namespace of the actors that hold shipped models.
 NAMESPACE = "ray-tf-serve"
+
+
+def local_root() -> Path:
+    """``$RAY_TF_SERVE_MODEL_DIR``, else ``<tmp>/ray-tf-serve/models``."""
+    default = Path(tempfile.gettempdir()) / "ray-tf-serve" / "models"
+    return Path(os.environ.get(MODEL_DIR_ENV) or default)
 
 
 @dataclass(frozen=True)
@@ -47,19 +55,34 @@ class ShippedModel:
 
 @ray.remote(num_cpus=0)
 class ModelStore:
-    """Owns one packed model in the object store, for as long as it lives."""
+    """Packs one model from its node's disk and owns it in the object store,
+    for as long as it lives."""
 
-    def __init__(self, packed: np.ndarray) -> None:
-        self._ref = ray.put(packed)  # its own copy: the sender's goes with it
+    def __init__(self, base: str, members: list[str], digest: str) -> None:
+        blob = pack(Path(base), [Path(m) for m in members])
+        if hashlib.sha256(blob).hexdigest() != digest:
+            raise ValueError(f"the model at {base} changed while it was being shipped")
+        self._ref = ray.put(np.frombuffer(blob, dtype=np.uint8))
 
     def ref(self) -> list[ray.ObjectRef]:
         """The packed model's reference (in a list, so Ray passes it as is)."""
         return [self._ref]
 
 
-def pack(base: Path, members: Iterable[Path]) -> bytes:
+class _Sha256Writer:
+    """A write-only file that hashes what is written to it."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        return len(data)
+
+
+def _write_tar(base: Path, members: Iterable[Path], out: BinaryIO | _Sha256Writer) -> None:
     """The files of ``members`` (directories or files inside ``base``) as an
-    uncompressed tar, named relative to ``base``.
+    uncompressed tar, named relative to ``base``, symlinks followed.
 
     Deterministic (sorted, no times or owners), so the same model gives the
     same digest and replicas on a node share one unpacked copy.
@@ -74,16 +97,30 @@ def pack(base: Path, members: Iterable[Path]) -> bytes:
         info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
         return info
 
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+                      dereference=True) as tar:
         for file in sorted(files):
             tar.add(file, arcname=str(file.relative_to(base)), filter=clean)
+
+
+def pack(base: Path, members: Iterable[Path]) -> bytes:
+    """``members`` of ``base`` as tar bytes (see :func:`_write_tar`)."""
+    buffer = io.BytesIO()
+    _write_tar(base, members, buffer)
     return buffer.getvalue()
 
 
-def unpack(blob: memoryview | bytes, digest: str, root: Path = LOCAL_ROOT) -> Path:
+def digest(base: Path, members: Iterable[Path]) -> str:
+    """The sha256 of :func:`pack`'s bytes, without holding them."""
+    writer = _Sha256Writer()
+    _write_tar(base, members, writer)
+    return writer.hash.hexdigest()
+
+
+def unpack(blob: memoryview | bytes, digest: str, root: Path | None = None) -> Path:
     """The tar unpacked at ``root/digest``, once per node: a replica that finds
     it complete reuses it; concurrent replicas race to an atomic rename."""
+    root = root or local_root()
     target = root / digest
     if target.is_dir():
         return target
@@ -102,20 +139,23 @@ def unpack(blob: memoryview | bytes, digest: str, root: Path = LOCAL_ROOT) -> Pa
 
 
 def ship(base: Path, members: Iterable[Path]) -> ShippedModel:
-    """Pack ``members`` of ``base`` into the object store, in a store actor
-    that outlives this process."""
-    blob = pack(base, members)
-    digest = hashlib.sha256(blob).hexdigest()
-    name = f"ray-tf-serve-model-{digest[:24]}"
-    store = ModelStore.options(name=name, namespace=NAMESPACE, lifetime="detached",
-                               get_if_exists=True).remote(np.frombuffer(blob, dtype=np.uint8))
-    ray.get(store.ref.remote())  # stored before this (short-lived) builder exits
-    return ShippedModel(name, digest, str(base))
+    """Pack ``members`` of ``base`` into the object store, in a store actor on
+    this node (where the files are) that outlives this process."""
+    members = list(members)
+    sha = digest(base, members)
+    name = f"ray-tf-serve-model-{sha[:24]}"
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    store = ModelStore.options(
+        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        scheduling_strategy=here,
+    ).remote(str(base), [str(m) for m in members], sha)
+    ray.get(store.ref.remote())  # packed, or the build fails with the reason
+    return ShippedModel(name, sha, str(base))
 
 
-def receive(shipped: ShippedModel, root: Path = LOCAL_ROOT) -> Path:
+def receive(shipped: ShippedModel) -> Path:
     """The shipped model's local directory on this node, fetched if needed."""
-    target = root / shipped.digest
+    target = local_root() / shipped.digest
     if target.is_dir():
         return target
     store = ray.get_actor(shipped.store, namespace=NAMESPACE)
@@ -123,4 +163,4 @@ def receive(shipped: ShippedModel, root: Path = LOCAL_ROOT) -> Path:
     array = ray.get(ref)  # a read-only view of this node's object store
     if hashlib.sha256(array.data).hexdigest() != shipped.digest:
         raise ValueError(f"model shipped from {shipped.source} arrived damaged")
-    return unpack(array.data, shipped.digest, root)
+    return unpack(array.data, shipped.digest)

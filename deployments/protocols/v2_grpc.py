@@ -9,6 +9,7 @@ code on the call's context, the way ``tritonclient.grpc`` reports them.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,9 @@ def _status(rpc: Rpc) -> Rpc:
                 answer = await rpc(self, request, grpc_context)
             code = grpc.StatusCode.OK
             return answer
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
         except ServeError as exc:
             code = _STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL)
             grpc_context.set_code(code)

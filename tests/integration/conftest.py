@@ -7,6 +7,7 @@ configs/config.yaml`` in a subprocess, joining this session's cluster.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import yaml
 from ray import serve
 
 from deployments.local import driver_env, free_port, serve_run, start_cluster, wait_ready
+from deployments.shipping import MODEL_DIR_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "config.yaml"
@@ -29,7 +31,10 @@ def sample_label(path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def cluster_address() -> Iterator[str]:
+def cluster_address(tmp_path_factory) -> Iterator[str]:
+    # Shipped models unpack here, not in the directory every cluster on this
+    # machine shares (a test deletes its copy).
+    os.environ[MODEL_DIR_ENV] = str(tmp_path_factory.mktemp("shipped-models"))
     yield start_cluster(ROOT / "configs" / "server.env", drain_s=1, num_cpus=8)
     serve.shutdown()
     ray.shutdown()

@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,8 +120,10 @@ def two_nodes(tmp_path_factory) -> Iterator[TwoNodes]:
         config = multinode_config(http, grpc)
         path = logs / "config.yaml"
         path.write_text(yaml.safe_dump(config))
-        subprocess.run([str(BIN / "serve"), "run", "--non-blocking", str(path)], cwd=ROOT,
-                       env=nodes.env, check=True, timeout=300, capture_output=True)
+        done = subprocess.run([str(BIN / "serve"), "run", "--non-blocking", str(path)],
+                              cwd=ROOT, env=nodes.env, timeout=300, capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
         wait_ready(nodes.head_url, 240)
         wait_ready(nodes.worker_url, 60)  # the second node's proxy may start later
         yield nodes
@@ -182,19 +184,31 @@ def test_both_proxies_and_a_third_driver_answer_as_one_node_does(two_nodes, clie
             single_node)
 
 
+def settled(read: Callable[[], tuple[float, ...]], quiet_s: float = 15) -> tuple[float, ...]:
+    """Counters once they have not changed for ``quiet_s``: Ray exports
+    metrics every few seconds, so a single reading may be behind."""
+    value, since = read(), time.monotonic()
+    deadline = since + 120
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, "the counters never settled"
+        time.sleep(2)
+        if (now := read()) != value:
+            value, since = now, time.monotonic()
+    return value
+
+
 def test_each_input_crosses_to_the_model_node_once(two_nodes: TwoNodes):
     nodes = two_nodes.placement()["nodes"]
     head = next(info["metrics"] for info in nodes.values() if "ingress" in info["resources"])
     worker = next(info["metrics"] for info in nodes.values() if "models" in info["resources"])
-    time.sleep(12)  # Ray exports metrics every few seconds: let earlier requests settle
-    before = pulls_served(head), pulls_served(worker)
+
+    def pulls() -> tuple[float, ...]:
+        return pulls_served(head), pulls_served(worker)
+
+    before = settled(pulls)
     requests = 8
     for _ in range(requests):
         predict(two_nodes.head_url)
-    expected = before[0] + requests
-    wait_until(lambda: pulls_served(head) >= expected, 60, "the head's pull count")
-    time.sleep(12)
     # One pull from the head's store per request (the ingress's ray.put), and
     # nothing back: answers are small and return inline.
-    assert pulls_served(head) == expected
-    assert pulls_served(worker) == before[1]
+    assert settled(pulls) == (before[0] + requests, before[1])

@@ -18,7 +18,7 @@ from deployments.local import (
     wait_app_running,
     wait_until,
 )
-from deployments.shipping import LOCAL_ROOT
+from deployments.shipping import local_root
 from tests.integration.conftest import ROOT, SAMPLES, deploy_config, with_test_app
 
 APP = "shipped"
@@ -53,7 +53,7 @@ def test_replicas_load_their_own_copy_and_survive_the_source(shipped_url, base_u
     model = serve.get_deployment_handle("digits", APP)
     stats = model.stats.remote().result()
     local = Path(stats["path"])  # version 1 in this node's copy of the model
-    assert local.parent.parent == LOCAL_ROOT and local.name == "1"
+    assert local.parent.parent == local_root() and local.name == "1"
     assert (local / "saved_model.pb").read_bytes() == (source / "1" / "saved_model.pb").read_bytes()
     assert (local.parent / "labels.txt").read_text() == (source / "labels.txt").read_text()
     expected = predict_all(base_url)  # the main app, loaded from the repository

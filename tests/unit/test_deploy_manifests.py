@@ -44,7 +44,7 @@ def test_the_manifest_is_a_rayservice_serving_the_config(target: Target):
         assert isinstance(group["rayStartParams"], dict)
         (container,) = group["template"]["spec"]["containers"]
         probe = container["readinessProbe"]["httpGet"]
-        assert probe == {"path": "/readyz", "port": config["http_options"]["port"]}
+        assert probe == {"path": "/healthz", "port": config["http_options"]["port"]}
     for pod in [head, *groups]:
         (container,) = pod["template"]["spec"]["containers"]
         assert container["image"] == target.image and container["workingDir"] == WORKDIR

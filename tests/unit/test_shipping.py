@@ -1,3 +1,4 @@
+import hashlib
 import io
 import tarfile
 from pathlib import Path
@@ -5,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from deployments.config import ModelArgs
-from deployments.shipping import pack, unpack
+from deployments.shipping import digest, pack, unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "models" / "digits"
@@ -23,6 +24,7 @@ def files(path: Path) -> dict[str, bytes]:
 def test_pack_is_deterministic_and_unpacks_to_the_same_files(tmp_path):
     blob = packed()
     assert packed() == blob  # same model, same digest, one copy per node
+    assert digest(MODEL.path, MODEL.shipped_files()) == hashlib.sha256(blob).hexdigest()
     local = unpack(blob, "abc", tmp_path)
     assert local == tmp_path / "abc"
     assert files(local) == {f"1/{name}": data for name, data in files(BASE / "1").items()} | {
@@ -37,6 +39,19 @@ def test_a_complete_copy_is_reused(tmp_path):
     (first / "marker").write_text("kept")
     assert (unpack(packed(), "abc", tmp_path) / "marker").read_text() == "kept"
     assert [p.name for p in tmp_path.iterdir()] == ["abc"]  # no staging left behind
+
+
+def test_symlinked_files_travel_as_their_content(tmp_path):
+    """Model files linked from a cache (DVC, git-annex) arrive as files."""
+    store, model = tmp_path / "store", tmp_path / "model"
+    store.mkdir()
+    (store / "blob").write_bytes(b"weights")
+    (model / "variables").mkdir(parents=True)
+    (model / "saved_model.pb").write_bytes(b"graph")
+    (model / "variables" / "variables.data").symlink_to(store / "blob")
+    local = unpack(pack(model, [model]), "linked", tmp_path / "root")
+    copied = local / "variables" / "variables.data"
+    assert copied.read_bytes() == b"weights" and not copied.is_symlink()
 
 
 def test_a_missing_member_is_named(tmp_path):
