@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -131,6 +132,16 @@ def two_nodes(tmp_path_factory) -> Iterator[TwoNodes]:
         for node in (worker, head):
             if node is not None:
                 stop_node(node)
+        forget_cluster(port)
+
+
+def forget_cluster(port: int) -> None:
+    """``ray start --head`` records its address for later drivers and `serve
+    run` to join by default; left behind, it would send them to this cluster,
+    now gone, instead of starting their own."""
+    record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if record.is_file() and record.read_text().strip().endswith(f":{port}"):
+        record.unlink()
 
 
 def multinode_config(http: int, grpc: int) -> dict:
