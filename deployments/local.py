@@ -6,6 +6,7 @@ the cluster's processes get ``configs/server.env``, apps are deployed with
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 import subprocess
@@ -27,11 +28,29 @@ def read_env_file(path: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
+# Ports that nothing picks on its own: above Ray's worker ports (10002-19999),
+# below Serve's direct-ingress replica ports (30000+) and Linux's ephemeral
+# range (32768+), where the OS and Ray's own processes take theirs. A port
+# chosen here stays free while a cluster starts, until its server binds it.
+_QUIET_PORTS = range(20000, 30000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on this machine now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on every interface now, not handed out before by this
+    process."""
+    for _ in range(1000):
+        port = random.choice(_QUIET_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_QUIET_PORTS}")
 
 
 def start_cluster(env_file: Path, drain_s: int | None = None, **init_args: object) -> str:
