@@ -79,16 +79,16 @@ def worker_pods(serve_config: dict, workers: Workers) -> int:
     return max(1, math.ceil(needed / (workers.gpus or workers.cpus)))
 
 
-def _container(name: str, image: str, cpus: int, memory: str, gpus: int = 0) -> dict:
+def _container(name: str, image: str, env: dict[str, str], cpus: int, memory: str,
+               gpus: int = 0) -> dict:
     limits: dict[str, Any] = {"cpu": cpus, "memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = gpus
-    serving_env = read_env_file(ROOT / "configs" / "server.env")
     return {
         "name": name,
         "image": image,
         "workingDir": WORKDIR,
-        "env": [{"name": k, "value": v} for k, v in sorted(serving_env.items())],
+        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
         "resources": {"requests": dict(limits), "limits": limits},
         "ports": [
             {"containerPort": 6379, "name": "gcs"},
@@ -110,15 +110,17 @@ def _ready_when_the_app_answers() -> dict:
 
 
 def render(target: Target) -> dict:
-    serve_config = yaml.safe_load(target.config.read_text())
+    config_text = target.config.read_text()
     workers = target.workers
-    pods = worker_pods(serve_config, workers)
-    head = _container("ray-head", target.image, cpus=2, memory="6Gi")
+    pods = worker_pods(yaml.safe_load(config_text), workers)
+    env = read_env_file(ROOT / "configs" / "server.env")
+    head = _container("ray-head", target.image, env, cpus=2, memory="6Gi")
     # The head takes Serve's controller, proxy and the ingress (num_cpus: 0)
     # but no model replicas, so it stays responsive under load.
     head_params = {"num-cpus": "0", "dashboard-host": "0.0.0.0",
                    "metrics-export-port": str(METRICS_PORT)}
-    worker = _container("ray-worker", target.image, workers.cpus, workers.memory, workers.gpus)
+    worker = _container("ray-worker", target.image, env, workers.cpus, workers.memory,
+                        workers.gpus)
     worker["readinessProbe"] = _ready_when_the_app_answers()
     worker_params = {"num-cpus": str(workers.cpus), "metrics-export-port": str(METRICS_PORT)}
     if workers.gpus:
@@ -128,7 +130,7 @@ def render(target: Target) -> dict:
         "kind": "RayService",
         "metadata": {"name": target.name},
         "spec": {
-            "serveConfigV2": target.config.read_text(),
+            "serveConfigV2": config_text,
             "rayClusterConfig": {
                 "rayVersion": ray.__version__,
                 "enableInTreeAutoscaling": True,  # Serve's autoscaling asks; pods follow

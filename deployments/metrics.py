@@ -152,7 +152,10 @@ class IngressMetrics:
                 # Starlette's router records the matched route in the scope.
                 route: Any = scope.get("route")
                 path = getattr(route, "path", None)
-                name = scope.get("path_params", {}).get("name", None if path == "/predict" else "")
+                # /predict is about the default model (None); other routes
+                # without a model name are about no model ("").
+                unnamed = None if path == "/predict" else ""
+                name = scope.get("path_params", {}).get("name", unnamed)
                 self.count(name, protocol_of(path), status)
 
         return metered
