@@ -67,6 +67,9 @@ def measure_server(server: Server, levels: list[int], seconds: float, jpeg: byte
         systems[f"this server: {name}"] = by_concurrency(url, body, levels, seconds, name)
     systems["this server: Python handle"] = {
         str(c): server.handle_load(c, seconds, f"Python handle, {c} clients") for c in levels}
+    systems["this server: model handle"] = {  # the Preprocessor skipped
+        str(c): server.handle_load(c, seconds, f"model handle, {c} clients", MODEL)
+        for c in levels}
     app["batch32_requests"] = run_load(  # twice as long: few, big requests
         f"{base}/predict?top_k=1", lambda: (bodies.native_multipart([jpeg] * 32), {}), 32, 2,
         2 * seconds, label="2 clients, 32 images")

@@ -1,6 +1,10 @@
-"""A second Ray job calling the app through its Python handle: N concurrent
+"""A second Ray job calling the app through a Python handle: N concurrent
 callers, closed loop, for a fixed time. Run by the benchmark as a subprocess
-joining its cluster; prints one JSON summary line."""
+joining its cluster; prints one JSON summary line.
+
+``--model NAME`` calls that model's own deployment instead of the app's
+``predict``: the caller puts its batch in the object store and hands over the
+reference, skipping the Preprocessor (README: "To skip the preprocessor")."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 import ray
@@ -16,11 +21,20 @@ from ray import serve
 from benchmarks.load import LoadResult
 
 
-async def drive(app_name: str, clients: int, seconds: float, warmup_s: float,
-                shape: tuple[int, ...]) -> dict:
-    app = serve.get_app_handle(app_name)
+def _caller(app_name: str, model: str | None,
+            batch: np.ndarray) -> Callable[[], Awaitable[object]]:
+    if model is None:
+        app = serve.get_app_handle(app_name)
+        return lambda: app.predict.remote(batch, top_k=1)
+    handle = serve.get_deployment_handle(model, app_name).options(_by_reference=True)
+    return lambda: handle.remote(ray.put(batch))
+
+
+async def drive(app_name: str, model: str | None, clients: int, seconds: float,
+                warmup_s: float, shape: tuple[int, ...]) -> dict:
     batch = np.random.default_rng(0).random(shape, dtype=np.float32)
-    await app.predict.remote(batch)  # the router learns the replicas first
+    call = _caller(app_name, model, batch)
+    await call()  # the router learns the replicas first
     result = LoadResult(clients, seconds)
     measure_from = time.perf_counter() + warmup_s
     stop_at = measure_from + seconds
@@ -28,7 +42,7 @@ async def drive(app_name: str, clients: int, seconds: float, warmup_s: float,
     async def client() -> None:
         while (now := time.perf_counter()) < stop_at:
             try:
-                await app.predict.remote(batch, top_k=1)
+                await call()
             except Exception as exc:  # counted, like an HTTP error status
                 name = type(exc).__name__
                 result.errors[name] = result.errors.get(name, 0) + 1
@@ -45,13 +59,14 @@ async def drive(app_name: str, clients: int, seconds: float, warmup_s: float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--app", required=True)
+    parser.add_argument("--model", help="call this model's deployment, not the app")
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--shape", type=int, nargs="+", default=[1, 224, 224, 3])
     args = parser.parse_args()
     ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
-    summary = asyncio.run(drive(args.app, args.clients, args.seconds, args.warmup,
+    summary = asyncio.run(drive(args.app, args.model, args.clients, args.seconds, args.warmup,
                                 tuple(args.shape)))
     print(json.dumps(summary))
 

@@ -12,8 +12,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
+def _skipped(ax, title: str) -> None:
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, "not measured in this run (--skip)", ha="center", va="center",
+            color="gray", transform=ax.transAxes)
+
+
 def _systems(ax_tput, ax_lat, results: dict) -> None:
     if "systems" not in results:
+        _skipped(ax_tput, "Throughput by system")
+        _skipped(ax_lat, "p99 latency")
         return
     for name, by_clients in results["systems"].items():
         clients = [int(c) for c in by_clients]
@@ -41,6 +50,7 @@ def _raw(ax, results: dict) -> None:
 def _handoff(ax, results: dict) -> None:
     handoff = results.get("handoff")
     if not handoff:
+        _skipped(ax, "Handoff through the object store")
         return
     sizes = [h["mb"] for h in handoff]
     ax.loglog(sizes, [h["handoff_ms"] for h in handoff], "-o", label="ray.put + replica call")
@@ -52,6 +62,7 @@ def _handoff(ax, results: dict) -> None:
 def _autoscaling(ax, results: dict) -> None:
     auto = results.get("autoscaling")
     if not auto:
+        _skipped(ax, "Autoscaling under a step load")
         return
     done = np.array(auto["done_at_s"])
     lat = np.array(auto["latencies_ms"])
@@ -74,6 +85,7 @@ def _autoscaling(ax, results: dict) -> None:
 def _memory(ax, results: dict) -> None:
     memory = results.get("memory")
     if not memory:
+        _skipped(ax, "Memory over a long run")
         return
     requests = [s["requests"] for s in memory["samples"]]
     for pid in memory["pids"]:

@@ -59,6 +59,8 @@ def _throughput_ratios(results: dict) -> dict:
         "batch32_requests_vs_raw_best": app["batch32_requests"]["images_per_s"] / best,
         f"handle_{many}_clients_vs_raw_best":
             _at(systems["this server: Python handle"], many) / best,
+        f"model_handle_{many}_clients_vs_raw_best":
+            _at(systems.get("this server: model handle", {}), many) / best,
         f"native_vs_naive_{many}_clients": ours / _at(systems["naive Ray Serve (JSON)"], many),
         "p50_one_client_minus_raw_batch1_ms":
             systems[OURS]["1"]["p50_ms"] - raw["batch1_ms"],

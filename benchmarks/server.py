@@ -84,11 +84,14 @@ class Server:
     def model_stats(self) -> dict:
         return serve.get_deployment_handle(MODEL, APP).stats.remote().result()
 
-    def handle_load(self, clients: int, seconds: float, label: str) -> dict:
-        """Load through the app's Python handle from a second Ray job."""
+    def handle_load(self, clients: int, seconds: float, label: str,
+                    model: str | None = None) -> dict:
+        """Load from a second Ray job through the app's Python handle, or
+        through ``model``'s own deployment handle."""
         print(f"{label} ...", flush=True)
+        target = ["--model", model] if model else []
         done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.handle_load", "--app", APP,
+            [sys.executable, "-m", "benchmarks.handle_load", "--app", APP, *target,
              "--clients", str(clients), "--seconds", str(seconds)],
             cwd=ROOT, env=driver_env(), capture_output=True, text=True, timeout=600,
         )
