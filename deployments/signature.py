@@ -85,11 +85,14 @@ class ModelMetadata:
 
 
 def image_geometry(spec: TensorSpec) -> ImageGeometry:
-    """The image layout of ``spec``: ``[N, height, width, 1 or 3]``, else ValueError."""
+    """The image layout of ``spec``: float ``[N, height, width, 1 or 3]``, else ValueError."""
     if len(spec.shape) != 4 or spec.shape[3] not in (1, 3) or None in spec.shape[1:]:
         raise ValueError(
             f"input {spec.name!r} is {spec.describe()}, not images ([N, height, width, 1 or 3])"
         )
+    if np.dtype(spec.dtype).kind != "f":
+        raise ValueError(f"input {spec.name!r} is {spec.describe()}: images are decoded to "
+                         "floats in [0, 1], so an image input must be a float type")
     _, height, width, channels = spec.shape
     return ImageGeometry(int(height), int(width), int(channels))
 

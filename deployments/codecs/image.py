@@ -8,13 +8,12 @@ allocated once and every image is written straight into its row.
 from __future__ import annotations
 
 import io
-import struct
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge
+from deployments.codecs.errors import BadRequest, PayloadTooLarge, ServeError
 from deployments.signature import ImageGeometry
 
 # Raster formats a client may send. Limiting Pillow to these keeps requests
@@ -22,8 +21,6 @@ from deployments.signature import ImageGeometry
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 # 16- and 32-bit grayscale modes, which Pillow's convert("L") would clip at 255.
 _WIDE_GRAYSCALE = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-# What Pillow's plugins raise on malformed data.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 
 def decode_images(
@@ -47,6 +44,9 @@ def _decode_one(
     where = "" if index is None else f" (image {index})"
     if not blob:
         raise BadRequest(f"empty image{where}")
+    # Pillow's plugins raise almost any exception type on malformed data
+    # (IndexError, TypeError, KeyError, struct.error, ...): every one of them
+    # means a bad image, never a server fault.
     try:
         image = Image.open(io.BytesIO(blob), formats=FORMATS)
     except UnidentifiedImageError:
@@ -55,7 +55,7 @@ def _decode_one(
         ) from None
     except Image.DecompressionBombError:
         raise PayloadTooLarge(f"image{where} has too many pixels") from None
-    except _DECODE_ERRORS as exc:
+    except Exception as exc:
         raise BadRequest(f"cannot decode image{where}: invalid header ({exc})") from None
     width, height = image.size
     if width * height > max_pixels:
@@ -65,18 +65,25 @@ def _decode_one(
         )
     if width == 0 or height == 0:
         raise BadRequest(f"image{where} has no pixels")
-    frames = getattr(image, "n_frames", 1)
+    try:
+        return _pixels(image, geometry, where)
+    except ServeError:
+        raise
+    except Exception as exc:
+        raise BadRequest(
+            f"cannot decode image{where}: the data is truncated or corrupt ({exc})"
+        ) from None
+
+
+def _pixels(image: Image.Image, geometry: ImageGeometry, where: str) -> np.ndarray:
+    """The image's one frame as uint8 ``[H, W, C]`` in the model's mode and size."""
+    frames = getattr(image, "n_frames", 1)  # multi-frame formats read the whole file
     if frames > 1:  # which frame would the model see? the client must choose
         raise BadRequest(f"image{where} is animated ({frames} frames): send a single frame")
     # JPEG can decode at a reduced scale, far cheaper for large photos.
     image.draft(geometry.pillow_mode, (geometry.width, geometry.height))
-    try:
-        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of the pixels
-        image.load()
-    except _DECODE_ERRORS as exc:
-        raise BadRequest(
-            f"cannot decode image{where}: the data is truncated or corrupt ({exc})"
-        ) from None
+    ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of the pixels
+    image.load()
     if image.mode in _WIDE_GRAYSCALE:
         image = _to_8_bit(image)
     try:

@@ -29,6 +29,8 @@ def parse_json(body: bytes) -> Any:
         raise BadRequest(
             f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except ValueError as exc:  # an integer literal past Python's 4300-digit limit
+        raise BadRequest(f"malformed JSON: {exc}") from None
 
 
 def instances_to_array(document: Any) -> np.ndarray:

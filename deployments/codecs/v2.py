@@ -90,11 +90,21 @@ def _string(value: Any, what: str) -> str:
     return value
 
 
+# Bounds on shapes numpy can make an array of (it refuses over 64 dimensions,
+# and sizes past 2**63 bytes counting every non-zero dimension, even in an
+# empty array). Real limits on a request's size come later, from the config.
+_MAX_DIMS = 32
+_MAX_SPAN = 2**56
+
+
 def check_shape(shape: Any, what: str) -> tuple[int, ...]:
     if not isinstance(shape, list | tuple) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise BadRequest(f"{what}: shape must be a list of non-negative integers")
+    if len(shape) > _MAX_DIMS or math.prod(max(d, 1) for d in shape) > _MAX_SPAN:
+        raise BadRequest(f"{what}: shape {list(shape)} is beyond any tensor (at most "
+                         f"{_MAX_DIMS} dimensions, 2**56 elements)")
     return tuple(shape)
 
 

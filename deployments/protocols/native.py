@@ -21,7 +21,7 @@ from deployments.codecs.errors import BadRequest, PayloadTooLarge, UnsupportedMe
 from deployments.codecs.predictions import parse_flag, parse_top_k, top_k_predictions
 from deployments.codecs.tensor import instances_to_array, parse_json
 from deployments.config import InputLimits
-from deployments.protocols.http import media_type, read_body
+from deployments.protocols.http import PortableJSON, media_type, read_body
 from deployments.registry import ModelEndpoint, ModelRegistry
 from deployments.signature import ModelMetadata
 
@@ -95,7 +95,7 @@ class NativeApi:
         body = await read_body(request, self._limits.max_body_bytes)
         batch = await decode(request, body, endpoint, meta)
         params = request.query_params
-        return JSONResponse(
+        return PortableJSON(
             await self._predict(endpoint, meta, batch, params.get("top_k"), params.get("scores"))
         )
 

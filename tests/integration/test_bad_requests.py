@@ -231,7 +231,8 @@ def routing_cases() -> list[Bad]:
     for model, version, phrase in (("nope", None, "no model named 'nope'"),
                                    (TENSOR_MODEL, "9", "has no version '9'"),
                                    (TENSOR_MODEL, "x", "has no version 'x'"),
-                                   (TENSOR_MODEL, "01x", "has no version '01x'")):
+                                   (TENSOR_MODEL, "01x", "has no version '01x'"),
+                                   (TENSOR_MODEL, "%C2%B2", "has no version '²'")):
         suffix = "" if version is None else f"/versions/{version}"
         for method, path in (
             ("POST", f"/models/{model}{suffix}/predict"),

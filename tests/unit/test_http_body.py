@@ -1,10 +1,11 @@
 import gzip
+import json
 import zlib
 
 import pytest
 
 from deployments.codecs.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from deployments.protocols.http import _decompress
+from deployments.protocols.http import PortableJSON, _decompress
 
 
 @pytest.mark.parametrize(("encoding", "pack"), [("gzip", gzip.compress),
@@ -30,3 +31,10 @@ def test_a_small_bomb_is_refused_at_the_limit():
 def test_bad_encodings(body, encoding, error, message):
     with pytest.raises(error, match=message):
         _decompress(body, encoding, 100)
+
+
+def test_non_finite_outputs_become_null_not_a_500():
+    content = {"outputs": {"y": [[1.5, float("nan")], [float("inf"), -float("inf")]]}, "v": 1}
+    assert json.loads(PortableJSON(content).body) == {"outputs": {"y": [[1.5, None],
+                                                                      [None, None]]}, "v": 1}
+    assert PortableJSON({"p": [0.25]}).body == b'{"p":[0.25]}'

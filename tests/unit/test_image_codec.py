@@ -140,3 +140,29 @@ def test_animated_images_are_refused(fmt):
     frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:])
     with pytest.raises(BadRequest, match=r"animated \(3 frames\): send a single frame"):
         decode_images([buffer.getvalue()], ImageGeometry(28, 28, 1), 10**6)
+
+
+def test_corrupt_frames_are_400_whatever_pillow_raises():
+    # Counting a GIF's frames walks the file; a bad block type makes Pillow
+    # raise IndexError, which is still the client's bad image.
+    gif = bytearray(encode(Image.new("L", (28, 28)), "GIF"))
+    gif[-1] = 0x21  # the trailer byte turned into an extension introducer
+    with pytest.raises(BadRequest, match="truncated or corrupt"):
+        decode_images([bytes(gif)], GRAY, LIMIT)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's notes on bad files
+def test_mutated_images_never_escape_as_other_errors():
+    rng = np.random.default_rng(0)
+    seeds = [encode(Image.new("RGB", (20, 12), (9, 99, 199)), fmt)
+             for fmt in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")]
+    refused = 0
+    for _ in range(3000):
+        blob = bytearray(seeds[rng.integers(len(seeds))])
+        for at in rng.integers(0, len(blob), rng.integers(1, 4)):
+            blob[at] = rng.integers(256)
+        try:  # any other exception fails the test
+            decode_images([bytes(blob)], RGB, LIMIT)
+        except (BadRequest, PayloadTooLarge):
+            refused += 1
+    assert refused > 300  # the mutations did break many of them

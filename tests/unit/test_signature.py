@@ -65,6 +65,12 @@ def test_only_image_shaped_inputs_have_a_geometry(shape):
         image_geometry(TensorSpec("x", "float32", shape))
 
 
+def test_image_inputs_must_be_floats():
+    # Images decode to [0, 1] floats: a uint8 image model would refuse every one.
+    with pytest.raises(ValueError, match=r"uint8\[N, 28, 28, 1\]: images are decoded"):
+        image_geometry(TensorSpec("x", "uint8", (None, 28, 28, 1)))
+
+
 def test_tensor_models_refuse_images():
     meta = metadata(TensorSpec("x", "float32", (None, 64)), takes_images=False)
     with pytest.raises(BadRequest, match=r"takes tensors \(float32\[N, 64\]\), not encoded"):

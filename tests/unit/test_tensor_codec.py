@@ -50,6 +50,7 @@ def test_bad_documents(doc, message):
         (b'{"instances": [NaN]}', "NaN is not a number JSON allows"),
         (b'{"instances": [Infinity]}', "Infinity is not a number"),
         (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"instances": [' + b"1" * 5000 + b"]}", "malformed JSON: Exceeds the limit"),
     ],
 )
 def test_json_that_python_would_accept_or_crash_on(body, message):

@@ -91,6 +91,10 @@ def test_mixed_binary_and_json_inputs_keep_their_order():
         ([{"name": "x", "datatype": "FP32", "shape": [1], "data": [True]}], "only numbers"),
         ([{"name": "x", "datatype": "BYTES", "shape": [1], "data": [1]}], "must be strings"),
         ([{"name": "x", "datatype": "FP32", "shape": [1]}], 'neither "data"'),
+        # Shapes numpy itself cannot make an array of, even an empty one.
+        ([{"name": "x", "datatype": "FP32", "shape": [0, 2**70], "data": []}], "beyond any"),
+        ([{"name": "x", "datatype": "FP32", "shape": [0, 2**62, 4], "data": []}], "beyond any"),
+        ([{"name": "x", "datatype": "FP32", "shape": [1] * 65, "data": [1]}], "beyond any"),
     ],
 )
 def test_bad_json_requests(inputs, message):
