@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 
@@ -34,6 +35,8 @@ logger = logging.getLogger("ray.serve")
 
 # How long the versions and signatures learned from a model replica are trusted.
 _METADATA_TTL_S = 5.0
+# How long a model that could not be asked stays unavailable before it is asked again.
+_UNAVAILABLE_TTL_S = 1.0
 
 # Pauses before each new try of a request whose model replica died.
 _RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0)
@@ -56,28 +59,39 @@ class ModelEndpoint:
         self._handle = handle.options(_by_reference=True)
         self._limits = limits
         self._versions: dict[int, ModelMetadata] | None = None
-        self._fetched_at = 0.0
-        self._lock = asyncio.Lock()
+        self._fetched_at = -math.inf
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def versions(self) -> dict[int, ModelMetadata]:
         """Every served version's metadata, asked of a model replica again
         every few seconds: a redeploy may add or drop versions while this
-        ingress keeps running."""
-        if self._stale():
-            async with self._lock:
-                if self._stale():
-                    try:
-                        self._versions = await self.fetch_versions()
-                    except ServiceUnavailable:
-                        if self._versions is None:
-                            raise
-                    self._fetched_at = time.monotonic()  # also after a failure: no storm
-        assert self._versions is not None
+        ingress keeps running.
+
+        One fetch at a time serves every caller. Known metadata is refreshed
+        in the background, so no request waits behind a busy model's queue;
+        until the first fetch succeeds, callers share it, and a failure is
+        every caller's 503 for a second rather than each one's own timeout.
+        """
+        if self._stale() and self._refreshing is None:
+            self._refreshing = asyncio.create_task(self._refresh())
+        if self._versions is None and self._refreshing is not None:
+            await asyncio.shield(self._refreshing)  # a caller gone does not cancel it
+        if self._versions is None:
+            raise ServiceUnavailable(f"model {self.name!r} is not available")
         return self._versions
 
     def _stale(self) -> bool:
-        return (self._versions is None
-                or time.monotonic() - self._fetched_at > _METADATA_TTL_S)
+        ttl = _METADATA_TTL_S if self._versions is not None else _UNAVAILABLE_TTL_S
+        return time.monotonic() - self._fetched_at > ttl
+
+    async def _refresh(self) -> None:
+        try:
+            self._versions = await self.fetch_versions()
+        except ServiceUnavailable:
+            pass  # the versions known before stay; without any, callers get a 503
+        finally:
+            self._fetched_at = time.monotonic()
+            self._refreshing = None
 
     async def fetch_versions(self) -> dict[int, ModelMetadata]:
         """Ask a model replica now: a 503 unless one answers within seconds."""
@@ -92,7 +106,8 @@ class ModelEndpoint:
         versions = await self.versions()
         if version is None:
             return versions[max(versions)]
-        number = int(version) if isinstance(version, int) or version.isdigit() else None
+        number = (int(version) if isinstance(version, int)
+                  or (version.isascii() and version.isdigit()) else None)
         if number not in versions:
             raise NotFound(f"model {self.name!r} has no version {version!r} (it serves: "
                            f"{', '.join(map(str, sorted(versions)))})")

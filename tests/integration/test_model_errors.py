@@ -3,6 +3,8 @@ the cause, shown in `serve status`; nothing hangs and the main app is unharmed."
 
 from __future__ import annotations
 
+import concurrent.futures
+import time
 from pathlib import Path
 
 import httpx
@@ -11,7 +13,8 @@ from ray import serve
 from ray.serve.schema import ApplicationStatus
 
 from deployments.app import build_app
-from tests.integration.conftest import ROOT, SAMPLES
+from deployments.local import http_ok, wait_until
+from tests.integration.conftest import ROOT, SAMPLES, deploy_config, with_test_app
 
 
 @pytest.mark.parametrize(
@@ -53,3 +56,30 @@ def test_labels_that_do_not_match_the_model_fail_clearly(base_url, tmp_path: Pat
         assert "has 2 labels but the model outputs 10 scores" in message
     finally:
         serve.delete("mislabelled")
+
+
+def test_callers_of_a_model_with_no_replica_share_one_wait(base_url: str, tmp_path: Path):
+    """Replicas that cannot be placed (here: a resource no node has) leave the
+    model without a replica. Concurrent callers share one metadata fetch and
+    its 503, rather than each waiting out its own timeout in turn."""
+    config = with_test_app("unplaced", deployment={
+        "num_replicas": 1, "ray_actor_options": {"num_cpus": 0, "resources": {"absent": 1}}})
+    deploy_config(config, tmp_path)
+    url = f"{base_url}/unplaced"
+    try:
+        wait_until(lambda: http_ok(f"{url}/healthz"), 120, "the unplaced app's ingress")
+        image = {"content": SAMPLES[0].read_bytes(), "headers": {"Content-Type": "image/png"}}
+
+        def predict(_: int) -> httpx.Response:
+            return httpx.post(f"{url}/predict", **image, timeout=120)
+
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(predict, range(6)))
+        waited = time.monotonic() - started
+        assert [r.status_code for r in answers] == [503] * 6
+        assert all("'digits' is not available" in r.json()["error"] for r in answers)
+        # One fetch times out after 10 s; six in turn would take a minute.
+        assert waited < 30
+    finally:
+        serve.delete("unplaced")
