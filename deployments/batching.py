@@ -8,10 +8,17 @@ the model once and hands each caller its own rows back.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 Outputs = dict[str, np.ndarray]
+
+# The largest max_batch_size a model deployment takes (and ``auto`` tries).
+MAX_BATCH_SIZE = 1024
+# ``max_batch_size: auto`` counts batch sizes this close to the best
+# throughput as good as the best, and takes the smallest of them.
+SIZING_TOLERANCE = 0.05
 
 
 def bucket_sizes(max_batch_size: int) -> list[int]:
@@ -74,3 +81,38 @@ def concat_outputs(parts: Sequence[Outputs]) -> Outputs:
     if len(parts) == 1:
         return parts[0]
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def gains(rates: dict[int, float]) -> bool:
+    """Whether a larger batch size is still worth timing: one of the last two
+    sizes beat every smaller one by more than the tolerance."""
+    sizes = sorted(rates)
+    if len(sizes) < 3:
+        return True
+    before = max(rates[s] for s in sizes[:-2])
+    return max(rates[sizes[-2]], rates[sizes[-1]]) > before * (1 + SIZING_TOLERANCE)
+
+
+@dataclass(frozen=True)
+class BatchSizing:
+    """``max_batch_size: auto``: the throughput measured per batch size (rows/s)
+    and the size picked from it."""
+
+    rates: dict[int, float]
+    picked: int
+
+    @classmethod
+    def pick(cls, rates: dict[int, float]) -> BatchSizing:
+        """The smallest size within the tolerance of the best: as fast, less waiting."""
+        best = max(rates.values())
+        return cls(dict(rates), min(s for s, r in rates.items()
+                                    if r >= (1 - SIZING_TOLERANCE) * best))
+
+    def describe(self) -> dict[str, object]:
+        best = max(self.rates, key=self.rates.__getitem__)
+        return {
+            "picked": self.picked,
+            "rows_per_s": {size: round(rate, 1) for size, rate in sorted(self.rates.items())},
+            "why": f"the smallest batch size within {SIZING_TOLERANCE:.0%} of the best "
+                   f"throughput measured here ({self.rates[best]:.1f} rows/s at {best})",
+        }

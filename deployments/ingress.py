@@ -9,11 +9,13 @@ store, and the ``ObjectRef`` handed to that model's deployment.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from ray import serve
+from pydantic import BaseModel, ConfigDict
+from ray import ObjectRef, serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from deployments.coalescing import CoalesceSettings
 from deployments.codecs.errors import ServeError
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics
@@ -36,6 +39,14 @@ from deployments.registry import ModelRegistry
 from deployments.signature import ModelMetadata
 
 
+class IngressSettings(BaseModel):
+    """The Preprocessor's ``user_config``: retuned live, without restarts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    coalesce: CoalesceSettings = CoalesceSettings()
+
+
 @serve.deployment(name="Preprocessor", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class Preprocessor(V2GrpcService):
@@ -44,6 +55,7 @@ class Preprocessor(V2GrpcService):
         self._metrics = IngressMetrics(models)
         self._registry = ModelRegistry(models, limits, self._metrics)
         self._limits = limits
+        self._settings = IngressSettings()
         self._native = NativeApi(self._registry, limits, top_k)
         Image.preinit()  # load Pillow's common decoders now, not in the first request
 
@@ -62,13 +74,27 @@ class Preprocessor(V2GrpcService):
         return Starlette(routes=routes, exception_handlers=handlers,
                          middleware=[Middleware(self._metrics.asgi)])
 
+    def reconfigure(self, user_config: dict) -> None:
+        """Retune coalescing live (Serve calls this on deploy and redeploy)."""
+        self._settings = IngressSettings.model_validate(user_config)
+        self._registry.retune(self._settings.coalesce)
+
+    def stats(self) -> dict[str, Any]:
+        """This replica's coalescing settings and, per model and version, the
+        model calls it formed."""
+        return {"pid": os.getpid(), "coalesce": self._settings.coalesce.model_dump(),
+                "models": self._registry.stats()}
+
     async def predict(
-        self, inputs: np.ndarray, top_k: int | str | None = None, scores: bool | str = False,
+        self, inputs: np.ndarray | dict[str, np.ndarray | ObjectRef],
+        top_k: int | str | None = None, scores: bool | str = False,
         model: str | None = None, version: int | str | None = None,
     ) -> dict[str, Any]:
         """The Python handle API: a batch in the model's input shape (default:
         the first configured model, its highest version) → the top classes per
-        row. A caller's ``ObjectRef`` arrives here already resolved by Ray."""
+        row. Ray resolves an ``ObjectRef`` passed as ``inputs`` itself; one
+        passed by input name (``{"image": ref}``) reaches the app unresolved,
+        is checked in place and forwarded to the model replica uncopied."""
         with self._metrics.handle_call(model):
             return await self._native.predict(inputs, top_k, scores, model, version)
 

@@ -7,6 +7,7 @@ Serve's own ``deployment``, ``replica`` and ``application`` tags added.
     ray_tfserve_requests_total{model, protocol, status}     ingress
     ray_tfserve_preprocess_seconds{model}                   ingress: arrival → object store
     ray_tfserve_inference_seconds{model}                    ingress: model call round trip
+    ray_tfserve_coalesced_rows{model}                       ingress: rows per model call
     ray_tfserve_batch_rows{model, version}                  model replica: rows per TF call
     ray_tfserve_batch_seconds{model, version}               model replica: one TF call
     ray_tfserve_queue_length{model, version}                model replica: requests waiting*
@@ -63,6 +64,11 @@ def model_label(name: str | None, served: Collection[str]) -> str:
     return name if name in served else UNKNOWN_MODEL
 
 
+def arrival_time() -> float | None:
+    """When the request being handled arrived (``None`` outside a request)."""
+    return _arrived.get()
+
+
 @contextmanager
 def arrival() -> Iterator[None]:
     """Marks when the request being handled arrived, for its preprocess time."""
@@ -87,8 +93,11 @@ class IngressMetrics:
             boundaries=list(_SECONDS), tag_keys=("model",))
         self._inference = Histogram(
             "tfserve_inference_seconds",
-            "The model deployment's answer time, queueing and batching included.",
+            "One model call's round trip, queueing and batching included.",
             boundaries=list(_SECONDS), tag_keys=("model",))
+        self._coalesced = Histogram(
+            "tfserve_coalesced_rows", "Rows per model call, coalesced from requests.",
+            boundaries=list(_ROWS), tag_keys=("model",))
 
     def count(self, name: str | None, protocol: str, status: int | str) -> None:
         """One request about model ``name`` (``None``: the default model)."""
@@ -113,11 +122,14 @@ class IngressMetrics:
         finally:
             self.count(name, "handle", status)
 
-    def preprocessed(self, model: str) -> None:
-        """The request's batch is in the object store now."""
-        arrived = _arrived.get()
+    def preprocessed(self, model: str, arrived: float | None) -> None:
+        """A request that arrived at ``arrived`` has its batch in the object store now."""
         if arrived is not None:
             self._preprocess.observe(time.perf_counter() - arrived, tags={"model": model})
+
+    def coalesced(self, model: str, rows: int) -> None:
+        """One model call of ``rows`` rows, from one or more requests."""
+        self._coalesced.observe(rows, tags={"model": model})
 
     @contextmanager
     def inference(self, model: str) -> Iterator[None]:

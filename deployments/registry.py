@@ -2,8 +2,10 @@
 
 Each model is its own deployment; a :class:`ModelEndpoint` holds its handle
 and its cached metadata, and owns the one data path into it: check the batch
-against the signature, ``ray.put`` it once into the object store, and hand
-the ``ObjectRef`` to a model replica.
+against the signature, coalesce it with the other requests waiting for the
+same version (``deployments.coalescing``), ``ray.put`` their arrays once into
+the object store, and hand the ``ObjectRef`` to a model replica. A caller's
+own ``ObjectRef`` is checked in place and forwarded as it is.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 from ray.serve.exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
@@ -25,10 +30,11 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle
 
 from deployments.batching import Outputs
-from deployments.codecs.errors import NotFound, ServiceUnavailable
+from deployments.coalescing import Coalescer, CoalesceSettings
+from deployments.codecs.errors import BadRequest, NotFound, ServeError, ServiceUnavailable
 from deployments.codecs.image import decode_images
 from deployments.config import InputLimits
-from deployments.metrics import IngressMetrics
+from deployments.metrics import IngressMetrics, arrival_time
 from deployments.signature import ModelMetadata, check_batch, check_size
 
 logger = logging.getLogger("ray.serve")
@@ -44,6 +50,20 @@ _RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0)
 # The model could not take or finish the request: retrying later may work.
 _MODEL_UNAVAILABLE = (RayActorError, ActorUnavailableError, DeploymentUnavailableError,
                       ReplicaUnavailableError)
+
+# Rows per coalesced call while the model's own max_batch_size is not known.
+_DEFAULT_COALESCE_ROWS = 32
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One request's checked batch: an array to put with its batch-mates, or a
+    caller's own object to forward as it is."""
+
+    rows: int
+    array: np.ndarray | None = None
+    ref: ray.ObjectRef | None = None
+    arrived: float | None = None  # for the preprocess-time metric
 
 
 class ModelEndpoint:
@@ -61,6 +81,9 @@ class ModelEndpoint:
         self._versions: dict[int, ModelMetadata] | None = None
         self._fetched_at = -math.inf
         self._refreshing: asyncio.Task[None] | None = None
+        self._coalesce = CoalesceSettings()
+        self._coalescers: dict[int, Coalescer[_Part, Outputs]] = {}
+        self._forwarded = 0
 
     async def versions(self) -> dict[int, ModelMetadata]:
         """Every served version's metadata, asked of a model replica again
@@ -129,18 +152,78 @@ class ModelEndpoint:
         return await asyncio.to_thread(decode_images, blobs, geometry,
                                        self._limits.max_image_pixels)
 
-    async def infer(self, meta: ModelMetadata, batch: np.ndarray) -> Outputs:
-        """Every output of one version for ``batch``, through the object store."""
+    def retune(self, settings: CoalesceSettings) -> None:
+        """New coalescing settings, for requests from now on."""
+        self._coalesce = settings
+        for coalescer in self._coalescers.values():
+            coalescer.max_calls = self._max_calls()
+
+    def _max_calls(self) -> int | None:
+        return self._coalesce.max_calls_in_flight if self._coalesce.enabled else None
+
+    def _coalescer(self, meta: ModelMetadata) -> Coalescer[_Part, Outputs]:
+        coalescer = self._coalescers.get(meta.version)
+        if coalescer is None:
+            coalescer = Coalescer(partial(self._call, meta.version), 1, self._max_calls())
+            self._coalescers[meta.version] = coalescer
+        # The model's batch limit may be retuned live: follow it.
+        coalescer.max_rows = (self._coalesce.max_rows or meta.max_batch_size
+                              or _DEFAULT_COALESCE_ROWS)
+        return coalescer
+
+    def stats(self) -> dict[str, Any]:
+        """The model calls formed per version (calls, requests, rows per call),
+        and how many callers' objects were forwarded as they were."""
+        return {"forwarded": self._forwarded,
+                "versions": {str(v): c.stats.as_dict()
+                             for v, c in sorted(self._coalescers.items())}}
+
+    async def infer(self, meta: ModelMetadata, batch: np.ndarray | ray.ObjectRef) -> Outputs:
+        """Every output of one version for ``batch``, checked first (so a bad
+        request fails alone), then sent with whatever else waits for the model.
+
+        An ``ObjectRef`` (a Python caller's own object) is read in place; it
+        is forwarded to the model as it is unless its dtype must be cast.
+        """
         limits = self._limits
-        ref = ray.put(check_batch(batch, meta.input, limits.max_rows, limits.max_elements))
-        self._metrics.preprocessed(self.name)
-        # Inference has no side effects: a request whose replica died under it
-        # is sent again (Serve routes it to a live replica), a few times.
+        if isinstance(batch, ray.ObjectRef):
+            try:
+                view = await batch
+            except RayError as exc:
+                raise BadRequest(f"cannot read the ObjectRef given as input: "
+                                 f"{type(exc).__name__}") from None
+            checked = check_batch(view, meta.input, limits.max_rows, limits.max_elements)
+            uncast = np.may_share_memory(checked, view)  # else a cast copy: put that
+            part = (_Part(len(checked), ref=batch, arrived=arrival_time()) if uncast
+                    else _Part(len(checked), array=checked, arrived=arrival_time()))
+        else:
+            checked = check_batch(batch, meta.input, limits.max_rows, limits.max_elements)
+            part = _Part(len(checked), array=checked, arrived=arrival_time())
+        return await self._coalescer(meta).submit(part, part.rows)
+
+    async def _call(self, version: int, parts: list[_Part]) -> list[Outputs | ServeError]:
+        """One model call for ``parts``: their arrays put as one object, callers'
+        objects forwarded; each part's answer in order."""
+        local = [p.array for p in parts if p.ref is None]
+        forwarded = [p.ref for p in parts if p.ref is not None]
+        local_ref = ray.put(local) if local else None
+        self._forwarded += len(forwarded)
+        for part in parts:
+            self._metrics.preprocessed(self.name, part.arrived)
+        self._metrics.coalesced(self.name, sum(p.rows for p in parts))
+        answers = await self._send(local_ref, forwarded, version)
+        from_local, from_forwarded = iter(answers[:len(local)]), iter(answers[len(local):])
+        return [next(from_forwarded if p.ref is not None else from_local) for p in parts]
+
+    async def _send(self, local: ray.ObjectRef | None, forwarded: list[ray.ObjectRef],
+                    version: int) -> list[Outputs | ServeError]:
+        """The model call, sent again (a few times) when its replica died:
+        inference has no side effects, and Serve routes it to a live replica."""
         delays = iter(_RETRY_DELAYS_S)
         while True:
             try:
                 with self._metrics.inference(self.name):
-                    return await self._handle.remote(ref, meta.version)
+                    return await self._handle.infer_parts.remote(local, forwarded, version)
             except BackPressureError as exc:  # max_queued_requests reached: shed at once
                 raise ServiceUnavailable(f"model {self.name!r} is overloaded (its request "
                                          "queue is full); retry shortly") from exc
@@ -168,6 +251,14 @@ class ModelRegistry:
     @property
     def names(self) -> list[str]:
         return list(self._models)
+
+    def retune(self, settings: CoalesceSettings) -> None:
+        for model in self._models.values():
+            model.retune(settings)
+
+    def stats(self) -> dict[str, Any]:
+        """Per model and version, the calls that coalescing formed."""
+        return {name: model.stats() for name, model in self._models.items()}
 
     def get(self, name: str | None = None) -> ModelEndpoint:
         """A model by name (default: the first configured), or a 404."""

@@ -62,6 +62,9 @@ class ModelMetadata:
     takes_images: bool = False
     # The served SignatureDef as JSON (TF Serving's metadata API shows it).
     signature_defs: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Rows the model's replicas run in one batch (0: unknown); the ingress
+    # coalesces requests up to it. Retuned live, so not part of equality.
+    max_batch_size: int = field(default=0, compare=False)
 
     def output(self, name: str) -> TensorSpec | None:
         return next((o for o in self.outputs if o.name == name), None)
@@ -95,6 +98,17 @@ def image_geometry(spec: TensorSpec) -> ImageGeometry:
                          "floats in [0, 1], so an image input must be a float type")
     _, height, width, channels = spec.shape
     return ImageGeometry(int(height), int(width), int(channels))
+
+
+def named_input(inputs: Any, spec: TensorSpec) -> Any:
+    """The value of input ``spec`` from ``{name: value}``, or ``inputs`` itself
+    when not given by name."""
+    if not isinstance(inputs, dict):
+        return inputs
+    if set(inputs) != {spec.name}:
+        names = ", ".join(map(repr, inputs)) or "none"
+        raise BadRequest(f"inputs name {names}; the model takes one input, {spec.name!r}")
+    return inputs[spec.name]
 
 
 def check_batch(array: np.ndarray, spec: TensorSpec, max_rows: int | None = None,

@@ -5,9 +5,11 @@ Start the app (``make serve``), then, on any machine of the cluster::
     RAY_AUTH_MODE=disabled .venv/bin/python examples/handle_client.py models/samples/*.png
 
 It joins the cluster, asks the app for the model's input layout, decodes the
-images locally, and predicts twice: once passing the numpy batch, once
-passing an ``ObjectRef`` it put in the object store itself. Both answers are
-the same JSON the HTTP route returns, printed as one JSON document.
+images locally, and predicts three times: passing the numpy batch; passing an
+``ObjectRef`` it put in the object store itself (Ray resolves a bare reference
+before the app sees it); and passing that reference by input name, which the
+app checks and forwards to the model replica as it is (no second copy). The
+answers are the same JSON the HTTP route returns, printed as one document.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ async def predict(app_name: str, paths: list[Path], top_k: int | None) -> dict:
     blobs = [path.read_bytes() for path in paths]
     batch = decode_images(blobs, meta.image_geometry(), InputLimits().max_image_pixels)
 
+    ref = ray.put(batch)
     from_array = await app.predict.remote(batch, top_k=top_k)
-    from_ref = await app.predict.remote(ray.put(batch), top_k=top_k)
-    return {"from_array": from_array, "from_object_ref": from_ref}
+    from_ref = await app.predict.remote(ref, top_k=top_k)
+    forwarded = await app.predict.remote({meta.input.name: ref}, top_k=top_k)
+    return {"from_array": from_array, "from_object_ref": from_ref, "forwarded": forwarded}
 
 
 def main() -> None:

@@ -35,6 +35,13 @@ class UnsupportedMediaType(ServeError):
     status = 415
 
 
+class ModelFailed(ServeError):
+    """The model raised while running a batch: a fault of the server, reported
+    to the requests in that batch without internal detail."""
+
+    status = 500
+
+
 class ServiceUnavailable(ServeError):
     """Overloaded or no replica up: the client should retry shortly."""
 

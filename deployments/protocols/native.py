@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 import numpy as np
+from ray import ObjectRef
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -23,7 +24,7 @@ from deployments.codecs.tensor import instances_to_array, parse_json
 from deployments.config import InputLimits
 from deployments.protocols.http import PortableJSON, media_type, read_body
 from deployments.registry import ModelEndpoint, ModelRegistry
-from deployments.signature import ModelMetadata
+from deployments.signature import ModelMetadata, named_input
 
 # Media types handled as a single encoded image besides image/*.
 _OCTET_STREAM = "application/octet-stream"
@@ -45,16 +46,20 @@ class NativeApi:
         ]
 
     async def predict(
-        self, inputs: np.ndarray, top_k: int | str | None = None, scores: bool | str = False,
+        self, inputs: np.ndarray | dict[str, np.ndarray | ObjectRef],
+        top_k: int | str | None = None, scores: bool | str = False,
         model: str | None = None, version: int | str | None = None,
     ) -> dict[str, Any]:
-        """Predict a batch in the model's input shape: the top classes per row."""
+        """Predict a batch in the model's input shape, bare or by input name
+        (an array or an ``ObjectRef``): the top classes per row."""
         endpoint = self._registry.get(model)
         meta = await endpoint.version(version)
-        return await self._predict(endpoint, meta, inputs, top_k, scores)
+        return await self._predict(endpoint, meta, named_input(inputs, meta.input), top_k,
+                                   scores)
 
-    async def _predict(self, endpoint: ModelEndpoint, meta: ModelMetadata, inputs: np.ndarray,
-                       top_k: int | str | None, scores: bool | str) -> dict[str, Any]:
+    async def _predict(self, endpoint: ModelEndpoint, meta: ModelMetadata,
+                       inputs: np.ndarray | ObjectRef, top_k: int | str | None,
+                       scores: bool | str) -> dict[str, Any]:
         answer: dict[str, Any] = {"model": meta.name, "version": meta.version}
         if not meta.labels:  # not a classifier: every output as it is
             outputs = await endpoint.infer(meta, inputs)

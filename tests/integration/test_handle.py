@@ -29,7 +29,7 @@ def test_handle_client_in_a_second_driver_matches_http(
     assert done.returncode == 0, done.stderr[-3000:]
     answers = json.loads(done.stdout.strip().splitlines()[-1])
 
-    for answer in (answers["from_array"], answers["from_object_ref"]):
+    for answer in (answers["from_array"], answers["from_object_ref"], answers["forwarded"]):
         assert answer["model"] == over_http["model"]
         for mine, theirs in zip(answer["predictions"], over_http["predictions"], strict=True):
             assert [c["label"] for c in mine["top_k"]] == [c["label"] for c in theirs["top_k"]]

@@ -1,14 +1,18 @@
 """The array a model replica gets from the object store is a read-only view of
-shared memory, and the replica hands that same buffer to TensorFlow."""
+shared memory, and the replica hands that same buffer to TensorFlow; a Python
+caller's own object is forwarded to the model replica, not put again."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import ray
 from ray import cloudpickle, serve
 
 import tests.integration.test_zero_copy as this_module
-from deployments.config import DeviceArgs, ModelArgs
+from deployments.codecs.errors import BadRequest
+from deployments.config import DeviceArgs, InputLimits, ModelArgs
+from deployments.ingress import Preprocessor
 from deployments.local import in_object_store
 from deployments.model import ModelDeployment
 from tests.integration.conftest import ROOT
@@ -59,3 +63,45 @@ def test_model_replica_reads_the_object_store_buffer_without_copying(cluster_add
     assert tensorflow["in_object_store"] is True
     assert tensorflow["address"] == received["address"]
     assert tensorflow["writeable"] is False
+
+
+class ForwardProbe(ModelDeployment.func_or_class):
+    """The real model deployment, recording which objects reach it by reference."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.forwarded: list[str] = []
+
+    async def infer_parts(self, local, forwarded, version=None):
+        self.forwarded += [ref.hex() for ref in forwarded]
+        return await super().infer_parts(local, forwarded, version)
+
+    def seen(self) -> list[str]:
+        return self.forwarded
+
+
+def test_a_callers_object_reaches_the_model_replica_as_the_same_object(cluster_address):
+    model = ModelArgs(name="digits", path=ROOT / "models" / "digits", input="image",
+                      labels_path=ROOT / "models" / "digits" / "labels.txt")
+    probe = serve.deployment(ForwardProbe, name="digits").bind(model, DeviceArgs())
+    app = Preprocessor.bind({"digits": probe}, 3, InputLimits())
+    handle = serve.run(app, name="forward-probe", route_prefix=None)
+    try:
+        batch = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
+        ref = ray.put(batch)
+        by_name = handle.predict.remote({"image": ref}).result()
+        resolved = handle.predict.remote(ref).result()  # Ray resolves a bare ref first
+        # float64 must be cast: the cast copy is put instead of forwarding.
+        cast = handle.predict.remote({"image": ray.put(batch.astype(np.float64))}).result()
+        with pytest.raises(BadRequest, match="expected float32"):
+            handle.predict.remote({"image": ray.put(np.zeros((2, 5), np.float32))}).result()
+        seen = serve.get_deployment_handle("digits", "forward-probe").seen.remote().result()
+        stats = handle.stats.remote().result()["models"]["digits"]
+    finally:
+        serve.delete("forward-probe")
+    assert seen == [ref.hex()]  # the caller's object itself, not a copy put again
+    assert stats["forwarded"] == 1
+    assert stats["versions"]["1"]["requests"] == 3
+    assert by_name["predictions"] == resolved["predictions"]
+    assert [p["top_k"][0]["label"] for p in cast["predictions"]] == \
+        [p["top_k"][0]["label"] for p in by_name["predictions"]]

@@ -2,10 +2,12 @@ import numpy as np
 import pytest
 
 from deployments.batching import (
+    BatchSizing,
     bucket_for,
     bucket_sizes,
     chunk_rows,
     concat_outputs,
+    gains,
     merge_rows,
     split_rows,
 )
@@ -52,3 +54,18 @@ def test_chunking_and_reassembly_round_trip():
     assert all(np.shares_memory(c, array) for c in chunks)
     rebuilt = concat_outputs([{"y": c * 2} for c in chunks])
     np.testing.assert_array_equal(rebuilt["y"], array * 2)
+
+
+def test_auto_sizing_takes_the_smallest_size_near_the_best_throughput():
+    rates = {1: 40.0, 2: 60.0, 4: 78.0, 8: 83.0, 16: 84.0, 32: 70.0}
+    sizing = BatchSizing.pick(rates)
+    assert sizing.picked == 8  # 83 is within 5% of 84; 4 (78) is not
+    described = sizing.describe()
+    assert described["picked"] == 8 and "84.0 rows/s at 16" in described["why"]
+
+
+def test_auto_sizing_stops_growing_once_two_sizes_gain_nothing():
+    assert gains({1: 40.0, 2: 60.0})
+    assert gains({1: 40.0, 2: 60.0, 4: 80.0})
+    assert gains({1: 40.0, 2: 60.0, 4: 61.0, 8: 70.0})  # 8 still gains on 2
+    assert not gains({1: 40.0, 2: 60.0, 4: 61.0, 8: 62.0})

@@ -1,0 +1,186 @@
+"""The ingress's coalescer: no wait when idle, batches that grow with load,
+each caller its own answer or error, cancellation of one member."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from deployments.coalescing import Coalescer
+
+
+class FakeModel:
+    """Records each call's items; every call waits until the test releases it."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.gates: list[asyncio.Event] = []
+        self.fail: dict[str, Exception] = {}  # item → its own error
+        self.fail_call: Exception | None = None
+
+    async def __call__(self, items: list[str]) -> list[str | BaseException]:
+        self.calls.append(items)
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        if self.fail_call is not None:
+            raise self.fail_call
+        return [self.fail.get(i) or i.upper() for i in items]
+
+    def release(self, call: int) -> None:
+        self.gates[call].set()
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_an_idle_path_sends_the_first_request_at_once_and_alone():
+    async def scenario():
+        model = FakeModel()
+        coalescer = Coalescer(model, max_rows=8, max_calls=2)
+        task = asyncio.create_task(coalescer.submit("a", 1))
+        await settle()
+        assert model.calls == [["a"]]  # no waiting for batch-mates
+        model.release(0)
+        assert await task == "A"
+
+    run(scenario())
+
+
+def test_arrivals_gather_while_the_slots_are_busy_and_go_together_in_order():
+    async def scenario():
+        model = FakeModel()
+        coalescer = Coalescer(model, max_rows=8, max_calls=1)
+        first = asyncio.create_task(coalescer.submit("a", 1))
+        await settle()
+        rest = [asyncio.create_task(coalescer.submit(x, 1)) for x in "bcd"]
+        await settle()
+        assert model.calls == [["a"]]  # b, c, d wait for the slot
+        model.release(0)
+        await settle()
+        assert model.calls == [["a"], ["b", "c", "d"]]
+        model.release(1)
+        assert await first == "A"
+        assert [await t for t in rest] == ["B", "C", "D"]
+        assert coalescer.stats.as_dict() == {"calls": 2, "requests": 4,
+                                             "rows_per_call": {1: 1, 3: 1}}
+
+    run(scenario())
+
+
+def test_a_full_batch_goes_without_waiting_for_a_slot():
+    async def scenario():
+        model = FakeModel()
+        coalescer = Coalescer(model, max_rows=4, max_calls=1)
+        tasks = [asyncio.create_task(coalescer.submit("a", 1))]
+        await settle()
+        tasks += [asyncio.create_task(coalescer.submit(x, 2)) for x in "bcd"]
+        await settle()
+        # b and c fill 4 rows: sent at once; d waits for a slot.
+        assert model.calls == [["a"], ["b", "c"]]
+        model.release(1)
+        await settle()
+        assert model.calls == [["a"], ["b", "c"]]
+        model.release(0)
+        await settle()
+        assert model.calls == [["a"], ["b", "c"], ["d"]]
+        model.release(2)
+        assert [await t for t in tasks] == ["A", "B", "C", "D"]
+
+    run(scenario())
+
+
+def test_one_bad_member_fails_alone():
+    async def scenario():
+        model = FakeModel()
+        model.fail["b"] = ValueError("b is bad")
+        coalescer = Coalescer(model, max_rows=8, max_calls=1)
+        tasks = [asyncio.create_task(coalescer.submit(x, 1)) for x in "abc"]
+        await settle()
+        model.release(0)
+        await settle()
+        model.release(1)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert results[0] == "A" and results[2] == "C"
+        assert isinstance(results[1], ValueError) and str(results[1]) == "b is bad"
+
+    run(scenario())
+
+
+def test_a_failed_call_fails_each_of_its_members_and_the_next_call_still_goes():
+    async def scenario():
+        model = FakeModel()
+        model.fail_call = RuntimeError("replica lost")
+        coalescer = Coalescer(model, max_rows=8, max_calls=1)
+        tasks = [asyncio.create_task(coalescer.submit(x, 1)) for x in "abc"]
+        await settle()
+        model.release(0)
+        await settle()
+        model.fail_call = None
+        model.release(1)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[0], RuntimeError)
+        assert results[1:] == ["B", "C"]
+
+    run(scenario())
+
+
+def test_a_call_answering_the_wrong_number_of_results_fails_every_member():
+    async def scenario():
+        async def short(items):
+            return items[:-1]
+
+        coalescer = Coalescer(short, max_rows=8, max_calls=1)
+        results = await asyncio.gather(coalescer.submit("a", 1), return_exceptions=True)
+        assert "returned 0 results" in str(results[0])
+
+    run(scenario())
+
+
+def test_a_cancelled_member_leaves_its_batch_and_the_others_are_answered():
+    async def scenario():
+        model = FakeModel()
+        coalescer = Coalescer(model, max_rows=8, max_calls=1)
+        first = asyncio.create_task(coalescer.submit("a", 1))
+        await settle()
+        waiting = {x: asyncio.create_task(coalescer.submit(x, 1)) for x in "bcd"}
+        await settle()
+        waiting["c"].cancel()  # gone before its batch was sent
+        await settle()
+        model.release(0)
+        await settle()
+        assert model.calls[1] == ["b", "d"]
+        first_result = await first
+        waiting["b"].cancel()  # gone while its batch runs
+        model.release(1)
+        assert (first_result, await waiting["d"]) == ("A", "D")
+        assert waiting["b"].cancelled() and waiting["c"].cancelled()
+        assert coalescer.in_flight == 0
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("max_calls", [None, 1])
+def test_retuning_takes_effect_for_the_next_requests(max_calls):
+    async def scenario():
+        model = FakeModel()
+        coalescer = Coalescer(model, max_rows=8, max_calls=1)
+        coalescer.max_calls = max_calls  # None: coalescing off
+        tasks = [asyncio.create_task(coalescer.submit(x, 1)) for x in "abc"]
+        await settle()
+        expected = [["a"], ["b"], ["c"]] if max_calls is None else [["a"]]
+        assert model.calls == expected
+        for i in range(3):
+            if i < len(model.gates):
+                model.release(i)
+            await settle()
+        assert [await t for t in tasks] == ["A", "B", "C"]
+
+    run(scenario())
