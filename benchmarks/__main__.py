@@ -1,8 +1,11 @@
 """`make bench` (short) or `python -m benchmarks --full`: one run measures raw
-TensorFlow, a naive Ray Serve deployment, KServe's ModelServer and this server
-(over each protocol and the Python handle) on the same model, machine and
-client, plus the zero-copy handoff, autoscaling under a step load and replica
-memory over a long run. Writes benchmarks/results/<timestamp>.json and .png."""
+TensorFlow, the hand-built single-deployment peer, a naive Ray Serve
+deployment, KServe's ModelServer and this server (over each protocol and the
+Python handle, coalescing on and off, with and without Serve's fast-path
+switches) on the same model, machine and client; a near-free GPU stand-in
+model against Ray's own floor and the ingress's in-process decode rate; plus
+the zero-copy handoff, autoscaling under a step load and replica memory over
+a long run. Writes benchmarks/results/<timestamp>.json and .png."""
 
 from __future__ import annotations
 
@@ -19,13 +22,17 @@ from ray import serve
 
 from benchmarks import bodies
 from benchmarks.cluster_probes import ReplicaCounter
+from benchmarks.decode_rate import decode_rate
+from benchmarks.floor import floor_app
 from benchmarks.handoff import measure_handoff
 from benchmarks.kserve_peer import KServePeer
 from benchmarks.load import run_load, run_phases, single_request_ms
+from benchmarks.naive import NaiveModel
+from benchmarks.peer import HandBuiltPeer
 from benchmarks.plot import plot_results
 from benchmarks.raw_tf import measure_raw
-from benchmarks.report import ratios, report
-from benchmarks.server import APP, MODEL, NAIVE_APP, ROOT, Server, bench_config
+from benchmarks.report import OURS, PEER, ratios, report
+from benchmarks.server import APP, MODEL, ROOT, Server, bench_config
 from deployments.local import (
     object_store_mb,
     read_env_file,
@@ -34,10 +41,14 @@ from deployments.local import (
     running_replicas,
     wait_until,
 )
-from models.build_benchmark import DEFAULT_OUT, build
+from models.build_benchmark import DEFAULT_OUT, STANDIN_OUT, build, build_standin
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_SIZES = [1, 2, 4, 8, 16, 32]
+SECTIONS = ["systems", "coalescing", "standin", "plain", "kserve", "handoff", "memory",
+            "autoscaling"]
+STANDIN_APP = "standin"
+SHAPE = (1, 224, 224, 3)
 
 
 def machine() -> dict:
@@ -51,8 +62,10 @@ def by_concurrency(url: str, body: bodies.Body, levels: list[int], seconds: floa
             for c in levels}
 
 
-def measure_server(server: Server, levels: list[int], seconds: float, jpeg: bytes) -> dict:
-    """This server over each path, then the naive baseline beside it."""
+def measure_server(server: Server, model_dir: Path, levels: list[int], seconds: float,
+                   jpeg: bytes, naive_replicas: int) -> dict:
+    """This server over each path, then the hand-built peer and the naive
+    baseline beside it (each deployed as its own app while it is measured)."""
     pixels = bodies.pixels(jpeg)
     base = server.url
     paths = {
@@ -65,18 +78,100 @@ def measure_server(server: Server, levels: list[int], seconds: float, jpeg: byte
     systems: dict = {}
     for name, (url, body) in paths.items():
         systems[f"this server: {name}"] = by_concurrency(url, body, levels, seconds, name)
-    systems["this server: Python handle"] = {
-        str(c): server.handle_load(c, seconds, f"Python handle, {c} clients") for c in levels}
-    systems["this server: model handle"] = {  # the Preprocessor skipped
-        str(c): server.handle_load(c, seconds, f"model handle, {c} clients", MODEL)
-        for c in levels}
+    handles = {"Python handle": (), "Python handle, ObjectRef by name": ("--by-ref",),
+               "model handle": ("--model", MODEL)}  # the last skips the Preprocessor
+    for name, flags in handles.items():
+        systems[f"this server: {name}"] = {
+            str(c): server.handle_load(c, seconds, f"{name}, {c} clients", *flags)
+            for c in levels}
     app["batch32_requests"] = run_load(  # twice as long: few, big requests
         f"{base}/predict?top_k=1", lambda: (bodies.native_multipart([jpeg] * 32), {}), 32, 2,
         2 * seconds, label="2 clients, 32 images")
     app["model_stats"] = server.model_stats()
+    app["ingress_stats"] = server.ingress_stats()
+
+    peer = server.run_app(HandBuiltPeer.bind(str(model_dir / "1"), SHAPE), "peer")
+    systems[PEER] = by_concurrency(peer, bodies.raw_float32(pixels), levels, seconds,
+                                   "hand-built peer")
+    serve.delete("peer")
+    naive = server.run_app(NaiveModel.options(num_replicas=naive_replicas).bind(
+        str(model_dir / "1")), "naive")
     systems["naive Ray Serve (JSON)"] = by_concurrency(
-        f"{base}/{NAIVE_APP}", bodies.json_instances(pixels), levels, seconds, "naive")
+        naive, bodies.json_instances(pixels), levels, seconds, "naive")
+    serve.delete("naive")
     return {"app": app, "systems": systems}
+
+
+def measure_coalescing_off(server: Server, config: dict, jpeg: bytes, clients: int,
+                           seconds: float) -> dict:
+    """Native JPEG with every request its own model call, then coalescing back on."""
+    ingress = config["applications"][0]["deployments"][0]
+    on = ingress["user_config"]
+    ingress["user_config"] = {"coalesce": {"enabled": False}}
+    server.deploy(config)
+    off = run_load(f"{server.url}/predict?top_k=1", lambda: bodies.native_image(jpeg), 1,
+                   clients, seconds, label=f"coalescing off, {clients} clients")
+    ingress["user_config"] = on
+    server.deploy(config)
+    return {str(clients): off}
+
+
+def measure_standin(server: Server, main_config: dict, jpeg: bytes, levels: list[int],
+                    seconds: float) -> dict:
+    """The near-free model served by the same config: JPEG and V2 binary, 1
+    and 2 ingress replicas, coalescing on and off; Ray's floor (two trivial
+    chained deployments) and the in-process decode rate beside them."""
+    if not (STANDIN_OUT / "1" / "saved_model.pb").exists():
+        build_standin(STANDIN_OUT)
+    pixels = bodies.pixels(jpeg)
+    base = f"{server.url}/{STANDIN_APP}"
+    paths = {"JPEG": (f"{base}/predict?top_k=1", bodies.native_image(jpeg)),
+             "V2 binary": (f"{base}/v2/models/{MODEL}/infer", bodies.v2(pixels, binary=True))}
+    runs = []
+    for replicas in (1, 2):
+        for coalesce in (True, False):
+            standin = bench_config(
+                STANDIN_OUT, server.port,
+                {"num_replicas": 2, "user_config": {"max_batch_size": 64}},
+                {"num_replicas": replicas,
+                 "user_config": {"coalesce": {"enabled": coalesce}}},
+                app=STANDIN_APP, route_prefix=f"/{STANDIN_APP}")
+            # A config lists every app: the main one stays as it is.
+            config = {**main_config, "applications": [*main_config["applications"],
+                                                      *standin["applications"]]}
+            server.deploy(config, STANDIN_APP)
+            for protocol, (url, body) in paths.items():
+                for clients in levels:
+                    label = (f"stand-in {protocol}, {replicas} ingress, coalescing "
+                             f"{'on' if coalesce else 'off'}, {clients} clients")
+                    summary = run_load(url, lambda b=body: b, 1, clients, seconds, label=label)
+                    runs.append({"protocol": protocol, "clients": clients,
+                                 "ingress_replicas": replicas, "coalesce": coalesce,
+                                 **summary})
+            runs[-1]["ingress_stats"] = server.ingress_stats(STANDIN_APP)
+    server.deploy(main_config)  # the stand-in's app leaves
+    floor_url = server.run_app(floor_app(), "floor")
+    floor = by_concurrency(floor_url, bodies.raw_float32(pixels), levels, seconds,
+                           "Ray's floor: two chained deployments")
+    serve.delete("floor")
+    return {"runs": runs, "floor": floor, "decode_rate": decode_rate(jpeg, seconds / 2)}
+
+
+def measure_plain(workdir: Path, server_env: Path, config: dict, model_dir: Path,
+                  jpeg: bytes, clients: int, seconds: float) -> dict:
+    """The config as users run it with a plain `serve run` (no server.env),
+    and the hand-built peer with Serve's defaults too, on a fresh cluster."""
+    for key in read_env_file(server_env):
+        os.environ.pop(key, None)
+    port = int(config["http_options"]["port"])
+    with Server(workdir, None, port) as server:
+        server.deploy(config)
+        ours = run_load(f"{server.url}/predict?top_k=1", lambda: bodies.native_image(jpeg), 1,
+                        clients, seconds, label=f"plain serve run, {clients} clients")
+        peer = server.run_app(HandBuiltPeer.bind(str(model_dir / "1"), SHAPE), "peer")
+        theirs = run_load(peer, lambda: bodies.raw_float32(bodies.pixels(jpeg)), 1, clients,
+                          seconds, label=f"hand-built peer, Serve's defaults, {clients} clients")
+    return {"clients": clients, "this server": ours, "hand-built peer": theirs}
 
 
 def measure_memory(server: Server, jpeg: bytes, requests: int, replicas: int) -> dict:
@@ -131,15 +226,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--replicas", type=int, default=2, help="model replicas")
     parser.add_argument("--model-cpus", type=float, default=1, help="num_cpus per replica")
-    parser.add_argument("--max-batch-size", type=int, default=4,
-                        help="4: where raw MobileNetV2 peaked in most runs on 2 cores; "
-                             "0: the smallest batch within 5%% of this run's raw peak")
+    parser.add_argument("--max-batch-size", default="auto",
+                        help="the model deployment's max_batch_size: a number, or auto "
+                             "(each replica times its batch sizes at warm-up)")
     parser.add_argument("--batch-wait-ms", type=float, default=0.0,
                         help="batch_wait_timeout_s while the model is idle, in ms")
     parser.add_argument("--server-env", type=Path, default=ROOT / "configs" / "server.env",
                         help="environment file of the cluster's processes")
-    parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["systems", "kserve", "handoff", "memory", "autoscaling"],
+    parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS,
                         help="sections to leave out")
     args = parser.parse_args()
     seconds = 15.0 if args.full else 6.0
@@ -151,27 +245,34 @@ def main() -> None:
         build(model_dir)
 
     results: dict = {"machine": machine(), "mode": "full" if args.full else "short",
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "levels": levels}
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "levels": levels,
+                     "skipped": args.skip}
     raw = measure_raw(model_dir / "1", BATCH_SIZES, seconds=seconds / 2, label="raw TF (before)")
     best = max(raw, key=lambda b: raw[b]["images_per_s"])
-    # The curve is flat near its peak on CPUs: take the smallest batch within
-    # 5% of it, which serves at the same speed with less waiting.
-    near_peak = min(b for b in raw if raw[b]["images_per_s"] >= 0.95 * raw[best]["images_per_s"])
+    max_batch = args.max_batch_size if args.max_batch_size == "auto" else int(
+        args.max_batch_size)
     overrides = {
         "num_replicas": args.replicas,
         "ray_actor_options": {"num_cpus": args.model_cpus},
-        "user_config": {"max_batch_size": args.max_batch_size or near_peak,
+        "user_config": {"max_batch_size": max_batch,
                         "batch_wait_timeout_s": args.batch_wait_ms / 1000},
     }
     config = bench_config(model_dir, args.port, overrides)
     results["config"] = {"model_deployment": overrides,
+                         "ingress": config["applications"][0]["deployments"][0],
                          "server_env": read_env_file(args.server_env)}
     jpeg = bodies.sample_jpeg()
     with (tempfile.TemporaryDirectory() as tmp,
-          Server(config, Path(tmp), args.server_env, model_dir, args.replicas) as server):
+          Server(Path(tmp), args.server_env, args.port) as server):
+        server.deploy(config)
         if "systems" not in args.skip:
-            results.update(measure_server(server, levels, seconds, jpeg))
-        serve.delete(NAIVE_APP)  # idle from here on
+            results.update(measure_server(server, model_dir, levels, seconds, jpeg,
+                                          args.replicas))
+        if "coalescing" not in args.skip:
+            results.setdefault("systems", {})[f"{OURS}, coalescing off"] = \
+                measure_coalescing_off(server, config, jpeg, 16, seconds)
+        if "standin" not in args.skip:
+            results["standin"] = measure_standin(server, config, jpeg, [16, 64], seconds)
         if "handoff" not in args.skip:
             results["handoff"] = measure_handoff([1, 10, 100, 400], 5 if args.full else 3)
         if "memory" not in args.skip:
@@ -182,7 +283,11 @@ def main() -> None:
                 "user_config": overrides["user_config"],
                 "ray_actor_options": overrides["ray_actor_options"]})
             results["autoscaling"] = measure_autoscaling(server, autoscaled, jpeg, args.full)
-    if "kserve" not in args.skip:  # after the cluster is gone: nothing else running
+    if "plain" not in args.skip:  # its own cluster, without the serving switches
+        with tempfile.TemporaryDirectory() as tmp:
+            results["plain"] = measure_plain(Path(tmp), args.server_env, config, model_dir,
+                                             jpeg, 16, seconds)
+    if "kserve" not in args.skip:  # after the clusters are gone: nothing else running
         peers = measure_kserve(model_dir, args.port + 1, levels, seconds, bodies.pixels(jpeg))
         results.setdefault("systems", {}).update(peers)
 

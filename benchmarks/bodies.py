@@ -37,6 +37,11 @@ def pixels(jpeg: bytes) -> np.ndarray:
     return (np.asarray(rgb, np.float32) / 255)[None]
 
 
+def raw_float32(batch: np.ndarray) -> Body:
+    """The tensor's bytes as they are (what the hand-built peer takes)."""
+    return batch.astype(np.float32).tobytes(), {"Content-Type": "application/octet-stream"}
+
+
 def native_image(jpeg: bytes) -> Body:
     return jpeg, {"Content-Type": "image/jpeg"}
 

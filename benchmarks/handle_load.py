@@ -2,9 +2,11 @@
 callers, closed loop, for a fixed time. Run by the benchmark as a subprocess
 joining its cluster; prints one JSON summary line.
 
-``--model NAME`` calls that model's own deployment instead of the app's
-``predict``: the caller puts its batch in the object store and hands over the
-reference, skipping the Preprocessor (README: "To skip the preprocessor")."""
+``--by-ref`` puts each batch in the object store and passes the reference by
+input name (``{"image": ref}``): the app forwards the caller's object to the
+model instead of receiving the array. ``--model NAME`` calls that model's own
+deployment instead of the app's ``predict``: the caller puts its batch in the
+object store and hands over the reference, skipping the Preprocessor."""
 
 from __future__ import annotations
 
@@ -21,19 +23,21 @@ from ray import serve
 from benchmarks.load import LoadResult
 
 
-def _caller(app_name: str, model: str | None,
+def _caller(app_name: str, model: str | None, by_ref: bool,
             batch: np.ndarray) -> Callable[[], Awaitable[object]]:
-    if model is None:
-        app = serve.get_app_handle(app_name)
-        return lambda: app.predict.remote(batch, top_k=1)
-    handle = serve.get_deployment_handle(model, app_name).options(_by_reference=True)
-    return lambda: handle.remote(ray.put(batch))
+    if model is not None:
+        handle = serve.get_deployment_handle(model, app_name).options(_by_reference=True)
+        return lambda: handle.remote(ray.put(batch))
+    app = serve.get_app_handle(app_name)
+    if by_ref:
+        return lambda: app.predict.remote({"image": ray.put(batch)}, top_k=1)
+    return lambda: app.predict.remote(batch, top_k=1)
 
 
-async def drive(app_name: str, model: str | None, clients: int, seconds: float,
+async def drive(app_name: str, model: str | None, by_ref: bool, clients: int, seconds: float,
                 warmup_s: float, shape: tuple[int, ...]) -> dict:
     batch = np.random.default_rng(0).random(shape, dtype=np.float32)
-    call = _caller(app_name, model, batch)
+    call = _caller(app_name, model, by_ref, batch)
     await call()  # the router learns the replicas first
     result = LoadResult(clients, seconds)
     measure_from = time.perf_counter() + warmup_s
@@ -60,14 +64,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--app", required=True)
     parser.add_argument("--model", help="call this model's deployment, not the app")
+    parser.add_argument("--by-ref", action="store_true",
+                        help="pass each batch as an ObjectRef by input name")
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--shape", type=int, nargs="+", default=[1, 224, 224, 3])
     args = parser.parse_args()
     ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
-    summary = asyncio.run(drive(args.app, args.model, args.clients, args.seconds, args.warmup,
-                                tuple(args.shape)))
+    summary = asyncio.run(drive(args.app, args.model, args.by_ref, args.clients, args.seconds,
+                                args.warmup, tuple(args.shape)))
     print(json.dumps(summary))
 
 

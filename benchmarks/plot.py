@@ -1,5 +1,7 @@
 """One PNG per run: throughput and latency by concurrency per system, raw TF by
-batch size, the handoff by size, the autoscaling timeline and replica memory."""
+batch size, the GPU stand-in against Ray's floor, plain `serve run` against
+the fast path, the batches formed, the handoff by size, the autoscaling
+timeline and replica memory."""
 
 from __future__ import annotations
 
@@ -97,13 +99,76 @@ def _memory(ax, results: dict) -> None:
     ax.legend(fontsize=7)
 
 
+def _standin(ax, results: dict) -> None:
+    standin = results.get("standin")
+    if not standin:
+        _skipped(ax, "GPU stand-in: the serving path alone")
+        return
+    runs = standin["runs"]
+    labels = [f"{r['protocol']}\n{r['clients']}c {r['ingress_replicas']}i "
+              f"{'on' if r['coalesce'] else 'off'}" for r in runs]
+    colors = ["#1f77b4" if r["coalesce"] else "#aec7e8" for r in runs]
+    ax.bar(range(len(runs)), [r["images_per_s"] for r in runs], color=colors)
+    ax.set_xticks(range(len(runs)), labels, fontsize=5)
+    floor = max(s["images_per_s"] for s in standin["floor"].values())
+    ax.axhline(floor, color="red", linestyle=":", label="Ray's floor (2 trivial deployments)")
+    ax.axhline(standin["decode_rate"]["images_per_s"] / 2, color="black", linestyle="--",
+               label="half the in-process decode rate")
+    ax.set(ylabel="images / s", yscale="log",
+           title="GPU stand-in (clients c, ingress replicas i, coalescing on/off)")
+    ax.legend(fontsize=6)
+
+
+def _plain(ax, results: dict) -> None:
+    plain = results.get("plain")
+    fast = results.get("systems", {})
+    if not plain:
+        _skipped(ax, "Plain `serve run` vs the fast path")
+        return
+    clients = str(plain["clients"])
+    bars = {"this server\nplain": plain["this server"]["images_per_s"],
+            "peer\nplain": plain["hand-built peer"]["images_per_s"]}
+    for name, short in (("this server: native image", "this server\nfast"),
+                        ("hand-built @serve.batch (raw float32)", "peer\nfast")):
+        if clients in fast.get(name, {}):
+            bars[short] = fast[name][clients]["images_per_s"]
+    ax.bar(list(bars), list(bars.values()), color=["#aec7e8", "#ffbb78", "#1f77b4",
+                                                   "#ff7f0e"][:len(bars)])
+    ax.set(ylabel="images / s", title=f"Plain `serve run` vs server.env, {clients} clients")
+
+
+def _batches(ax, results: dict) -> None:
+    app = results.get("app")
+    if not app:
+        _skipped(ax, "Batches formed")
+        return
+    model = app["model_stats"]["batch_rows"]
+    calls: dict[str, int] = {}
+    for versions in app["ingress_stats"]["models"].values():
+        for counts in versions["versions"].values():
+            for rows, n in counts["rows_per_call"].items():
+                calls[str(rows)] = calls.get(str(rows), 0) + n
+    sizes = sorted({*map(int, model), *map(int, calls)})
+    x = np.arange(len(sizes))
+    ax.bar(x - 0.2, [calls.get(str(s), 0) for s in sizes], 0.4,
+           label="rows per model call (ingress)")
+    ax.bar(x + 0.2, [model.get(str(s), model.get(s, 0)) for s in sizes], 0.4,
+           label="rows per TensorFlow call (one replica)")
+    ax.set_xticks(x, [str(s) for s in sizes])
+    ax.set(xlabel="rows", ylabel="count", title="Batches formed")
+    ax.legend(fontsize=7)
+
+
 def plot_results(results: dict, path: Path) -> None:
-    fig, axes = plt.subplots(2, 3, figsize=(18, 9))
+    fig, axes = plt.subplots(3, 3, figsize=(18, 13))
     _systems(axes[0][0], axes[0][1], results)
     _raw(axes[0][2], results)
-    _handoff(axes[1][0], results)
-    _autoscaling(axes[1][1], results)
-    _memory(axes[1][2], results)
+    _standin(axes[1][0], results)
+    _plain(axes[1][1], results)
+    _batches(axes[1][2], results)
+    _handoff(axes[2][0], results)
+    _autoscaling(axes[2][1], results)
+    _memory(axes[2][2], results)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 OURS = "this server: native image"
+PEER = "hand-built @serve.batch (raw float32)"
+HANDLE = "this server: Python handle"
 
 
 def _at(system: dict, clients: int) -> float:
@@ -31,11 +33,43 @@ def rss_growth(memory: dict) -> float:
     return max((last[p] - first[p]) / first[p] for p in first)
 
 
+def standin_rate(standin: dict, protocol: str, clients: int, replicas: int,
+                 coalesce: bool) -> float:
+    return next((r["images_per_s"] for r in standin["runs"]
+                 if (r["protocol"], r["clients"], r["ingress_replicas"], r["coalesce"])
+                 == (protocol, clients, replicas, coalesce)), float("nan"))
+
+
+def _standin_ratios(standin: dict) -> dict:
+    out: dict = {}
+    decode = standin["decode_rate"]["images_per_s"]
+    for protocol in ("JPEG", "V2 binary"):
+        key = protocol.lower().replace(" ", "_")
+        for clients in (16, 64):
+            best_on = max(standin_rate(standin, protocol, clients, n, True) for n in (1, 2))
+            best_off = max(standin_rate(standin, protocol, clients, n, False) for n in (1, 2))
+            out[f"standin_{key}_{clients}_clients_coalescing_on_vs_off"] = best_on / best_off
+            if protocol == "JPEG":
+                out[f"standin_jpeg_{clients}_clients_vs_decode_rate"] = best_on / decode
+    floor = max(s["images_per_s"] for s in standin["floor"].values())
+    out["standin_best_vs_ray_floor"] = max(r["images_per_s"] for r in standin["runs"]) / floor
+    return out
+
+
 def ratios(results: dict) -> dict:
     """Every target's figure the run has the sections for."""
     out: dict = {}
     if OURS in results.get("systems", {}):
         out.update(_throughput_ratios(results))
+    if "standin" in results:
+        out.update(_standin_ratios(results["standin"]))
+    if "plain" in results:
+        plain = results["plain"]
+        fast = results.get("systems", {}).get(OURS, {})
+        out["plain_serve_run_vs_fast_path"] = (plain["this server"]["images_per_s"]
+                                               / _at(fast, plain["clients"]))
+        out["plain_serve_run_vs_plain_peer"] = (plain["this server"]["images_per_s"]
+                                                / plain["hand-built peer"]["images_per_s"])
     if "handoff" in results:
         at_100 = next(h for h in results["handoff"] if h["mb"] == 100)
         out["handoff_100mb_vs_copy"] = at_100["handoff_vs_copy"]
@@ -56,9 +90,11 @@ def _throughput_ratios(results: dict) -> dict:
     ours = _at(systems[OURS], many)
     out = {
         f"native_{many}_clients_vs_raw_best": ours / best,
+        f"native_{many}_clients_vs_hand_built_peer": ours / _at(systems[PEER], many),
         "batch32_requests_vs_raw_best": app["batch32_requests"]["images_per_s"] / best,
-        f"handle_{many}_clients_vs_raw_best":
-            _at(systems["this server: Python handle"], many) / best,
+        f"handle_{many}_clients_vs_raw_best": _at(systems[HANDLE], many) / best,
+        f"handle_by_ref_{many}_clients_vs_raw_best":
+            _at(systems.get(f"{HANDLE}, ObjectRef by name", {}), many) / best,
         f"model_handle_{many}_clients_vs_raw_best":
             _at(systems.get("this server: model handle", {}), many) / best,
         f"native_vs_naive_{many}_clients": ours / _at(systems["naive Ray Serve (JSON)"], many),
@@ -66,6 +102,11 @@ def _throughput_ratios(results: dict) -> dict:
             systems[OURS]["1"]["p50_ms"] - raw["batch1_ms"],
         "first_request_vs_steady_p50": app["first_request_ms"] / systems[OURS]["1"]["p50_ms"],
     }
+    off = systems.get(f"{OURS}, coalescing off", {})
+    if off:
+        clients = int(next(iter(off)))
+        out[f"native_{clients}_clients_coalescing_on_vs_off"] = (
+            _at(systems[OURS], clients) / _at(off, clients))
     kserve = [_at(s, many) for name, s in systems.items() if name.startswith("KServe")]
     if kserve:
         out[f"native_vs_best_kserve_{many}_clients"] = ours / max(kserve)
@@ -80,11 +121,27 @@ def report(results: dict) -> None:
     for name, by_clients in results.get("systems", {}).items():
         cells = "  ".join(f"{c}: {s['images_per_s']:6.1f} img/s p50 {s['p50_ms']:6.1f} ms"
                           for c, s in by_clients.items())
-        print(f"{name:>36}  {cells}")
+        print(f"{name:>44}  {cells}")
     if "app" in results:
         b32 = results["app"]["batch32_requests"]
-        print(f"{'32-image requests, 2 clients':>36}  {b32['images_per_s']:.1f} img/s")
-        print(f"batches formed (rows: count) {results['app']['model_stats']['batch_rows']}")
+        print(f"{'32-image requests, 2 clients':>44}  {b32['images_per_s']:.1f} img/s")
+        model = results["app"]["model_stats"]
+        print(f"max_batch_size {model['max_batch_size']} ({model['auto_batch_size']})")
+        print(f"rows per TensorFlow call (one replica): {model['batch_rows']}")
+        ingress = results["app"]["ingress_stats"]["models"]
+        for name, versions in ingress.items():
+            for version, counts in versions["versions"].items():
+                print(f"rows per model call, {name} v{version}: {counts['rows_per_call']}")
+    if "standin" in results:
+        standin = results["standin"]
+        print(f"in-process decode rate: {standin['decode_rate']['images_per_s']:.0f} img/s")
+        for clients, s in standin["floor"].items():
+            print(f"Ray's floor, {clients} clients: {s['images_per_s']:.0f} req/s")
+        for r in standin["runs"]:
+            print(f"stand-in {r['protocol']:>9}, {r['clients']:2d} clients, "
+                  f"{r['ingress_replicas']} ingress, coalescing "
+                  f"{'on ' if r['coalesce'] else 'off'}: {r['images_per_s']:7.1f} img/s "
+                  f"p50 {r['p50_ms']:6.1f} ms")
     for h in results.get("handoff", []):
         print(f"handoff {h['mb']:4d} MB: {h['handoff_ms']:7.1f} ms vs np.copy "
               f"{h['copy_ms']:7.1f} ms ({h['handoff_vs_copy']:.2f}x)")

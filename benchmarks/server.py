@@ -1,6 +1,6 @@
-"""This server under test: configs/config.yaml pointed at the benchmark model,
-deployed with `serve run` like a user does, on a cluster the bench owns, with
-the naive baseline deployed beside it."""
+"""This server under test: configs/config.yaml pointed at a benchmark model,
+deployed with `serve run` like a user does, on a cluster the bench owns; the
+peers (naive, hand-built, Ray's floor) are deployed beside it as other apps."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import ray
 import yaml
 from ray import cloudpickle, serve
 
+import benchmarks.floor
 import benchmarks.naive
-from benchmarks.naive import NaiveModel
+import benchmarks.peer
 from deployments.local import (
     driver_env,
     serve_run,
@@ -27,71 +28,77 @@ from deployments.local import (
 ROOT = Path(__file__).resolve().parents[1]
 APP = "ray-tf-serve"
 MODEL = "mobilenet_v2"
-NAIVE_APP = "naive"
 
-# Replicas cannot import the benchmarks package: ship the naive class by value.
-cloudpickle.register_pickle_by_value(benchmarks.naive)
+# Replicas cannot import the benchmarks package: ship the peers by value.
+for _module in (benchmarks.naive, benchmarks.peer, benchmarks.floor):
+    cloudpickle.register_pickle_by_value(_module)
 
 
-def bench_config(model_dir: Path, port: int, model_overrides: dict) -> dict:
-    """configs/config.yaml serving the benchmark model only, with the given
-    settings of its deployment (a fixed ``num_replicas`` drops autoscaling)."""
+def bench_config(model_dir: Path, port: int, model_overrides: dict,
+                 ingress_overrides: dict | None = None, app: str = APP,
+                 route_prefix: str = "/") -> dict:
+    """configs/config.yaml serving one benchmark model only (named ``MODEL``),
+    with the given settings of its deployment and of the Preprocessor (a fixed
+    ``num_replicas`` drops autoscaling)."""
     config = yaml.safe_load((ROOT / "configs" / "config.yaml").read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     config.pop("grpc_options", None)
-    (app,) = config["applications"]
-    app["args"]["models"] = [{"name": MODEL, "path": str(model_dir), "input": "image",
-                              "labels_path": str(model_dir / "labels.txt")}]
-    deployments = {d["name"]: d for d in app["deployments"]}
+    (application,) = config["applications"]
+    application.update(name=app, route_prefix=route_prefix)
+    application["args"]["models"] = [{"name": MODEL, "path": str(model_dir), "input": "image",
+                                      "labels_path": str(model_dir / "labels.txt")}]
+    deployments = {d["name"]: d for d in application["deployments"]}
     model = {**deployments["digits"], "name": MODEL}
     model.update(copy.deepcopy(model_overrides))
     if "num_replicas" in model_overrides:
         model.pop("autoscaling_config", None)
-    app["deployments"] = [deployments["Preprocessor"], model]
+    ingress = deployments["Preprocessor"]
+    ingress.update(copy.deepcopy(ingress_overrides or {}))
+    application["deployments"] = [ingress, model]
     return config
 
 
 class Server:
-    """A local Ray cluster with the app (and the naive baseline) deployed."""
+    """A local Ray cluster whose processes serve with ``env_file``."""
 
-    def __init__(self, config: dict, workdir: Path, env_file: Path, model_dir: Path,
-                 naive_replicas: int) -> None:
+    def __init__(self, workdir: Path, env_file: Path | None, port: int) -> None:
         self.env_file = env_file
         self.workdir = workdir
-        self.url = f"http://127.0.0.1:{config['http_options']['port']}"
-        self._config = config
-        self._model_dir = model_dir
-        self._naive_replicas = naive_replicas
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
 
-    def deploy(self, config: dict) -> None:
+    def deploy(self, config: dict, app: str = APP) -> None:
         """`serve run` a config; returns when the app is ready."""
         path = self.workdir / "bench-config.yaml"
         path.write_text(yaml.safe_dump(config))
         serve_run(path, cwd=ROOT, quiet=True)
-        wait_app_running(APP)
-        wait_ready(self.url)
+        wait_app_running(app)
+        prefix = next(a["route_prefix"] for a in config["applications"] if a["name"] == app)
+        wait_ready(self.url + prefix.rstrip("/"))
+
+    def run_app(self, app: serve.Application, name: str) -> str:
+        """Deploy a peer as its own app at ``/name``; its URL."""
+        serve.run(app, name=name, route_prefix=f"/{name}")
+        return f"{self.url}/{name}"
 
     def __enter__(self) -> Server:
         # Logical CPUs beyond the machine's: every system stays deployed while
         # one at a time is measured; replicas' threads follow their num_cpus.
         start_cluster(self.env_file, drain_s=1, logging_level="ERROR", num_cpus=16)
-        self.deploy(self._config)
-        naive = NaiveModel.options(num_replicas=self._naive_replicas)
-        serve.run(naive.bind(str(self._model_dir / "1")), name=NAIVE_APP,
-                  route_prefix=f"/{NAIVE_APP}")
         return self
 
-    def model_stats(self) -> dict:
-        return serve.get_deployment_handle(MODEL, APP).stats.remote().result()
+    def model_stats(self, model: str = MODEL, app: str = APP) -> dict:
+        return serve.get_deployment_handle(model, app).stats.remote().result()
 
-    def handle_load(self, clients: int, seconds: float, label: str,
-                    model: str | None = None) -> dict:
-        """Load from a second Ray job through the app's Python handle, or
-        through ``model``'s own deployment handle."""
+    def ingress_stats(self, app: str = APP) -> dict:
+        return serve.get_app_handle(app).stats.remote().result()
+
+    def handle_load(self, clients: int, seconds: float, label: str, *flags: str) -> dict:
+        """Load from a second Ray job through a Python handle (``flags``: those
+        of ``benchmarks.handle_load``)."""
         print(f"{label} ...", flush=True)
-        target = ["--model", model] if model else []
         done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.handle_load", "--app", APP, *target,
+            [sys.executable, "-m", "benchmarks.handle_load", "--app", APP, *flags,
              "--clients", str(clients), "--seconds", str(seconds)],
             cwd=ROOT, env=driver_env(), capture_output=True, text=True, timeout=600,
         )

@@ -53,8 +53,10 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {_QUIET_PORTS}")
 
 
-def start_cluster(env_file: Path, drain_s: int | None = None, **init_args: object) -> str:
-    """A fresh local cluster whose processes serve with ``env_file``; its address.
+def start_cluster(env_file: Path | None, drain_s: int | None = None,
+                  **init_args: object) -> str:
+    """A fresh local cluster whose processes serve with ``env_file`` (``None``:
+    Serve's defaults); its address.
 
     The variables are set after this driver imported Serve, so they reach the
     cluster's processes while this driver's own handles keep Serve's defaults.
@@ -62,7 +64,8 @@ def start_cluster(env_file: Path, drain_s: int | None = None, **init_args: objec
     HAProxy to stop routing to it), for tests and benchmarks that delete apps.
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.update(read_env_file(env_file))
+    if env_file is not None:
+        os.environ.update(read_env_file(env_file))
     # HAProxy and its fallback proxy listen on fixed ports by default (9101,
     # 8404, 8500, 9500): free ones let two local clusters (a test run beside a
     # benchmark or `make serve`) run at once.
