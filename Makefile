@@ -7,11 +7,11 @@ MODEL := models/digits/1/saved_model.pb
 LINEAR_MODEL := models/digits_linear/1/saved_model.pb
 
 # Token auth on local clusters breaks drivers joining with ray.init(address=...)
-# (see README); this project chooses the mode explicitly for every process.
+# (see docs/operations.md); this project chooses the mode explicitly for every process.
 export RAY_AUTH_MODE ?= disabled
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: serve test lint model browser bench kuberay clean
+.PHONY: serve test test-unit test-cluster test-browser lint model browser bench kuberay clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ browser:
 
 test: $(STAMP) model lint browser
 	$(BIN)/pytest
+
+# One tier at a time (tests/conftest.py): no Ray (~1 min), a real cluster, the browser.
+test-unit: $(STAMP) model lint
+	$(BIN)/pytest -m unit
+
+test-cluster: $(STAMP) model
+	$(BIN)/pytest -m "cluster and not browser"
+
+test-browser: $(STAMP) model browser
+	$(BIN)/pytest -m browser
 
 # deploy/kuberay/*.yaml from configs/ (a unit test fails when they are stale).
 kuberay: $(STAMP)

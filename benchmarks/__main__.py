@@ -33,14 +33,9 @@ from benchmarks.plot import plot_results
 from benchmarks.raw_tf import measure_raw
 from benchmarks.report import OURS, PEER, ratios, report
 from benchmarks.server import APP, MODEL, ROOT, Server, bench_config
-from deployments.local import (
-    object_store_mb,
-    read_env_file,
-    replica_pids,
-    rss_mb,
-    running_replicas,
-    wait_until,
-)
+from harness.cluster import replica_pids, running_replicas, wait_until
+from harness.envfile import read_env_file
+from harness.probes import object_store_mb, rss_mb
 from models.build_benchmark import DEFAULT_OUT, STANDIN_OUT, build, build_standin
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from deployments.local import running_replicas
+from harness.cluster import running_replicas
 
 
 class ReplicaCounter:

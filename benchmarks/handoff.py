@@ -12,7 +12,7 @@ import ray
 from ray import serve
 from tqdm import tqdm
 
-from deployments.local import in_object_store
+from harness.probes import in_object_store
 
 APP = "handoff"
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deployments.local import http_ok, wait_until
+from harness.cluster import http_ok, wait_until
 
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv-kserve"

@@ -49,23 +49,15 @@ def _raw(ax, results: dict) -> None:
     ax.set(xlabel="batch size", ylabel="images / s", title="Raw TensorFlow in one process")
 
 
-def _handoff(ax, results: dict) -> None:
-    handoff = results.get("handoff")
-    if not handoff:
-        _skipped(ax, "Handoff through the object store")
-        return
+def _handoff(ax, handoff: list, results: dict) -> None:
     sizes = [h["mb"] for h in handoff]
     ax.loglog(sizes, [h["handoff_ms"] for h in handoff], "-o", label="ray.put + replica call")
     ax.loglog(sizes, [h["copy_ms"] for h in handoff], "--s", label="one np.copy")
-    ax.set(xlabel="array MB", ylabel="ms", title="Handoff through the object store")
+    ax.set(xlabel="array MB", ylabel="ms")
     ax.legend(fontsize=7)
 
 
-def _autoscaling(ax, results: dict) -> None:
-    auto = results.get("autoscaling")
-    if not auto:
-        _skipped(ax, "Autoscaling under a step load")
-        return
+def _autoscaling(ax, auto: dict, results: dict) -> None:
     done = np.array(auto["done_at_s"])
     lat = np.array(auto["latencies_ms"])
     end = int(sum(s for _, s in auto["phases"]))
@@ -80,30 +72,22 @@ def _autoscaling(ax, results: dict) -> None:
               where="post", label="replicas")
     twin.set_ylabel("replicas", color="red")
     twin.set_ylim(0, max(3, max((n for _, n in auto["replicas"]), default=1) + 1))
-    ax.set(xlabel="seconds (1 → 16 → 1 clients)", title="Autoscaling under a step load")
+    ax.set(xlabel="seconds (1 → 16 → 1 clients)")
     ax.legend(fontsize=7, loc="upper left")
 
 
-def _memory(ax, results: dict) -> None:
-    memory = results.get("memory")
-    if not memory:
-        _skipped(ax, "Memory over a long run")
-        return
+def _memory(ax, memory: dict, results: dict) -> None:
     requests = [s["requests"] for s in memory["samples"]]
     for pid in memory["pids"]:
         ax.plot(requests, [s["rss_mb"][str(pid)] for s in memory["samples"]], "-o",
                 label=f"replica {pid} RSS")
     ax.plot(requests, [s["object_store_mb"] for s in memory["samples"]], "--",
             label="object store used")
-    ax.set(xlabel="requests", ylabel="MB", title="Memory over a long run")
+    ax.set(xlabel="requests", ylabel="MB")
     ax.legend(fontsize=7)
 
 
-def _standin(ax, results: dict) -> None:
-    standin = results.get("standin")
-    if not standin:
-        _skipped(ax, "GPU stand-in: the serving path alone")
-        return
+def _standin(ax, standin: dict, results: dict) -> None:
     runs = standin["runs"]
     labels = [f"{r['protocol']}\n{r['clients']}c {r['ingress_replicas']}i "
               f"{'on' if r['coalesce'] else 'off'}" for r in runs]
@@ -114,17 +98,12 @@ def _standin(ax, results: dict) -> None:
     ax.axhline(floor, color="red", linestyle=":", label="Ray's floor (2 trivial deployments)")
     ax.axhline(standin["decode_rate"]["images_per_s"] / 2, color="black", linestyle="--",
                label="half the in-process decode rate")
-    ax.set(ylabel="images / s", yscale="log",
-           title="GPU stand-in (clients c, ingress replicas i, coalescing on/off)")
+    ax.set(ylabel="images / s", yscale="log")
     ax.legend(fontsize=6)
 
 
-def _plain(ax, results: dict) -> None:
-    plain = results.get("plain")
+def _plain(ax, plain: dict, results: dict) -> None:
     fast = results.get("systems", {})
-    if not plain:
-        _skipped(ax, "Plain `serve run` vs the fast path")
-        return
     clients = str(plain["clients"])
     bars = {"this server\nplain": plain["this server"]["images_per_s"],
             "peer\nplain": plain["hand-built peer"]["images_per_s"]}
@@ -134,14 +113,10 @@ def _plain(ax, results: dict) -> None:
             bars[short] = fast[name][clients]["images_per_s"]
     ax.bar(list(bars), list(bars.values()), color=["#aec7e8", "#ffbb78", "#1f77b4",
                                                    "#ff7f0e"][:len(bars)])
-    ax.set(ylabel="images / s", title=f"Plain `serve run` vs server.env, {clients} clients")
+    ax.set(ylabel="images / s", xlabel=f"{clients} clients")
 
 
-def _batches(ax, results: dict) -> None:
-    app = results.get("app")
-    if not app:
-        _skipped(ax, "Batches formed")
-        return
+def _batches(ax, app: dict, results: dict) -> None:
     model = app["model_stats"]["batch_rows"]
     calls: dict[str, int] = {}
     for versions in app["ingress_stats"]["models"].values():
@@ -155,20 +130,31 @@ def _batches(ax, results: dict) -> None:
     ax.bar(x + 0.2, [model.get(str(s), model.get(s, 0)) for s in sizes], 0.4,
            label="rows per TensorFlow call (one replica)")
     ax.set_xticks(x, [str(s) for s in sizes])
-    ax.set(xlabel="rows", ylabel="count", title="Batches formed")
+    ax.set(xlabel="rows", ylabel="count")
     ax.legend(fontsize=7)
+
+
+# The panels after the first row: the results' section each draws, its title.
+PANELS = [
+    ("standin", "GPU stand-in (clients c, ingress replicas i, coalescing on/off)", _standin),
+    ("plain", "Plain `serve run` vs server.env", _plain),
+    ("app", "Batches formed", _batches),
+    ("handoff", "Handoff through the object store", _handoff),
+    ("autoscaling", "Autoscaling under a step load", _autoscaling),
+    ("memory", "Memory over a long run", _memory),
+]
 
 
 def plot_results(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(3, 3, figsize=(18, 13))
     _systems(axes[0][0], axes[0][1], results)
     _raw(axes[0][2], results)
-    _standin(axes[1][0], results)
-    _plain(axes[1][1], results)
-    _batches(axes[1][2], results)
-    _handoff(axes[2][0], results)
-    _autoscaling(axes[2][1], results)
-    _memory(axes[2][2], results)
+    for ax, (key, title, draw) in zip(axes[1:].flat, PANELS, strict=True):
+        if results.get(key):
+            draw(ax, results[key], results)
+            ax.set_title(title)
+        else:
+            _skipped(ax, title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -17,13 +17,7 @@ from ray import cloudpickle, serve
 import benchmarks.floor
 import benchmarks.naive
 import benchmarks.peer
-from deployments.local import (
-    driver_env,
-    serve_run,
-    start_cluster,
-    wait_app_running,
-    wait_ready,
-)
+from harness.cluster import driver_env, serve_run, start_cluster, wait_app_running, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "ray-tf-serve"

@@ -18,13 +18,13 @@ import argparse
 import math
 import sys
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import ray
 import yaml
 
-from deployments.local import read_env_file
+from harness.envfile import read_env_file
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "deploy" / "kuberay"
@@ -132,7 +132,7 @@ def render(target: Target) -> dict:
         "spec": {
             "serveConfigV2": config_text,
             "rayClusterConfig": {
-                "rayVersion": ray.__version__,
+                "rayVersion": version("ray"),
                 "enableInTreeAutoscaling": True,  # Serve's autoscaling asks; pods follow
                 "headGroupSpec": {
                     "rayStartParams": head_params,

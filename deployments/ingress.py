@@ -1,10 +1,12 @@
 """The preprocessing deployment: the app's HTTP and gRPC ingress and its
-Python API.
+Python API, wired to the model deployments through Ray.
 
-Every protocol decodes its body with a pure codec into a numpy batch that
-takes a single data path (:class:`deployments.registry.ModelEndpoint`):
-checked against the model's signature, ``ray.put`` once into the object
-store, and the ``ObjectRef`` handed to that model's deployment.
+The HTTP side is :func:`deployments.asgi.build_asgi`; every protocol decodes
+its body with a pure codec into a numpy batch that takes a single data path
+(:class:`deployments.registry.ModelEndpoint`): checked against the model's
+signature, coalesced with the requests waiting for the same model, put once
+into the object store, and the ``ObjectRef`` handed to that model's
+deployment (:class:`deployments.model_client.RayModelClient`).
 """
 
 from __future__ import annotations
@@ -18,22 +20,13 @@ from pydantic import BaseModel, ConfigDict
 from ray import ObjectRef, serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
+from deployments.asgi import build_asgi
 from deployments.coalescing import CoalesceSettings
-from deployments.codecs.errors import ServeError
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics
-from deployments.openapi import openapi_document
-from deployments.protocols import ui
-from deployments.protocols.http import render_error
+from deployments.model_client import RayModelClient
 from deployments.protocols.native import NativeApi
-from deployments.protocols.tfserving import TFServingApi
-from deployments.protocols.v2 import V2Api
 from deployments.protocols.v2_grpc import V2GrpcService
 from deployments.registry import ModelRegistry
 from deployments.signature import ModelMetadata
@@ -53,26 +46,16 @@ class Preprocessor(V2GrpcService):
     def __init__(self, models: dict[str, DeploymentHandle], top_k: int,
                  limits: InputLimits) -> None:
         self._metrics = IngressMetrics(models)
-        self._registry = ModelRegistry(models, limits, self._metrics)
+        clients = {name: RayModelClient(name, handle) for name, handle in models.items()}
+        self._registry = ModelRegistry(clients, limits, self._metrics)
         self._limits = limits
         self._settings = IngressSettings()
         self._native = NativeApi(self._registry, limits, top_k)
+        self._asgi = build_asgi(self._registry, limits, self._metrics, top_k)
         Image.preinit()  # load Pillow's common decoders now, not in the first request
 
     def __serve_build_asgi_app__(self) -> Starlette:
-        routes = [
-            Route("/healthz", self.healthz, methods=["GET"]),
-            Route("/readyz", self.readyz, methods=["GET"]),
-            Route("/openapi.json", self.openapi, methods=["GET"]),
-            *self._native.routes(),
-            *TFServingApi(self._registry, self._limits).routes(),
-            *V2Api(self._registry, self._limits).routes(),
-            *ui.routes(),
-        ]
-        handlers = {ServeError: render_error, HTTPException: render_error,
-                    Exception: render_error}
-        return Starlette(routes=routes, exception_handlers=handlers,
-                         middleware=[Middleware(self._metrics.asgi)])
+        return self._asgi
 
     def reconfigure(self, user_config: dict) -> None:
         """Retune coalescing live (Serve calls this on deploy and redeploy)."""
@@ -101,15 +84,5 @@ class Preprocessor(V2GrpcService):
     async def metadata(self, model: str | None = None,
                        version: int | str | None = None) -> ModelMetadata:
         """The Python handle API: a model's signature, labels and input kind."""
-        return await self._registry.get(model).version(version)
-
-    async def healthz(self, request: Request) -> JSONResponse:
-        return JSONResponse({"status": "alive"})
-
-    async def readyz(self, request: Request) -> JSONResponse:
-        """Ready while every model has a replica that answers now (not just once)."""
-        metas = await self._registry.ready()
-        return JSONResponse({"status": "ready", "models": [m.name for m in metas]})
-
-    async def openapi(self, request: Request) -> JSONResponse:
-        return JSONResponse(openapi_document(self._registry.names))
+        _, meta = await self._registry.resolve(model, version)
+        return meta

@@ -44,17 +44,11 @@ CLIENT_GONE = 499
 _arrived: contextvars.ContextVar[float | None] = contextvars.ContextVar("arrived", default=None)
 
 
-def protocol_of(route_path: str | None) -> str:
-    """The protocol a matched route belongs to (``None``: no route matched)."""
-    if route_path is None:
+def protocol_of(route: Any) -> str:
+    """The protocol of the route a request matched (``None``: no route did)."""
+    if route is None:
         return "none"
-    if route_path.startswith("/v1/"):
-        return "tfserving"
-    if route_path.startswith("/v2"):
-        return "v2"
-    if route_path in ("/predict", "/models") or route_path.startswith("/models/"):
-        return "native"
-    return "other"  # health, OpenAPI
+    return getattr(route, "protocol", "other")  # the demo page's files: "other"
 
 
 def model_label(name: str | None, served: Collection[str]) -> str:
@@ -163,12 +157,11 @@ class IngressMetrics:
             finally:
                 # Starlette's router records the matched route in the scope.
                 route: Any = scope.get("route")
-                path = getattr(route, "path", None)
                 # /predict is about the default model (None); other routes
                 # without a model name are about no model ("").
-                unnamed = None if path == "/predict" else ""
+                unnamed = None if getattr(route, "path", None) == "/predict" else ""
                 name = scope.get("path_params", {}).get("name", unnamed)
-                self.count(name, protocol_of(path), status)
+                self.count(name, protocol_of(route), status)
 
         return metered
 

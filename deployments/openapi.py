@@ -1,13 +1,20 @@
-"""The OpenAPI 3.0 document of every HTTP route (served at ``/openapi.json``).
+"""The OpenAPI 3.1 document of every HTTP route (served at ``/openapi.json``),
+made from the app's routing table: each route's operation is looked up by the
+route's name, so a route cannot be served without being documented.
 
-Written out by hand from the protocol documents, so it states exactly what
-each route takes; model names are listed from the config.
+The operations are written from the protocol documents, so they state exactly
+what each route takes; model names are listed from the config.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.metadata import version as package_version
 from typing import Any
+
+from deployments.codecs.v2_json import InferRequestHeader
+from deployments.codecs.v2_tensor import BYTES, DATATYPES
+from deployments.protocols.routes import ApiRoute
 
 Schema = dict[str, Any]
 
@@ -16,13 +23,15 @@ _ERROR: Schema = {"type": "object", "required": ["error"],
                   "properties": {"error": {"type": "string"}}}
 _B64: Schema = {"type": "object", "required": ["b64"], "properties": {"b64": {"type": "string"}},
                 "additionalProperties": False}
+# The V2 request's JSON comes from the models that validate it; its $defs
+# become the document's components.
+_V2_REQUEST = InferRequestHeader.model_json_schema(ref_template="#/components/schemas/{model}")
+_COMPONENTS = _V2_REQUEST.pop("$defs")
 _V2_TENSOR: Schema = {
     "type": "object", "required": ["name", "datatype", "shape"],
     "properties": {
         "name": {"type": "string"},
-        "datatype": {"type": "string", "enum": [
-            "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-            "FP16", "FP32", "FP64", "BYTES"]},
+        "datatype": {"type": "string", "enum": [*DATATYPES, BYTES]},
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         "parameters": {"type": "object"},
         "data": {"type": "array", "items": {}},
@@ -59,27 +68,14 @@ def _operation(summary: str, ok: Schema, body: dict[str, Any] | None = None,
     return operation
 
 
-def _path_params(names: list[str], with_version: bool) -> list[Schema]:
-    params = [{"name": "name", "in": "path", "required": True,
-               "schema": {"type": "string", "enum": names}}]
-    if with_version:
-        params.append({"name": "version", "in": "path", "required": True,
-                       "schema": {"type": "string", "pattern": "^[0-9]+$"}})
-    return params
+def _path_param(name: str, models: list[str]) -> Schema:
+    schema = ({"type": "string", "enum": models} if name == "name"
+              else {"type": "string", "pattern": "^[0-9]+$"})
+    return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
-def _model_paths(prefix: str, suffix: str, names: list[str],
-                 method: str, operation: dict[str, Any]) -> dict[str, Any]:
-    """The same operation on ``{prefix}/{name}{suffix}`` and its version form."""
-    paths = {}
-    for with_version in (False, True):
-        middle = "/{name}/versions/{version}" if with_version else "/{name}"
-        params = _path_params(names, with_version) + operation.get("parameters", [])
-        paths[prefix + middle + suffix] = {method: {**operation, "parameters": params}}
-    return paths
-
-
-def openapi_document(model_names: list[str]) -> dict[str, Any]:
+def _operations() -> dict[str, dict[str, Any] | None]:
+    """Each route's operation, by route name (``None``: left out of the document)."""
     native_body = {
         "image/png": {"schema": {"type": "string", "format": "binary"}},
         "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
@@ -98,8 +94,6 @@ def openapi_document(model_names: list[str]) -> dict[str, Any]:
     predictions = {"type": "object", "properties": {
         "model": {"type": "string"}, "version": {"type": "integer"},
         "predictions": {"type": "array", "items": {"type": "object"}}}}
-    native = _operation("Top classes for uploaded images or JSON instances", predictions,
-                        native_body, native_query)
     tf_predict_body = _json({
         "type": "object",
         "properties": {"signature_name": {"type": "string"},
@@ -109,53 +103,61 @@ def openapi_document(model_names: list[str]) -> dict[str, Any]:
                        'binary values as {"b64": "..."}',
     })
     v2_infer_body = {
-        **_json({"type": "object", "required": ["inputs"], "properties": {
-            "id": {"type": "string"}, "parameters": {"type": "object"},
-            "inputs": {"type": "array", "minItems": 1, "items": _V2_TENSOR},
-            "outputs": {"type": "array", "items": {
-                "type": "object", "required": ["name"],
-                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}}}},
-        }}),
+        **_json(_V2_REQUEST),
         "application/octet-stream": {"schema": {
             "type": "string", "format": "binary",
             "description": "binary tensor data extension: a JSON header of "
                            "Inference-Header-Content-Length bytes, then the tensors' bytes"}},
     }
-    v2_infer = _operation("V2 inference (JSON or binary tensors)", {
-        "type": "object", "properties": {"model_name": {"type": "string"},
-                                         "model_version": {"type": "string"},
-                                         "id": {"type": "string"},
-                                         "outputs": {"type": "array", "items": _V2_TENSOR}}},
-        v2_infer_body, [{"name": "Inference-Header-Content-Length", "in": "header",
-                         "schema": {"type": "integer", "minimum": 0}}])
     status = {"type": "object", "properties": {"model_version_status": {"type": "array"}}}
-    paths: dict[str, Any] = {
-        "/healthz": {"get": _operation("Liveness of the ingress", {"type": "object"})},
-        "/readyz": {"get": _operation("Every model has a replica answering now",
-                                      {"type": "object"})},
-        "/openapi.json": {"get": _operation("This document", {"type": "object"})},
-        "/models": {"get": _operation("The served models", {"type": "object"})},
-        "/predict": {"post": native},
-        **_model_paths("/models", "/predict", model_names, "post", native),
-        **_model_paths("/v1/models", ":predict", model_names, "post", _operation(
-            "TF Serving predict", {"type": "object"}, tf_predict_body)),
-        **_model_paths("/v1/models", "", model_names, "get",
-                       _operation("TF Serving model status", status)),
-        **_model_paths("/v1/models", "/metadata", model_names, "get",
-                       _operation("TF Serving model metadata", {"type": "object"})),
-        "/v2": {"get": _operation("V2 server metadata", {"type": "object"})},
-        "/v2/health/live": {"get": _operation("V2 liveness", {"type": "object"})},
-        "/v2/health/ready": {"get": _operation("V2 readiness", {"type": "object"})},
-        **_model_paths("/v2/models", "", model_names, "get",
-                       _operation("V2 model metadata", _V2_METADATA)),
-        **_model_paths("/v2/models", "/ready", model_names, "get",
-                       _operation("V2 model readiness", {"type": "object"})),
-        **_model_paths("/v2/models", "/infer", model_names, "post", v2_infer),
-    }
+    anything = {"type": "object"}
     return {
-        "openapi": "3.0.3",
+        "healthz": _operation("Liveness of the ingress", anything),
+        "readyz": _operation("Every model has a replica answering now", anything),
+        "openapi": _operation("This document", anything),
+        "native.models": _operation("The served models", anything),
+        "native.predict": _operation("Top classes for uploaded images or JSON instances",
+                                     predictions, native_body, native_query),
+        "tfserving.predict": _operation("TF Serving predict", anything, tf_predict_body),
+        "tfserving.verb": None,  # :classify and :regress answer with an error
+        "tfserving.status": _operation("TF Serving model status", status),
+        "tfserving.metadata": _operation("TF Serving model metadata", anything),
+        "v2.server": _operation("V2 server metadata", anything),
+        "v2.live": _operation("V2 liveness", anything),
+        "v2.ready": _operation("V2 readiness", anything),
+        "v2.model": _operation("V2 model metadata", _V2_METADATA),
+        "v2.model_ready": _operation("V2 model readiness", anything),
+        "v2.infer": _operation("V2 inference (JSON or binary tensors)", {
+            "type": "object", "properties": {"model_name": {"type": "string"},
+                                             "model_version": {"type": "string"},
+                                             "id": {"type": "string"},
+                                             "outputs": {"type": "array",
+                                                         "items": _V2_TENSOR}}},
+            v2_infer_body, [{"name": "Inference-Header-Content-Length", "in": "header",
+                             "schema": {"type": "integer", "minimum": 0}}]),
+    }
+
+
+OPERATIONS = _operations()
+
+
+def openapi_document(routes: Sequence[ApiRoute], model_names: list[str]) -> dict[str, Any]:
+    """The document of ``routes`` (the app's routing table); model names are
+    the served ones."""
+    paths: dict[str, Any] = {}
+    for route in routes:
+        operation = OPERATIONS[route.name]
+        if operation is None:
+            continue
+        params = [_path_param(name, model_names) for name in route.param_convertors]
+        for method in sorted(route.methods - {"HEAD"}):
+            paths.setdefault(route.path, {})[method.lower()] = {
+                **operation, "parameters": params + operation.get("parameters", [])}
+    return {
+        "openapi": "3.1.0",
         "info": {"title": "ray-tf-serve", "version": package_version("ray-tf-serve"),
                  "description": "TensorFlow SavedModels on Ray Serve: a native image API, "
                                 "TensorFlow Serving's REST API and KServe V2."},
         "paths": paths,
+        "components": {"schemas": _COMPONENTS},
     }

@@ -1,33 +1,26 @@
 """The app's models by name, as every protocol sees them.
 
-Each model is its own deployment; a :class:`ModelEndpoint` holds its handle
-and its cached metadata, and owns the one data path into it: check the batch
-against the signature, coalesce it with the other requests waiting for the
-same version (``deployments.coalescing``), ``ray.put`` their arrays once into
-the object store, and hand the ``ObjectRef`` to a model replica. A caller's
-own ``ObjectRef`` is checked in place and forwarded as it is.
+Each model is its own deployment; a :class:`ModelEndpoint` holds its cached
+metadata and owns the one data path into it: check the batch against the
+signature, coalesce it with the other requests waiting for the same version
+(``deployments.coalescing``), and send them in one call through its
+:class:`ModelClient` (``deployments.model_client``: arrays put once into the
+object store, callers' own ``ObjectRef`` forwarded as they are).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError, RayError
-from ray.serve.exceptions import (
-    BackPressureError,
-    DeploymentUnavailableError,
-    ReplicaUnavailableError,
-)
-from ray.serve.handle import DeploymentHandle
+from ray.exceptions import RayError
 
 from deployments.batching import Outputs
 from deployments.coalescing import Coalescer, CoalesceSettings
@@ -37,28 +30,32 @@ from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics, arrival_time
 from deployments.signature import ModelMetadata, check_batch, check_size
 
-logger = logging.getLogger("ray.serve")
-
 # How long the versions and signatures learned from a model replica are trusted.
 _METADATA_TTL_S = 5.0
 # How long a model that could not be asked stays unavailable before it is asked again.
 _UNAVAILABLE_TTL_S = 1.0
 
-# Pauses before each new try of a request whose model replica died.
-_RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0)
-
-# The model could not take or finish the request: retrying later may work.
-_MODEL_UNAVAILABLE = (RayActorError, ActorUnavailableError, DeploymentUnavailableError,
-                      ReplicaUnavailableError)
-
 # Rows per coalesced call while the model's own max_batch_size is not known.
 _DEFAULT_COALESCE_ROWS = 32
 
 
+class ModelClient(Protocol):
+    """How an endpoint reaches its model's replicas (Ray's: ``model_client.py``)."""
+
+    async def metadata(self) -> dict[int, ModelMetadata]:
+        """Every served version's metadata; ``ServiceUnavailable`` if none answers."""
+        ...
+
+    async def call(self, version: int, local: list[np.ndarray],
+                   forwarded: list[ray.ObjectRef]) -> list[Outputs | ServeError]:
+        """Run each part (``local`` ones first), answering each on its own."""
+        ...
+
+
 @dataclass(frozen=True)
 class _Part:
-    """One request's checked batch: an array to put with its batch-mates, or a
-    caller's own object to forward as it is."""
+    """One request's checked batch: an array to send with its batch-mates, or
+    a caller's own object to forward as it is."""
 
     rows: int
     array: np.ndarray | None = None
@@ -69,14 +66,11 @@ class _Part:
 class ModelEndpoint:
     """One model deployment: its versions' metadata and the way in."""
 
-    def __init__(self, name: str, handle: DeploymentHandle, limits: InputLimits,
+    def __init__(self, name: str, client: ModelClient, limits: InputLimits,
                  metrics: IngressMetrics) -> None:
         self.name = name
+        self._client = client
         self._metrics = metrics
-        # By reference: the model replica gets the ObjectRef and reads the
-        # object store's buffer, even where Serve would otherwise send request
-        # arguments by value over gRPC (RAY_SERVE_THROUGHPUT_OPTIMIZED=1).
-        self._handle = handle.options(_by_reference=True)
         self._limits = limits
         self._versions: dict[int, ModelMetadata] | None = None
         self._fetched_at = -math.inf
@@ -109,20 +103,12 @@ class ModelEndpoint:
 
     async def _refresh(self) -> None:
         try:
-            self._versions = await self.fetch_versions()
+            self._versions = await self._client.metadata()
         except ServiceUnavailable:
             pass  # the versions known before stay; without any, callers get a 503
         finally:
             self._fetched_at = time.monotonic()
             self._refreshing = None
-
-    async def fetch_versions(self) -> dict[int, ModelMetadata]:
-        """Ask a model replica now: a 503 unless one answers within seconds."""
-        try:
-            return await asyncio.wait_for(self._handle.metadata.remote(), timeout=10)
-        except Exception as exc:
-            logger.warning("model %r metadata unavailable: %r", self.name, exc)
-            raise ServiceUnavailable(f"model {self.name!r} is not available") from exc
 
     async def version(self, version: str | int | None = None) -> ModelMetadata:
         """One version's metadata (default: the highest), or a 404."""
@@ -136,10 +122,12 @@ class ModelEndpoint:
                            f"{', '.join(map(str, sorted(versions)))})")
         return versions[number]
 
-    async def check_ready(self, version: str | int | None = None) -> None:
-        """A 404 unless ``version`` is served, a 503 unless a replica answers now."""
-        await self.version(version)
-        await self.fetch_versions()
+    async def check_ready(self, version: str | int | None = None) -> ModelMetadata:
+        """``version``'s metadata: a 404 unless it is served, a 503 unless a
+        replica answers now."""
+        meta = await self.version(version)
+        await self._client.metadata()
+        return meta
 
     async def decode_images(self, meta: ModelMetadata, blobs: Sequence[bytes]) -> np.ndarray:
         """Encoded images → the model's input batch, on a thread: decoding is CPU
@@ -202,50 +190,26 @@ class ModelEndpoint:
         return await self._coalescer(meta).submit(part, part.rows)
 
     async def _call(self, version: int, parts: list[_Part]) -> list[Outputs | ServeError]:
-        """One model call for ``parts``: their arrays put as one object, callers'
-        objects forwarded; each part's answer in order."""
+        """One model call for ``parts``, each part's answer in order."""
         local = [p.array for p in parts if p.ref is None]
         forwarded = [p.ref for p in parts if p.ref is not None]
-        local_ref = ray.put(local) if local else None
         self._forwarded += len(forwarded)
         for part in parts:
             self._metrics.preprocessed(self.name, part.arrived)
         self._metrics.coalesced(self.name, sum(p.rows for p in parts))
-        answers = await self._send(local_ref, forwarded, version)
+        with self._metrics.inference(self.name):
+            answers = await self._client.call(version, local, forwarded)
         from_local, from_forwarded = iter(answers[:len(local)]), iter(answers[len(local):])
         return [next(from_forwarded if p.ref is not None else from_local) for p in parts]
-
-    async def _send(self, local: ray.ObjectRef | None, forwarded: list[ray.ObjectRef],
-                    version: int) -> list[Outputs | ServeError]:
-        """The model call, sent again (a few times) when its replica died:
-        inference has no side effects, and Serve routes it to a live replica."""
-        delays = iter(_RETRY_DELAYS_S)
-        while True:
-            try:
-                with self._metrics.inference(self.name):
-                    return await self._handle.infer_parts.remote(local, forwarded, version)
-            except BackPressureError as exc:  # max_queued_requests reached: shed at once
-                raise ServiceUnavailable(f"model {self.name!r} is overloaded (its request "
-                                         "queue is full); retry shortly") from exc
-            except _MODEL_UNAVAILABLE as exc:
-                delay = next(delays, None)
-                if delay is None:
-                    logger.warning("model %r unavailable: %r", self.name, exc)
-                    raise ServiceUnavailable(
-                        f"no replica of model {self.name!r} could take the request; retry"
-                    ) from exc
-                logger.info("model %r replica lost (%r); retrying in %.1f s",
-                            self.name, exc, delay)
-                await asyncio.sleep(delay)
 
 
 class ModelRegistry:
     """The served models in config order; the first is the default."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle], limits: InputLimits,
+    def __init__(self, clients: dict[str, ModelClient], limits: InputLimits,
                  metrics: IngressMetrics) -> None:
-        self._models = {name: ModelEndpoint(name, h, limits, metrics)
-                        for name, h in handles.items()}
+        self._models = {name: ModelEndpoint(name, client, limits, metrics)
+                        for name, client in clients.items()}
         self.default = next(iter(self._models))
 
     @property
@@ -267,7 +231,14 @@ class ModelRegistry:
             raise NotFound(f"no model named {name!r} (served: {', '.join(self._models)})")
         return model
 
+    async def resolve(self, name: str | None, version: str | int | None
+                      ) -> tuple[ModelEndpoint, ModelMetadata]:
+        """A model by name (default: the first) and one of its versions
+        (default: the highest), or a 404 naming what is served."""
+        endpoint = self.get(name)
+        return endpoint, await endpoint.version(version)
+
     async def ready(self) -> list[ModelMetadata]:
         """Each model's highest version, asked of its replicas now."""
-        answers = await asyncio.gather(*(m.fetch_versions() for m in self._models.values()))
-        return [versions[max(versions)] for versions in answers]
+        answers = await asyncio.gather(*(m.check_ready() for m in self._models.values()))
+        return list(answers)

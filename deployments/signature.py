@@ -66,9 +66,6 @@ class ModelMetadata:
     # coalesces requests up to it. Retuned live, so not part of equality.
     max_batch_size: int = field(default=0, compare=False)
 
-    def output(self, name: str) -> TensorSpec | None:
-        return next((o for o in self.outputs if o.name == name), None)
-
     @property
     def input(self) -> TensorSpec:
         """The single input tensor the native routes feed."""

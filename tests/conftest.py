@@ -1,6 +1,22 @@
+"""Test tiers, by where a test lives: ``unit`` (tests/unit, tests/app: pure
+code and the HTTP layer in process, no Ray), ``cluster`` (tests/integration:
+a real Ray cluster and Serve), ``browser`` (the demo page in Chromium, on the
+cluster). ``make test-unit``, ``make test-cluster``, ``make test-browser``
+run one; ``make test`` runs them all."""
+
 import os
 
+import pytest
+
 # Every process of the test session (this driver, `serve run`, the example
-# client) runs with Ray's token authentication off; see README "Ray clusters".
+# client) runs with Ray's token authentication off; see docs/operations.md.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = "cluster" if item.path.parent.name == "integration" else "unit"
+        item.add_marker(tier)
+        if item.path.name == "test_ui.py":
+            item.add_marker("browser")

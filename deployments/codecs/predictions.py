@@ -1,4 +1,5 @@
-"""Model scores → the JSON predictions the native route and the handle return."""
+"""Model scores → the best classes: the JSON predictions the native route and
+the handle return, and the indices V2's classification extension reads."""
 
 from __future__ import annotations
 
@@ -37,12 +38,18 @@ def parse_flag(value: object, name: str) -> bool:
     raise BadRequest(f"{name} must be true or false, got {value!r}")
 
 
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row of ``[N, classes]`` scores, the indices of the ``k`` best, best
+    first (ties keep class order)."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
 def top_k_predictions(
     scores: np.ndarray, labels: Sequence[str], k: int, include_scores: bool
 ) -> list[dict[str, Any]]:
     """Per row, the ``k`` best classes (best first) and optionally all scores."""
     scores = scores.reshape(len(scores), -1)
-    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    best = top_k_indices(scores, k)
     predictions = []
     for row, indices in zip(scores, best, strict=True):
         entry: dict[str, Any] = {

@@ -1,5 +1,5 @@
 """KServe V2 over gRPC: ``inference.GRPCInferenceService`` messages ↔ the
-tensors of :mod:`deployments.codecs.v2` (pure; no Ray, no TensorFlow).
+tensors of :mod:`deployments.codecs.v2_tensor` (pure; no Ray, no TensorFlow).
 
 The protobuf classes are the ones ``tritonclient`` generates from the
 protocol's ``grpc_service.proto``, so its clients speak to us unmodified.
@@ -9,17 +9,13 @@ are always sent as ``raw_output_contents``, as Triton does.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-import grpc
 import numpy as np
-from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
-from tritonclient.grpc.service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 
 from deployments.codecs.errors import BadRequest
-from deployments.codecs.v2 import (
+from deployments.codecs.v2_tensor import (
     BYTES,
     InferRequest,
     OutputTensor,
@@ -35,20 +31,6 @@ from deployments.codecs.v2 import (
 )
 from deployments.signature import ModelMetadata
 
-# The generated classes name their modules after the .proto files
-# ("grpc_service_pb2"), which are not importable by those names. Serve's gRPC
-# proxy pickles each request for the replica, and pickle finds a class by its
-# module: without these aliases it fails with PicklingError.
-sys.modules.setdefault("grpc_service_pb2", pb)
-sys.modules.setdefault("model_config_pb2", model_config_pb2)
-
-
-def add_servicer(servicer: Any, server: grpc.Server) -> None:
-    """For ``grpc_options.grpc_servicer_functions``: tritonclient's generated
-    registration, reached through this module so that the proxy process that
-    imports it gets the aliases above."""
-    add_GRPCInferenceServiceServicer_to_server(servicer, server)
-
 # Which typed ``InferTensorContents`` field holds each datatype.
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
@@ -58,13 +40,12 @@ _CONTENTS_FIELD = {
 }
 
 
-def _parameter(value: pb.InferParameter) -> Any:
-    kind = value.WhichOneof("parameter_choice")
-    return getattr(value, kind) if kind else None
-
-
-def _parameters(params: Any) -> dict[str, Any]:
-    return {key: _parameter(value) for key, value in params.items()}
+def _parameter(params: Any, key: str) -> Any:
+    """One ``InferParameter``'s value (``None``: not given)."""
+    if key not in params:
+        return None
+    kind = params[key].WhichOneof("parameter_choice")
+    return getattr(params[key], kind) if kind else None
 
 
 def _input(tensor: pb.ModelInferRequest.TensorTensor, raw: bytes | None) -> Tensor:
@@ -99,12 +80,11 @@ def parse_infer_request(message: pb.ModelInferRequest) -> InferRequest:
     if message.outputs:
         outputs = []
         for out in message.outputs:
-            classes = _parameters(out.parameters).get("classification", 0)
-            if not isinstance(classes, int) or classes < 0:
+            classes = _parameter(out.parameters, "classification") or 0
+            if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
                 raise BadRequest(f"output {out.name!r}: classification must be a class count")
             outputs.append(RequestedOutput(out.name, classification=classes))
-    return InferRequest(inputs=inputs, outputs=outputs, id=message.id or None,
-                        parameters=_parameters(message.parameters))
+    return InferRequest(inputs=inputs, outputs=outputs, id=message.id or None)
 
 
 def encode_infer_response(meta: ModelMetadata, request_id: str | None,

@@ -1,4 +1,5 @@
-"""What every HTTP route shares: bounded body reads and the one error renderer."""
+"""What every HTTP route shares: the model its path names, bounded body reads
+and the one error renderer."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from deployments.codecs.errors import (
     ServeError,
     UnsupportedMediaType,
 )
+from deployments.registry import ModelEndpoint, ModelRegistry
+from deployments.signature import ModelMetadata
 
 logger = logging.getLogger("ray.serve")
 
@@ -36,6 +39,14 @@ def render_error(request: Request, exc: Exception) -> JSONResponse:
         logger.error("unhandled error on %s", request.url.path, exc_info=exc)
         exc = ServeError("internal server error")
     return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+
+async def resolve(registry: ModelRegistry, request: Request
+                  ) -> tuple[ModelEndpoint, ModelMetadata]:
+    """The model and version a route's path names (``{name}``, ``{version}``;
+    absent: the default model, its highest version), or a 404."""
+    return await registry.resolve(request.path_params.get("name"),
+                                  request.path_params.get("version"))
 
 
 def media_type(request: Request) -> str:

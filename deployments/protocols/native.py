@@ -16,13 +16,13 @@ from ray import ObjectRef
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from deployments.codecs.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from deployments.codecs.predictions import parse_flag, parse_top_k, top_k_predictions
 from deployments.codecs.tensor import instances_to_array, parse_json
 from deployments.config import InputLimits
-from deployments.protocols.http import PortableJSON, media_type, read_body
+from deployments.protocols.http import PortableJSON, media_type, read_body, resolve
+from deployments.protocols.routes import ApiRoute, model_routes
 from deployments.registry import ModelEndpoint, ModelRegistry
 from deployments.signature import ModelMetadata, named_input
 
@@ -36,13 +36,12 @@ class NativeApi:
         self._limits = limits
         self._default_top_k = top_k
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[ApiRoute]:
         return [
-            Route("/predict", self.predict_http, methods=["POST"]),
-            Route("/models", self.list_models, methods=["GET"]),
-            Route("/models/{name}/predict", self.predict_http, methods=["POST"]),
-            Route("/models/{name}/versions/{version}/predict", self.predict_http,
-                  methods=["POST"]),
+            ApiRoute("/predict", self.predict_http, "POST", "native.predict", "native"),
+            ApiRoute("/models", self.list_models, "GET", "native.models", "native"),
+            *model_routes("/models", "/predict", self.predict_http, "POST", "native.predict",
+                          "native"),
         ]
 
     async def predict(
@@ -52,8 +51,7 @@ class NativeApi:
     ) -> dict[str, Any]:
         """Predict a batch in the model's input shape, bare or by input name
         (an array or an ``ObjectRef``): the top classes per row."""
-        endpoint = self._registry.get(model)
-        meta = await endpoint.version(version)
+        endpoint, meta = await self._registry.resolve(model, version)
         return await self._predict(endpoint, meta, named_input(inputs, meta.input), top_k,
                                    scores)
 
@@ -95,8 +93,7 @@ class NativeApi:
                 f"unsupported Content-Type {kind or '(none)'!r}: send image/*, "
                 "multipart/form-data with image files, or application/json with \"instances\""
             )
-        endpoint = self._registry.get(request.path_params.get("name"))
-        meta = await endpoint.version(request.path_params.get("version"))
+        endpoint, meta = await resolve(self._registry, request)
         body = await read_body(request, self._limits.max_body_bytes)
         batch = await decode(request, body, endpoint, meta)
         params = request.query_params

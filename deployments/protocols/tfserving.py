@@ -11,7 +11,6 @@ import asyncio
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from deployments.codecs.errors import BadRequest
 from deployments.codecs.tensor import parse_json, rows_to_array
@@ -22,7 +21,8 @@ from deployments.codecs.tfserving import (
     parse_predict_request,
 )
 from deployments.config import InputLimits
-from deployments.protocols.http import JSONWithNaN, read_body
+from deployments.protocols.http import JSONWithNaN, read_body, resolve
+from deployments.protocols.routes import ApiRoute, model_routes
 from deployments.registry import ModelRegistry
 
 
@@ -31,18 +31,17 @@ class TFServingApi:
         self._registry = registry
         self._limits = limits
 
-    def routes(self) -> list[Route]:
+    def routes(self) -> list[ApiRoute]:
         # The :predict routes first: "{name}" would also match "digits:predict".
-        base, version = "/v1/models/{name}", "/v1/models/{name}/versions/{version}"
         return [
-            Route(base + ":predict", self.predict, methods=["POST"]),
-            Route(version + ":predict", self.predict, methods=["POST"]),
-            Route(base + ":{verb}", self.other_verb, methods=["POST"]),
-            Route(version + ":{verb}", self.other_verb, methods=["POST"]),
-            Route(base, self.status, methods=["GET"]),
-            Route(version, self.status, methods=["GET"]),
-            Route(base + "/metadata", self.metadata, methods=["GET"]),
-            Route(version + "/metadata", self.metadata, methods=["GET"]),
+            *model_routes("/v1/models", ":predict", self.predict, "POST", "tfserving.predict",
+                          "tfserving"),
+            *model_routes("/v1/models", ":{verb}", self.other_verb, "POST", "tfserving.verb",
+                          "tfserving"),
+            *model_routes("/v1/models", "", self.status, "GET", "tfserving.status",
+                          "tfserving"),
+            *model_routes("/v1/models", "/metadata", self.metadata, "GET",
+                          "tfserving.metadata", "tfserving"),
         ]
 
     async def status(self, request: Request) -> JSONResponse:
@@ -53,21 +52,18 @@ class TFServingApi:
         return JSONResponse(model_status([(await endpoint.version(version)).version]))
 
     async def metadata(self, request: Request) -> JSONResponse:
-        endpoint = self._registry.get(request.path_params["name"])
-        meta = await endpoint.version(request.path_params.get("version"))
+        _, meta = await resolve(self._registry, request)
         return JSONResponse(model_metadata(meta))
 
     async def other_verb(self, request: Request) -> JSONResponse:
         """``:classify`` and ``:regress`` need tf.Example signatures, which a
         SavedModel exported for ``:predict`` does not have."""
-        endpoint = self._registry.get(request.path_params["name"])
-        meta = await endpoint.version(request.path_params.get("version"))
+        _, meta = await resolve(self._registry, request)
         raise BadRequest(f"model {meta.name!r} serves only :predict (signature "
                          f"{meta.signature_name!r}), not :{request.path_params['verb']}")
 
     async def predict(self, request: Request) -> JSONResponse:
-        endpoint = self._registry.get(request.path_params["name"])
-        meta = await endpoint.version(request.path_params.get("version"))
+        endpoint, meta = await resolve(self._registry, request)
         body = await read_body(request, self._limits.max_body_bytes)
         parsed = await asyncio.to_thread(
             lambda: parse_predict_request(parse_json(body), meta.input))

@@ -16,22 +16,20 @@ from importlib.metadata import version as package_version
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from deployments.codecs.errors import BadRequest
-from deployments.codecs.v2 import (
+from deployments.codecs.v2_json import HEADER_LENGTH, encode_infer_response, parse_infer_request
+from deployments.codecs.v2_tensor import (
     BYTES,
     EXTENSIONS,
-    HEADER_LENGTH,
     InferRequest,
     OutputTensor,
-    encode_infer_response,
     model_metadata,
-    parse_infer_request,
     select_outputs,
 )
 from deployments.config import InputLimits
-from deployments.protocols.http import read_body
+from deployments.protocols.http import read_body, resolve
+from deployments.protocols.routes import ApiRoute, model_routes
 from deployments.registry import ModelRegistry
 from deployments.signature import ModelMetadata
 
@@ -47,8 +45,7 @@ async def infer(registry: ModelRegistry, name: str, version: str | None,
                 request: InferRequest) -> tuple[ModelMetadata, list[OutputTensor]]:
     """One V2 inference: the input checked against the signature (BYTES are
     encoded images for image models), the model run, the outputs selected."""
-    endpoint = registry.get(name)
-    meta = await endpoint.version(version or None)
+    endpoint, meta = await registry.resolve(name, version or None)
     spec = meta.input
     if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
         names = ", ".join(repr(i.name) for i in request.inputs)
@@ -70,18 +67,15 @@ class V2Api:
         self._registry = registry
         self._limits = limits
 
-    def routes(self) -> list[Route]:
-        model, version = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
+    def routes(self) -> list[ApiRoute]:
         return [
-            Route("/v2", self.server, methods=["GET"]),
-            Route("/v2/health/live", self.live, methods=["GET"]),
-            Route("/v2/health/ready", self.ready, methods=["GET"]),
-            Route(model, self.model_metadata, methods=["GET"]),
-            Route(version, self.model_metadata, methods=["GET"]),
-            Route(model + "/ready", self.model_ready, methods=["GET"]),
-            Route(version + "/ready", self.model_ready, methods=["GET"]),
-            Route(model + "/infer", self.infer, methods=["POST"]),
-            Route(version + "/infer", self.infer, methods=["POST"]),
+            ApiRoute("/v2", self.server, "GET", "v2.server", "v2"),
+            ApiRoute("/v2/health/live", self.live, "GET", "v2.live", "v2"),
+            ApiRoute("/v2/health/ready", self.ready, "GET", "v2.ready", "v2"),
+            *model_routes("/v2/models", "", self.model_metadata, "GET", "v2.model", "v2"),
+            *model_routes("/v2/models", "/ready", self.model_ready, "GET", "v2.model_ready",
+                          "v2"),
+            *model_routes("/v2/models", "/infer", self.infer, "POST", "v2.infer", "v2"),
         ]
 
     async def server(self, request: Request) -> JSONResponse:
@@ -95,8 +89,7 @@ class V2Api:
         return JSONResponse({"ready": True})
 
     async def model_metadata(self, request: Request) -> JSONResponse:
-        endpoint = self._registry.get(request.path_params["name"])
-        meta = await endpoint.version(request.path_params.get("version"))
+        endpoint, meta = await resolve(self._registry, request)
         return JSONResponse(model_metadata(meta, sorted(await endpoint.versions())))
 
     async def model_ready(self, request: Request) -> JSONResponse:

@@ -3,8 +3,8 @@ gRPC proxy.
 
 The proxy calls the ingress deployment's method named after the RPC with the
 request message; the config enables it with ``grpc_options`` and
-:func:`deployments.codecs.v2_grpc.add_servicer`. Errors set a gRPC status
-code on the call's context, the way ``tritonclient.grpc`` reports them.
+:func:`add_servicer`. Errors set a gRPC status code on the call's context, the
+way ``tritonclient.grpc`` reports them.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from ray.serve.grpc_util import RayServegRPCContext
+from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc.service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 
 from deployments.codecs.errors import PayloadTooLarge, ServeError, ServiceUnavailable
 from deployments.codecs.v2_grpc import (
@@ -31,6 +34,21 @@ from deployments.protocols import v2
 from deployments.registry import ModelRegistry
 
 logger = logging.getLogger("ray.serve")
+
+# The generated classes name their modules after the .proto files
+# ("grpc_service_pb2"), which are not importable by those names. Serve's gRPC
+# proxy pickles each request for the replica, and pickle finds a class by its
+# module: without these aliases it fails with PicklingError. Both the proxy
+# (through add_servicer) and the ingress replica import this module.
+sys.modules.setdefault("grpc_service_pb2", pb)
+sys.modules.setdefault("model_config_pb2", model_config_pb2)
+
+
+def add_servicer(servicer: Any, server: grpc.Server) -> None:
+    """For ``grpc_options.grpc_servicer_functions``: tritonclient's generated
+    registration, reached through this module so that the proxy process that
+    imports it gets the aliases above."""
+    add_GRPCInferenceServiceServicer_to_server(servicer, server)
 
 _STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
                  413: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -113,8 +131,7 @@ class V2GrpcService:
     @_status
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             grpc_context: RayServegRPCContext) -> pb.ModelMetadataResponse:
-        endpoint = self._registry.get(request.name)
-        meta = await endpoint.version(request.version or None)
+        endpoint, meta = await self._registry.resolve(request.name, request.version or None)
         return model_metadata_response(meta, sorted(await endpoint.versions()))
 
     @_status

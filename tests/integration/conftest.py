@@ -17,17 +17,9 @@ import ray
 import yaml
 from ray import serve
 
-from deployments.local import driver_env, free_port, serve_run, start_cluster, wait_ready
 from deployments.shipping import MODEL_DIR_ENV
-
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "configs" / "config.yaml"
-SAMPLES = sorted((ROOT / "models" / "samples").iterdir())
-APP_NAME = "ray-tf-serve"  # as named in configs/config.yaml
-
-
-def sample_label(path: Path) -> str:
-    return path.name.split("_")[1]  # digit_<label>_<size>_<mode>.<ext>
+from harness.cluster import driver_env, free_port, serve_run, start_cluster, wait_ready
+from tests.common import CONFIG, ROOT
 
 
 @pytest.fixture(scope="session")
@@ -78,8 +70,9 @@ def client(base_url: str) -> Iterator[httpx.Client]:
 def with_test_app(name: str, args: dict | None = None, model_args: dict | None = None,
                   deployment: dict | None = None) -> dict:
     """configs/config.yaml plus an app ``name`` at ``/name`` serving the config's
-    first model without autoscaling; the overrides merge into the app's args,
-    that model's args and its deployment's settings."""
+    first model without autoscaling and with a fixed max_batch_size (no timing
+    at start-up); the overrides merge into the app's args, that model's args
+    and its deployment's settings."""
     config = yaml.safe_load(CONFIG.read_text())
     app = copy.deepcopy(config["applications"][0])
     app.update(name=name, route_prefix=f"/{name}")
@@ -87,6 +80,7 @@ def with_test_app(name: str, args: dict | None = None, model_args: dict | None =
     app["args"].update(args or {})
     preprocessor, model = app["deployments"][:2]
     model.pop("autoscaling_config")
+    model["user_config"] = {**model["user_config"], "max_batch_size": 32}
     model.update(deployment or {})
     app["deployments"] = [preprocessor, model]
     config["applications"].append(app)

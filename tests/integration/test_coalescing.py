@@ -13,8 +13,9 @@ import pytest
 from ray import serve
 from ray.serve.schema import ApplicationStatus
 
-from deployments.local import wait_until
-from tests.integration.conftest import APP_NAME, SAMPLES, deploy_config, with_test_app
+from harness.cluster import wait_until
+from tests.common import APP_NAME, SAMPLES
+from tests.integration.conftest import deploy_config, with_test_app
 
 COALESCE_APP = "coalesce"
 MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg"}

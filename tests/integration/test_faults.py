@@ -15,9 +15,10 @@ import pytest
 import ray
 from ray import serve
 
-from deployments import local
-from deployments.local import running_replicas, wait_app_running, wait_until
-from tests.integration.conftest import SAMPLES, deploy_config, with_test_app
+from harness import cluster
+from harness.cluster import running_replicas, wait_app_running, wait_until
+from tests.common import SAMPLES
+from tests.integration.conftest import deploy_config, with_test_app
 
 APP = "faults"
 
@@ -63,13 +64,18 @@ class SteadyLoad:
                     self.statuses[type(exc).__name__] += 1
                 self.slowest_s = max(self.slowest_s, time.perf_counter() - started)
 
+    def answers(self, more: int) -> None:
+        """Wait until ``more`` further requests have been answered."""
+        target = sum(self.statuses.values()) + more
+        wait_until(lambda: sum(self.statuses.values()) >= target, 120, f"{more} more answers")
+
     def __enter__(self) -> SteadyLoad:
         self._futures = [self._pool.submit(self._run) for _ in range(self._clients)]
-        time.sleep(3)
+        self.answers(self._clients)  # the load is running
         return self
 
     def __exit__(self, *exc: object) -> None:
-        time.sleep(2)
+        self.answers(self._clients)  # and it ran on after whatever happened inside
         self._stop.set()
         for f in self._futures:
             f.result()
@@ -77,7 +83,7 @@ class SteadyLoad:
 
 
 def replica_actor_names() -> list[str]:
-    return local.replica_actor_names(APP, "digits")
+    return cluster.replica_actor_names(APP, "digits")
 
 
 def test_a_killed_replica_loses_no_request(faults_url: str):

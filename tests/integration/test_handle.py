@@ -13,7 +13,7 @@ import ray
 from ray import serve
 
 from deployments.codecs.errors import BadRequest
-from tests.integration.conftest import APP_NAME, ROOT, SAMPLES
+from tests.common import APP_NAME, ROOT, SAMPLES
 
 
 def test_handle_client_in_a_second_driver_matches_http(

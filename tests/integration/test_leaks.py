@@ -5,12 +5,12 @@ are released."""
 from __future__ import annotations
 
 import concurrent.futures
-import time
 
 import httpx
 
-from deployments.local import object_store_mb, replica_pids, rss_mb, running_replicas
-from tests.integration.conftest import APP_NAME, SAMPLES
+from harness.cluster import replica_pids, running_replicas, wait_until
+from harness.probes import object_store_mb, rss_mb
+from tests.common import APP_NAME, SAMPLES
 
 
 def send(base_url: str, count: int) -> int:
@@ -36,13 +36,13 @@ def send(base_url: str, count: int) -> int:
 def test_memory_returns_to_its_post_warmup_level(base_url: str):
     send(base_url, 400)  # warm-up: TF's allocator, Serve's queues, HTTP pools
     pids = replica_pids(APP_NAME, "digits", running_replicas(APP_NAME)["digits"])
-    time.sleep(1)
     rss_before = {pid: rss_mb(pid) for pid in pids}
     store_before = object_store_mb()
 
     assert send(base_url, 3000) == 3000
 
-    time.sleep(2)  # let the last references be released
-    assert object_store_mb() <= store_before + 1  # MiB granularity
+    # The last references are released soon after the last answers.
+    wait_until(lambda: object_store_mb() <= store_before + 1, 30,  # MiB granularity
+               "the object store to return to its post-warm-up use")
     for pid, before in rss_before.items():
         assert rss_mb(pid) <= before * 1.05, (pid, before, rss_mb(pid))

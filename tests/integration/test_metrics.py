@@ -14,7 +14,7 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
-from tests.integration.conftest import APP_NAME, SAMPLES
+from tests.common import APP_NAME, SAMPLES
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 

@@ -13,8 +13,9 @@ from ray import serve
 from ray.serve.schema import ApplicationStatus
 
 from deployments.app import build_app
-from deployments.local import http_ok, wait_until
-from tests.integration.conftest import ROOT, SAMPLES, deploy_config, with_test_app
+from harness.cluster import http_ok, wait_until
+from tests.common import ROOT, SAMPLES
+from tests.integration.conftest import deploy_config, with_test_app
 
 
 @pytest.mark.parametrize(

@@ -28,8 +28,9 @@ import httpx
 import pytest
 import yaml
 
-from deployments.local import free_port, read_env_file, wait_ready, wait_until
-from tests.integration.conftest import APP_NAME, CONFIG, ROOT, SAMPLES
+from harness.cluster import free_port, wait_ready, wait_until
+from harness.envfile import read_env_file
+from tests.common import APP_NAME, CONFIG, ROOT, SAMPLES
 
 BIN = Path(sys.executable).parent
 

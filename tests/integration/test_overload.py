@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from ray import serve
 
-from deployments.local import wait_app_running
+from harness.cluster import wait_app_running
 from tests.integration.conftest import deploy_config, with_test_app
 
 APP = "overload"

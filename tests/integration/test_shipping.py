@@ -12,14 +12,10 @@ import pytest
 import ray
 from ray import serve
 
-from deployments.local import (
-    replica_actor_names,
-    running_replicas,
-    wait_app_running,
-    wait_until,
-)
 from deployments.shipping import local_root
-from tests.integration.conftest import ROOT, SAMPLES, deploy_config, with_test_app
+from harness.cluster import replica_actor_names, running_replicas, wait_app_running, wait_until
+from tests.common import ROOT, SAMPLES
+from tests.integration.conftest import deploy_config, with_test_app
 
 APP = "shipped"
 

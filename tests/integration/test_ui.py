@@ -21,7 +21,7 @@ from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
 from deployments.app import build_app
-from tests.integration.conftest import ROOT, SAMPLES, sample_label
+from tests.common import ROOT, SAMPLES, sample_label
 
 # Debian's chromium and chromium-driver (`make test` installs them). Giving the
 # driver's path keeps Selenium Manager from looking for (and downloading) one.

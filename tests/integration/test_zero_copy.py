@@ -9,16 +9,18 @@ import pytest
 import ray
 from ray import cloudpickle, serve
 
+import harness.probes
 import tests.integration.test_zero_copy as this_module
 from deployments.codecs.errors import BadRequest
 from deployments.config import DeviceArgs, InputLimits, ModelArgs
 from deployments.ingress import Preprocessor
-from deployments.local import in_object_store
 from deployments.model import ModelDeployment
-from tests.integration.conftest import ROOT
+from harness.probes import in_object_store
+from tests.common import ROOT
 
-# Replicas cannot import the tests package; ship this module's classes by value.
+# Replicas cannot import the tests or the harness; ship what they run by value.
 cloudpickle.register_pickle_by_value(this_module)
+cloudpickle.register_pickle_by_value(harness.probes)
 
 
 class InputProbe(ModelDeployment.func_or_class):

@@ -8,7 +8,7 @@ import yaml
 
 from deploy.rayservice import ROOT, TARGETS, WORKDIR, Target, manifest_text, worker_pods
 from deployments.config import AppArgs
-from deployments.local import read_env_file
+from harness.envfile import read_env_file
 
 PINNED_RAY = next(re.search(r"==([\d.]+)", d).group(1)
                   for d in tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -1,15 +1,12 @@
-import pytest
+from types import SimpleNamespace
 
 from deployments.metrics import UNKNOWN_MODEL, model_label, protocol_of
 
 
-@pytest.mark.parametrize(("route", "protocol"), [
-    ("/predict", "native"), ("/models", "native"), ("/models/{name}/predict", "native"),
-    ("/v1/models/{name}:predict", "tfserving"), ("/v2/models/{name}/infer", "v2"),
-    ("/v2", "v2"), ("/healthz", "other"), (None, "none"),
-])
-def test_protocol_of_route(route, protocol):
-    assert protocol_of(route) == protocol
+def test_protocol_is_read_off_the_matched_route():
+    assert protocol_of(SimpleNamespace(protocol="v2")) == "v2"
+    assert protocol_of(SimpleNamespace(path="/ui")) == "other"  # the demo page's files
+    assert protocol_of(None) == "none"  # no route matched
 
 
 def test_model_label_is_bounded_to_served_names():

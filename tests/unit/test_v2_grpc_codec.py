@@ -5,8 +5,8 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 from deployments.codecs.errors import BadRequest
-from deployments.codecs.v2 import OutputTensor
 from deployments.codecs.v2_grpc import encode_infer_response, parse_infer_request
+from deployments.codecs.v2_tensor import OutputTensor
 from deployments.signature import ModelMetadata, TensorSpec
 
 META = ModelMetadata("m", 1, "serving_default", (TensorSpec("x", "float32", (None, 2)),),

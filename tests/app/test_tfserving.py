@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from tests.integration.conftest import SAMPLES, sample_label
+from tests.common import SAMPLES, sample_label
 
 
 def rows(n: int = 5) -> tuple[list[list[float]], list[int]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import socket
 import subprocess
 import sys
@@ -18,15 +17,9 @@ from pathlib import Path
 
 import ray
 from ray import serve
-from ray._private.internal_api import memory_summary
 from ray.serve.schema import ApplicationStatus
 
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines; blank lines and ``#`` comments are skipped."""
-    lines = (line.strip() for line in path.read_text().splitlines())
-    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
-
+from harness.envfile import read_env_file
 
 # Ports that nothing picks on its own: above Ray's worker ports (10002-19999),
 # below Serve's direct-ingress replica ports (30000+) and Linux's ephemeral
@@ -140,19 +133,6 @@ def replica_pids(app: str, deployment: str, replicas: int, tries: int = 50) -> l
     return sorted(pids)
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a local process (this machine's replicas)."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
-
-
-def object_store_mb() -> float:
-    """The object store's used memory across the cluster, in MiB."""
-    summary = memory_summary(ray.get_runtime_context().gcs_address, stats_only=True)
-    match = re.search(r"Plasma memory usage (\d+) MiB", summary)
-    return float(match.group(1)) if match else 0.0
-
-
 def http_ok(url: str) -> bool:
     """Whether ``GET url`` answers 200 now (refused, reset, timed out or an
     error status are all "no")."""
@@ -166,16 +146,3 @@ def http_ok(url: str) -> bool:
 def wait_ready(url: str, timeout_s: float = 300) -> None:
     """Until ``GET {url}/readyz`` answers 200 (a model replica is up)."""
     wait_until(lambda: http_ok(f"{url}/readyz"), timeout_s, f"{url} to be ready")
-
-
-def in_object_store(address: int) -> bool:
-    """Whether ``address`` lies in this process's mapping of Ray's shared-memory
-    object store (a zero-copy view, not a private copy)."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)  # the path may end in " (deleted)"
-            if len(fields) == 6 and "plasma" in fields[5]:
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                if start <= address < end:
-                    return True
-    return False

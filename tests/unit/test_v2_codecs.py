@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 
 from deployments.codecs.errors import BadRequest
-from deployments.codecs.v2 import (
+from deployments.codecs.v2_json import encode_infer_response, parse_infer_request
+from deployments.codecs.v2_tensor import (
     InferRequest,
     OutputTensor,
     RequestedOutput,
     classify,
     datatype_of,
-    encode_infer_response,
-    parse_infer_request,
     raw_to_tensor,
     select_outputs,
     tensor_to_raw,
@@ -77,10 +76,10 @@ def test_mixed_binary_and_json_inputs_keep_their_order():
 @pytest.mark.parametrize(
     ("inputs", "message"),
     [
-        ([], '"inputs" must be a non-empty list'),
-        ([{"datatype": "FP32", "shape": [1], "data": [1]}], "name must be a non-empty string"),
+        ([], "inputs must not be empty"),
+        ([{"datatype": "FP32", "shape": [1], "data": [1]}], r"inputs\[0\].name is required"),
         ([{"name": "x", "datatype": "FP8", "shape": [1], "data": [1]}], "unsupported datatype"),
-        ([{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}], "non-negative"),
+        ([{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}], "must not be negative"),
         ([{"name": "x", "datatype": "FP32", "shape": [2], "data": [1]}], "1 elements for shape"),
         ([{"name": "x", "datatype": "FP32", "shape": [2], "data": ["a", "b"]}], "only numbers"),
         ([{"name": "x", "datatype": "FP32", "shape": [2], "data": [[1], [2, 3]]}], "ragged"),

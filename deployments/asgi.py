@@ -1,0 +1,61 @@
+"""The app's HTTP side as a plain value: :func:`build_asgi` turns a model
+registry into a Starlette app with every route, codec, limit and error. The
+Preprocessor deployment serves it; the tests drive it in-process, no Ray."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute
+
+from deployments.codecs.errors import ServeError
+from deployments.config import InputLimits
+from deployments.metrics import IngressMetrics
+from deployments.openapi import openapi_document
+from deployments.protocols import ui
+from deployments.protocols.http import render_error
+from deployments.protocols.native import NativeApi
+from deployments.protocols.routes import ApiRoute
+from deployments.protocols.tfserving import TFServingApi
+from deployments.protocols.v2 import V2Api
+from deployments.registry import ModelRegistry
+
+
+def api_routes(registry: ModelRegistry, limits: InputLimits, top_k: int) -> list[ApiRoute]:
+    """The API's routing table, in matching order: health, the three
+    protocols, and the OpenAPI document made from this same table. (Making
+    the table asks nothing of the registry yet.)"""
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(request: Request) -> JSONResponse:
+        """Ready while every model has a replica that answers now (not just once)."""
+        metas = await registry.ready()
+        return JSONResponse({"status": "ready", "models": [m.name for m in metas]})
+
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(openapi_document(routes, registry.names))
+
+    routes = [
+        ApiRoute("/healthz", healthz, "GET", "healthz", "other"),
+        ApiRoute("/readyz", readyz, "GET", "readyz", "other"),
+        ApiRoute("/openapi.json", openapi, "GET", "openapi", "other"),
+        *NativeApi(registry, limits, top_k).routes(),
+        *TFServingApi(registry, limits).routes(),
+        *V2Api(registry, limits).routes(),
+    ]
+    return routes
+
+
+def build_asgi(registry: ModelRegistry, limits: InputLimits, metrics: IngressMetrics,
+               top_k: int) -> Starlette:
+    """The app: the API's routes and the demo page, every error rendered as
+    JSON, every request counted."""
+    routes: list[BaseRoute] = [*api_routes(registry, limits, top_k), *ui.routes()]
+    handlers = {ServeError: render_error, HTTPException: render_error, Exception: render_error}
+    return Starlette(routes=routes, exception_handlers=handlers,
+                     middleware=[Middleware(metrics.asgi)])

@@ -1,0 +1,208 @@
+"""KServe V2 over HTTP: the JSON body and the binary tensor data extension
+(pure; no Ray, no TensorFlow).
+
+A request body is a JSON header, optionally followed by raw tensor bytes when
+the ``Inference-Header-Content-Length`` header gives the JSON's length. The
+header's structure is checked by the pydantic models below (which also give
+the OpenAPI document its schema); tensor data stays out of them: JSON
+``data`` is read straight into numpy, binary data becomes numpy views of the
+body (no copy per element).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
+
+from deployments.codecs.errors import BadRequest
+from deployments.codecs.tensor import parse_json
+from deployments.codecs.v2_tensor import (
+    BYTES,
+    DATATYPES,
+    InferRequest,
+    OutputTensor,
+    RequestedOutput,
+    Tensor,
+    as_datatype,
+    check_datatype,
+    check_shape,
+    element_count,
+    raw_to_tensor,
+    tensor_to_raw,
+)
+from deployments.signature import ModelMetadata
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+class _Header(BaseModel):
+    # Strict: "1" is not a shape dimension nor "yes" a boolean. Extra fields
+    # are allowed, as the protocol lets clients add their own parameters.
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+class InputParameters(_Header):
+    binary_data_size: NonNegativeInt | None = Field(
+        None, description="bytes of this input in the binary data after the JSON")
+
+
+class InputTensor(_Header):
+    """One input; ``data`` (JSON, flat or nested, row-major) or binary data."""
+
+    name: str = Field(min_length=1)
+    datatype: str = Field(json_schema_extra={"enum": [*DATATYPES, BYTES]})
+    shape: list[NonNegativeInt]
+    parameters: InputParameters = InputParameters()
+    data: Any = Field(None, description="the values, unless sent as binary data")
+
+
+class OutputParameters(_Header):
+    binary_data: bool | None = None
+    classification: NonNegativeInt = Field(
+        0, description="> 0: the top classes as 'score:index:label' strings")
+
+
+class OutputRequest(_Header):
+    name: str = Field(min_length=1)
+    parameters: OutputParameters = OutputParameters()
+
+
+class RequestParameters(_Header):
+    binary_data_output: bool = False
+
+
+class InferRequestHeader(_Header):
+    """The JSON of ``POST /v2/models/{name}/infer``."""
+
+    id: str | None = None
+    inputs: list[InputTensor] = Field(min_length=1)
+    outputs: list[OutputRequest] | None = None
+    parameters: RequestParameters = RequestParameters()
+
+
+# pydantic's error types, said for a JSON document.
+_PHRASES = {
+    "missing": "is required", "dict_type": "must be a JSON object",
+    "model_type": "must be a JSON object", "model_attributes_type": "must be a JSON object",
+    "list_type": "must be a list", "string_type": "must be a string",
+    "bool_type": "must be true or false", "int_type": "must be an integer",
+    "greater_than_equal": "must not be negative", "string_too_short": "must not be empty",
+    "too_short": "must not be empty",
+}
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    return path.lstrip(".") or "the request"
+
+
+def _header(document: Any) -> InferRequestHeader:
+    try:
+        return InferRequestHeader.model_validate(document)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        phrase = _PHRASES.get(error["type"], error["msg"])
+        raise BadRequest(f"{_where(error['loc'])} {phrase}") from None
+
+
+def _json_data(value: Any, datatype: str, shape: tuple[int, ...],
+               what: str) -> np.ndarray | list[bytes]:
+    """JSON ``data`` (flat or nested, row-major) → data of ``shape``."""
+    count = element_count(shape)
+    if datatype == BYTES:
+        flat = _flatten(value)
+        if not all(isinstance(v, str) for v in flat):
+            raise BadRequest(f"{what}: BYTES data must be strings")
+        elements = [v.encode("utf-8") for v in flat]
+        if len(elements) != count:
+            raise BadRequest(f"{what}: {len(elements)} elements for shape {list(shape)}")
+        return elements
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        raise BadRequest(f"{what}: data is ragged") from None
+    if array.dtype.kind not in ("b" if datatype == "BOOL" else "iuf"):
+        raise BadRequest(f"{what}: data must hold only "
+                         f"{'booleans' if datatype == 'BOOL' else 'numbers'}")
+    if DATATYPES[datatype].kind in "iu" and array.dtype.kind == "f":
+        raise BadRequest(f"{what}: {datatype} data must be integers")
+    if array.size != count:
+        raise BadRequest(f"{what}: {array.size} elements for shape {list(shape)}")
+    return as_datatype(array, datatype, shape, what)
+
+
+def _flatten(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        return [value]
+    return [leaf for item in value for leaf in _flatten(item)]
+
+
+def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
+    """An infer request body → tensors; binary data is viewed, not copied."""
+    if header_length is None:
+        header, binary = body, memoryview(b"")
+    else:
+        if not header_length.isascii() or not header_length.isdigit():
+            raise BadRequest(f"{HEADER_LENGTH} must be a byte count, got {header_length!r}")
+        length = int(header_length)
+        if length > len(body):
+            raise BadRequest(f"{HEADER_LENGTH} is {length} but the body has only "
+                             f"{len(body)} bytes")
+        header, binary = body[:length], memoryview(body)[length:]
+    request = _header(parse_json(header))
+    offset = 0
+    inputs = []
+    for item in request.inputs:
+        what = f"input {item.name!r}"
+        datatype = check_datatype(item.datatype, what)
+        shape = check_shape(item.shape, what)
+        size = item.parameters.binary_data_size
+        if size is not None:
+            if offset + size > len(binary):
+                raise BadRequest(f"{what}: binary_data_size {size} runs past the end of "
+                                 f"the body ({len(binary) - offset} bytes left)")
+            data = raw_to_tensor(binary[offset:offset + size], datatype, shape, what)
+            offset += size
+        elif "data" in item.model_fields_set:
+            data = _json_data(item.data, datatype, shape, what)
+        else:
+            raise BadRequest(f"{what} has neither \"data\" nor a binary_data_size")
+        inputs.append(Tensor(item.name, datatype, shape, data))
+    if offset != len(binary):
+        raise BadRequest(f"the body carries {len(binary)} bytes of binary data but the "
+                         f"inputs' binary_data_size add up to {offset}")
+    outputs = None if request.outputs is None else [
+        RequestedOutput(o.name, o.parameters.binary_data, o.parameters.classification)
+        for o in request.outputs]
+    return InferRequest(inputs=inputs, outputs=outputs, id=request.id,
+                        binary_output=request.parameters.binary_data_output)
+
+
+def encode_infer_response(meta: ModelMetadata, request_id: str | None,
+                          outputs: list[OutputTensor]) -> tuple[bytes, int | None]:
+    """The response body and, when it carries binary outputs, the JSON's length."""
+    blobs: list[bytes] = []
+    tensors = []
+    for out in outputs:
+        entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype,
+                                 "shape": list(out.shape)}
+        if out.binary:
+            blob = tensor_to_raw(out)
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        elif out.datatype == BYTES:
+            entry["data"] = [b.decode("utf-8", "replace") for b in out.data]
+        else:
+            entry["data"] = np.asarray(out.data).ravel().tolist()
+        tensors.append(entry)
+    document: dict[str, Any] = {"model_name": meta.name, "model_version": str(meta.version),
+                                "outputs": tensors}
+    if request_id is not None:
+        document["id"] = request_id
+    header = json.dumps(document, separators=(",", ":")).encode()
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)
