@@ -24,8 +24,15 @@ from ray.exceptions import RayError
 
 from deployments.batching import Outputs
 from deployments.coalescing import Coalescer, CoalesceSettings
-from deployments.codecs.errors import BadRequest, NotFound, ServeError, ServiceUnavailable
+from deployments.codecs.errors import (
+    BadRequest,
+    NotFound,
+    ServeError,
+    ServiceUnavailable,
+    clip,
+)
 from deployments.codecs.image import decode_images
+from deployments.codecs.numbers import decimal_count
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics, arrival_time
 from deployments.signature import ModelMetadata, check_batch, check_size
@@ -115,10 +122,9 @@ class ModelEndpoint:
         versions = await self.versions()
         if version is None:
             return versions[max(versions)]
-        number = (int(version) if isinstance(version, int)
-                  or (version.isascii() and version.isdigit()) else None)
+        number = version if isinstance(version, int) else decimal_count(version)
         if number not in versions:
-            raise NotFound(f"model {self.name!r} has no version {version!r} (it serves: "
+            raise NotFound(f"model {self.name!r} has no version {clip(str(version))!r} (it serves: "
                            f"{', '.join(map(str, sorted(versions)))})")
         return versions[number]
 
@@ -228,7 +234,8 @@ class ModelRegistry:
         """A model by name (default: the first configured), or a 404."""
         model = self._models.get(self.default if name is None else name)
         if model is None:
-            raise NotFound(f"no model named {name!r} (served: {', '.join(self._models)})")
+            raise NotFound(f"no model named {clip(str(name))!r} (served: "
+                           f"{', '.join(self._models)})")
         return model
 
     async def resolve(self, name: str | None, version: str | int | None

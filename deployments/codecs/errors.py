@@ -15,8 +15,16 @@ class ServeError(Exception):
     headers: dict[str, str] = {}  # noqa: RUF012  (read-only, per class)
 
     def __init__(self, message: str) -> None:
+        # Messages quote what clients sent; JSON strings may hold lone
+        # surrogates, which no response could encode: escape them here.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.message = message
+
+
+def clip(text: str, limit: int = 40) -> str:
+    """A client's text shortened for quoting in a message."""
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 class BadRequest(ServeError):

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from deployments.codecs.errors import BadRequest
+from deployments.codecs.errors import BadRequest, PayloadTooLarge
 
 
 def _refuse_constant(name: str) -> None:
@@ -33,7 +33,13 @@ def parse_json(body: bytes) -> Any:
         raise BadRequest(f"malformed JSON: {exc}") from None
 
 
-def instances_to_array(document: Any) -> np.ndarray:
+def check_rows(rows: int, max_rows: int, what: str) -> None:
+    """A 413 when a list of rows is longer than allowed, before it is read."""
+    if rows > max_rows:
+        raise PayloadTooLarge(f"{what} has {rows} rows, the limit is {max_rows}")
+
+
+def instances_to_array(document: Any, max_rows: int) -> np.ndarray:
     """``{"instances": [row, ...]}`` → an array with one row per instance."""
     if not isinstance(document, dict) or "instances" not in document:
         raise BadRequest('expected a JSON object with an "instances" list')
@@ -42,6 +48,7 @@ def instances_to_array(document: Any) -> np.ndarray:
         raise BadRequest('"instances" must be a list')
     if not instances:
         raise BadRequest('"instances" is empty')
+    check_rows(len(instances), max_rows, '"instances"')
     return rows_to_array(instances, '"instances"')
 
 

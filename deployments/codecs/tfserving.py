@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from deployments.codecs.errors import BadRequest
+from deployments.codecs.tensor import check_rows
 from deployments.signature import ModelMetadata, TensorSpec
 
 
@@ -53,8 +54,9 @@ def _single_input(value: Any, spec: TensorSpec, what: str) -> Any:
     return value
 
 
-def parse_predict_request(document: Any, spec: TensorSpec) -> PredictRequest:
-    """A ``:predict`` body → the value of the model's single input ``spec``."""
+def parse_predict_request(document: Any, spec: TensorSpec, max_rows: int) -> PredictRequest:
+    """A ``:predict`` body → the value of the model's single input ``spec``; the
+    rows are counted against ``max_rows`` before any is read."""
     if not isinstance(document, dict):
         raise BadRequest("the request must be a JSON object")
     has_rows, has_columns = "instances" in document, "inputs" in document
@@ -68,11 +70,13 @@ def parse_predict_request(document: Any, spec: TensorSpec) -> PredictRequest:
         instances = document["instances"]
         if not isinstance(instances, list) or not instances:
             raise BadRequest('"instances" must be a non-empty list')
+        check_rows(len(instances), max_rows, '"instances"')
         rows = [_single_input(row, spec, f"instances[{i}]") for i, row in enumerate(instances)]
     else:
         rows = _single_input(document["inputs"], spec, '"inputs"')
         if not isinstance(rows, list) or not rows:
             raise BadRequest(f'"inputs" must hold a non-empty list for {spec.name!r}')
+        check_rows(len(rows), max_rows, '"inputs"')
     binary = [_is_b64(row) for row in rows]
     if any(binary):
         if not all(binary):

@@ -24,6 +24,7 @@ from deployments.codecs.v2_tensor import (
     as_datatype,
     check_datatype,
     check_shape,
+    check_tensor_size,
     element_count,
     model_metadata,
     raw_to_tensor,
@@ -48,12 +49,14 @@ def _parameter(params: Any, key: str) -> Any:
     return getattr(params[key], kind) if kind else None
 
 
-def _input(tensor: pb.ModelInferRequest.TensorTensor, raw: bytes | None) -> Tensor:
+def _input(tensor: pb.ModelInferRequest.TensorTensor, raw: bytes | None, max_rows: int,
+           max_elements: int) -> Tensor:
     what = f"input {tensor.name!r}"
     if not tensor.name:
         raise BadRequest("every input needs a name")
     datatype = check_datatype(tensor.datatype, what)
     shape = check_shape(list(tensor.shape), what)
+    check_tensor_size(what, datatype, shape, max_rows, max_elements)
     if raw is not None:
         return Tensor(tensor.name, datatype, shape, raw_to_tensor(raw, datatype, shape, what))
     field = _CONTENTS_FIELD.get(datatype)
@@ -68,14 +71,17 @@ def _input(tensor: pb.ModelInferRequest.TensorTensor, raw: bytes | None) -> Tens
     return Tensor(tensor.name, datatype, shape, as_datatype(array, datatype, shape, what))
 
 
-def parse_infer_request(message: pb.ModelInferRequest) -> InferRequest:
-    """A ``ModelInferRequest`` → tensors. Raw contents are viewed, not copied."""
+def parse_infer_request(message: pb.ModelInferRequest, max_rows: int,
+                        max_elements: int) -> InferRequest:
+    """A ``ModelInferRequest`` → tensors. Raw contents are viewed, not copied;
+    each tensor's declared size is checked against the limits first."""
     raws = list(message.raw_input_contents)
     if raws and len(raws) != len(message.inputs):
         raise BadRequest(f"{len(raws)} raw_input_contents for {len(message.inputs)} inputs")
     if not message.inputs:
         raise BadRequest("the request has no inputs")
-    inputs = [_input(t, raws[i] if raws else None) for i, t in enumerate(message.inputs)]
+    inputs = [_input(t, raws[i] if raws else None, max_rows, max_elements)
+              for i, t in enumerate(message.inputs)]
     outputs = None
     if message.outputs:
         outputs = []

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
 from deployments.codecs.errors import BadRequest
+from deployments.codecs.numbers import decimal_count
 from deployments.codecs.tensor import parse_json
 from deployments.codecs.v2_tensor import (
     BYTES,
@@ -29,6 +30,7 @@ from deployments.codecs.v2_tensor import (
     as_datatype,
     check_datatype,
     check_shape,
+    check_tensor_size,
     element_count,
     raw_to_tensor,
     tensor_to_raw,
@@ -90,7 +92,7 @@ _PHRASES = {
     "list_type": "must be a list", "string_type": "must be a string",
     "bool_type": "must be true or false", "int_type": "must be an integer",
     "greater_than_equal": "must not be negative", "string_too_short": "must not be empty",
-    "too_short": "must not be empty",
+    "too_short": "must not be empty", "string_unicode": "must be valid Unicode text",
 }
 
 
@@ -113,17 +115,21 @@ def _json_data(value: Any, datatype: str, shape: tuple[int, ...],
     """JSON ``data`` (flat or nested, row-major) → data of ``shape``."""
     count = element_count(shape)
     if datatype == BYTES:
-        flat = _flatten(value)
+        flat = _flatten(value, what)
         if not all(isinstance(v, str) for v in flat):
             raise BadRequest(f"{what}: BYTES data must be strings")
-        elements = [v.encode("utf-8") for v in flat]
+        try:
+            elements = [v.encode("utf-8") for v in flat]
+        except UnicodeEncodeError:
+            raise BadRequest(f"{what}: BYTES data must be valid Unicode text (a JSON string "
+                             "holds a lone surrogate)") from None
         if len(elements) != count:
             raise BadRequest(f"{what}: {len(elements)} elements for shape {list(shape)}")
         return elements
     try:
         array = np.asarray(value)
     except ValueError:
-        raise BadRequest(f"{what}: data is ragged") from None
+        raise BadRequest(f"{what}: data is ragged or nested too deeply") from None
     if array.dtype.kind not in ("b" if datatype == "BOOL" else "iuf"):
         raise BadRequest(f"{what}: data must hold only "
                          f"{'booleans' if datatype == 'BOOL' else 'numbers'}")
@@ -134,20 +140,37 @@ def _json_data(value: Any, datatype: str, shape: tuple[int, ...],
     return as_datatype(array, datatype, shape, what)
 
 
-def _flatten(value: Any) -> list[Any]:
-    if not isinstance(value, list):
-        return [value]
-    return [leaf for item in value for leaf in _flatten(item)]
+# Nesting beyond any tensor's dimensions (numpy's own limit is 64).
+_MAX_NESTING = 64
 
 
-def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
-    """An infer request body → tensors; binary data is viewed, not copied."""
+def _flatten(value: Any, what: str) -> list[Any]:
+    """Nested lists' leaves in row-major order, without recursion."""
+    leaves: list[Any] = []
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, list):
+            leaves.append(item)
+        elif depth >= _MAX_NESTING:
+            raise BadRequest(f"{what}: data nested deeper than {_MAX_NESTING} levels")
+        else:
+            stack.extend((child, depth + 1) for child in reversed(item))
+    return leaves
+
+
+def parse_infer_request(body: bytes, header_length: str | None, max_rows: int,
+                        max_elements: int) -> InferRequest:
+    """An infer request body → tensors; binary data is viewed, not copied.
+    Each tensor's declared size is checked against the limits before its
+    data is read."""
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
-        if not header_length.isascii() or not header_length.isdigit():
-            raise BadRequest(f"{HEADER_LENGTH} must be a byte count, got {header_length!r}")
-        length = int(header_length)
+        length = decimal_count(header_length)
+        if length is None:
+            raise BadRequest(f"{HEADER_LENGTH} must be a byte count, got "
+                             f"{header_length[:20]!r}")
         if length > len(body):
             raise BadRequest(f"{HEADER_LENGTH} is {length} but the body has only "
                              f"{len(body)} bytes")
@@ -159,6 +182,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         what = f"input {item.name!r}"
         datatype = check_datatype(item.datatype, what)
         shape = check_shape(item.shape, what)
+        check_tensor_size(what, datatype, shape, max_rows, max_elements)
         size = item.parameters.binary_data_size
         if size is not None:
             if offset + size > len(binary):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from deployments.codecs.errors import BadRequest
+from deployments.codecs.errors import BadRequest, PayloadTooLarge
 from deployments.codecs.predictions import top_k_indices
 from deployments.signature import ModelMetadata, TensorSpec
 
@@ -98,6 +98,21 @@ def check_datatype(datatype: Any, what: str) -> str:
 
 def element_count(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
+
+
+def check_tensor_size(what: str, datatype: str, shape: tuple[int, ...], max_rows: int,
+                      max_elements: int) -> None:
+    """A 413 before a tensor is read when its declared shape is over the
+    limits: rows (its first dimension), numbers, or BYTES elements (each an
+    image or a string, walked one by one: at most ``max_rows`` of them)."""
+    rows = shape[0] if shape else 1
+    if rows > max_rows:
+        raise PayloadTooLarge(f"{what} has {rows} rows, the limit is {max_rows}")
+    count = element_count(shape)
+    limit, unit = (max_rows, "BYTES elements") if datatype == BYTES else (max_elements,
+                                                                          "numbers")
+    if count > limit:
+        raise PayloadTooLarge(f"{what} has {count} {unit}, the limit is {limit}")
 
 
 def raw_to_tensor(raw: memoryview | bytes, datatype: str, shape: tuple[int, ...],

@@ -19,6 +19,7 @@ from deployments.codecs.errors import (
     ServeError,
     UnsupportedMediaType,
 )
+from deployments.codecs.numbers import decimal_count
 from deployments.registry import ModelEndpoint, ModelRegistry
 from deployments.signature import ModelMetadata
 
@@ -55,9 +56,12 @@ def media_type(request: Request) -> str:
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The request body, refused with a 413 as soon as it passes ``max_bytes``."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"request body is {declared} bytes, the limit is {max_bytes}")
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit():
+        size = decimal_count(declared)  # None: more digits than any count has
+        if size is None or size > max_bytes:
+            raise PayloadTooLarge(f"request body is {declared[:24]} bytes, the limit is "
+                                  f"{max_bytes}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

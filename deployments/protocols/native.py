@@ -107,7 +107,8 @@ class NativeApi:
 
     async def _decode_json(self, request: Request, body: bytes, endpoint: ModelEndpoint,
                            meta: ModelMetadata) -> np.ndarray:
-        return await asyncio.to_thread(lambda: instances_to_array(parse_json(body)))
+        return await asyncio.to_thread(
+            lambda: instances_to_array(parse_json(body), self._limits.max_rows))
 
     async def _decode_multipart(self, request: Request, body: bytes, endpoint: ModelEndpoint,
                                 meta: ModelMetadata) -> np.ndarray:

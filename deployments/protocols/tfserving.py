@@ -66,7 +66,7 @@ class TFServingApi:
         endpoint, meta = await resolve(self._registry, request)
         body = await read_body(request, self._limits.max_body_bytes)
         parsed = await asyncio.to_thread(
-            lambda: parse_predict_request(parse_json(body), meta.input))
+            lambda: parse_predict_request(parse_json(body), meta.input, self._limits.max_rows))
         if parsed.signature_name not in (None, "", meta.signature_name):
             raise BadRequest(f"Serving signature name: {parsed.signature_name!r} not found in "
                              f"signature def (model {meta.name!r} serves "

@@ -99,8 +99,10 @@ class V2Api:
 
     async def infer(self, request: Request) -> Response:
         body = await read_body(request, self._limits.max_body_bytes)
+        limits = self._limits
         parsed = await asyncio.to_thread(parse_infer_request, body,
-                                         request.headers.get(HEADER_LENGTH))
+                                         request.headers.get(HEADER_LENGTH), limits.max_rows,
+                                         limits.max_elements)
         meta, outputs = await infer(self._registry, request.path_params["name"],
                                     request.path_params.get("version"), parsed)
         content, header_length = await asyncio.to_thread(

@@ -137,10 +137,14 @@ class V2GrpcService:
     @_status
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          grpc_context: RayServegRPCContext) -> pb.ModelInferResponse:
-        size, limit = request.ByteSize(), self._limits.max_body_bytes
-        if size > limit:
-            raise PayloadTooLarge(f"request is {size} bytes, the limit is {limit}")
-        parsed = parse_infer_request(request)
+        limits = self._limits
+        size = request.ByteSize()
+        if size > limits.max_body_bytes:
+            raise PayloadTooLarge(f"request is {size} bytes, the limit is "
+                                  f"{limits.max_body_bytes}")
+        # Parsing and encoding run off the event loop, as HTTP bodies do.
+        parsed = await asyncio.to_thread(parse_infer_request, request, limits.max_rows,
+                                         limits.max_elements)
         meta, outputs = await v2.infer(self._registry, request.model_name,
                                        request.model_version, parsed)
-        return encode_infer_response(meta, parsed.id, outputs)
+        return await asyncio.to_thread(encode_infer_response, meta, parsed.id, outputs)

@@ -134,9 +134,11 @@ def tensor_cases() -> list[Bad]:
     cases = []
     for name, (rows, status, phrase) in BAD_TENSORS.items():
         for model in (TENSOR_MODEL, IMAGE_MODEL):
-            # The image model refuses every one of these rows for its shape first.
-            wanted_status = status if model == TENSOR_MODEL else 400
-            wanted_phrase = phrase if model == TENSOR_MODEL else ""
+            # The image model refuses every one of these rows for its shape, but
+            # rows are counted before any is read.
+            first = model == TENSOR_MODEL or status == 413
+            wanted_status = status if first else 400
+            wanted_phrase = phrase if first else ""
             cases += [
                 Bad(f"native JSON {name} → {model}", "POST", f"/models/{model}/predict",
                     wanted_status, wanted_phrase, json_body({"instances": rows}),
@@ -308,10 +310,91 @@ def too_many_images_cases() -> list[Bad]:
     ]
 
 
+HUGE = "9" * 5000  # past the 4,300 digits Python converts to an int
+SURROGATE = '"\\ud800"'  # a JSON string holding a lone surrogate: not valid Unicode
+
+
+def nested(depth: int, leaf: str) -> str:
+    return "[" * depth + leaf + "]" * depth
+
+
+def v2_document(name: str = '"pixels"', datatype: str = "FP32", shape: str = "[1, 64]",
+                data: str = json.dumps([0.0] * 64), extra: str = "") -> bytes:
+    return (f'{{"inputs": [{{"name": {name}, "datatype": "{datatype}", "shape": {shape}, '
+            f'"data": {data}}}]{extra}}}').encode()
+
+
+def hostile_text_cases() -> list[Bad]:
+    """Numbers too long for Python to convert, text that is not valid Unicode,
+    and nesting deeper than any tensor, wherever a request can carry them."""
+    image, document = ({"Content-Type": "image/png"}, PNG), ({}, v2_document('"image"'))
+    routes = {  # each with a body that reaches the version lookup
+        ("POST", "/models/digits/versions/{}/predict"): image,
+        ("GET", "/v1/models/digits/versions/{}"): ({}, b""),
+        ("GET", "/v1/models/digits/versions/{}/metadata"): ({}, b""),
+        ("POST", "/v1/models/digits/versions/{}:predict"): ({}, b'{"instances": [[0]]}'),
+        ("GET", "/v2/models/digits/versions/{}"): ({}, b""),
+        ("GET", "/v2/models/digits/versions/{}/ready"): ({}, b""),
+        ("POST", "/v2/models/digits/versions/{}/infer"): document,
+    }
+    cases = [Bad(f"{method} version of 5000 digits → {path}", method, path.format(HUGE), 404,
+                 "has no version", body, headers)
+             for (method, path), (headers, body) in routes.items()]
+    cases += [
+        Bad("Content-Length of 5000 digits", "POST", "/predict", 413, "the limit is", PNG,
+            {"Content-Type": "image/png", "Content-Length": HUGE}),
+        Bad("Inference-Header-Content-Length of 5000 digits", "POST",
+            f"/v2/models/{TENSOR_MODEL}/infer", 400, "must be a byte count", v2_document(),
+            {"Inference-Header-Content-Length": HUGE}),
+        Bad("V2 integer literal of 5000 digits", "POST", f"/v2/models/{TENSOR_MODEL}/infer", 400,
+            "malformed JSON", v2_document(data=f"[{HUGE}]")),
+        Bad("V2 shape dimension of 5000 digits", "POST", f"/v2/models/{TENSOR_MODEL}/infer",
+            400, "malformed JSON", v2_document(shape=f"[1, {HUGE}]")),
+        Bad("top_k of 5000 digits", "POST", f"/predict?top_k={HUGE}", 400, "top_k must be",
+            PNG, {"Content-Type": "image/png"}),
+    ]
+    unicode = {
+        "V2 BYTES data": (f"/v2/models/{IMAGE_MODEL}/infer", v2_document(
+            '"image"', "BYTES", "[1]", f"[{SURROGATE}]"), "valid Unicode"),
+        "V2 input name": (f"/v2/models/{TENSOR_MODEL}/infer", v2_document(SURROGATE),
+                          "valid Unicode"),
+        "V2 output name": (f"/v2/models/{TENSOR_MODEL}/infer", v2_document(
+            extra=f', "outputs": [{{"name": {SURROGATE}}}]'), "valid Unicode"),
+        "TF Serving input name": (f"/v1/models/{TENSOR_MODEL}:predict",
+                                  f'{{"instances": [{{{SURROGATE}: [0]}}]}}'.encode(),
+                                  "names inputs"),
+        "TF Serving signature": (f"/v1/models/{TENSOR_MODEL}:predict",
+                                 f'{{"signature_name": {SURROGATE}, "instances": [[0]]}}'
+                                 .encode(), "not found"),
+        "TF Serving b64": (f"/v1/models/{IMAGE_MODEL}:predict",
+                           f'{{"instances": [{{"b64": {SURROGATE}}}]}}'.encode(),
+                           "not valid base64"),
+        "native instances": (f"/models/{TENSOR_MODEL}/predict",
+                             f'{{"instances": [{SURROGATE}]}}'.encode(), "number"),
+    }
+    cases += [Bad(f"lone surrogate in {name}", "POST", path, 400, phrase, body,
+                  {"Content-Type": "application/json"})
+              for name, (path, body, phrase) in unicode.items()]
+    deep = {
+        "V2 BYTES data": (f"/v2/models/{IMAGE_MODEL}/infer", v2_document(
+            '"image"', "BYTES", "[1]", nested(200, '"a"')), "nested deeper"),
+        "V2 FP32 data": (f"/v2/models/{TENSOR_MODEL}/infer",
+                         v2_document(data=nested(200, "0")), "nested too deeply"),
+        "TF Serving instances": (f"/v1/models/{TENSOR_MODEL}:predict",
+                                 f'{{"instances": {nested(200, "0")}}}'.encode(), ""),
+        "native instances": (f"/models/{TENSOR_MODEL}/predict",
+                             f'{{"instances": {nested(200, "0")}}}'.encode(), ""),
+    }
+    cases += [Bad(f"{name} nested 200 deep", "POST", path, 400, phrase, body,
+                  {"Content-Type": "application/json"})
+              for name, (path, body, phrase) in deep.items()]
+    return cases
+
+
 def corpus() -> list[Bad]:
     return (image_cases() + tensor_cases() + malformed_json_cases() + v2_binary_cases()
             + v2_json_structure_cases() + routing_cases() + media_and_encoding_cases()
-            + too_many_images_cases())
+            + too_many_images_cases() + hostile_text_cases())
 
 
 CORPUS = corpus()

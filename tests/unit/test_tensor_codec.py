@@ -9,7 +9,7 @@ from deployments.codecs.tensor import instances_to_array, parse_json
 
 def test_instances_become_one_array():
     doc = parse_json(json.dumps({"instances": [[[1, 2]], [[3, 4.5]]]}).encode())
-    array = instances_to_array(doc)
+    array = instances_to_array(doc, 256)
     assert array.shape == (2, 1, 2)
     np.testing.assert_array_equal(array[1, 0], [3, 4.5])
 
@@ -41,7 +41,7 @@ def test_unparseable_bodies(body, message):
 )
 def test_bad_documents(doc, message):
     with pytest.raises(BadRequest, match=message):
-        instances_to_array(doc)
+        instances_to_array(doc, 256)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ import base64
 import numpy as np
 import pytest
 
-from deployments.codecs.errors import BadRequest
+from deployments.codecs.errors import BadRequest, PayloadTooLarge
 from deployments.codecs.tensor import rows_to_array
 from deployments.codecs.tfserving import (
     encode_predict_response,
@@ -16,16 +16,16 @@ SPEC = TensorSpec("image", "float32", (None, 2))
 
 
 def test_row_and_columnar_values():
-    rows = parse_predict_request({"instances": [[1, 2], {"image": [3, 4]}]}, SPEC)
+    rows = parse_predict_request({"instances": [[1, 2], {"image": [3, 4]}]}, SPEC, 256)
     assert not rows.columnar and rows_to_array(rows.value, "x").tolist() == [[1, 2], [3, 4]]
-    columns = parse_predict_request({"inputs": {"image": [[1, 2]]}}, SPEC)
+    columns = parse_predict_request({"inputs": {"image": [[1, 2]]}}, SPEC, 256)
     assert columns.columnar and rows_to_array(columns.value, "x").shape == (1, 2)
 
 
 def test_b64_values_are_decoded_blobs():
     encoded = base64.b64encode(b"\x89PNG").decode()
     request = parse_predict_request({"instances": [{"b64": encoded}, {"image": {"b64": ""}}]},
-                                    SPEC)
+                                    SPEC, 256)
     assert request.is_binary and request.value == [b"\x89PNG", b""]
 
 
@@ -46,7 +46,7 @@ def test_b64_values_are_decoded_blobs():
 )
 def test_bad_requests(document, message):
     with pytest.raises(BadRequest, match=message):
-        parse_predict_request(document, SPEC)
+        parse_predict_request(document, SPEC, 256)
 
 
 @pytest.mark.parametrize(("rows", "message"), [([[1], [1, 2]], "ragged"), (["a"], "numbers")])
@@ -91,3 +91,10 @@ def test_scalar_outputs_need_the_columnar_format():
     with pytest.raises(BadRequest, match="no batch dimension"):
         encode_predict_response({"y": np.array(1.0)}, columnar=False)
     assert encode_predict_response({"y": np.array(1.0)}, columnar=True) == {"outputs": 1.0}
+
+
+def test_rows_are_counted_before_any_is_read():
+    with pytest.raises(PayloadTooLarge, match="300 rows, the limit is 256"):
+        parse_predict_request({"instances": [{"wrong": 1}] * 300}, SPEC, 256)
+    with pytest.raises(PayloadTooLarge, match="300 rows, the limit is 256"):
+        parse_predict_request({"inputs": [[0]] * 300}, SPEC, 256)

@@ -1,10 +1,11 @@
 import json
 import struct
+from functools import partial
 
 import numpy as np
 import pytest
 
-from deployments.codecs.errors import BadRequest
+from deployments.codecs.errors import BadRequest, PayloadTooLarge
 from deployments.codecs.v2_json import encode_infer_response, parse_infer_request
 from deployments.codecs.v2_tensor import (
     InferRequest,
@@ -17,6 +18,9 @@ from deployments.codecs.v2_tensor import (
     tensor_to_raw,
 )
 from deployments.signature import ModelMetadata, TensorSpec
+
+# Limits far above what these tests send.
+parse = partial(parse_infer_request, max_rows=256, max_elements=2**26)
 
 META = ModelMetadata(
     "m", 3, "serving_default", (TensorSpec("x", "float32", (None, 4)),),
@@ -33,7 +37,7 @@ def body(inputs: list[dict], blobs: list[bytes] = (), **extra) -> tuple[bytes, s
 
 def test_json_tensors_flat_or_nested():
     for data in ([1, 2, 3, 4, 5, 6, 7, 8], [[1, 2, 3, 4], [5, 6, 7, 8]]):
-        request = parse_infer_request(*body([{"name": "x", "datatype": "FP32",
+        request = parse(*body([{"name": "x", "datatype": "FP32",
                                               "shape": [2, 4], "data": data}]))
         (inp,) = request.inputs
         assert inp.data.dtype == np.float32 and inp.data.shape == (2, 4)
@@ -44,7 +48,7 @@ def test_binary_tensors_are_views_of_the_body():
     array = np.arange(8, dtype="<f4").reshape(2, 4)
     raw, length = body([{"name": "x", "datatype": "FP32", "shape": [2, 4],
                          "parameters": {"binary_data_size": array.nbytes}}], [array.tobytes()])
-    (inp,) = parse_infer_request(raw, length).inputs
+    (inp,) = parse(raw, length).inputs
     assert np.array_equal(inp.data, array)
     assert not inp.data.flags.owndata and not inp.data.flags.writeable  # no copy
 
@@ -52,11 +56,11 @@ def test_binary_tensors_are_views_of_the_body():
 def test_bytes_tensors_binary_and_json():
     blobs = [b"\x89PNG", b"", b"abc"]
     raw = b"".join(struct.pack("<I", len(b)) + b for b in blobs)
-    request = parse_infer_request(*body([{"name": "x", "datatype": "BYTES", "shape": [3],
+    request = parse(*body([{"name": "x", "datatype": "BYTES", "shape": [3],
                                           "parameters": {"binary_data_size": len(raw)}}],
                                         [raw]))
     assert request.inputs[0].data == blobs
-    request = parse_infer_request(*body([{"name": "x", "datatype": "BYTES", "shape": [2],
+    request = parse(*body([{"name": "x", "datatype": "BYTES", "shape": [2],
                                           "data": ["é", "b"]}]))
     assert request.inputs[0].data == ["é".encode(), b"b"]
 
@@ -68,7 +72,7 @@ def test_mixed_binary_and_json_inputs_keep_their_order():
         {"name": "j", "datatype": "BOOL", "shape": [1], "data": [True]},
         {"name": "b", "datatype": "FP64", "shape": [3], "parameters": {"binary_data_size": 24}},
     ], [a.tobytes(), b.tobytes()])
-    a_in, j_in, b_in = parse_infer_request(raw, length).inputs
+    a_in, j_in, b_in = parse(raw, length).inputs
     assert a_in.data.tolist() == [1, 1] and j_in.data.tolist() == [True]
     assert b_in.data.tolist() == [0.0, 0.0, 0.0]
 
@@ -98,7 +102,7 @@ def test_mixed_binary_and_json_inputs_keep_their_order():
 )
 def test_bad_json_requests(inputs, message):
     with pytest.raises(BadRequest, match=message):
-        parse_infer_request(*body(inputs))
+        parse(*body(inputs))
 
 
 @pytest.mark.parametrize(
@@ -110,7 +114,7 @@ def test_bad_header_lengths(length, message):
     raw, _ = body([{"name": "x", "datatype": "FP32", "shape": [1],
                     "parameters": {"binary_data_size": 4}}], [b"\0" * 4])
     with pytest.raises(BadRequest, match=message):
-        parse_infer_request(raw, length)
+        parse(raw, length)
 
 
 @pytest.mark.parametrize(
@@ -179,9 +183,9 @@ def test_classification_needs_class_scores():
 def test_binary_flags_must_be_booleans():
     inputs = [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}]
     with pytest.raises(BadRequest, match="binary_data_output must be true or false"):
-        parse_infer_request(*body(inputs, parameters={"binary_data_output": "false"}))
+        parse(*body(inputs, parameters={"binary_data_output": "false"}))
     with pytest.raises(BadRequest, match="binary_data must be true or false"):
-        parse_infer_request(*body(inputs, outputs=[{"name": "y",
+        parse(*body(inputs, outputs=[{"name": "y",
                                                     "parameters": {"binary_data": 1}}]))
 
 
@@ -194,3 +198,15 @@ def test_string_outputs_become_bytes_elements():
     assert out.data == [b"a", "é".encode(), b"", b"z"]
     content, _ = encode_infer_response(meta, None, [out])
     assert json.loads(content)["outputs"][0]["data"] == ["a", "é", "", "z"]
+
+
+def test_tensor_sizes_are_checked_before_the_data_is_read():
+    # Four million empty BYTES elements: refused from the shape, not split one by one.
+    raw = b"\0\0\0\0" * (4 * 2**20)
+    with pytest.raises(PayloadTooLarge, match="4194304 BYTES elements, the limit is 256"):
+        parse(*body([{"name": "x", "datatype": "BYTES", "shape": [1, 4 * 2**20],
+                      "parameters": {"binary_data_size": len(raw)}}], [raw]))
+    with pytest.raises(PayloadTooLarge, match="300 rows, the limit is 256"):
+        parse(*body([{"name": "x", "datatype": "FP32", "shape": [300, 1], "data": [0] * 300}]))
+    with pytest.raises(PayloadTooLarge, match="numbers, the limit is 67108864"):
+        parse(*body([{"name": "x", "datatype": "FP32", "shape": [1, 2**27], "data": []}]))

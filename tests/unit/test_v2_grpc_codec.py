@@ -1,4 +1,5 @@
 import pickle
+from functools import partial
 
 import numpy as np
 import pytest
@@ -9,6 +10,9 @@ from deployments.codecs.v2_grpc import encode_infer_response, parse_infer_reques
 from deployments.codecs.v2_tensor import OutputTensor
 from deployments.signature import ModelMetadata, TensorSpec
 
+# Limits far above what these tests send.
+parse = partial(parse_infer_request, max_rows=256, max_elements=2**26)
+
 META = ModelMetadata("m", 1, "serving_default", (TensorSpec("x", "float32", (None, 2)),),
                      (TensorSpec("y", "float32", (None, 2)),), "y", ("a", "b"))
 Tensor = pb.ModelInferRequest.InferInputTensor
@@ -18,7 +22,7 @@ def test_raw_contents_are_views():
     array = np.arange(4, dtype="<f4").reshape(2, 2)
     message = pb.ModelInferRequest(inputs=[Tensor(name="x", datatype="FP32", shape=[2, 2])],
                                    raw_input_contents=[array.tobytes()], id="q")
-    request = parse_infer_request(message)
+    request = parse(message)
     (inp,) = request.inputs
     assert np.array_equal(inp.data, array) and not inp.data.flags.owndata
     assert request.id == "q"
@@ -27,7 +31,7 @@ def test_raw_contents_are_views():
 def test_typed_contents():
     tensor = Tensor(name="x", datatype="INT32", shape=[3],
                     contents=pb.InferTensorContents(int_contents=[1, -2, 3]))
-    (inp,) = parse_infer_request(pb.ModelInferRequest(inputs=[tensor])).inputs
+    (inp,) = parse(pb.ModelInferRequest(inputs=[tensor])).inputs
     assert inp.data.dtype == np.int32 and inp.data.tolist() == [1, -2, 3]
 
 
@@ -37,7 +41,7 @@ def test_classification_parameter():
     message = pb.ModelInferRequest(
         inputs=[Tensor(name="x", datatype="FP32", shape=[1, 2],
                        contents=pb.InferTensorContents(fp32_contents=[1, 2]))], outputs=[out])
-    assert parse_infer_request(message).outputs[0].classification == 2
+    assert parse(message).outputs[0].classification == 2
 
 
 @pytest.mark.parametrize(
@@ -57,7 +61,7 @@ def test_classification_parameter():
 )
 def test_bad_messages(message, error):
     with pytest.raises(BadRequest, match=error):
-        parse_infer_request(message)
+        parse(message)
 
 
 def test_response_uses_raw_output_contents():
