@@ -19,9 +19,10 @@ RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"
 COPY --chown=ray:users models ./models
 COPY --chown=ray:users configs ./configs
 
-# The serving-path switches `make serve` uses (configs/server.env).
+# The serving-path settings `make serve` uses (configs/server.env).
 ENV RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
-    RAY_SERVE_ENABLE_HA_PROXY=1
+    RAY_SERVE_ENABLE_HA_PROXY=1 \
+    RAY_SERVE_GRPC_MAX_MESSAGE_SIZE=17825792
 
 EXPOSE 8000 9000 8265 8080
 CMD ["serve", "run", "configs/config.yaml"]

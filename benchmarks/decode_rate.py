@@ -18,7 +18,7 @@ def _decode_for(args: tuple[bytes, float]) -> int:
     jpeg, seconds = args
     done, stop = 0, time.perf_counter() + seconds
     while time.perf_counter() < stop:
-        decode_images([jpeg], _GEOMETRY, 10**8)
+        decode_images([jpeg], _GEOMETRY, 10**8, 2**30)
         done += 1
     return done
 

@@ -25,6 +25,15 @@ class InputLimits(_Strict):
     max_image_pixels: int = Field(4096 * 4096, gt=0)
     max_rows: int = Field(256, gt=0, description="images or instances per request")
     max_elements: int = Field(2**26, gt=0, description="numbers per request once decoded")
+    max_decoded_bytes: int = Field(
+        512 * 2**20, gt=0, description="what one request's images may allocate while they "
+                                       "decode, counted from their headers before any is")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="how long a request may wait for its model before a 503; "
+                                "a client's x-request-timeout-seconds header may shorten it")
+    decode_threads: int = Field(
+        2, gt=0, le=64, description="images decoded at once by one ingress replica: bounds "
+                                    "the memory decoding takes, whatever the concurrency")
 
 
 class DeviceArgs(_Strict):

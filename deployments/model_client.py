@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import numpy as np
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
@@ -23,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.batching import Outputs
 from deployments.codecs.errors import ServeError, ServiceUnavailable
+from deployments.registry import ReplicaDied
 from deployments.signature import ModelMetadata
 
 logger = logging.getLogger("ray.serve")
@@ -33,9 +35,15 @@ _METADATA_TIMEOUT_S = 10.0
 # Pauses before each new try of a call whose model replica died.
 _RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0)
 
-# The model could not take or finish the call: retrying later may work.
-_MODEL_UNAVAILABLE = (RayActorError, ActorUnavailableError, DeploymentUnavailableError,
-                      ReplicaUnavailableError)
+# No live replica took the call (or Ray cannot tell): sending it again is safe.
+_RETRYABLE = (ActorUnavailableError, DeploymentUnavailableError, ReplicaUnavailableError,
+              RayActorError)
+
+# How Ray says a replica was stopped on purpose (a redeploy, `ray.kill`).
+_STOPPED = "killed by `ray.kill`"
+
+# Replicas remembered as dead, to tell calls sent to one already gone.
+_DEAD_REMEMBERED = 64
 
 
 class RayModelClient:
@@ -46,6 +54,7 @@ class RayModelClient:
     def __init__(self, name: str, handle: DeploymentHandle) -> None:
         self.name = name
         self._handle = handle.options(_by_reference=True)
+        self._dead: dict[str, float] = {}  # replica actor id → when its death was heard
 
     async def metadata(self) -> dict[int, ModelMetadata]:
         """Every served version, asked of a replica now: a 503 unless one
@@ -60,24 +69,47 @@ class RayModelClient:
     async def call(self, version: int, local: list[np.ndarray],
                    forwarded: list[ray.ObjectRef]) -> list[Outputs | ServeError]:
         """One model call: ``local`` arrays put as one object, ``forwarded``
-        objects passed on; each part's answer, local ones first."""
+        objects passed on; each part's answer, local ones first.
+
+        Inference has no side effects, so a call that no live replica took is
+        sent again (a few times; Serve routes it to a live replica), and so is
+        one whose replica was stopped or lost its node. A call whose replica
+        died while holding it for any other reason raises ``ReplicaDied``: it
+        may be what killed the replica (``ModelEndpoint`` decides).
+        """
         local_ref = ray.put(local) if local else None
-        # Inference has no side effects: a call whose replica died under it is
-        # sent again (Serve routes it to a live replica), a few times.
         delays = iter(_RETRY_DELAYS_S)
         while True:
+            sent_at = time.monotonic()
             try:
                 return await self._handle.infer_parts.remote(local_ref, forwarded, version)
             except BackPressureError as exc:  # max_queued_requests reached: shed at once
                 raise ServiceUnavailable(f"model {self.name!r} is overloaded (its request "
                                          "queue is full); retry shortly") from exc
-            except _MODEL_UNAVAILABLE as exc:
-                delay = next(delays, None)
-                if delay is None:
-                    logger.warning("model %r unavailable: %r", self.name, exc)
-                    raise ServiceUnavailable(
-                        f"no replica of model {self.name!r} could take the request; retry"
-                    ) from exc
-                logger.info("model %r replica lost (%r); retrying in %.1f s",
-                            self.name, exc, delay)
-                await asyncio.sleep(delay)
+            except ActorDiedError as exc:
+                if not self._not_its_fault(exc, sent_at):
+                    logger.warning("model %r replica died holding a call: %s", self.name, exc)
+                    raise ReplicaDied(str(exc)) from exc
+                error: Exception = exc
+            except _RETRYABLE as exc:
+                error = exc
+            delay = next(delays, None)
+            if delay is None:
+                logger.warning("model %r unavailable: %r", self.name, error)
+                raise ServiceUnavailable(
+                    f"no replica of model {self.name!r} could take the request; retry"
+                ) from error
+            logger.info("model %r replica lost (%r); retrying in %.1f s", self.name, error, delay)
+            await asyncio.sleep(delay)
+
+    def _not_its_fault(self, exc: ActorDiedError, sent_at: float) -> bool:
+        """Whether a replica's death says nothing about the call: the replica
+        was stopped (``ray.kill``, a redeploy) or preempted, or was known dead
+        before the call was sent (Serve had not yet heard)."""
+        known = self._dead.get(exc.actor_id)
+        if known is not None and known <= sent_at:
+            return True
+        self._dead[exc.actor_id] = time.monotonic()
+        while len(self._dead) > _DEAD_REMEMBERED:
+            self._dead.pop(next(iter(self._dead)))
+        return exc.preempted or _STOPPED in str(exc)

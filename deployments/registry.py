@@ -14,6 +14,7 @@ import asyncio
 import math
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from deployments.batching import Outputs
 from deployments.coalescing import Coalescer, CoalesceSettings
 from deployments.codecs.errors import (
     BadRequest,
+    ModelFailed,
     NotFound,
     ServeError,
     ServiceUnavailable,
@@ -41,9 +43,16 @@ from deployments.signature import ModelMetadata, check_batch, check_size
 _METADATA_TTL_S = 5.0
 # How long a model that could not be asked stays unavailable before it is asked again.
 _UNAVAILABLE_TTL_S = 1.0
+# How long a readiness probe's answer serves every caller.
+_PROBE_TTL_S = 1.0
 
 # Rows per coalesced call while the model's own max_batch_size is not known.
 _DEFAULT_COALESCE_ROWS = 32
+
+
+class ReplicaDied(Exception):
+    """A model replica died while it held a call, and not because it was
+    stopped or its node went away: the call's requests may be what killed it."""
 
 
 class ModelClient(Protocol):
@@ -55,7 +64,8 @@ class ModelClient(Protocol):
 
     async def call(self, version: int, local: list[np.ndarray],
                    forwarded: list[ray.ObjectRef]) -> list[Outputs | ServeError]:
-        """Run each part (``local`` ones first), answering each on its own."""
+        """Run each part (``local`` ones first), answering each on its own;
+        ``ReplicaDied`` when the replica died holding the call."""
         ...
 
 
@@ -74,14 +84,17 @@ class ModelEndpoint:
     """One model deployment: its versions' metadata and the way in."""
 
     def __init__(self, name: str, client: ModelClient, limits: InputLimits,
-                 metrics: IngressMetrics) -> None:
+                 metrics: IngressMetrics, decoder: Executor) -> None:
         self.name = name
+        self._decoder = decoder
         self._client = client
         self._metrics = metrics
         self._limits = limits
         self._versions: dict[int, ModelMetadata] | None = None
         self._fetched_at = -math.inf
         self._refreshing: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[dict[int, ModelMetadata]] | None = None
+        self._probed_at = -math.inf
         self._coalesce = CoalesceSettings()
         self._coalescers: dict[int, Coalescer[_Part, Outputs]] = {}
         self._forwarded = 0
@@ -130,9 +143,18 @@ class ModelEndpoint:
 
     async def check_ready(self, version: str | int | None = None) -> ModelMetadata:
         """``version``'s metadata: a 404 unless it is served, a 503 unless a
-        replica answers now."""
+        replica answered just now.
+
+        One probe at a time asks the replicas, and its answer is kept for a
+        second: a flood of readiness probes costs the model one metadata call
+        a second, not one each, and cannot crowd out inference.
+        """
         meta = await self.version(version)
-        await self._client.metadata()
+        now = time.monotonic()
+        if self._probe is None or (self._probe.done() and now - self._probed_at > _PROBE_TTL_S):
+            self._probe = asyncio.create_task(self._client.metadata())
+            self._probed_at = now
+        await asyncio.shield(self._probe)  # a caller gone does not cancel it
         return meta
 
     async def decode_images(self, meta: ModelMetadata, blobs: Sequence[bytes]) -> np.ndarray:
@@ -143,8 +165,10 @@ class ModelEndpoint:
         # Before decoding: the batch would be allocated for all of them.
         check_size(meta.input, len(blobs), len(blobs) * per_image, self._limits.max_rows,
                    self._limits.max_elements)
-        return await asyncio.to_thread(decode_images, blobs, geometry,
-                                       self._limits.max_image_pixels)
+        limits = self._limits
+        return await asyncio.get_running_loop().run_in_executor(
+            self._decoder, decode_images, blobs, geometry, limits.max_image_pixels,
+            limits.max_decoded_bytes)
 
     def retune(self, settings: CoalesceSettings) -> None:
         """New coalescing settings, for requests from now on."""
@@ -172,13 +196,39 @@ class ModelEndpoint:
                 "versions": {str(v): c.stats.as_dict()
                              for v, c in sorted(self._coalescers.items())}}
 
-    async def infer(self, meta: ModelMetadata, batch: np.ndarray | ray.ObjectRef) -> Outputs:
+    async def infer(self, meta: ModelMetadata, batch: np.ndarray | ray.ObjectRef,
+                    pinned: bool = True, timeout_s: float | None = None) -> Outputs:
         """Every output of one version for ``batch``, checked first (so a bad
         request fails alone), then sent with whatever else waits for the model.
 
         An ``ObjectRef`` (a Python caller's own object) is read in place; it
         is forwarded to the model as it is unless its dtype must be cast.
+        ``pinned``: the client named the version; a request that did not
+        follows a redeploy that dropped it to the new highest version rather
+        than failing. Without an answer within ``timeout_s`` (default: the
+        limits' ``request_timeout_s``), a 503.
         """
+        timeout_s = self._limits.request_timeout_s if timeout_s is None else timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                part = await self._part(meta, batch)
+                try:
+                    return await self._coalescer(meta).submit(part, part.rows)
+                except NotFound:
+                    if pinned:
+                        raise
+                # The version went away under a redeploy: ask again, use the newest.
+                self._versions = await self._client.metadata()
+                self._fetched_at = time.monotonic()
+                meta = await self.version()
+                part = await self._part(meta, batch)
+                return await self._coalescer(meta).submit(part, part.rows)
+        except TimeoutError:
+            raise ServiceUnavailable(f"model {self.name!r} did not answer within "
+                                     f"{timeout_s:g} s; retry") from None
+
+    async def _part(self, meta: ModelMetadata, batch: np.ndarray | ray.ObjectRef) -> _Part:
+        """``batch`` checked against ``meta``'s input, as one part of a call."""
         limits = self._limits
         if isinstance(batch, ray.ObjectRef):
             try:
@@ -187,26 +237,45 @@ class ModelEndpoint:
                 raise BadRequest(f"cannot read the ObjectRef given as input: "
                                  f"{type(exc).__name__}") from None
             checked = check_batch(view, meta.input, limits.max_rows, limits.max_elements)
-            uncast = np.may_share_memory(checked, view)  # else a cast copy: put that
-            part = (_Part(len(checked), ref=batch, arrived=arrival_time()) if uncast
-                    else _Part(len(checked), array=checked, arrived=arrival_time()))
+            if np.may_share_memory(checked, view):  # else a cast copy: send that
+                return _Part(len(checked), ref=batch, arrived=arrival_time())
         else:
             checked = check_batch(batch, meta.input, limits.max_rows, limits.max_elements)
-            part = _Part(len(checked), array=checked, arrived=arrival_time())
-        return await self._coalescer(meta).submit(part, part.rows)
+        return _Part(len(checked), array=checked, arrived=arrival_time())
 
     async def _call(self, version: int, parts: list[_Part]) -> list[Outputs | ServeError]:
-        """One model call for ``parts``, each part's answer in order."""
+        """One model call for ``parts``, each part's answer in order.
+
+        When the replica died while it held the call (``ReplicaDied``), one
+        of the parts may be what killed it: each is sent again alone, and a
+        part whose replica died while running it alone is not sent again.
+        """
+        self._metrics.coalesced(self.name, sum(p.rows for p in parts))
+        for part in parts:
+            self._metrics.preprocessed(self.name, part.arrived)
+        try:
+            return await self._send(version, parts)
+        except ReplicaDied:
+            if len(parts) == 1:
+                return [_died_alone(self.name)]
+        answers = await asyncio.gather(*(self._send(version, [p]) for p in parts),
+                                       return_exceptions=True)
+        return [_died_alone(self.name) if isinstance(a, ReplicaDied) else
+                a if isinstance(a, BaseException) else a[0] for a in answers]
+
+    async def _send(self, version: int, parts: list[_Part]) -> list[Outputs | ServeError]:
         local = [p.array for p in parts if p.ref is None]
         forwarded = [p.ref for p in parts if p.ref is not None]
         self._forwarded += len(forwarded)
-        for part in parts:
-            self._metrics.preprocessed(self.name, part.arrived)
-        self._metrics.coalesced(self.name, sum(p.rows for p in parts))
         with self._metrics.inference(self.name):
             answers = await self._client.call(version, local, forwarded)
         from_local, from_forwarded = iter(answers[:len(local)]), iter(answers[len(local):])
         return [next(from_forwarded if p.ref is not None else from_local) for p in parts]
+
+
+def _died_alone(model: str) -> ModelFailed:
+    return ModelFailed(f"the replica of model {model!r} died while running this request; it "
+                       "is not sent again, since it may be what crashed the replica")
 
 
 class ModelRegistry:
@@ -214,7 +283,10 @@ class ModelRegistry:
 
     def __init__(self, clients: dict[str, ModelClient], limits: InputLimits,
                  metrics: IngressMetrics) -> None:
-        self._models = {name: ModelEndpoint(name, client, limits, metrics)
+        # One bounded pool decodes every model's images: concurrent requests
+        # wait for a thread rather than multiply the memory decoding takes.
+        decoder = ThreadPoolExecutor(limits.decode_threads, thread_name_prefix="decode")
+        self._models = {name: ModelEndpoint(name, client, limits, metrics, decoder)
                         for name, client in clients.items()}
         self.default = next(iter(self._models))
 

@@ -32,7 +32,9 @@ async def predict(app_name: str, paths: list[Path], top_k: int | None) -> dict:
     app = serve.get_app_handle(app_name)
     meta = await app.metadata.remote()
     blobs = [path.read_bytes() for path in paths]
-    batch = decode_images(blobs, meta.image_geometry(), InputLimits().max_image_pixels)
+    limits = InputLimits()
+    batch = decode_images(blobs, meta.image_geometry(), limits.max_image_pixels,
+                          limits.max_decoded_bytes)
 
     ref = ray.put(batch)
     from_array = await app.predict.remote(batch, top_k=top_k)

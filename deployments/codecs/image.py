@@ -23,25 +23,46 @@ FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 _WIDE_GRAYSCALE = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def decode_images(
-    blobs: Sequence[bytes], geometry: ImageGeometry, max_pixels: int
-) -> np.ndarray:
-    """Decode encoded images into one ``float32[N, H, W, C]`` batch."""
+def decode_images(blobs: Sequence[bytes], geometry: ImageGeometry, max_pixels: int,
+                  max_decoded_bytes: int) -> np.ndarray:
+    """Decode encoded images into one ``float32[N, H, W, C]`` batch.
+
+    Every image's header is read first: each is checked against
+    ``max_pixels``, and what all of them would allocate on the way to the
+    model's input (:func:`decoded_bytes`) against ``max_decoded_bytes``,
+    before any is decoded. A small file cannot stand for a huge decode.
+    """
     if not blobs:
         raise BadRequest("no images in the request")
+    many = len(blobs) > 1
+    images = [_open(blob, geometry, max_pixels, f" (image {i})" if many else "")
+              for i, blob in enumerate(blobs)]
+    cost = sum(decoded_bytes(image, geometry) for image in images)
+    if cost > max_decoded_bytes:
+        raise PayloadTooLarge(
+            f"the request's {len(images)} image{'s' * many} would decode to {cost} bytes, "
+            f"the limit is {max_decoded_bytes}")
     batch = np.empty((len(blobs), geometry.height, geometry.width, geometry.channels),
                      dtype=np.float32)
-    for i, blob in enumerate(blobs):
-        pixels = _decode_one(blob, geometry, max_pixels, index=i if len(blobs) > 1 else None)
+    for i, image in enumerate(images):
+        pixels = _decode(image, geometry, f" (image {i})" if many else "")
         # One write per image: uint8 pixels scaled straight into the batch row.
         np.multiply(pixels.reshape(batch.shape[1:]), np.float32(1 / 255), out=batch[i])
     return batch
 
 
-def _decode_one(
-    blob: bytes, geometry: ImageGeometry, max_pixels: int, index: int | None
-) -> np.ndarray:
-    where = "" if index is None else f" (image {index})"
+def decoded_bytes(image: Image.Image, geometry: ImageGeometry) -> int:
+    """What decoding ``image`` allocates (after JPEG's reduced-scale draft):
+    its pixels as Pillow holds them in their own mode, once more for a
+    conversion of the samples, and again in the model's mode."""
+    width, height = image.size
+    native = 1 if image.mode in ("1", "L", "P") else 2 if image.mode.startswith("I;16") else 4
+    model = 1 if geometry.channels == 1 else 4  # Pillow holds RGB in 4 bytes a pixel
+    return width * height * (2 * native + model)
+
+
+def _open(blob: bytes, geometry: ImageGeometry, max_pixels: int, where: str) -> Image.Image:
+    """The image's header read, its size checked, a reduced scale chosen."""
     if not blob:
         raise BadRequest(f"empty image{where}")
     # Pillow's plugins raise almost any exception type on malformed data
@@ -66,6 +87,15 @@ def _decode_one(
     if width == 0 or height == 0:
         raise BadRequest(f"image{where} has no pixels")
     try:
+        # JPEG can decode at a reduced scale, far cheaper for large photos.
+        image.draft(geometry.pillow_mode, (geometry.width, geometry.height))
+    except Exception as exc:
+        raise BadRequest(f"cannot decode image{where}: invalid header ({exc})") from None
+    return image
+
+
+def _decode(image: Image.Image, geometry: ImageGeometry, where: str) -> np.ndarray:
+    try:
         return _pixels(image, geometry, where)
     except ServeError:
         raise
@@ -80,14 +110,13 @@ def _pixels(image: Image.Image, geometry: ImageGeometry, where: str) -> np.ndarr
     frames = getattr(image, "n_frames", 1)  # multi-frame formats read the whole file
     if frames > 1:  # which frame would the model see? the client must choose
         raise BadRequest(f"image{where} is animated ({frames} frames): send a single frame")
-    # JPEG can decode at a reduced scale, far cheaper for large photos.
-    image.draft(geometry.pillow_mode, (geometry.width, geometry.height))
     ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of the pixels
     image.load()
     if image.mode in _WIDE_GRAYSCALE:
         image = _to_8_bit(image)
     try:
-        image = image.convert(geometry.pillow_mode)
+        if image.mode != geometry.pillow_mode:
+            image = image.convert(geometry.pillow_mode)
     except ValueError:
         raise BadRequest(
             f"image{where} has pixel mode {image.mode}, which cannot be converted to "
@@ -99,6 +128,9 @@ def _pixels(image: Image.Image, geometry: ImageGeometry, where: str) -> np.ndarr
 
 
 def _to_8_bit(image: Image.Image) -> Image.Image:
-    """16-bit grayscale scaled to 8 bits (the top byte of each sample)."""
-    samples = np.asarray(image).astype(np.int64, copy=False)
-    return Image.fromarray((np.clip(samples, 0, 65535) >> 8).astype(np.uint8), mode="L")
+    """16-bit grayscale scaled to 8 bits (the top byte of each sample), without
+    widening the samples (32-bit "I" images are clipped to 16 bits first)."""
+    samples = np.asarray(image)
+    if samples.dtype.itemsize > 2:
+        samples = np.clip(samples, 0, 65535)
+    return Image.fromarray((samples >> 8).astype(np.uint8), mode="L")

@@ -20,6 +20,7 @@ from deployments.codecs.errors import (
     UnsupportedMediaType,
 )
 from deployments.codecs.numbers import decimal_count
+from deployments.config import InputLimits
 from deployments.registry import ModelEndpoint, ModelRegistry
 from deployments.signature import ModelMetadata
 
@@ -48,6 +49,25 @@ async def resolve(registry: ModelRegistry, request: Request
     absent: the default model, its highest version), or a 404."""
     return await registry.resolve(request.path_params.get("name"),
                                   request.path_params.get("version"))
+
+
+# Serve's header for a client's own deadline (it applies it too, where it can).
+TIMEOUT_HEADER = "x-request-timeout-seconds"
+
+
+def request_timeout(request: Request, limits: InputLimits) -> float:
+    """How long this request may wait for its model: the configured
+    ``request_timeout_s``, or less when the client's header asks for less."""
+    try:
+        asked = float(request.headers.get(TIMEOUT_HEADER, "inf"))
+    except ValueError:
+        asked = math.inf
+    return min(asked, limits.request_timeout_s) if asked > 0 else limits.request_timeout_s
+
+
+def pinned(request: Request) -> bool:
+    """Whether the route names a version (else it follows the highest one)."""
+    return "version" in request.path_params
 
 
 def media_type(request: Request) -> str:

@@ -21,7 +21,14 @@ from deployments.codecs.errors import BadRequest, PayloadTooLarge, UnsupportedMe
 from deployments.codecs.predictions import parse_flag, parse_top_k, top_k_predictions
 from deployments.codecs.tensor import instances_to_array, parse_json
 from deployments.config import InputLimits
-from deployments.protocols.http import PortableJSON, media_type, read_body, resolve
+from deployments.protocols.http import (
+    PortableJSON,
+    media_type,
+    pinned,
+    read_body,
+    request_timeout,
+    resolve,
+)
 from deployments.protocols.routes import ApiRoute, model_routes
 from deployments.registry import ModelEndpoint, ModelRegistry
 from deployments.signature import ModelMetadata, named_input
@@ -53,18 +60,19 @@ class NativeApi:
         (an array or an ``ObjectRef``): the top classes per row."""
         endpoint, meta = await self._registry.resolve(model, version)
         return await self._predict(endpoint, meta, named_input(inputs, meta.input), top_k,
-                                   scores)
+                                   scores, pinned=version is not None)
 
     async def _predict(self, endpoint: ModelEndpoint, meta: ModelMetadata,
                        inputs: np.ndarray | ObjectRef, top_k: int | str | None,
-                       scores: bool | str) -> dict[str, Any]:
+                       scores: bool | str, pinned: bool,
+                       timeout_s: float | None = None) -> dict[str, Any]:
         answer: dict[str, Any] = {"model": meta.name, "version": meta.version}
+        if meta.labels:  # the query is checked before the model runs
+            k = parse_top_k(top_k, self._default_top_k, len(meta.labels))
+            include_scores = parse_flag(scores, "scores")
+        outputs = await endpoint.infer(meta, inputs, pinned, timeout_s)
         if not meta.labels:  # not a classifier: every output as it is
-            outputs = await endpoint.infer(meta, inputs)
             return {**answer, "outputs": {name: a.tolist() for name, a in outputs.items()}}
-        k = parse_top_k(top_k, self._default_top_k, len(meta.labels))
-        include_scores = parse_flag(scores, "scores")
-        outputs = await endpoint.infer(meta, inputs)
         answer["predictions"] = top_k_predictions(outputs[meta.scores_output], meta.labels, k,
                                                   include_scores)
         return answer
@@ -98,7 +106,8 @@ class NativeApi:
         batch = await decode(request, body, endpoint, meta)
         params = request.query_params
         return PortableJSON(
-            await self._predict(endpoint, meta, batch, params.get("top_k"), params.get("scores"))
+            await self._predict(endpoint, meta, batch, params.get("top_k"), params.get("scores"),
+                                pinned(request), request_timeout(request, self._limits))
         )
 
     async def _decode_image(self, request: Request, body: bytes, endpoint: ModelEndpoint,

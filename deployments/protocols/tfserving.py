@@ -21,7 +21,7 @@ from deployments.codecs.tfserving import (
     parse_predict_request,
 )
 from deployments.config import InputLimits
-from deployments.protocols.http import JSONWithNaN, read_body, resolve
+from deployments.protocols.http import JSONWithNaN, pinned, read_body, request_timeout, resolve
 from deployments.protocols.routes import ApiRoute, model_routes
 from deployments.registry import ModelRegistry
 
@@ -75,5 +75,6 @@ class TFServingApi:
             batch = await endpoint.decode_images(meta, parsed.value)
         else:
             batch = await asyncio.to_thread(rows_to_array, parsed.value, "the input")
-        outputs = await endpoint.infer(meta, batch)
+        outputs = await endpoint.infer(meta, batch, pinned(request),
+                                       request_timeout(request, self._limits))
         return JSONWithNaN(encode_predict_response(outputs, parsed.columnar))

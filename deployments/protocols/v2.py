@@ -28,7 +28,7 @@ from deployments.codecs.v2_tensor import (
     select_outputs,
 )
 from deployments.config import InputLimits
-from deployments.protocols.http import read_body, resolve
+from deployments.protocols.http import read_body, request_timeout, resolve
 from deployments.protocols.routes import ApiRoute, model_routes
 from deployments.registry import ModelRegistry
 from deployments.signature import ModelMetadata
@@ -42,7 +42,8 @@ def server_metadata() -> dict[str, object]:
 
 
 async def infer(registry: ModelRegistry, name: str, version: str | None,
-                request: InferRequest) -> tuple[ModelMetadata, list[OutputTensor]]:
+                request: InferRequest, timeout_s: float | None = None
+                ) -> tuple[ModelMetadata, list[OutputTensor]]:
     """One V2 inference: the input checked against the signature (BYTES are
     encoded images for image models), the model run, the outputs selected."""
     endpoint, meta = await registry.resolve(name, version or None)
@@ -59,7 +60,8 @@ async def infer(registry: ModelRegistry, name: str, version: str | None,
         batch = await endpoint.decode_images(meta, tensor.data)
     else:
         batch = tensor.data
-    return meta, select_outputs(request, meta, await endpoint.infer(meta, batch))
+    outputs = await endpoint.infer(meta, batch, bool(version), timeout_s)
+    return meta, select_outputs(request, meta, outputs)
 
 
 class V2Api:
@@ -104,7 +106,8 @@ class V2Api:
                                          request.headers.get(HEADER_LENGTH), limits.max_rows,
                                          limits.max_elements)
         meta, outputs = await infer(self._registry, request.path_params["name"],
-                                    request.path_params.get("version"), parsed)
+                                    request.path_params.get("version"), parsed,
+                                    request_timeout(request, limits))
         content, header_length = await asyncio.to_thread(
             encode_infer_response, meta, parsed.id, outputs)
         if header_length is None:

@@ -391,10 +391,33 @@ def hostile_text_cases() -> list[Bad]:
     return cases
 
 
+def decoded_size_cases() -> list[Bad]:
+    """Sixteen small PNGs (~50 KB each) that would decode to 3 GiB: refused from
+    their headers, before any is decoded, on every route that takes several."""
+    buffer = io.BytesIO()
+    Image.new("RGBA", (4096, 4096)).save(buffer, format="PNG")
+    blobs = [buffer.getvalue()] * 16
+    form = httpx.Request("POST", "/", files=[(f"f{i}", ("big.png", b, "image/png"))
+                                             for i, b in enumerate(blobs)])
+    raw = b"".join(struct.pack("<I", len(b)) + b for b in blobs)
+    header = json_body({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [16],
+                                    "parameters": {"binary_data_size": len(raw)}}]})
+    encoded = [{"b64": base64.b64encode(b).decode()} for b in blobs]
+    phrase = "16 images would decode to"
+    return [
+        Bad("multipart of 16 small 16 MP PNGs", "POST", "/predict", 413, phrase, form.read(),
+            dict(form.headers)),
+        Bad("V2 BYTES of 16 small 16 MP PNGs", "POST", f"/v2/models/{IMAGE_MODEL}/infer", 413,
+            phrase, header + raw, {"Inference-Header-Content-Length": str(len(header))}),
+        Bad("TF Serving b64 of 16 small 16 MP PNGs", "POST",
+            f"/v1/models/{IMAGE_MODEL}:predict", 413, phrase, json_body({"instances": encoded})),
+    ]
+
+
 def corpus() -> list[Bad]:
     return (image_cases() + tensor_cases() + malformed_json_cases() + v2_binary_cases()
             + v2_json_structure_cases() + routing_cases() + media_and_encoding_cases()
-            + too_many_images_cases() + hostile_text_cases())
+            + too_many_images_cases() + hostile_text_cases() + decoded_size_cases())
 
 
 CORPUS = corpus()

@@ -41,7 +41,7 @@ def test_multipart_one_prediction_per_file_in_order(client: httpx.Client):
 
 
 def test_json_instances_match_image_uploads(client: httpx.Client):
-    batch = decode_images([p.read_bytes() for p in SAMPLES], ImageGeometry(28, 28, 1), 10**8)
+    batch = decode_images([p.read_bytes() for p in SAMPLES], ImageGeometry(28, 28, 1), 10**8, 2**30)
     r = client.post("/predict", json={"instances": batch.tolist()})
     assert r.status_code == 200, r.text
     labels = [top_label(p) for p in r.json()["predictions"]]

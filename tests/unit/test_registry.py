@@ -1,0 +1,120 @@
+"""The one path into a model, with a fake model client (no Ray, no TensorFlow):
+deadlines, a request that kills its replica, a redeploy that drops the version
+a request would have used, and readiness probes that share one call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from deployments.coalescing import CoalesceSettings
+from deployments.codecs.errors import ModelFailed, NotFound, ServiceUnavailable
+from deployments.config import InputLimits
+from deployments.metrics import IngressMetrics
+from deployments.registry import ModelRegistry, ReplicaDied
+from deployments.signature import ModelMetadata, TensorSpec
+
+POISON = 13.0  # a first value that "crashes the replica"
+
+
+def meta(version: int) -> ModelMetadata:
+    return ModelMetadata("m", version, "serving_default", (TensorSpec("x", "float32", (None, 2)),),
+                         (TensorSpec("y", "float32", (None, 2)),), "y", ())
+
+
+class FakeModel:
+    """Answers ``2 * x``; dies holding any call with a poisoned part."""
+
+    def __init__(self, versions: tuple[int, ...] = (1,)) -> None:
+        self.versions = versions
+        self.calls: list[int] = []  # parts per call
+        self.metadata_calls = 0
+        self.gate: asyncio.Event | None = None  # when set: calls wait for it
+
+    async def metadata(self) -> dict[int, ModelMetadata]:
+        self.metadata_calls += 1
+        await asyncio.sleep(0.01)
+        return {v: meta(v) for v in self.versions}
+
+    async def call(self, version, local, forwarded):
+        self.calls.append(len(local))
+        if self.gate is not None:
+            await self.gate.wait()
+        if version not in self.versions:
+            raise NotFound(f"model version {version} is not served")
+        if any(a[0, 0] == POISON for a in local):
+            raise ReplicaDied("the replica died")
+        return [{"y": a * 2} for a in local]
+
+
+def registry(model: FakeModel, max_calls: int = 1) -> ModelRegistry:
+    r = ModelRegistry({"m": model}, InputLimits(request_timeout_s=5), IngressMetrics(["m"]))
+    r.retune(CoalesceSettings(max_calls_in_flight=max_calls))
+    return r
+
+
+def rows(first: float) -> np.ndarray:
+    return np.array([[first, 1.0]], np.float32)
+
+
+def test_a_model_that_does_not_answer_is_a_503_within_the_deadline():
+    async def scenario():
+        model = FakeModel()
+        model.gate = asyncio.Event()  # never set
+        endpoint = registry(model).get("m")
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailable, match=r"did not answer within 0\.2 s"):
+            await endpoint.infer(await endpoint.version(), rows(1), timeout_s=0.2)
+        assert time.monotonic() - started < 2
+
+    asyncio.run(scenario())
+
+
+def test_a_request_that_kills_its_replica_fails_alone_and_is_not_sent_again():
+    async def scenario():
+        model = FakeModel()
+        endpoint = registry(model).get("m")
+        version = await endpoint.version()
+        model.gate = asyncio.Event()
+        first = asyncio.create_task(endpoint.infer(version, rows(0)))  # holds the one slot
+        await asyncio.sleep(0.05)
+        batch = [asyncio.create_task(endpoint.infer(version, rows(v))) for v in (1, POISON, 2)]
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        results = await asyncio.gather(first, *batch, return_exceptions=True)
+        assert model.calls == [1, 3, 1, 1, 1]  # the call of three died: each part alone
+        assert [r["y"][0, 0] for r in (results[0], results[1], results[3])] == [0, 2, 4]
+        assert isinstance(results[2], ModelFailed) and "not sent again" in results[2].message
+
+    asyncio.run(scenario())
+
+
+def test_a_request_that_named_no_version_follows_a_redeploy_that_dropped_it():
+    async def scenario():
+        model = FakeModel(versions=(2,))
+        endpoint = registry(model).get("m")
+        v2 = await endpoint.version()
+        model.versions = (3,)  # redeployed: version 2 is gone
+        answer = await endpoint.infer(v2, rows(1), pinned=False)
+        assert answer["y"][0, 0] == 2 and (await endpoint.version()).version == 3
+        with pytest.raises(NotFound):  # one that named version 2 hears it is gone
+            await endpoint.infer(v2, rows(1), pinned=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_flood_of_readiness_probes_costs_the_model_one_call():
+    async def scenario():
+        model = FakeModel()
+        r = registry(model)
+        await r.get("m").version()
+        before = model.metadata_calls
+        await asyncio.gather(*(r.ready() for _ in range(200)))
+        assert model.metadata_calls == before + 1
+        await asyncio.gather(*(r.ready() for _ in range(200)))  # still within a second
+        assert model.metadata_calls == before + 1
+
+    asyncio.run(scenario())
