@@ -29,7 +29,7 @@ model: $(MODEL) $(LINEAR_MODEL)
 
 # configs/server.env: Serve's faster serving path (HAProxy ingress, throughput mode).
 serve: $(STAMP) model
-	env $$(grep -v '^#' configs/server.env | xargs) $(BIN)/serve run configs/config.yaml
+	set -a && . ./configs/server.env && set +a && $(BIN)/serve run configs/config.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

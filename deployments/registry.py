@@ -247,8 +247,9 @@ class ModelEndpoint:
         """One model call for ``parts``, each part's answer in order.
 
         When the replica died while it held the call (``ReplicaDied``), one
-        of the parts may be what killed it: each is sent again alone, and a
-        part whose replica died while running it alone is not sent again.
+        of the parts may be what killed it: each is sent again alone, one at
+        a time (so a second crash takes no other part with it), and a part
+        whose replica died while running it alone is not sent again.
         """
         self._metrics.coalesced(self.name, sum(p.rows for p in parts))
         for part in parts:
@@ -258,10 +259,15 @@ class ModelEndpoint:
         except ReplicaDied:
             if len(parts) == 1:
                 return [_died_alone(self.name)]
-        answers = await asyncio.gather(*(self._send(version, [p]) for p in parts),
-                                       return_exceptions=True)
-        return [_died_alone(self.name) if isinstance(a, ReplicaDied) else
-                a if isinstance(a, BaseException) else a[0] for a in answers]
+        answers: list[Outputs | ServeError] = []
+        for part in parts:
+            try:
+                answers += await self._send(version, [part])
+            except ReplicaDied:
+                answers.append(_died_alone(self.name))
+            except ServeError as exc:
+                answers.append(exc)
+        return answers
 
     async def _send(self, version: int, parts: list[_Part]) -> list[Outputs | ServeError]:
         local = [p.array for p in parts if p.ref is None]

@@ -88,8 +88,9 @@ class ServedVersion:
         return self._settings.max_batch_size
 
     def _zeros(self, rows: int) -> np.ndarray:
+        """A warm-up batch (a variable inner dimension taken as 1)."""
         spec = self.runner.metadata.input
-        return np.zeros((rows, *spec.shape[1:]), dtype=spec.dtype)
+        return np.zeros((rows, *(d or 1 for d in spec.shape[1:])), dtype=spec.dtype)
 
     def warm_up(self, sizes: list[int]) -> None:
         """One call per batch size, then a timed warm call for the busy wait.
@@ -143,7 +144,7 @@ class ServedVersion:
     async def _infer_chunk(self, chunk: np.ndarray) -> Outputs:
         self._queue(add=[chunk])
         try:
-            return await self._batch(chunk)
+            answer = await self._batch(chunk)
         except RuntimeError:
             # Serve's batcher refuses an item over max_batch_size: it was
             # lowered live after this chunk was cut. Cut it again.
@@ -153,19 +154,24 @@ class ServedVersion:
             return await self.infer(chunk)
         finally:
             self._queue(remove=[chunk])  # also if cancelled while queued
+        if isinstance(answer, Exception):  # its shape group's TensorFlow call failed
+            raise answer
+        return answer
 
     def _queue(self, add: Sequence[np.ndarray] = (), remove: Sequence[np.ndarray] = ()) -> None:
         self._waiting.update(id(a) for a in add)
         self._waiting.difference_update(id(a) for a in remove)
         self._metrics.queue_length(len(self._waiting))
 
-    async def _run_batch(self, arrays: list[np.ndarray]) -> list[Outputs]:
+    async def _run_batch(self, arrays: list[np.ndarray]) -> list[Outputs | Exception]:
+        """One TensorFlow call per inner shape among ``arrays`` (a model with a
+        variable dimension may get requests that cannot share one tensor);
+        each caller gets its rows, or its group's error, never another's."""
         self._queue(remove=arrays)
-        counts = [len(a) for a in arrays]
-        rows = sum(counts)
-        self.batch_rows[rows] += 1
-        padded = bucket_for(rows, self.buckets) if self.runner.static_shapes else rows
-        merged = merge_rows(arrays, padded)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, array in enumerate(arrays):
+            groups.setdefault(array.shape[1:], []).append(i)
+        results: list[Outputs | Exception] = [{}] * len(arrays)
         # Serve forms the next batch while this one runs, closing it after
         # batch_wait_timeout_s: a few ms would cut it to the one or two
         # requests that arrived by then, to queue behind this batch anyway.
@@ -174,12 +180,28 @@ class ServedVersion:
         # Serving's batchers, which form a batch when the model is free).
         self._batch.set_batch_wait_timeout_s(
             max(self._settings.batch_wait_timeout_s, self._batch_seconds))
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         try:
-            outputs = await loop.run_in_executor(self._executor, self.runner.run, merged)
+            for indices in groups.values():
+                group = [arrays[i] for i in indices]
+                try:
+                    answers: list[Outputs | Exception] = list(await self._run_group(group))
+                except Exception as exc:  # this group's callers hear of it
+                    answers = [exc] * len(group)
+                for i, answer in zip(indices, answers, strict=True):
+                    results[i] = answer
         finally:
             self._batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
+        return results
+
+    async def _run_group(self, arrays: list[np.ndarray]) -> list[Outputs]:
+        counts = [len(a) for a in arrays]
+        rows = sum(counts)
+        self.batch_rows[rows] += 1
+        padded = bucket_for(rows, self.buckets) if self.runner.static_shapes else rows
+        merged = merge_rows(arrays, padded)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outputs = await loop.run_in_executor(self._executor, self.runner.run, merged)
         seconds = loop.time() - started
         self._metrics.batch(rows, seconds)
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds

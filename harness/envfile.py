@@ -6,6 +6,8 @@ from pathlib import Path
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines; blank lines and ``#`` comments are skipped."""
+    """``KEY=VALUE`` lines, as a shell sources them (a value may be quoted);
+    blank lines and ``#`` comments are skipped."""
     lines = (line.strip() for line in path.read_text().splitlines())
-    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    pairs = (line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    return {key: value.strip('"') for key, value in pairs}

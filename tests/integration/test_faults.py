@@ -39,11 +39,13 @@ def faults_url(base_url: str, tmp_path_factory) -> Iterator[str]:
 
 
 class SteadyLoad:
-    """Clients posting big batches in a loop until stopped; statuses counted."""
+    """Clients posting ``images`` images at a time in a loop until stopped;
+    statuses counted. (Big batches keep both replicas busy, so faults land on
+    requests in flight.)"""
 
-    def __init__(self, url: str, clients: int) -> None:
-        # Big batches keep both replicas busy, so faults land on requests in flight.
-        self._files = [("f", (p.name, p.read_bytes(), "image/png")) for p in SAMPLES] * 12
+    def __init__(self, url: str, clients: int, images: int = 120) -> None:
+        files = [("f", (p.name, p.read_bytes(), "image/png")) for p in SAMPLES] * 12
+        self._files = files[:images]
         self._url, self._clients = url, clients
         self.statuses: Counter[int | str] = Counter()
         self.top_k: set[int] = set()

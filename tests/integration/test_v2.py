@@ -171,3 +171,19 @@ def test_tritonclient_grpc_errors_carry_status_codes(grpc_client):
     with pytest.raises(InferenceServerException) as missing:
         grpc_client.get_model_metadata("no_such_model", headers=APP)
     assert missing.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_grpc_messages_over_the_cap_are_refused_by_the_transport(grpc_client):
+    """RAY_SERVE_GRPC_MAX_MESSAGE_SIZE (configs/server.env): 20 MB is refused
+    before it reaches the app, as RESOURCE_EXHAUSTED."""
+    big = np.zeros((1, 5_000_000), np.float32)
+    inp = grpcclient.InferInput("pixels", list(big.shape), "FP32")
+    inp.set_data_from_numpy(big)
+    with pytest.raises(InferenceServerException) as refused:
+        grpc_client.infer("digits_linear", [inp], headers=APP)
+    assert refused.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    rows, _ = digit_rows()  # and the next one is served
+    inp = grpcclient.InferInput("pixels", list(rows.shape), "FP32")
+    inp.set_data_from_numpy(rows)
+    assert grpc_client.infer("digits_linear", [inp], headers=APP).as_numpy(
+        "probabilities").shape == (20, 10)

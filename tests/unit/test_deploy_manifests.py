@@ -69,5 +69,5 @@ def test_the_dockerfile_builds_on_the_pinned_ray_image_with_the_serving_env():
     assert f"ARG RAY_IMAGE=rayproject/ray:{PINNED_RAY}-py311\n" in dockerfile
     assert f"WORKDIR {WORKDIR}\n" in dockerfile
     for name, value in SERVER_ENV.items():
-        assert re.search(rf"\b{name}={value}\b", dockerfile), name
+        assert re.search(rf'\b{name}="?{value}\b', dockerfile), name
     assert "COPY --chown=ray:users models ./models" in dockerfile
