@@ -58,4 +58,4 @@ def build_asgi(registry: ModelRegistry, limits: InputLimits, metrics: IngressMet
     routes: list[BaseRoute] = [*api_routes(registry, limits, top_k), *ui.routes()]
     handlers = {ServeError: render_error, HTTPException: render_error, Exception: render_error}
     return Starlette(routes=routes, exception_handlers=handlers,
-                     middleware=[Middleware(metrics.asgi)])
+                     middleware=[Middleware(metrics.asgi), Middleware(registry.budget.asgi)])

@@ -28,6 +28,9 @@ class InputLimits(_Strict):
     max_decoded_bytes: int = Field(
         512 * 2**20, gt=0, description="what one request's images may allocate while they "
                                        "decode, counted from their headers before any is")
+    max_inflight_bytes: int = Field(
+        2**30, gt=0, description="what one ingress replica holds for all requests in flight "
+                                 "(bodies, parsed JSON, decoded batches); beyond: a 503")
     request_timeout_s: float = Field(
         30.0, gt=0, description="how long a request may wait for its model before a 503; "
                                 "a client's x-request-timeout-seconds header may shorten it")

@@ -78,7 +78,9 @@ class Preprocessor(V2GrpcService):
         row. Ray resolves an ``ObjectRef`` passed as ``inputs`` itself; one
         passed by input name (``{"image": ref}``) reaches the app unresolved,
         is checked in place and forwarded to the model replica uncopied."""
-        with self._metrics.handle_call(model):
+        with self._metrics.handle_call(model), self._registry.budget.request():
+            if isinstance(inputs, np.ndarray):  # sent by value: held here while it runs
+                self._registry.budget.take(inputs.nbytes, "the input array")
             return await self._native.predict(inputs, top_k, scores, model, version)
 
     async def metadata(self, model: str | None = None,

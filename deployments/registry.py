@@ -24,6 +24,7 @@ import ray
 from ray.exceptions import RayError
 
 from deployments.batching import Outputs
+from deployments.budget import MemoryBudget
 from deployments.coalescing import Coalescer, CoalesceSettings
 from deployments.codecs.errors import (
     BadRequest,
@@ -84,9 +85,10 @@ class ModelEndpoint:
     """One model deployment: its versions' metadata and the way in."""
 
     def __init__(self, name: str, client: ModelClient, limits: InputLimits,
-                 metrics: IngressMetrics, decoder: Executor) -> None:
+                 metrics: IngressMetrics, decoder: Executor, budget: MemoryBudget) -> None:
         self.name = name
         self._decoder = decoder
+        self._budget = budget
         self._client = client
         self._metrics = metrics
         self._limits = limits
@@ -166,6 +168,7 @@ class ModelEndpoint:
         check_size(meta.input, len(blobs), len(blobs) * per_image, self._limits.max_rows,
                    self._limits.max_elements)
         limits = self._limits
+        self._budget.take(per_image * 4 * len(blobs), f"decoding {len(blobs)} images")
         return await asyncio.get_running_loop().run_in_executor(
             self._decoder, decode_images, blobs, geometry, limits.max_image_pixels,
             limits.max_decoded_bytes)
@@ -292,7 +295,8 @@ class ModelRegistry:
         # One bounded pool decodes every model's images: concurrent requests
         # wait for a thread rather than multiply the memory decoding takes.
         decoder = ThreadPoolExecutor(limits.decode_threads, thread_name_prefix="decode")
-        self._models = {name: ModelEndpoint(name, client, limits, metrics, decoder)
+        self.budget = MemoryBudget(limits.max_inflight_bytes)
+        self._models = {name: ModelEndpoint(name, client, limits, metrics, decoder, self.budget)
                         for name, client in clients.items()}
         self.default = next(iter(self._models))
 

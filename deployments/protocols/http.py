@@ -3,6 +3,7 @@ and the one error renderer."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -13,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from deployments.budget import JSON_EXPANSION, MemoryBudget
 from deployments.codecs.errors import (
     BadRequest,
     PayloadTooLarge,
@@ -20,6 +22,7 @@ from deployments.codecs.errors import (
     UnsupportedMediaType,
 )
 from deployments.codecs.numbers import decimal_count
+from deployments.codecs.tensor import parse_json
 from deployments.config import InputLimits
 from deployments.registry import ModelEndpoint, ModelRegistry
 from deployments.signature import ModelMetadata
@@ -74,8 +77,9 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with a 413 as soon as it passes ``max_bytes``."""
+async def read_body(request: Request, max_bytes: int, budget: MemoryBudget) -> bytes:
+    """The request body, refused with a 413 as soon as it passes ``max_bytes``
+    and held against the ingress's memory budget as it arrives."""
     declared = request.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit():
         size = decimal_count(declared)  # None: more digits than any count has
@@ -87,8 +91,18 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
         size += len(chunk)
         if size > max_bytes:
             raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+        budget.take(len(chunk), "the request body")
         chunks.append(chunk)
-    return _decompress(b"".join(chunks), request.headers.get("content-encoding"), max_bytes)
+    body = _decompress(b"".join(chunks), request.headers.get("content-encoding"), max_bytes)
+    if len(chunks) != 1 or body is not chunks[0]:  # joined or inflated: one more copy
+        budget.take(len(body), "the request body")
+    return body
+
+
+async def parse_json_body(body: bytes, budget: MemoryBudget) -> Any:
+    """A JSON body parsed off the event loop, what the parse holds counted first."""
+    budget.take(len(body) * JSON_EXPANSION, "parsing the JSON body")
+    return await asyncio.to_thread(parse_json, body)
 
 
 # Content-Encoding → zlib's wbits: gzip, or zlib-wrapped deflate (what HTTP

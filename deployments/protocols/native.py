@@ -19,11 +19,12 @@ from starlette.responses import JSONResponse
 
 from deployments.codecs.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from deployments.codecs.predictions import parse_flag, parse_top_k, top_k_predictions
-from deployments.codecs.tensor import instances_to_array, parse_json
+from deployments.codecs.tensor import instances_to_array
 from deployments.config import InputLimits
 from deployments.protocols.http import (
     PortableJSON,
     media_type,
+    parse_json_body,
     pinned,
     read_body,
     request_timeout,
@@ -102,7 +103,7 @@ class NativeApi:
                 "multipart/form-data with image files, or application/json with \"instances\""
             )
         endpoint, meta = await resolve(self._registry, request)
-        body = await read_body(request, self._limits.max_body_bytes)
+        body = await read_body(request, self._limits.max_body_bytes, self._registry.budget)
         batch = await decode(request, body, endpoint, meta)
         params = request.query_params
         return PortableJSON(
@@ -116,8 +117,8 @@ class NativeApi:
 
     async def _decode_json(self, request: Request, body: bytes, endpoint: ModelEndpoint,
                            meta: ModelMetadata) -> np.ndarray:
-        return await asyncio.to_thread(
-            lambda: instances_to_array(parse_json(body), self._limits.max_rows))
+        document = await parse_json_body(body, self._registry.budget)
+        return await asyncio.to_thread(instances_to_array, document, self._limits.max_rows)
 
     async def _decode_multipart(self, request: Request, body: bytes, endpoint: ModelEndpoint,
                                 meta: ModelMetadata) -> np.ndarray:

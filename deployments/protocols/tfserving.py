@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deployments.codecs.errors import BadRequest
-from deployments.codecs.tensor import parse_json, rows_to_array
+from deployments.codecs.tensor import rows_to_array
 from deployments.codecs.tfserving import (
     encode_predict_response,
     model_metadata,
@@ -21,7 +21,14 @@ from deployments.codecs.tfserving import (
     parse_predict_request,
 )
 from deployments.config import InputLimits
-from deployments.protocols.http import JSONWithNaN, pinned, read_body, request_timeout, resolve
+from deployments.protocols.http import (
+    JSONWithNaN,
+    parse_json_body,
+    pinned,
+    read_body,
+    request_timeout,
+    resolve,
+)
 from deployments.protocols.routes import ApiRoute, model_routes
 from deployments.registry import ModelRegistry
 
@@ -64,9 +71,10 @@ class TFServingApi:
 
     async def predict(self, request: Request) -> JSONResponse:
         endpoint, meta = await resolve(self._registry, request)
-        body = await read_body(request, self._limits.max_body_bytes)
-        parsed = await asyncio.to_thread(
-            lambda: parse_predict_request(parse_json(body), meta.input, self._limits.max_rows))
+        body = await read_body(request, self._limits.max_body_bytes, self._registry.budget)
+        document = await parse_json_body(body, self._registry.budget)
+        parsed = await asyncio.to_thread(parse_predict_request, document, meta.input,
+                                         self._limits.max_rows)
         if parsed.signature_name not in (None, "", meta.signature_name):
             raise BadRequest(f"Serving signature name: {parsed.signature_name!r} not found in "
                              f"signature def (model {meta.name!r} serves "

@@ -17,7 +17,9 @@ from importlib.metadata import version as package_version
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from deployments.budget import JSON_EXPANSION
 from deployments.codecs.errors import BadRequest
+from deployments.codecs.numbers import decimal_count
 from deployments.codecs.v2_json import HEADER_LENGTH, encode_infer_response, parse_infer_request
 from deployments.codecs.v2_tensor import (
     BYTES,
@@ -100,11 +102,13 @@ class V2Api:
         return JSONResponse({"name": endpoint.name, "ready": True})
 
     async def infer(self, request: Request) -> Response:
-        body = await read_body(request, self._limits.max_body_bytes)
-        limits = self._limits
-        parsed = await asyncio.to_thread(parse_infer_request, body,
-                                         request.headers.get(HEADER_LENGTH), limits.max_rows,
-                                         limits.max_elements)
+        limits, budget = self._limits, self._registry.budget
+        body = await read_body(request, limits.max_body_bytes, budget)
+        header_length = request.headers.get(HEADER_LENGTH)
+        json_bytes = min(decimal_count(header_length or "") or len(body), len(body))
+        budget.take(json_bytes * JSON_EXPANSION, "parsing the JSON header")
+        parsed = await asyncio.to_thread(parse_infer_request, body, header_length,
+                                         limits.max_rows, limits.max_elements)
         meta, outputs = await infer(self._registry, request.path_params["name"],
                                     request.path_params.get("version"), parsed,
                                     request_timeout(request, limits))

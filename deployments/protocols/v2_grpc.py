@@ -67,7 +67,7 @@ def _status(rpc: Rpc) -> Rpc:
                    grpc_context: RayServegRPCContext) -> Any:
         code = grpc.StatusCode.INTERNAL
         try:
-            with arrival():
+            with arrival(), self._registry.budget.request():
                 answer = await rpc(self, request, grpc_context)
             code = grpc.StatusCode.OK
             return answer
@@ -142,6 +142,7 @@ class V2GrpcService:
         if size > limits.max_body_bytes:
             raise PayloadTooLarge(f"request is {size} bytes, the limit is "
                                   f"{limits.max_body_bytes}")
+        self._registry.budget.take(size, "the request message")
         # Parsing and encoding run off the event loop, as HTTP bodies do.
         parsed = await asyncio.to_thread(parse_infer_request, request, limits.max_rows,
                                          limits.max_elements)

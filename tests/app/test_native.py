@@ -6,9 +6,11 @@ import json
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
 from deployments.codecs.image import decode_images
 from deployments.signature import ImageGeometry
+from tests.app.conftest import build_app, config_args
 from tests.common import MEDIA_TYPES, SAMPLES, sample_label, top_label
 
 
@@ -119,3 +121,18 @@ def test_app_still_serves_after_bad_input(client: httpx.Client):
 def test_unknown_route_is_404(client: httpx.Client):
     assert client.post("/nope").status_code == 404
     assert client.get("/predict").status_code == 405
+
+
+def test_the_ingress_memory_budget_sheds_with_a_503_and_holds_nothing_after():
+    budget = 2**20
+    app = build_app(config_args(limits={"max_inflight_bytes": budget}))
+    rows = json.dumps({"instances": [[0.5] * 64] * 256}).encode()  # ~0.5 MB of JSON
+    image = SAMPLES[0].read_bytes()
+    with TestClient(app, raise_server_exceptions=False) as client:
+        shed = client.post("/models/digits_linear/predict", content=rows,
+                           headers={"Content-Type": "application/json"})
+        assert shed.status_code == 503 and shed.headers["retry-after"] == "1"
+        assert f"would pass its budget of {budget}" in shed.json()["error"]
+        for _ in range(3):  # what each request held was given back
+            r = client.post("/predict", content=image, headers={"Content-Type": "image/png"})
+            assert r.status_code == 200

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 
 from harness.cluster import running_replicas
-from tests.app.test_bad_requests import CORPUS, check
+from tests.app.test_bad_requests import OVER_THE_WIRE, check
 from tests.common import APP_NAME, MEDIA_TYPES, SAMPLES, sample_label, top_label
 
 
@@ -28,7 +28,7 @@ def test_every_sample_is_read_through_the_proxy(client: httpx.Client):
 def test_bad_requests_through_the_proxy_lose_no_replica(client: httpx.Client):
     """Every 10th case of the bad-request corpus, end to end."""
     replicas = running_replicas(APP_NAME)
-    failures = [problem for bad in CORPUS[::10] if (problem := check(
+    failures = [problem for bad in OVER_THE_WIRE[::10] if (problem := check(
         bad, client.request(bad.method, bad.path, content=bad.content, headers=bad.headers)))]
     assert not failures, "\n".join(failures)
     assert running_replicas(APP_NAME) == replicas
