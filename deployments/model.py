@@ -64,6 +64,7 @@ class ModelDeployment:
         # the replica's event loop free to form the next batch meanwhile.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tf")
         self._settings = _initial_settings()
+        self._shipped = shipped.digest if shipped is not None else None
         if shipped is not None:  # load this node's copy, not the source
             model = model.moved_to(receive(shipped))
         self._versions: dict[int, ServedVersion] = {}
@@ -119,6 +120,7 @@ class ModelDeployment:
             "intra_op_threads": self._plan.intra_op_threads,
             "max_batch_size": served.max_batch_size,
             "auto_batch_size": served.sizing and served.sizing.describe(),
+            "shipped": self._shipped,
             "batch_wait_timeout_s": self._settings.batch_wait_timeout_s,
             "versions": sorted(self._versions),
             "path": str(self._paths[version or self._latest]),

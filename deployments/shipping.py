@@ -16,12 +16,15 @@ as ``ray-tf-serve-model-<first 24 hex digits of the digest>``).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
+import logging
 import os
 import shutil
 import tarfile
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +37,14 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 # Where replicas unpack shipped models on their node, one directory per digest.
 MODEL_DIR_ENV = "RAY_TF_SERVE_MODEL_DIR"
 
-# The namespace of the actors that hold shipped models.
+# The namespace of the actors that hold shipped models, and their names.
 NAMESPACE = "ray-tf-serve"
+STORE_PREFIX = "ray-tf-serve-model-"
+
+# Unpacked copies not used for this long are removed when another is unpacked.
+MODEL_TTL_DAYS = float(os.environ.get("RAY_TF_SERVE_MODEL_TTL_DAYS", "7"))
+
+logger = logging.getLogger("ray.serve")
 
 
 def local_root() -> Path:
@@ -95,6 +104,7 @@ def _write_tar(base: Path, members: Iterable[Path], out: BinaryIO | _Sha256Write
 
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        info.mode = 0o644  # as unpacking leaves them, so an unpacked copy repacks the same
         return info
 
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
@@ -143,7 +153,7 @@ def ship(base: Path, members: Iterable[Path]) -> ShippedModel:
     this node (where the files are) that outlives this process."""
     members = list(members)
     sha = digest(base, members)
-    name = f"ray-tf-serve-model-{sha[:24]}"
+    name = f"{STORE_PREFIX}{sha[:24]}"
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     store = ModelStore.options(
         name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
@@ -154,13 +164,86 @@ def ship(base: Path, members: Iterable[Path]) -> ShippedModel:
 
 
 def receive(shipped: ShippedModel) -> Path:
-    """The shipped model's local directory on this node, fetched if needed."""
-    target = local_root() / shipped.digest
-    if target.is_dir():
-        return target
-    store = ray.get_actor(shipped.store, namespace=NAMESPACE)
-    (ref,) = ray.get(store.ref.remote())
-    array = ray.get(ref)  # a read-only view of this node's object store
-    if hashlib.sha256(array.data).hexdigest() != shipped.digest:
-        raise ValueError(f"model shipped from {shipped.source} arrived damaged")
-    return unpack(array.data, shipped.digest)
+    """The shipped model's local directory on this node: a copy already there
+    is used only if its files still give the shipped digest (else it is
+    fetched and unpacked again). Copies unused for ``MODEL_TTL_DAYS`` are
+    removed on the way."""
+    root = local_root()
+    target = root / shipped.digest
+    if target.is_dir() and digest(target, [target]) != shipped.digest:
+        logger.warning("unpacked model %s does not match its digest: fetching it again", target)
+        shutil.rmtree(target, ignore_errors=True)
+    if not target.is_dir():
+        store = ray.get_actor(shipped.store, namespace=NAMESPACE)
+        (ref,) = ray.get(store.ref.remote())
+        array = ray.get(ref)  # a read-only view of this node's object store
+        if hashlib.sha256(array.data).hexdigest() != shipped.digest:
+            raise ValueError(f"model shipped from {shipped.source} arrived damaged")
+        unpack(array.data, shipped.digest, root)
+    _mark_used(root, shipped.digest)
+    return target
+
+
+def _mark_used(root: Path, sha: str) -> None:
+    """Note that ``sha``'s copy is in use now; remove copies not used lately
+    (a replica that needs one again fetches it from its store)."""
+    marks = root / ".used"
+    marks.mkdir(exist_ok=True)
+    (marks / sha).touch()
+    stale = time.time() - MODEL_TTL_DAYS * 86400
+    for mark in marks.iterdir():
+        if mark.name != sha and mark.stat().st_mtime < stale:
+            shutil.rmtree(root / mark.name, ignore_errors=True)
+            mark.unlink(missing_ok=True)
+
+
+def store_names() -> list[str]:
+    """The store actors of the running cluster (``ray.init`` first)."""
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == NAMESPACE and a["name"].startswith(STORE_PREFIX))
+
+
+def digests_in_use() -> set[str]:
+    """The shipped digests the running Serve apps' model replicas loaded."""
+    from ray import serve
+
+    used = set()
+    for app, status in serve.status().applications.items():
+        for deployment in status.deployments:
+            try:
+                stats = serve.get_deployment_handle(deployment, app).stats.remote().result(
+                    timeout_s=30)
+            except Exception:  # not one of ours, or not up: it ships nothing we know
+                continue
+            if isinstance(stats, dict) and stats.get("shipped"):
+                used.add(stats["shipped"])
+    return used
+
+
+def clean() -> list[str]:
+    """Kill the store actors no running app's replicas use; their names."""
+    used = {d[:24] for d in digests_in_use()}
+    stale = [n for n in store_names() if n.removeprefix(STORE_PREFIX) not in used]
+    for name in stale:
+        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+    return stale
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Kill the actors holding shipped models that no running app uses "
+                    "(unpacked copies on the nodes go after MODEL_TTL_DAYS unused).")
+    parser.add_argument("--address", default="auto", help="the Ray cluster")
+    parser.add_argument("--dry-run", action="store_true", help="only list them")
+    args = parser.parse_args()
+    ray.init(address=args.address, namespace=NAMESPACE, logging_level="ERROR")
+    if args.dry_run:
+        used = {d[:24] for d in digests_in_use()}
+        stale = [n for n in store_names() if n.removeprefix(STORE_PREFIX) not in used]
+    else:
+        stale = clean()
+    print("\n".join(stale) or "no stale model stores")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,7 @@ import pytest
 import ray
 from ray import serve
 
-from deployments.shipping import local_root
+from deployments.shipping import NAMESPACE, STORE_PREFIX, clean, local_root, store_names
 from harness.cluster import replica_actor_names, running_replicas, wait_app_running, wait_until
 from tests.common import ROOT, SAMPLES
 from tests.integration.conftest import deploy_config, with_test_app
@@ -64,3 +64,18 @@ def test_replicas_load_their_own_copy_and_survive_the_source(shipped_url, base_u
                "a new replica of the shipped model")
     assert predict_all(shipped_url) == expected
     assert model.stats.remote().result()["path"] == str(local)  # unpacked there again
+
+
+@ray.remote(num_cpus=0)
+class Stale:
+    """Stands for a store actor no app uses any more."""
+
+
+def test_stale_model_stores_are_cleaned_and_used_ones_kept(shipped_url):
+    in_use = serve.get_deployment_handle("digits", APP).stats.remote().result()["shipped"]
+    name = f"{STORE_PREFIX}{'0' * 24}"
+    Stale.options(name=name, namespace=NAMESPACE, lifetime="detached").remote()
+    assert name in store_names()
+    assert clean() == [name]
+    assert store_names() == [f"{STORE_PREFIX}{in_use[:24]}"]
+    assert predict_all(shipped_url)  # the app's store is still there

@@ -1,12 +1,14 @@
 import hashlib
 import io
+import os
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
 from deployments.config import ModelArgs
-from deployments.shipping import digest, pack, unpack
+from deployments.shipping import MODEL_TTL_DAYS, _mark_used, digest, pack, unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "models" / "digits"
@@ -74,3 +76,21 @@ def test_a_tar_escaping_its_directory_is_refused(tmp_path):
         unpack(buffer.getvalue(), "evil", tmp_path / "root")
     assert not (tmp_path / "escaped").exists()
     assert not (tmp_path / "root" / "evil").exists()
+
+
+def test_an_unpacked_copy_repacks_to_its_digest_until_a_file_changes(tmp_path):
+    sha = digest(MODEL.path, MODEL.shipped_files())
+    local = unpack(packed(), sha, tmp_path)
+    assert digest(local, [local]) == sha  # what a replica checks before it loads a copy
+    (local / "labels.txt").write_text("tampered\n")
+    assert digest(local, [local]) != sha
+
+
+def test_copies_unused_for_the_ttl_are_removed_when_another_is_used(tmp_path):
+    old, new = unpack(packed(), "old", tmp_path), unpack(packed(), "new", tmp_path)
+    _mark_used(tmp_path, "old")
+    stale = time.time() - (MODEL_TTL_DAYS + 1) * 86400
+    os.utime(tmp_path / ".used" / "old", (stale, stale))
+    _mark_used(tmp_path, "new")
+    assert not old.exists() and new.is_dir()
+    assert sorted(p.name for p in (tmp_path / ".used").iterdir()) == ["new"]
