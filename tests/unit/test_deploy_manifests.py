@@ -23,7 +23,7 @@ def test_the_committed_manifest_is_generated_from_its_config(target: Target):
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.manifest.name)
 def test_the_manifest_is_a_rayservice_serving_the_config(target: Target):
-    manifest = yaml.safe_load(target.manifest.read_text())
+    manifest, _ = yaml.safe_load_all(target.manifest.read_text())
     config = yaml.safe_load(target.config.read_text())
     assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayService"
     assert manifest["metadata"]["name"]
@@ -34,6 +34,7 @@ def test_the_manifest_is_a_rayservice_serving_the_config(target: Target):
 
     cluster = spec["rayClusterConfig"]
     assert cluster["rayVersion"] == PINNED_RAY
+    assert cluster["authOptions"] == {"mode": "token"}  # Ray's token on every container
     head = cluster["headGroupSpec"]
     groups = cluster["workerGroupSpecs"]
     assert isinstance(head["rayStartParams"], dict) and groups
@@ -55,7 +56,7 @@ def test_the_manifest_is_a_rayservice_serving_the_config(target: Target):
 
 def test_gpu_workers_offer_the_gpus_the_gpu_config_asks_for():
     target = next(t for t in TARGETS if t.workers.gpus)
-    (group,) = yaml.safe_load(target.manifest.read_text())["spec"]["rayClusterConfig"][
+    (group,) = next(yaml.safe_load_all(target.manifest.read_text()))["spec"]["rayClusterConfig"][
         "workerGroupSpecs"]
     (container,) = group["template"]["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -71,3 +72,18 @@ def test_the_dockerfile_builds_on_the_pinned_ray_image_with_the_serving_env():
     for name, value in SERVER_ENV.items():
         assert re.search(rf'\b{name}="?{value}\b', dockerfile), name
     assert "COPY --chown=ray:users models ./models" in dockerfile
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.manifest.name)
+def test_from_outside_only_the_serving_ports_are_open(target: Target):
+    service, policy = yaml.safe_load_all(target.manifest.read_text())
+    config = yaml.safe_load(target.config.read_text())
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    pods = {"ray.io/originated-from-cr-name": service["metadata"]["name"]}
+    assert policy["spec"]["podSelector"] == {"matchLabels": pods}
+    open_to_all = [rule for rule in policy["spec"]["ingress"] if "from" not in rule]
+    assert [{p["port"] for p in rule["ports"]} for rule in open_to_all] == [
+        {config["http_options"]["port"], config["grpc_options"]["port"]}]
+    for rule in policy["spec"]["ingress"]:
+        for source in rule.get("from", []):  # every other rule names who may come in
+            assert source.get("podSelector") is not None
