@@ -66,6 +66,10 @@ class TwoNodes:
         return json.loads(self.driver("-c", PLACEMENT))
 
 
+# How often the two nodes export their metrics (Ray's default: every 10 s).
+METRICS_INTERVAL_MS = 1000
+
+
 def start_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """``ray start --block`` in a session of its own, so it can be stopped whole."""
     with log.open("w") as out:
@@ -101,6 +105,7 @@ def two_nodes(tmp_path_factory) -> Iterator[TwoNodes]:
     env = {k: v for k, v in os.environ.items()
            if k not in read_env_file(ROOT / "configs" / "server.env") and k != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "disabled"
+    env["RAY_metrics_report_interval_ms"] = str(METRICS_INTERVAL_MS)  # counters settle sooner
     store = "--object-store-memory=300000000"
     head = start_node(["--head", f"--port={port}", "--num-cpus=1",
                        '--resources={"ingress": 1}', "--include-dashboard=false", store],
@@ -196,14 +201,14 @@ def test_both_proxies_and_a_third_driver_answer_as_one_node_does(two_nodes, clie
             single_node)
 
 
-def settled(read: Callable[[], tuple[float, ...]], quiet_s: float = 15) -> tuple[float, ...]:
-    """Counters once they have not changed for ``quiet_s``: Ray exports
-    metrics every few seconds, so a single reading may be behind."""
+def settled(read: Callable[[], tuple[float, ...]], quiet_s: float = 4) -> tuple[float, ...]:
+    """Counters once they have not changed for ``quiet_s`` (four of the nodes'
+    metrics exports): a single reading may be behind."""
     value, since = read(), time.monotonic()
     deadline = since + 120
     while time.monotonic() - since < quiet_s:
         assert time.monotonic() < deadline, "the counters never settled"
-        time.sleep(2)
+        time.sleep(METRICS_INTERVAL_MS / 1000)
         if (now := read()) != value:
             value, since = now, time.monotonic()
     return value
