@@ -3,7 +3,9 @@ one model, addressed the same way by every protocol."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -94,3 +96,29 @@ def test_a_redeploy_adding_a_version_serves_it(versions_url: str, versions_base:
     wait_until(lambda: served() == ["1", "2", "3"], 30, "version 3 to be listed")
     image = {"content": SAMPLES[3].read_bytes(), "headers": {"Content-Type": "image/png"}}
     assert httpx.post(f"{versions_url}/predict", **image, timeout=30).json()["version"] == 3
+
+
+def test_a_redeploy_dropping_the_highest_version_fails_no_versionless_request(
+    versions_url: str, versions_base: Path
+):
+    run_versions_app(versions_base, [1, 2, 3])
+    wait_until(lambda: serve.get_app_handle(VERSIONS_APP).metadata.remote().result().version
+               == 3, 60, "version 3 to be the highest")
+    image = {"content": SAMPLES[3].read_bytes(), "headers": {"Content-Type": "image/png"}}
+    stop, answers = threading.Event(), []
+
+    def load() -> None:
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set():
+                r = client.post(f"{versions_url}/predict", **image)
+                answers.append((r.status_code, r.json().get("version")))
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(load) for _ in range(4)]
+        run_versions_app(versions_base, [1, 2])  # version 3 leaves with its replicas
+        wait_until(lambda: answers and answers[-1] == (200, 2), 60, "answers from version 2")
+        stop.set()
+        for f in futures:
+            f.result()
+    assert {status for status, _ in answers} == {200}, answers
+    assert {version for _, version in answers} <= {2, 3}
