@@ -1,8 +1,8 @@
 """Row arithmetic for dynamic batching (pure numpy).
 
 Requests carry different numbers of rows. Serve's batcher groups requests; the
-model replica merges their rows into one array padded to a bucket size, runs
-the model once and hands each caller its own rows back.
+model replica merges their rows, input by input, into arrays padded to a
+bucket size, runs the model once and hands each caller its own rows back.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from deployments.signature import Inputs
 
 Outputs = dict[str, np.ndarray]
 
@@ -41,28 +43,37 @@ def bucket_for(rows: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"{rows} rows exceed the largest bucket {buckets[-1]}")
 
 
-def chunk_rows(array: np.ndarray, max_rows: int) -> list[np.ndarray]:
+def rows_of(inputs: Inputs) -> int:
+    """The rows of a request (every input has as many)."""
+    return len(next(iter(inputs.values())))
+
+
+def chunk_rows(inputs: Inputs, max_rows: int) -> list[Inputs]:
     """Split a request bigger than a batch into views of at most ``max_rows``."""
-    return [array[i : i + max_rows] for i in range(0, len(array), max_rows)]
+    return [{name: a[i : i + max_rows] for name, a in inputs.items()}
+            for i in range(0, rows_of(inputs), max_rows)]
 
 
-def merge_rows(arrays: Sequence[np.ndarray], padded_rows: int) -> np.ndarray:
-    """Stack requests' rows into one array of ``padded_rows`` rows.
+def merge_rows(parts: Sequence[Inputs], padded_rows: int) -> Inputs:
+    """Stack requests' rows, input by input, into arrays of ``padded_rows`` rows.
 
     A single request that already fills its bucket is passed through as is, so
-    the read-only view from the object store reaches TensorFlow uncopied.
-    Otherwise the rows are written once into a new array whose tail is zeros.
+    the read-only views from the object store reach TensorFlow uncopied.
+    Otherwise the rows are written once into new arrays whose tail is zeros
+    (empty strings for string inputs).
     """
-    rows = sum(len(a) for a in arrays)
-    if len(arrays) == 1 and rows == padded_rows:
-        return arrays[0]
-    first = arrays[0]
-    merged = np.empty((padded_rows, *first.shape[1:]), dtype=first.dtype)
-    start = 0
-    for a in arrays:
-        merged[start : start + len(a)] = a
-        start += len(a)
-    merged[start:] = 0
+    rows = sum(rows_of(p) for p in parts)
+    if len(parts) == 1 and rows == padded_rows:
+        return parts[0]
+    merged = {}
+    for name, first in parts[0].items():
+        array = np.empty((padded_rows, *first.shape[1:]), dtype=first.dtype)
+        start = 0
+        for part in parts:
+            array[start : start + len(part[name])] = part[name]
+            start += len(part[name])
+        array[start:] = b"" if first.dtype == object else 0
+        merged[name] = array
     return merged
 
 

@@ -69,8 +69,10 @@ class ModelArgs(_Strict):
         None, min_length=1, description="versions to serve; default: the highest one present"
     )
     input: InputKind = Field(
-        "tensor", description="image: encoded images are decoded to the input tensor"
+        "tensor", description="image: encoded images are decoded to the image input"
     )
+    image_input: str | None = Field(
+        None, description="the input images go into; default: the one shaped like images")
     labels_path: Path | None = Field(None, description="one class label per line")
     signature_name: str = "serving_default"
     scores_output: str | None = Field(

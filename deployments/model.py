@@ -26,7 +26,7 @@ from deployments.config import DeviceArgs, ModelArgs
 from deployments.device import apply_device_plan, plan_device
 from deployments.served import BatchSettings, ServedVersion, answer_each
 from deployments.shipping import ShippedModel, receive
-from deployments.signature import ModelMetadata, check_batch
+from deployments.signature import Inputs, ModelMetadata, by_name, check_inputs
 
 logger = logging.getLogger("ray.serve")
 
@@ -135,23 +135,33 @@ class ModelDeployment:
             raise NotFound(f"model version {version} is not served")
         return served
 
-    async def __call__(self, batch: np.ndarray, version: int | None = None) -> Outputs:
-        """Run a batch of any size on a version (default: the highest);
-        returns every output by name."""
+    async def __call__(self, inputs: np.ndarray | dict[str, np.ndarray],
+                       version: int | None = None) -> Outputs:
+        """Run a batch of any size on a version (default: the highest): every
+        input by name (or the one input's array); returns every output by name."""
         served = self._served(version)
-        return await served.infer(check_batch(batch, served.runner.metadata.input))
+        meta = served.runner.metadata
+        return await served.infer(check_inputs(by_name(inputs, meta), meta))
 
-    async def infer_parts(self, local: list[np.ndarray] | None, forwarded: list[ray.ObjectRef],
+    async def infer_parts(self, local: list[Inputs] | None,
+                          forwarded: list[dict[str, ray.ObjectRef]],
                           version: int | None = None) -> list[Outputs | ServeError]:
-        """The ingress's coalesced call: several requests' batches, each answered
+        """The ingress's coalesced call: several requests' inputs, each answered
         on its own (its outputs, or the error that applies to it alone).
 
         ``local`` arrives resolved (one object, put once by the ingress: each
         array a read-only view of it); ``forwarded`` are callers' own objects,
-        passed on unresolved by the ingress and read here in place. Each part
-        joins the version's batch queue by itself, so the parts of one call
-        share batches with each other and with other callers' requests.
+        input by input, passed on unresolved by the ingress and read here in
+        place. Each part joins the version's batch queue by itself, so the
+        parts of one call share batches with each other and with other
+        callers' requests.
         """
         served = self._served(version)
-        arrays = [*(local or ()), *await asyncio.gather(*forwarded)]
-        return await answer_each(arrays, served.runner.metadata, served.infer)
+        parts = [*(local or ()), *[await _read(refs) for refs in forwarded]]
+        return await answer_each(parts, served.runner.metadata, served.infer)
+
+
+async def _read(refs: dict[str, ray.ObjectRef]) -> Inputs:
+    """A caller's objects, each a read-only view of this node's object store."""
+    arrays = await asyncio.gather(*refs.values())
+    return dict(zip(refs, arrays, strict=True))

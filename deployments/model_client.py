@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 
-import numpy as np
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve.exceptions import (
@@ -25,7 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.batching import Outputs
 from deployments.codecs.errors import ServeError, ServiceUnavailable
 from deployments.registry import ReplicaDied
-from deployments.signature import ModelMetadata
+from deployments.signature import Inputs, ModelMetadata
 
 logger = logging.getLogger("ray.serve")
 
@@ -66,8 +65,8 @@ class RayModelClient:
             logger.warning("model %r metadata unavailable: %r", self.name, exc)
             raise ServiceUnavailable(f"model {self.name!r} is not available") from exc
 
-    async def call(self, version: int, local: list[np.ndarray],
-                   forwarded: list[ray.ObjectRef]) -> list[Outputs | ServeError]:
+    async def call(self, version: int, local: list[Inputs],
+                   forwarded: list[dict[str, ray.ObjectRef]]) -> list[Outputs | ServeError]:
         """One model call: ``local`` arrays put as one object, ``forwarded``
         objects passed on; each part's answer, local ones first.
 

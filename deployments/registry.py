@@ -23,7 +23,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayError
 
-from deployments.batching import Outputs
+from deployments.batching import Outputs, rows_of
 from deployments.budget import MemoryBudget
 from deployments.coalescing import Coalescer, CoalesceSettings
 from deployments.codecs.errors import (
@@ -38,7 +38,7 @@ from deployments.codecs.image import decode_images
 from deployments.codecs.numbers import decimal_count
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics, arrival_time
-from deployments.signature import ModelMetadata, check_batch, check_size
+from deployments.signature import Inputs, ModelMetadata, check_inputs, check_size
 
 # How long the versions and signatures learned from a model replica are trusted.
 _METADATA_TTL_S = 5.0
@@ -63,8 +63,8 @@ class ModelClient(Protocol):
         """Every served version's metadata; ``ServiceUnavailable`` if none answers."""
         ...
 
-    async def call(self, version: int, local: list[np.ndarray],
-                   forwarded: list[ray.ObjectRef]) -> list[Outputs | ServeError]:
+    async def call(self, version: int, local: list[Inputs],
+                   forwarded: list[dict[str, ray.ObjectRef]]) -> list[Outputs | ServeError]:
         """Run each part (``local`` ones first), answering each on its own;
         ``ReplicaDied`` when the replica died holding the call."""
         ...
@@ -72,12 +72,12 @@ class ModelClient(Protocol):
 
 @dataclass(frozen=True)
 class _Part:
-    """One request's checked batch: an array to send with its batch-mates, or
-    a caller's own object to forward as it is."""
+    """One request's checked inputs: arrays to send with their batch-mates, or
+    a caller's own objects to forward as they are."""
 
     rows: int
-    array: np.ndarray | None = None
-    ref: ray.ObjectRef | None = None
+    inputs: Inputs | None = None
+    refs: dict[str, ray.ObjectRef] | None = None
     arrived: float | None = None  # for the preprocess-time metric
 
 
@@ -165,7 +165,7 @@ class ModelEndpoint:
         geometry = meta.image_geometry()
         per_image = geometry.height * geometry.width * geometry.channels
         # Before decoding: the batch would be allocated for all of them.
-        check_size(meta.input, len(blobs), len(blobs) * per_image, self._limits.max_rows,
+        check_size(meta.image_spec(), len(blobs), len(blobs) * per_image, self._limits.max_rows,
                    self._limits.max_elements)
         limits = self._limits
         self._budget.take(per_image * 4 * len(blobs), f"decoding {len(blobs)} images")
@@ -199,13 +199,15 @@ class ModelEndpoint:
                 "versions": {str(v): c.stats.as_dict()
                              for v, c in sorted(self._coalescers.items())}}
 
-    async def infer(self, meta: ModelMetadata, batch: np.ndarray | ray.ObjectRef,
+    async def infer(self, meta: ModelMetadata, inputs: dict[str, np.ndarray | ray.ObjectRef],
                     pinned: bool = True, timeout_s: float | None = None) -> Outputs:
-        """Every output of one version for ``batch``, checked first (so a bad
-        request fails alone), then sent with whatever else waits for the model.
+        """Every output of one version for ``inputs`` (by name), checked first
+        (so a bad request fails alone), then sent with whatever else waits
+        for the model.
 
-        An ``ObjectRef`` (a Python caller's own object) is read in place; it
-        is forwarded to the model as it is unless its dtype must be cast.
+        ``ObjectRef`` inputs (a Python caller's own objects) are read in place;
+        when every input is one and none must be cast, they are forwarded to
+        the model as they are.
         ``pinned``: the client named the version; a request that did not
         follows a redeploy that dropped it to the new highest version rather
         than failing. Without an answer within ``timeout_s`` (default: the
@@ -214,7 +216,7 @@ class ModelEndpoint:
         timeout_s = self._limits.request_timeout_s if timeout_s is None else timeout_s
         try:
             async with asyncio.timeout(timeout_s):
-                part = await self._part(meta, batch)
+                part = await self._part(meta, inputs)
                 try:
                     return await self._coalescer(meta).submit(part, part.rows)
                 except NotFound:
@@ -224,27 +226,30 @@ class ModelEndpoint:
                 self._versions = await self._client.metadata()
                 self._fetched_at = time.monotonic()
                 meta = await self.version()
-                part = await self._part(meta, batch)
+                part = await self._part(meta, inputs)
                 return await self._coalescer(meta).submit(part, part.rows)
         except TimeoutError:
             raise ServiceUnavailable(f"model {self.name!r} did not answer within "
                                      f"{timeout_s:g} s; retry") from None
 
-    async def _part(self, meta: ModelMetadata, batch: np.ndarray | ray.ObjectRef) -> _Part:
-        """``batch`` checked against ``meta``'s input, as one part of a call."""
-        limits = self._limits
-        if isinstance(batch, ray.ObjectRef):
+    async def _part(self, meta: ModelMetadata,
+                    inputs: dict[str, np.ndarray | ray.ObjectRef]) -> _Part:
+        """``inputs`` checked against ``meta``'s signature, as one part of a call."""
+        refs = {n: v for n, v in inputs.items() if isinstance(v, ray.ObjectRef)}
+        views = {}
+        for name, ref in refs.items():
             try:
-                view = await batch
+                views[name] = await ref
             except RayError as exc:
-                raise BadRequest(f"cannot read the ObjectRef given as input: "
+                raise BadRequest(f"cannot read the ObjectRef given for {name!r}: "
                                  f"{type(exc).__name__}") from None
-            checked = check_batch(view, meta.input, limits.max_rows, limits.max_elements)
-            if np.may_share_memory(checked, view):  # else a cast copy: send that
-                return _Part(len(checked), ref=batch, arrived=arrival_time())
-        else:
-            checked = check_batch(batch, meta.input, limits.max_rows, limits.max_elements)
-        return _Part(len(checked), array=checked, arrived=arrival_time())
+        limits = self._limits
+        checked = check_inputs({**inputs, **views}, meta, limits.max_rows, limits.max_elements)
+        rows = rows_of(checked)
+        if refs and len(refs) == len(checked) and all(
+                np.may_share_memory(checked[n], views[n]) for n in refs):  # none cast
+            return _Part(rows, refs=refs, arrived=arrival_time())
+        return _Part(rows, inputs=checked, arrived=arrival_time())
 
     async def _call(self, version: int, parts: list[_Part]) -> list[Outputs | ServeError]:
         """One model call for ``parts``, each part's answer in order.
@@ -273,13 +278,13 @@ class ModelEndpoint:
         return answers
 
     async def _send(self, version: int, parts: list[_Part]) -> list[Outputs | ServeError]:
-        local = [p.array for p in parts if p.ref is None]
-        forwarded = [p.ref for p in parts if p.ref is not None]
+        local = [p.inputs for p in parts if p.inputs is not None]
+        forwarded = [p.refs for p in parts if p.refs is not None]
         self._forwarded += len(forwarded)
         with self._metrics.inference(self.name):
             answers = await self._client.call(version, local, forwarded)
         from_local, from_forwarded = iter(answers[:len(local)]), iter(answers[len(local):])
-        return [next(from_forwarded if p.ref is not None else from_local) for p in parts]
+        return [next(from_forwarded if p.refs is not None else from_local) for p in parts]
 
 
 def _died_alone(model: str) -> ModelFailed:

@@ -17,7 +17,14 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from deployments.batching import Outputs
 from deployments.config import ModelArgs
-from deployments.signature import ModelMetadata, TensorSpec, image_geometry
+from deployments.signature import (
+    PREDICT,
+    STRING,
+    Inputs,
+    ModelMetadata,
+    TensorSpec,
+    image_geometry,
+)
 
 
 class ModelLoadError(RuntimeError):
@@ -26,7 +33,41 @@ class ModelLoadError(RuntimeError):
 
 def _spec(name: str, tensor_spec: tf.TensorSpec) -> TensorSpec:
     shape = tuple(tensor_spec.shape.as_list()) if tensor_spec.shape.rank is not None else ()
-    return TensorSpec(name, np.dtype(tensor_spec.dtype.as_numpy_dtype).name, shape)
+    dtype = STRING if tensor_spec.dtype == tf.string else np.dtype(
+        tensor_spec.dtype.as_numpy_dtype).name
+    return TensorSpec(name, dtype, shape)
+
+
+def _image_input(model: ModelArgs, inputs: tuple[TensorSpec, ...]) -> str | None:
+    """The input encoded images are decoded into: ``image_input`` from the
+    config, else the one input shaped like images (``input: image`` models)."""
+    if model.input != "image":
+        return None
+    candidates = [s for s in inputs if s.name == model.image_input] if model.image_input \
+        else [s for s in inputs if _is_image(s)]
+    if model.image_input and not candidates:
+        raise ModelLoadError(f"model {model.name!r} has no input {model.image_input!r} (it "
+                             f"has: {', '.join(s.name for s in inputs)})")
+    if len(candidates) != 1:
+        raise ModelLoadError(
+            f"model {model.name!r} is configured with input: image, but "
+            + ("no input is shaped like images ([N, height, width, 1 or 3] floats)"
+               if not candidates else "several inputs could take the images: name one "
+                                      "with image_input"))
+    try:
+        image_geometry(candidates[0])
+    except ValueError as exc:
+        raise ModelLoadError(f"model {model.name!r} is configured with input: image, "
+                             f"but {exc}") from None
+    return candidates[0].name
+
+
+def _is_image(spec: TensorSpec) -> bool:
+    try:
+        image_geometry(spec)
+    except ValueError:
+        return False
+    return True
 
 
 def read_labels(path: Path | None, classes: int | None) -> tuple[str, ...]:
@@ -81,31 +122,29 @@ class SavedModelRunner:
         self._fn = signatures[signature_name]
         _, input_specs = self._fn.structured_input_signature
         inputs = tuple(_spec(k, v) for k, v in sorted(input_specs.items()))
-        if len(inputs) != 1:
+        variable = [s.name for s in inputs if s.variable]
+        if model.jit_compile and variable:
             raise ModelLoadError(
-                f"model {name!r} signature {signature_name!r} has {len(inputs)} inputs; "
-                "only single-input signatures are served"
-            )
-        if model.input == "image":
-            try:
-                image_geometry(inputs[0])
-            except ValueError as exc:
-                raise ModelLoadError(f"model {name!r} is configured with input: image, "
-                                     f"but {exc}") from None
+                f"model {name!r} has inputs of variable inner size ({', '.join(variable)}): "
+                "XLA would compile one program per size; serve it without jit_compile")
         outputs = tuple(_spec(k, v) for k, v in sorted(self._fn.structured_outputs.items()))
         output_names = [o.name for o in outputs]
-        scores = model.scores_output or output_names[0]
+        floats = [o.name for o in outputs if o.dtype != STRING and np.dtype(o.dtype).kind == "f"]
+        scores = model.scores_output or (floats or output_names)[0]
         if scores not in output_names:
             raise ModelLoadError(
                 f"model {name!r} has no output {scores!r} (it has: {', '.join(output_names)})"
             )
         shape = next(o for o in outputs if o.name == scores).shape
         classes = shape[1] if len(shape) == 2 else None
+        defs = _signature_defs(path, signature_name)
         self.metadata = ModelMetadata(
             name=name, version=version, signature_name=signature_name, inputs=inputs,
             outputs=outputs, scores_output=scores,
-            labels=read_labels(model.labels_path, classes), takes_images=model.input == "image",
-            signature_defs=_signature_defs(path, signature_name),
+            labels=read_labels(model.labels_path, classes),
+            image_input=_image_input(model, inputs),
+            method_name=defs[signature_name].get("method_name") or PREDICT,
+            signature_defs=defs,
         )
         self.static_shapes = model.jit_compile
         self._call = self._compile(model.jit_compile)
@@ -118,13 +157,15 @@ class SavedModelRunner:
         once and callers must pad batches to a few bucket sizes
         (``static_shapes``) to keep the number of compilations bounded.
         """
-        spec = self.metadata.input
+        names = [spec.name for spec in self.metadata.inputs]
         signature_fn = self._fn
 
-        def call(batch: tf.Tensor) -> dict[str, tf.Tensor]:
-            return signature_fn(**{spec.name: batch})
+        def call(*tensors: tf.Tensor) -> dict[str, tf.Tensor]:
+            return signature_fn(**dict(zip(names, tensors, strict=True)))
 
-        input_signature = None if jit_compile else [tf.TensorSpec(spec.shape, spec.dtype)]
+        input_signature = None if jit_compile else [
+            tf.TensorSpec(s.shape, tf.string if s.dtype == STRING else s.dtype)
+            for s in self.metadata.inputs]
         return tf.function(call, input_signature=input_signature, jit_compile=jit_compile)
 
     @property
@@ -132,8 +173,8 @@ class SavedModelRunner:
         """How many times TensorFlow traced the model call so far."""
         return self._call.experimental_get_tracing_count()
 
-    def run(self, batch: np.ndarray) -> Outputs:
-        """One signature call on the batch exactly as received.
+    def run(self, inputs: Inputs) -> Outputs:
+        """One signature call on the inputs exactly as received.
 
         We never copy the array, but TensorFlow does once: converting numpy
         to a tensor copies into TF's own buffer (measured: ~6 ms for a 19 MB
@@ -142,5 +183,5 @@ class SavedModelRunner:
         object store's read-only views through it.
         """
         with tf.device(self.device):
-            result = self._call(batch)
+            result = self._call(*[inputs[spec.name] for spec in self.metadata.inputs])
         return {name: tensor.numpy() for name, tensor in result.items()}

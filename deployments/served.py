@@ -27,11 +27,12 @@ from deployments.batching import (
     concat_outputs,
     gains,
     merge_rows,
+    rows_of,
     split_rows,
 )
 from deployments.codecs.errors import ModelFailed, ServeError
 from deployments.metrics import ModelMetrics
-from deployments.signature import ModelMetadata, check_batch
+from deployments.signature import STRING, Inputs, ModelMetadata, check_inputs
 
 if TYPE_CHECKING:
     from deployments.runner import SavedModelRunner
@@ -55,8 +56,8 @@ class BatchSettings(BaseModel):
     batch_wait_timeout_s: float = Field(0.0, ge=0, le=10)
 
 
-def _total_rows(arrays: list[np.ndarray]) -> int:
-    return sum(len(a) for a in arrays)
+def _total_rows(parts: list[Inputs]) -> int:
+    return sum(rows_of(p) for p in parts)
 
 
 class ServedVersion:
@@ -87,10 +88,14 @@ class ServedVersion:
             return self.sizing.picked
         return self._settings.max_batch_size
 
-    def _zeros(self, rows: int) -> np.ndarray:
-        """A warm-up batch (a variable inner dimension taken as 1)."""
-        spec = self.runner.metadata.input
-        return np.zeros((rows, *(d or 1 for d in spec.shape[1:])), dtype=spec.dtype)
+    def _zeros(self, rows: int) -> Inputs:
+        """A warm-up batch: zeros, empty strings, a variable dimension taken as 1."""
+        batch = {}
+        for spec in self.runner.metadata.inputs:
+            shape = (rows, *(d or 1 for d in spec.shape[1:]))
+            batch[spec.name] = (np.full(shape, b"", dtype=object) if spec.dtype == STRING
+                                else np.zeros(shape, dtype=spec.dtype))
+        return batch
 
     def warm_up(self, sizes: list[int]) -> None:
         """One call per batch size, then a timed warm call for the busy wait.
@@ -136,19 +141,19 @@ class ServedVersion:
         self._batch.set_max_batch_size(self.max_batch_size)
         self._batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
-    async def infer(self, rows: np.ndarray) -> Outputs:
+    async def infer(self, inputs: Inputs) -> Outputs:
         """Any number of rows, in chunks of at most ``max_batch_size``."""
-        chunks = chunk_rows(rows, self.max_batch_size)
+        chunks = chunk_rows(inputs, self.max_batch_size)
         return concat_outputs(await asyncio.gather(*(self._infer_chunk(c) for c in chunks)))
 
-    async def _infer_chunk(self, chunk: np.ndarray) -> Outputs:
+    async def _infer_chunk(self, chunk: Inputs) -> Outputs:
         self._queue(add=[chunk])
         try:
             answer = await self._batch(chunk)
         except RuntimeError:
             # Serve's batcher refuses an item over max_batch_size: it was
             # lowered live after this chunk was cut. Cut it again.
-            if len(chunk) <= self.max_batch_size:
+            if rows_of(chunk) <= self.max_batch_size:
                 raise
             self._queue(remove=[chunk])  # its pieces queue instead
             return await self.infer(chunk)
@@ -158,20 +163,22 @@ class ServedVersion:
             raise answer
         return answer
 
-    def _queue(self, add: Sequence[np.ndarray] = (), remove: Sequence[np.ndarray] = ()) -> None:
+    def _queue(self, add: Sequence[Inputs] = (), remove: Sequence[Inputs] = ()) -> None:
         self._waiting.update(id(a) for a in add)
         self._waiting.difference_update(id(a) for a in remove)
         self._metrics.queue_length(len(self._waiting))
 
-    async def _run_batch(self, arrays: list[np.ndarray]) -> list[Outputs | Exception]:
-        """One TensorFlow call per inner shape among ``arrays`` (a model with a
-        variable dimension may get requests that cannot share one tensor);
-        each caller gets its rows, or its group's error, never another's."""
-        self._queue(remove=arrays)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, array in enumerate(arrays):
-            groups.setdefault(array.shape[1:], []).append(i)
-        results: list[Outputs | Exception] = [{}] * len(arrays)
+    async def _run_batch(self, parts: list[Inputs]) -> list[Outputs | Exception]:
+        """One TensorFlow call per combination of inner shapes among ``parts``
+        (a model with a variable dimension, a sequence length say, gets
+        requests that cannot share one tensor: they are batched with their
+        own kind, not padded); each caller gets its rows, or its group's
+        error, never another's."""
+        self._queue(remove=parts)
+        groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+        for i, part in enumerate(parts):
+            groups.setdefault(tuple(a.shape[1:] for a in part.values()), []).append(i)
+        results: list[Outputs | Exception] = [{}] * len(parts)
         # Serve forms the next batch while this one runs, closing it after
         # batch_wait_timeout_s: a few ms would cut it to the one or two
         # requests that arrived by then, to queue behind this batch anyway.
@@ -182,7 +189,7 @@ class ServedVersion:
             max(self._settings.batch_wait_timeout_s, self._batch_seconds))
         try:
             for indices in groups.values():
-                group = [arrays[i] for i in indices]
+                group = [parts[i] for i in indices]
                 try:
                     answers: list[Outputs | Exception] = list(await self._run_group(group))
                 except Exception as exc:  # this group's callers hear of it
@@ -193,12 +200,12 @@ class ServedVersion:
             self._batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
         return results
 
-    async def _run_group(self, arrays: list[np.ndarray]) -> list[Outputs]:
-        counts = [len(a) for a in arrays]
+    async def _run_group(self, parts: list[Inputs]) -> list[Outputs]:
+        counts = [rows_of(p) for p in parts]
         rows = sum(counts)
         self.batch_rows[rows] += 1
         padded = bucket_for(rows, self.buckets) if self.runner.static_shapes else rows
-        merged = merge_rows(arrays, padded)
+        merged = merge_rows(parts, padded)
         loop = asyncio.get_running_loop()
         started = loop.time()
         outputs = await loop.run_in_executor(self._executor, self.runner.run, merged)
@@ -208,20 +215,20 @@ class ServedVersion:
         return split_rows(outputs, counts)
 
 
-async def answer_each(arrays: Sequence[np.ndarray], meta: ModelMetadata,
-                      infer: Callable[[np.ndarray], Awaitable[Outputs]]
+async def answer_each(parts: Sequence[Inputs], meta: ModelMetadata,
+                      infer: Callable[[Inputs], Awaitable[Outputs]]
                       ) -> list[Outputs | ServeError]:
     """Each part of a coalesced call checked and run on its own: its outputs,
     or the error that applies to it alone (a model fault is reported without
     internal detail, and logged here with its traceback)."""
 
-    async def answer(array: np.ndarray) -> Outputs | ServeError:
+    async def answer(part: Inputs) -> Outputs | ServeError:
         try:
-            return await infer(check_batch(array, meta.input))
+            return await infer(check_inputs(part, meta))
         except ServeError as exc:
             return exc
         except Exception as exc:
             logger.exception("model %r version %d failed on a batch", meta.name, meta.version)
             return ModelFailed(f"model {meta.name!r} failed: {type(exc).__name__}")
 
-    return list(await asyncio.gather(*(answer(a) for a in arrays)))
+    return list(await asyncio.gather(*(answer(p) for p in parts)))

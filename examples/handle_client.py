@@ -39,7 +39,7 @@ async def predict(app_name: str, paths: list[Path], top_k: int | None) -> dict:
     ref = ray.put(batch)
     from_array = await app.predict.remote(batch, top_k=top_k)
     from_ref = await app.predict.remote(ref, top_k=top_k)
-    forwarded = await app.predict.remote({meta.input.name: ref}, top_k=top_k)
+    forwarded = await app.predict.remote({meta.image_input: ref}, top_k=top_k)
     return {"from_array": from_array, "from_object_ref": from_ref, "forwarded": forwarded}
 
 

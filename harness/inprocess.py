@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-import numpy as np
-
 from deployments.batching import Outputs
 from deployments.codecs.errors import ServeError
 from deployments.config import ModelArgs
 from deployments.runner import SavedModelRunner
 from deployments.served import answer_each
-from deployments.signature import ModelMetadata
+from deployments.signature import Inputs, ModelMetadata
 
 # What the in-process model reports as its batch limit (coalescing follows it).
 MAX_BATCH_SIZE = 32
@@ -37,8 +35,8 @@ class InProcessModel:
         return {v: replace(r.metadata, max_batch_size=MAX_BATCH_SIZE)
                 for v, r in self._runners.items()}
 
-    async def call(self, version: int, local: list[np.ndarray],
-                   forwarded: list[object]) -> list[Outputs | ServeError]:
+    async def call(self, version: int, local: list[Inputs],
+                   forwarded: list[dict[str, object]]) -> list[Outputs | ServeError]:
         if forwarded:
             raise ValueError("no object store in process: nothing can be forwarded")
         self.calls.append(len(local))

@@ -1,62 +1,37 @@
 """TensorFlow Serving's REST API: request and response bodies (pure; no Ray).
 
-``:predict`` takes the row format (``"instances"``) or the columnar format
-(``"inputs"``); a value may be named by input or, for a single-input model,
-given bare. ``{"b64": "..."}`` values carry binary strings: for image models
-they are encoded images, decoded by the image codec like any upload.
+``:predict`` takes the row format (``"instances"``: each row names every
+input) or the columnar format (``"inputs"``: every input's rows by name); a
+single-input model's values may also come bare. ``{"b64": "..."}`` values
+carry binary strings: for the image input they are encoded images, decoded by
+the image codec like any upload.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from deployments.codecs.errors import BadRequest
-from deployments.codecs.tensor import check_rows
-from deployments.signature import ModelMetadata, TensorSpec
+from deployments.codecs.tensor import JsonInputs, columns_by_input, json_inputs, rows_by_input
+from deployments.signature import ModelMetadata
 
 
 @dataclass(frozen=True)
 class PredictRequest:
-    """The one input's value, as sent: a list of rows, or encoded blobs."""
+    """A ``:predict`` body: which signature, which format, and the inputs."""
 
     signature_name: str | None
     columnar: bool
-    value: list[Any] | list[bytes]
-    is_binary: bool
+    inputs: JsonInputs
 
 
-def _is_b64(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) == {"b64"}
-
-
-def _decode_b64(value: Any, where: str) -> bytes:
-    if not isinstance(value["b64"], str):
-        raise BadRequest(f"{where}: \"b64\" must be a base64 string")
-    try:
-        return base64.b64decode(value["b64"], validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f"{where}: \"b64\" is not valid base64") from None
-
-
-def _single_input(value: Any, spec: TensorSpec, what: str) -> Any:
-    """A value named by input (``{"image": ...}``) or bare, for ``spec``."""
-    if isinstance(value, dict) and not _is_b64(value):
-        if set(value) != {spec.name}:
-            names = ", ".join(sorted(map(str, value))) or "none"
-            raise BadRequest(f"{what} names inputs {names}; the model takes one "
-                             f"input, {spec.name!r}")
-        return value[spec.name]
-    return value
-
-
-def parse_predict_request(document: Any, spec: TensorSpec, max_rows: int) -> PredictRequest:
-    """A ``:predict`` body → the value of the model's single input ``spec``; the
-    rows are counted against ``max_rows`` before any is read."""
+def parse_predict_request(document: Any, meta: ModelMetadata, max_rows: int) -> PredictRequest:
+    """A ``:predict`` body → every input of ``meta``'s signature; the rows are
+    counted against ``max_rows`` before any is read."""
     if not isinstance(document, dict):
         raise BadRequest("the request must be a JSON object")
     has_rows, has_columns = "instances" in document, "inputs" in document
@@ -67,24 +42,12 @@ def parse_predict_request(document: Any, spec: TensorSpec, max_rows: int) -> Pre
     if signature is not None and not isinstance(signature, str):
         raise BadRequest('"signature_name" must be a string')
     if has_rows:
-        instances = document["instances"]
-        if not isinstance(instances, list) or not instances:
-            raise BadRequest('"instances" must be a non-empty list')
-        check_rows(len(instances), max_rows, '"instances"')
-        rows = [_single_input(row, spec, f"instances[{i}]") for i, row in enumerate(instances)]
+        values = rows_by_input(document["instances"], meta, max_rows)
+        what = '"instances"'
     else:
-        rows = _single_input(document["inputs"], spec, '"inputs"')
-        if not isinstance(rows, list) or not rows:
-            raise BadRequest(f'"inputs" must hold a non-empty list for {spec.name!r}')
-        check_rows(len(rows), max_rows, '"inputs"')
-    binary = [_is_b64(row) for row in rows]
-    if any(binary):
-        if not all(binary):
-            raise BadRequest("mix of {\"b64\": ...} and other values in one input")
-        where = "instances" if has_rows else "inputs"
-        blobs = [_decode_b64(row, f"{where}[{i}]") for i, row in enumerate(rows)]
-        return PredictRequest(signature, not has_rows, blobs, True)
-    return PredictRequest(signature, not has_rows, rows, False)
+        values = columns_by_input(document["inputs"], meta, max_rows)
+        what = '"inputs"'
+    return PredictRequest(signature, not has_rows, json_inputs(values, meta, what))
 
 
 def _values(name: str, array: np.ndarray) -> Any:

@@ -15,7 +15,7 @@ import numpy as np
 
 from deployments.codecs.errors import BadRequest, PayloadTooLarge
 from deployments.codecs.predictions import top_k_indices
-from deployments.signature import ModelMetadata, TensorSpec
+from deployments.signature import STRING, ModelMetadata, TensorSpec
 
 PROTOCOL_VERSION = "2"
 EXTENSIONS = ("binary_tensor_data", "classification")
@@ -35,6 +35,8 @@ _BY_DTYPE = {dtype.name: name for name, dtype in DATATYPES.items()}
 
 def datatype_of(dtype: np.dtype | str) -> str:
     """The V2 datatype of a numpy dtype (strings and objects are BYTES)."""
+    if dtype == STRING:
+        return BYTES
     dtype = np.dtype(dtype)
     if dtype.kind in "OSU":
         return BYTES
@@ -217,10 +219,11 @@ def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
 
 def model_metadata(meta: ModelMetadata, versions: list[int]) -> dict[str, Any]:
     """``GET /v2/models/{name}``: the signature in V2 terms. An image model's
-    input also takes BYTES (encoded images), noted in its parameters."""
+    image input also takes BYTES (encoded images), noted in its parameters."""
     inputs = [tensor_metadata(s) for s in meta.inputs]
-    if meta.takes_images:
-        inputs[0]["parameters"] = {"also_accepts": "BYTES [N] encoded images"}
+    for entry in inputs:
+        if entry["name"] == meta.image_input:
+            entry["parameters"] = {"also_accepts": "BYTES [N] encoded images"}
     return {"name": meta.name, "versions": [str(v) for v in versions],
             "platform": "tensorflow_savedmodel", "inputs": inputs,
             "outputs": [tensor_metadata(s) for s in meta.outputs]}

@@ -10,6 +10,7 @@ import math
 import zlib
 from typing import Any
 
+import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -22,7 +23,7 @@ from deployments.codecs.errors import (
     UnsupportedMediaType,
 )
 from deployments.codecs.numbers import decimal_count
-from deployments.codecs.tensor import parse_json
+from deployments.codecs.tensor import JsonInputs, parse_json
 from deployments.config import InputLimits
 from deployments.registry import ModelEndpoint, ModelRegistry
 from deployments.signature import ModelMetadata
@@ -71,6 +72,16 @@ def request_timeout(request: Request, limits: InputLimits) -> float:
 def pinned(request: Request) -> bool:
     """Whether the route names a version (else it follows the highest one)."""
     return "version" in request.path_params
+
+
+async def with_images(endpoint: ModelEndpoint, meta: ModelMetadata,
+                      parsed: JsonInputs) -> dict[str, np.ndarray]:
+    """A JSON request's inputs, its encoded images (if any) decoded into the
+    image input."""
+    if parsed.images is None:
+        return parsed.arrays
+    return {**parsed.arrays,
+            meta.image_spec().name: await endpoint.decode_images(meta, parsed.images)}
 
 
 def media_type(request: Request) -> str:

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 
 from deployments.codecs.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from deployments.codecs.predictions import parse_flag, parse_top_k, top_k_predictions
-from deployments.codecs.tensor import instances_to_array
+from deployments.codecs.tensor import json_inputs, rows_by_input
 from deployments.config import InputLimits
 from deployments.protocols.http import (
     PortableJSON,
@@ -29,10 +29,11 @@ from deployments.protocols.http import (
     read_body,
     request_timeout,
     resolve,
+    with_images,
 )
 from deployments.protocols.routes import ApiRoute, model_routes
 from deployments.registry import ModelEndpoint, ModelRegistry
-from deployments.signature import ModelMetadata, named_input
+from deployments.signature import ModelMetadata, by_name
 
 # Media types handled as a single encoded image besides image/*.
 _OCTET_STREAM = "application/octet-stream"
@@ -60,11 +61,11 @@ class NativeApi:
         """Predict a batch in the model's input shape, bare or by input name
         (an array or an ``ObjectRef``): the top classes per row."""
         endpoint, meta = await self._registry.resolve(model, version)
-        return await self._predict(endpoint, meta, named_input(inputs, meta.input), top_k,
-                                   scores, pinned=version is not None)
+        return await self._predict(endpoint, meta, by_name(inputs, meta), top_k, scores,
+                                   pinned=version is not None)
 
     async def _predict(self, endpoint: ModelEndpoint, meta: ModelMetadata,
-                       inputs: np.ndarray | ObjectRef, top_k: int | str | None,
+                       inputs: dict[str, np.ndarray | ObjectRef], top_k: int | str | None,
                        scores: bool | str, pinned: bool,
                        timeout_s: float | None = None) -> dict[str, Any]:
         answer: dict[str, Any] = {"model": meta.name, "version": meta.version}
@@ -83,9 +84,13 @@ class NativeApi:
         for name in self._registry.names:
             versions = await self._registry.get(name).versions()
             latest = versions[max(versions)]
+            main = latest.image_spec() if latest.takes_images else latest.inputs[0]
             models.append({"name": name, "versions": sorted(versions),
                            "input": "image" if latest.takes_images else "tensor",
-                           "input_shape": [d or -1 for d in latest.input.shape],
+                           "input_shape": [d or -1 for d in main.shape],
+                           "inputs": [{"name": s.name, "dtype": s.dtype,
+                                       "shape": [d or -1 for d in s.shape]}
+                                      for s in latest.inputs],
                            "labels": list(latest.labels)})
         return JSONResponse({"default": self._registry.default, "models": models})
 
@@ -104,24 +109,30 @@ class NativeApi:
             )
         endpoint, meta = await resolve(self._registry, request)
         body = await read_body(request, self._limits.max_body_bytes, self._registry.budget)
-        batch = await decode(request, body, endpoint, meta)
+        inputs = await decode(request, body, endpoint, meta)
         params = request.query_params
         return PortableJSON(
-            await self._predict(endpoint, meta, batch, params.get("top_k"), params.get("scores"),
+            await self._predict(endpoint, meta, inputs, params.get("top_k"), params.get("scores"),
                                 pinned(request), request_timeout(request, self._limits))
         )
 
     async def _decode_image(self, request: Request, body: bytes, endpoint: ModelEndpoint,
-                            meta: ModelMetadata) -> np.ndarray:
-        return await endpoint.decode_images(meta, [body])
+                            meta: ModelMetadata) -> dict[str, np.ndarray]:
+        return await _images_only(endpoint, meta, [body])
 
     async def _decode_json(self, request: Request, body: bytes, endpoint: ModelEndpoint,
-                           meta: ModelMetadata) -> np.ndarray:
+                           meta: ModelMetadata) -> dict[str, np.ndarray]:
+        """``{"instances": [...]}``: TF Serving's row format."""
         document = await parse_json_body(body, self._registry.budget)
-        return await asyncio.to_thread(instances_to_array, document, self._limits.max_rows)
+        if not isinstance(document, dict) or "instances" not in document:
+            raise BadRequest('expected a JSON object with an "instances" list')
+        parsed = await asyncio.to_thread(
+            lambda: json_inputs(rows_by_input(document["instances"], meta,
+                                              self._limits.max_rows), meta, '"instances"'))
+        return await with_images(endpoint, meta, parsed)
 
     async def _decode_multipart(self, request: Request, body: bytes, endpoint: ModelEndpoint,
-                                meta: ModelMetadata) -> np.ndarray:
+                                meta: ModelMetadata) -> dict[str, np.ndarray]:
         """Every file part of a form, in order, as one image batch."""
 
         async def replay() -> dict[str, Any]:  # the body was already read within limits
@@ -139,4 +150,15 @@ class NativeApi:
             blobs = [await f.read() for f in files]
         finally:
             await form.close()
-        return await endpoint.decode_images(meta, blobs)
+        return await _images_only(endpoint, meta, blobs)
+
+
+async def _images_only(endpoint: ModelEndpoint, meta: ModelMetadata,
+                       blobs: list[bytes]) -> dict[str, np.ndarray]:
+    """Uploaded images as the model's inputs: a model that takes other inputs
+    besides the images needs them in JSON."""
+    spec = meta.image_spec()
+    if len(meta.inputs) > 1:
+        raise BadRequest(f"model {meta.name!r} takes {meta.describe_inputs()}: send every "
+                         'input in JSON ({"instances": [...]}), images as {"b64": ...}')
+    return {spec.name: await endpoint.decode_images(meta, blobs)}

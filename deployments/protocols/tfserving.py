@@ -13,7 +13,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deployments.codecs.errors import BadRequest
-from deployments.codecs.tensor import rows_to_array
 from deployments.codecs.tfserving import (
     encode_predict_response,
     model_metadata,
@@ -28,6 +27,7 @@ from deployments.protocols.http import (
     read_body,
     request_timeout,
     resolve,
+    with_images,
 )
 from deployments.protocols.routes import ApiRoute, model_routes
 from deployments.registry import ModelRegistry
@@ -73,16 +73,13 @@ class TFServingApi:
         endpoint, meta = await resolve(self._registry, request)
         body = await read_body(request, self._limits.max_body_bytes, self._registry.budget)
         document = await parse_json_body(body, self._registry.budget)
-        parsed = await asyncio.to_thread(parse_predict_request, document, meta.input,
+        parsed = await asyncio.to_thread(parse_predict_request, document, meta,
                                          self._limits.max_rows)
         if parsed.signature_name not in (None, "", meta.signature_name):
             raise BadRequest(f"Serving signature name: {parsed.signature_name!r} not found in "
                              f"signature def (model {meta.name!r} serves "
                              f"{meta.signature_name!r})")
-        if parsed.is_binary:
-            batch = await endpoint.decode_images(meta, parsed.value)
-        else:
-            batch = await asyncio.to_thread(rows_to_array, parsed.value, "the input")
-        outputs = await endpoint.infer(meta, batch, pinned(request),
+        inputs = await with_images(endpoint, meta, parsed.inputs)
+        outputs = await endpoint.infer(meta, inputs, pinned(request),
                                        request_timeout(request, self._limits))
         return JSONWithNaN(encode_predict_response(outputs, parsed.columnar))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from importlib.metadata import version as package_version
 
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -33,7 +34,7 @@ from deployments.config import InputLimits
 from deployments.protocols.http import read_body, request_timeout, resolve
 from deployments.protocols.routes import ApiRoute, model_routes
 from deployments.registry import ModelRegistry
-from deployments.signature import ModelMetadata
+from deployments.signature import STRING, ModelMetadata, check_input_names
 
 SERVER_NAME = "ray-tf-serve"
 
@@ -46,23 +47,31 @@ def server_metadata() -> dict[str, object]:
 async def infer(registry: ModelRegistry, name: str, version: str | None,
                 request: InferRequest, timeout_s: float | None = None
                 ) -> tuple[ModelMetadata, list[OutputTensor]]:
-    """One V2 inference: the input checked against the signature (BYTES are
-    encoded images for image models), the model run, the outputs selected."""
+    """One V2 inference: every input by name (BYTES are encoded images for the
+    image input, strings for string inputs), the model run, the outputs
+    selected."""
     endpoint, meta = await registry.resolve(name, version or None)
-    spec = meta.input
-    if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
-        names = ", ".join(repr(i.name) for i in request.inputs)
-        raise BadRequest(f"model {meta.name!r} takes one input, {spec.name!r}; got {names}")
-    (tensor,) = request.inputs
-    if tensor.datatype == BYTES:
-        meta.image_geometry()  # a 400 unless the model takes images
-        if len(tensor.shape) not in (1, 2) or tensor.shape[1:] not in ((), (1,)):
-            raise BadRequest(f"input {spec.name!r}: BYTES take shape [N] or [N, 1] "
-                             f"(one encoded image each), got {list(tensor.shape)}")
-        batch = await endpoint.decode_images(meta, tensor.data)
-    else:
-        batch = tensor.data
-    outputs = await endpoint.infer(meta, batch, bool(version), timeout_s)
+    names = [tensor.name for tensor in request.inputs]
+    if len(set(names)) != len(names):
+        raise BadRequest(f"an input is given twice: {', '.join(map(repr, names))}")
+    check_input_names(dict.fromkeys(names), meta, "the request")
+    inputs = {}
+    for tensor in request.inputs:
+        if tensor.datatype != BYTES:
+            inputs[tensor.name] = tensor.data
+        elif tensor.name == meta.image_input:
+            if len(tensor.shape) not in (1, 2) or tensor.shape[1:] not in ((), (1,)):
+                raise BadRequest(f"input {tensor.name!r}: BYTES take shape [N] or [N, 1] "
+                                 f"(one encoded image each), got {list(tensor.shape)}")
+            inputs[tensor.name] = await endpoint.decode_images(meta, tensor.data)
+        elif (spec := meta.spec(tensor.name)) is not None and spec.dtype == STRING:
+            strings = np.empty(len(tensor.data), dtype=object)
+            strings[:] = tensor.data
+            inputs[tensor.name] = strings.reshape(tensor.shape)
+        else:
+            meta.image_spec()  # a 400 naming the inputs when the model takes no images
+            raise BadRequest(f"input {tensor.name!r} is {spec.describe()}, not BYTES")
+    outputs = await endpoint.infer(meta, inputs, bool(version), timeout_s)
     return meta, select_outputs(request, meta, outputs)
 
 

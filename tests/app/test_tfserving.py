@@ -83,7 +83,7 @@ def test_status_and_metadata(client: httpx.Client):
         ("POST", "/v1/models/digits_linear:predict", {"instances": [[0] * 63]}, 400,
          "shape [1, 63]"),
         ("POST", "/v1/models/digits_linear:predict", {"instances": [{"x": [0] * 64}]}, 400,
-         "names inputs x; the model takes one input, 'pixels'"),
+         "names inputs the model does not take (missing 'pixels'; unknown 'x')"),
         ("POST", "/v1/models/digits_linear:predict",
          {"signature_name": "other", "instances": [[0] * 64]}, 400, "'other' not found"),
         ("POST", "/v1/models/digits:predict", {"instances": [{"b64": "***"}]}, 400,

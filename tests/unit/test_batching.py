@@ -9,6 +9,7 @@ from deployments.batching import (
     concat_outputs,
     gains,
     merge_rows,
+    rows_of,
     split_rows,
 )
 
@@ -31,13 +32,16 @@ def test_bucket_for_picks_the_smallest_that_fits():
 def test_a_full_single_request_passes_through_uncopied():
     array = np.ones((4, 2), np.float32)
     array.flags.writeable = False
-    assert merge_rows([array], 4) is array
+    inputs = {"x": array}
+    assert merge_rows([inputs], 4) is inputs
 
 
-def test_merge_pads_with_zeros_and_keeps_order():
-    a, b = np.full((1, 2), 1.0), np.full((2, 2), 2.0)
+def test_merge_pads_each_input_and_keeps_order():
+    a = {"x": np.full((1, 2), 1.0), "s": np.array([b"a"], dtype=object)}
+    b = {"x": np.full((2, 2), 2.0), "s": np.array([b"b", b"c"], dtype=object)}
     merged = merge_rows([a, b], 4)
-    np.testing.assert_array_equal(merged[:, 0], [1, 2, 2, 0])
+    np.testing.assert_array_equal(merged["x"][:, 0], [1, 2, 2, 0])
+    assert merged["s"].tolist() == [b"a", b"b", b"c", b""]  # strings padded empty
 
 
 def test_split_gives_each_request_its_rows():
@@ -49,10 +53,10 @@ def test_split_gives_each_request_its_rows():
 
 def test_chunking_and_reassembly_round_trip():
     array = np.arange(10).reshape(10, 1)
-    chunks = chunk_rows(array, 4)
-    assert [len(c) for c in chunks] == [4, 4, 2]
-    assert all(np.shares_memory(c, array) for c in chunks)
-    rebuilt = concat_outputs([{"y": c * 2} for c in chunks])
+    chunks = chunk_rows({"x": array, "z": -array}, 4)
+    assert [rows_of(c) for c in chunks] == [4, 4, 2]
+    assert all(np.shares_memory(c["x"], array) for c in chunks)
+    rebuilt = concat_outputs([{"y": c["x"] * 2} for c in chunks])
     np.testing.assert_array_equal(rebuilt["y"], array * 2)
 
 

@@ -45,9 +45,9 @@ class FakeModel:
             await self.gate.wait()
         if version not in self.versions:
             raise NotFound(f"model version {version} is not served")
-        if any(a[0, 0] == POISON for a in local):
+        if any(part["x"][0, 0] == POISON for part in local):
             raise ReplicaDied("the replica died")
-        return [{"y": a * 2} for a in local]
+        return [{"y": part["x"] * 2} for part in local]
 
 
 def registry(model: FakeModel, max_calls: int = 1) -> ModelRegistry:
@@ -56,8 +56,8 @@ def registry(model: FakeModel, max_calls: int = 1) -> ModelRegistry:
     return r
 
 
-def rows(first: float) -> np.ndarray:
-    return np.array([[first, 1.0]], np.float32)
+def rows(first: float) -> dict[str, np.ndarray]:
+    return {"x": np.array([[first, 1.0]], np.float32)}
 
 
 def test_a_model_that_does_not_answer_is_a_503_within_the_deadline():

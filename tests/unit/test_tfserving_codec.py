@@ -4,29 +4,29 @@ import numpy as np
 import pytest
 
 from deployments.codecs.errors import BadRequest, PayloadTooLarge
-from deployments.codecs.tensor import rows_to_array
 from deployments.codecs.tfserving import (
     encode_predict_response,
     model_status,
     parse_predict_request,
 )
-from deployments.signature import TensorSpec
+from deployments.signature import ModelMetadata, TensorSpec
 
-SPEC = TensorSpec("image", "float32", (None, 2))
+IMAGES = ModelMetadata("m", 1, "serving_default", (TensorSpec("image", "float32", (None, 2)),),
+                       (), "y", (), image_input="image")
 
 
 def test_row_and_columnar_values():
-    rows = parse_predict_request({"instances": [[1, 2], {"image": [3, 4]}]}, SPEC, 256)
-    assert not rows.columnar and rows_to_array(rows.value, "x").tolist() == [[1, 2], [3, 4]]
-    columns = parse_predict_request({"inputs": {"image": [[1, 2]]}}, SPEC, 256)
-    assert columns.columnar and rows_to_array(columns.value, "x").shape == (1, 2)
+    rows = parse_predict_request({"instances": [[1, 2], {"image": [3, 4]}]}, IMAGES, 256)
+    assert not rows.columnar and rows.inputs.arrays["image"].tolist() == [[1, 2], [3, 4]]
+    columns = parse_predict_request({"inputs": {"image": [[1, 2]]}}, IMAGES, 256)
+    assert columns.columnar and columns.inputs.arrays["image"].shape == (1, 2)
 
 
-def test_b64_values_are_decoded_blobs():
+def test_b64_values_of_the_image_input_are_encoded_images():
     encoded = base64.b64encode(b"\x89PNG").decode()
     request = parse_predict_request({"instances": [{"b64": encoded}, {"image": {"b64": ""}}]},
-                                    SPEC, 256)
-    assert request.is_binary and request.value == [b"\x89PNG", b""]
+                                    IMAGES, 256)
+    assert request.inputs.images == [b"\x89PNG", b""] and not request.inputs.arrays
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,7 @@ def test_b64_values_are_decoded_blobs():
         ({}, "exactly one of"),
         ({"instances": [], "inputs": []}, "exactly one of"),
         ({"instances": {}}, "non-empty list"),
-        ({"inputs": {"other": [1]}}, "names inputs other"),
+        ({"inputs": {"other": [1]}}, "unknown 'other'"),
         ({"inputs": 3}, "non-empty list"),
         ({"instances": [{"b64": "AA=="}, [1, 2]]}, "mix of"),
         ({"instances": [{"b64": 5}]}, "must be a base64 string"),
@@ -46,13 +46,14 @@ def test_b64_values_are_decoded_blobs():
 )
 def test_bad_requests(document, message):
     with pytest.raises(BadRequest, match=message):
-        parse_predict_request(document, SPEC, 256)
+        parse_predict_request(document, IMAGES, 256)
 
 
-@pytest.mark.parametrize(("rows", "message"), [([[1], [1, 2]], "ragged"), (["a"], "numbers")])
-def test_bad_rows(rows, message):
-    with pytest.raises(BadRequest, match=message):
-        rows_to_array(rows, "the input")
+def test_rows_are_counted_before_any_is_read():
+    with pytest.raises(PayloadTooLarge, match="300 rows, the limit is 256"):
+        parse_predict_request({"instances": [{"wrong": 1}] * 300}, IMAGES, 256)
+    with pytest.raises(PayloadTooLarge, match="300 rows, the limit is 256"):
+        parse_predict_request({"inputs": [[0]] * 300}, IMAGES, 256)
 
 
 def test_responses_name_outputs_only_when_several():
@@ -91,10 +92,3 @@ def test_scalar_outputs_need_the_columnar_format():
     with pytest.raises(BadRequest, match="no batch dimension"):
         encode_predict_response({"y": np.array(1.0)}, columnar=False)
     assert encode_predict_response({"y": np.array(1.0)}, columnar=True) == {"outputs": 1.0}
-
-
-def test_rows_are_counted_before_any_is_read():
-    with pytest.raises(PayloadTooLarge, match="300 rows, the limit is 256"):
-        parse_predict_request({"instances": [{"wrong": 1}] * 300}, SPEC, 256)
-    with pytest.raises(PayloadTooLarge, match="300 rows, the limit is 256"):
-        parse_predict_request({"inputs": [[0]] * 300}, SPEC, 256)
