@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MODEL := models/digits/1/saved_model.pb
 LINEAR_MODEL := models/digits_linear/1/saved_model.pb
+# The models with other signatures the tests serve (models/build_test_models.py).
+TEST_MODELS := models/test/.built
 
 # Token auth on local clusters breaks drivers joining with ray.init(address=...)
 # (see docs/operations.md); this project chooses the mode explicitly for every process.
@@ -25,7 +27,11 @@ $(MODEL): | $(STAMP)
 $(LINEAR_MODEL): | $(STAMP)
 	$(BIN)/python -m models.build_digits_linear
 
-model: $(MODEL) $(LINEAR_MODEL)
+$(TEST_MODELS): models/build_test_models.py | $(STAMP)
+	$(BIN)/python -m models.build_test_models
+	touch $@
+
+model: $(MODEL) $(LINEAR_MODEL) $(TEST_MODELS)
 
 # configs/server.env: Serve's faster serving path (HAProxy ingress, throughput mode).
 serve: $(STAMP) model

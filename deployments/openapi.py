@@ -102,6 +102,15 @@ def _operations() -> dict[str, dict[str, Any] | None]:
         "description": 'exactly one of "instances" (row format) or "inputs" (columnar); '
                        'binary values as {"b64": "..."}',
     })
+    tf_examples_body = _json({
+        "type": "object",
+        "properties": {"signature_name": {"type": "string"},
+                       "context": {"type": "object"},
+                       "examples": {"type": "array", "items": {"type": "object"}}},
+        "required": ["examples"],
+        "description": "tf.Example features by name: numbers (with a fraction: float, "
+                       'without: int64), strings, {"b64": "..."}, or flat lists of one kind',
+    })
     v2_infer_body = {
         **_json(_V2_REQUEST),
         "application/octet-stream": {"schema": {
@@ -119,7 +128,15 @@ def _operations() -> dict[str, dict[str, Any] | None]:
         "native.predict": _operation("Top classes for uploaded images or JSON instances",
                                      predictions, native_body, native_query),
         "tfserving.predict": _operation("TF Serving predict", anything, tf_predict_body),
-        "tfserving.verb": None,  # :classify and :regress answer with an error
+        "tfserving.classify": _operation(
+            "TF Serving classify (signatures whose method is classify)", {
+                "type": "object", "properties": {"results": {"type": "array", "items": {
+                    "type": "array", "items": {"type": "array"}}}}}, tf_examples_body),
+        "tfserving.regress": _operation(
+            "TF Serving regress (signatures whose method is regress)", {
+                "type": "object", "properties": {"results": {"type": "array", "items": {
+                    "type": "number"}}}}, tf_examples_body),
+        "tfserving.verb": None,  # any other verb: a 400 naming the three
         "tfserving.status": _operation("TF Serving model status", status),
         "tfserving.metadata": _operation("TF Serving model metadata", anything),
         "v2.server": _operation("V2 server metadata", anything),

@@ -7,6 +7,7 @@ from one request to the next.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
 from deployments.batching import Outputs
+from deployments.codecs.errors import BadRequest, clip
 from deployments.config import ModelArgs
 from deployments.signature import (
     PREDICT,
@@ -95,6 +97,15 @@ def _signature_defs(path: Path, signature_name: str) -> dict[str, Any]:
     return {signature_name: json_format.MessageToDict(
         defs[signature_name], preserving_proto_field_name=True,
         always_print_fields_with_no_presence=True)}  # as TF Serving prints it
+
+
+def _tf_reason(message: str) -> str:
+    """What an op said, without the graph trace TF puts around it (the line
+    before ``[[{{node ...}}]]``, else the last line, less ``[Op:...]``)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reason = next((lines[i - 1] for i in range(1, len(lines)) if lines[i].startswith("[[")),
+                  lines[-1] if lines else "")
+    return re.sub(r"\s*\[Op:[^\]]*\]$", "", reason)
 
 
 class SavedModelRunner:
@@ -182,6 +193,13 @@ class SavedModelRunner:
         DLPack would share the buffer, but numpy refuses to export the
         object store's read-only views through it.
         """
-        with tf.device(self.device):
-            result = self._call(*[inputs[spec.name] for spec in self.metadata.inputs])
+        try:
+            with tf.device(self.device):
+                result = self._call(*[inputs[spec.name] for spec in self.metadata.inputs])
+        except tf.errors.InvalidArgumentError as exc:
+            # Shapes and dtypes were checked: what the graph refuses is in the
+            # values (a token id past the vocabulary, an Example it cannot
+            # parse), so the request's to fix, as TF Serving reports it.
+            raise BadRequest(f"model {self.metadata.name!r} refused the input: "
+                             f"{clip(_tf_reason(exc.message), 300)}") from None
         return {name: tensor.numpy() for name, tensor in result.items()}

@@ -30,7 +30,7 @@ from deployments.batching import (
     rows_of,
     split_rows,
 )
-from deployments.codecs.errors import ModelFailed, ServeError
+from deployments.codecs.errors import BadRequest, ModelFailed, ServeError
 from deployments.metrics import ModelMetrics
 from deployments.signature import STRING, Inputs, ModelMetadata, check_inputs
 
@@ -192,6 +192,9 @@ class ServedVersion:
                 group = [parts[i] for i in indices]
                 try:
                     answers: list[Outputs | Exception] = list(await self._run_group(group))
+                except BadRequest as exc:  # refused values: whose?
+                    answers = [exc] if len(group) == 1 else [
+                        await self._alone(part) for part in group]
                 except Exception as exc:  # this group's callers hear of it
                     answers = [exc] * len(group)
                 for i, answer in zip(indices, answers, strict=True):
@@ -199,6 +202,14 @@ class ServedVersion:
         finally:
             self._batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
         return results
+
+    async def _alone(self, part: Inputs) -> Outputs | Exception:
+        """``part`` run in a call of its own, so a request whose values the
+        model refuses fails alone, not with the batch it came in."""
+        try:
+            return (await self._run_group([part]))[0]
+        except Exception as exc:
+            return exc
 
     async def _run_group(self, parts: list[Inputs]) -> list[Outputs]:
         counts = [rows_of(p) for p in parts]

@@ -3,11 +3,15 @@ the sample digits (``digit_<label>_<size>_<mode>.<ext>``)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "config.yaml"
 SAMPLES = sorted((ROOT / "models" / "samples").iterdir())
+# The models with other signatures (models/build_test_models.py; `make model`).
+TEST_MODELS = ROOT / "models" / "test"
 APP_NAME = "ray-tf-serve"  # as named in configs/config.yaml
 MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg"}
 
@@ -19,3 +23,11 @@ def sample_label(path: Path) -> str:
 def top_label(prediction: dict) -> str:
     """The best class of one native prediction."""
     return prediction["top_k"][0]["label"]
+
+
+def signature_models() -> Path:
+    """models/test, built first if `make model` has not (a few seconds)."""
+    if not (TEST_MODELS / ".built").exists():
+        subprocess.run([sys.executable, "-m", "models.build_test_models"], cwd=ROOT, check=True)
+        (TEST_MODELS / ".built").touch()
+    return TEST_MODELS

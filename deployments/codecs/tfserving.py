@@ -4,7 +4,9 @@
 input) or the columnar format (``"inputs"``: every input's rows by name); a
 single-input model's values may also come bare. ``{"b64": "..."}`` values
 carry binary strings: for the image input they are encoded images, decoded by
-the image codec like any upload.
+the image codec like any upload. ``:classify`` and ``:regress`` take
+``"examples"`` (and an optional shared ``"context"``) as ``tf.Example``
+features, serialized for the signature's one string input.
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from deployments.codecs.errors import BadRequest
-from deployments.codecs.tensor import JsonInputs, columns_by_input, json_inputs, rows_by_input
-from deployments.signature import ModelMetadata
+from deployments.codecs.errors import BadRequest, ModelFailed
+from deployments.codecs.tensor import (
+    JsonInputs,
+    check_rows,
+    columns_by_input,
+    json_inputs,
+    rows_by_input,
+)
+from deployments.codecs.tf_example import serialize_examples
+from deployments.signature import CLASSIFY, REGRESS, ModelMetadata
 
 
 @dataclass(frozen=True)
@@ -32,15 +41,11 @@ class PredictRequest:
 def parse_predict_request(document: Any, meta: ModelMetadata, max_rows: int) -> PredictRequest:
     """A ``:predict`` body → every input of ``meta``'s signature; the rows are
     counted against ``max_rows`` before any is read."""
-    if not isinstance(document, dict):
-        raise BadRequest("the request must be a JSON object")
+    signature = _signature_name(document)
     has_rows, has_columns = "instances" in document, "inputs" in document
     if has_rows == has_columns:
         raise BadRequest('the request must have exactly one of "instances" (row format) '
                          'or "inputs" (columnar format)')
-    signature = document.get("signature_name")
-    if signature is not None and not isinstance(signature, str):
-        raise BadRequest('"signature_name" must be a string')
     if has_rows:
         values = rows_by_input(document["instances"], meta, max_rows)
         what = '"instances"'
@@ -48,6 +53,80 @@ def parse_predict_request(document: Any, meta: ModelMetadata, max_rows: int) -> 
         values = columns_by_input(document["inputs"], meta, max_rows)
         what = '"inputs"'
     return PredictRequest(signature, not has_rows, json_inputs(values, meta, what))
+
+
+def _signature_name(document: Any) -> str | None:
+    if not isinstance(document, dict):
+        raise BadRequest("the request must be a JSON object")
+    signature = document.get("signature_name")
+    if signature is not None and not isinstance(signature, str):
+        raise BadRequest('"signature_name" must be a string')
+    return signature
+
+
+# The verbs a signature's method answers, and the tensors TF Serving's
+# classification and regression signatures name (tf.saved_model.*_signature_def).
+VERBS = {CLASSIFY: "classify", REGRESS: "regress"}
+EXAMPLES_INPUT = "inputs"
+CLASSES, SCORES, REGRESSION = "classes", "scores", "outputs"
+
+
+@dataclass(frozen=True)
+class ExamplesRequest:
+    """A ``:classify`` or ``:regress`` body: which signature, and the
+    examples serialized as ``tf.Example`` protos."""
+
+    signature_name: str | None
+    inputs: dict[str, np.ndarray]
+
+
+def parse_examples_request(document: Any, meta: ModelMetadata, verb: str,
+                           max_rows: int) -> ExamplesRequest:
+    """A ``:classify``/``:regress`` body → the signature's examples input
+    (a 400 unless ``meta``'s method is that verb's); the examples are counted
+    against ``max_rows`` before any is read."""
+    signature = _signature_name(document)
+    if VERBS.get(meta.method_name) != verb:
+        raise BadRequest(f"model {meta.name!r} serves signature {meta.signature_name!r}, "
+                         f"whose method is {meta.method_name!r}, not a {verb} signature: "
+                         "use :predict, or serve a signature made for :" + verb)
+    examples = document.get("examples")
+    if not isinstance(examples, list) or not examples:
+        raise BadRequest('"examples" must be a non-empty list of objects (tf.Example '
+                         "features by name)")
+    check_rows(len(examples), max_rows, '"examples"')
+    serialized = serialize_examples(examples, document.get("context"))
+    array = np.empty(len(serialized), dtype=object)
+    array[:] = serialized
+    return ExamplesRequest(signature, {EXAMPLES_INPUT: array})
+
+
+def _floats(array: np.ndarray) -> list[Any]:
+    return array.astype(np.float64).tolist()
+
+
+def encode_classify_response(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``{"results": [[[label, score], ...] per example]}``; a signature
+    without labels gets ``""``, one without scores 0.0 (as TF Serving fills
+    its ``ClassificationResult``)."""
+    classes, scores = outputs.get(CLASSES), outputs.get(SCORES)
+    rows = len(classes if classes is not None else scores)
+    labels = [["" for _ in row] for row in scores] if classes is None else [
+        [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in row]
+        for row in classes.reshape(rows, -1)]
+    values = [[0.0] * len(row) for row in labels] if scores is None else _floats(
+        scores.reshape(rows, -1))
+    return {"results": [[[label, score] for label, score in zip(ls, vs, strict=True)]
+                        for ls, vs in zip(labels, values, strict=True)]}
+
+
+def encode_regress_response(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``{"results": [one value per example]}``."""
+    values = outputs[REGRESSION]
+    if values.ndim not in (1, 2) or (values.ndim == 2 and values.shape[1] != 1):
+        raise ModelFailed(f"the regression output is shaped {list(values.shape)}, not "
+                         "[N] or [N, 1]")
+    return {"results": _floats(values.reshape(-1))}
 
 
 def _values(name: str, array: np.ndarray) -> Any:

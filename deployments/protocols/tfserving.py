@@ -3,20 +3,27 @@
     GET  /v1/models/{name}[/versions/{version}]            model status
     GET  /v1/models/{name}[/versions/{version}]/metadata   signature defs
     POST /v1/models/{name}[/versions/{version}]:predict    row or columnar JSON
+    POST /v1/models/{name}[/versions/{version}]:classify   tf.Example features in JSON
+    POST /v1/models/{name}[/versions/{version}]:regress    (classify/regress signatures)
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deployments.codecs.errors import BadRequest
 from deployments.codecs.tfserving import (
+    encode_classify_response,
     encode_predict_response,
+    encode_regress_response,
     model_metadata,
     model_status,
+    parse_examples_request,
     parse_predict_request,
 )
 from deployments.config import InputLimits
@@ -30,7 +37,8 @@ from deployments.protocols.http import (
     with_images,
 )
 from deployments.protocols.routes import ApiRoute, model_routes
-from deployments.registry import ModelRegistry
+from deployments.registry import ModelEndpoint, ModelRegistry
+from deployments.signature import ModelMetadata
 
 
 class TFServingApi:
@@ -39,10 +47,14 @@ class TFServingApi:
         self._limits = limits
 
     def routes(self) -> list[ApiRoute]:
-        # The :predict routes first: "{name}" would also match "digits:predict".
+        # The verbs first: "{name}" would also match "digits:predict".
         return [
             *model_routes("/v1/models", ":predict", self.predict, "POST", "tfserving.predict",
                           "tfserving"),
+            *model_routes("/v1/models", ":classify", self.classify, "POST",
+                          "tfserving.classify", "tfserving"),
+            *model_routes("/v1/models", ":regress", self.regress, "POST",
+                          "tfserving.regress", "tfserving"),
             *model_routes("/v1/models", ":{verb}", self.other_verb, "POST", "tfserving.verb",
                           "tfserving"),
             *model_routes("/v1/models", "", self.status, "GET", "tfserving.status",
@@ -63,23 +75,47 @@ class TFServingApi:
         return JSONResponse(model_metadata(meta))
 
     async def other_verb(self, request: Request) -> JSONResponse:
-        """``:classify`` and ``:regress`` need tf.Example signatures, which a
-        SavedModel exported for ``:predict`` does not have."""
-        _, meta = await resolve(self._registry, request)
-        raise BadRequest(f"model {meta.name!r} serves only :predict (signature "
-                         f"{meta.signature_name!r}), not :{request.path_params['verb']}")
+        await resolve(self._registry, request)  # an unknown model is a 404 first
+        raise BadRequest(f"unknown verb :{request.path_params['verb']}: TF Serving's REST "
+                         "API has :predict, :classify and :regress")
 
     async def predict(self, request: Request) -> JSONResponse:
-        endpoint, meta = await resolve(self._registry, request)
-        body = await read_body(request, self._limits.max_body_bytes, self._registry.budget)
-        document = await parse_json_body(body, self._registry.budget)
+        endpoint, meta, document = await self._read(request)
         parsed = await asyncio.to_thread(parse_predict_request, document, meta,
                                          self._limits.max_rows)
-        if parsed.signature_name not in (None, "", meta.signature_name):
-            raise BadRequest(f"Serving signature name: {parsed.signature_name!r} not found in "
-                             f"signature def (model {meta.name!r} serves "
-                             f"{meta.signature_name!r})")
+        _check_signature(parsed.signature_name, meta)
         inputs = await with_images(endpoint, meta, parsed.inputs)
         outputs = await endpoint.infer(meta, inputs, pinned(request),
                                        request_timeout(request, self._limits))
         return JSONWithNaN(encode_predict_response(outputs, parsed.columnar))
+
+    async def classify(self, request: Request) -> JSONResponse:
+        return JSONWithNaN(encode_classify_response(await self._examples(request, "classify")))
+
+    async def regress(self, request: Request) -> JSONResponse:
+        return JSONWithNaN(encode_regress_response(await self._examples(request, "regress")))
+
+    async def _examples(self, request: Request, verb: str) -> dict[str, np.ndarray]:
+        """A ``:classify``/``:regress`` call: its examples serialized (off the
+        event loop) and run like any request, batched with others."""
+        endpoint, meta, document = await self._read(request)
+        parsed = await asyncio.to_thread(parse_examples_request, document, meta, verb,
+                                         self._limits.max_rows)
+        _check_signature(parsed.signature_name, meta)
+        return await endpoint.infer(meta, parsed.inputs, pinned(request),
+                                    request_timeout(request, self._limits))
+
+    async def _read(self, request: Request) -> tuple[ModelEndpoint, ModelMetadata, Any]:
+        endpoint, meta = await resolve(self._registry, request)
+        body = await read_body(request, self._limits.max_body_bytes, self._registry.budget)
+        return endpoint, meta, await parse_json_body(body, self._registry.budget)
+
+
+def _check_signature(asked: str | None, meta: ModelMetadata) -> None:
+    """A 400 when the body names a signature other than the one served (one
+    model entry serves one signature: another is another entry's)."""
+    if asked not in (None, "", meta.signature_name):
+        raise BadRequest(f"Serving signature name: {asked!r} not found in signature def "
+                         f"(model {meta.name!r} serves {meta.signature_name!r}; to serve "
+                         "another signature of the same SavedModel, add a model entry with "
+                         "its signature_name)")

@@ -26,7 +26,8 @@ def test_native_routes_address_models_by_name(client: httpx.Client):
     assert r.status_code == 200 and r.json()["model"] == "digits_linear"
     wrong_kind = client.post("/models/digits_linear/predict", **image)
     assert wrong_kind.status_code == 400
-    assert "takes tensors ('pixels': float32[N, 64]), not encoded images" in wrong_kind.json()["error"]
+    assert "takes tensors ('pixels': float32[N, 64]), not encoded images" in \
+        wrong_kind.json()["error"]
     unknown = client.post("/models/nope/predict", **image)
     assert unknown.status_code == 404
     assert unknown.json() == {"error": "no model named 'nope' (served: digits, digits_linear)"}

@@ -93,7 +93,7 @@ def test_status_and_metadata(client: httpx.Client):
         ("POST", "/v1/models/digits:predict", {"instances": [{"b64": "AAAA"}]}, 400,
          "cannot decode image"),
         ("POST", "/v1/models/digits_linear:classify", {"examples": []}, 400,
-         "serves only :predict (signature 'serving_default'), not :classify"),
+         "whose method is 'tensorflow/serving/predict', not a classify signature"),
         ("POST", "/v1/models/nope:regress", {"examples": []}, 404, "no model named 'nope'"),
     ],
 )

@@ -3,13 +3,16 @@ import base64
 import numpy as np
 import pytest
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge
+from deployments.codecs.errors import BadRequest, ModelFailed, PayloadTooLarge
 from deployments.codecs.tfserving import (
+    encode_classify_response,
     encode_predict_response,
+    encode_regress_response,
     model_status,
+    parse_examples_request,
     parse_predict_request,
 )
-from deployments.signature import ModelMetadata, TensorSpec
+from deployments.signature import CLASSIFY, ModelMetadata, TensorSpec
 
 IMAGES = ModelMetadata("m", 1, "serving_default", (TensorSpec("image", "float32", (None, 2)),),
                        (), "y", (), image_input="image")
@@ -92,3 +95,47 @@ def test_scalar_outputs_need_the_columnar_format():
     with pytest.raises(BadRequest, match="no batch dimension"):
         encode_predict_response({"y": np.array(1.0)}, columnar=False)
     assert encode_predict_response({"y": np.array(1.0)}, columnar=True) == {"outputs": 1.0}
+
+
+CLASSIFIER = ModelMetadata("c", 1, "serving_default", (TensorSpec("inputs", "string", (None,)),),
+                           (), "scores", (), method_name=CLASSIFY)
+
+
+def test_examples_become_the_signatures_serialized_input():
+    request = parse_examples_request({"examples": [{"x": 1.0}, {"x": 2.0}],
+                                      "signature_name": "serving_default"},
+                                     CLASSIFIER, "classify", 256)
+    assert request.signature_name == "serving_default"
+    (examples,) = request.inputs.values()
+    assert examples.dtype == object and examples.shape == (2,)
+    assert all(isinstance(e, bytes) and b"x" in e for e in examples)
+
+
+@pytest.mark.parametrize(
+    ("document", "verb", "error", "message"),
+    [
+        ({"examples": [{}]}, "regress", BadRequest, "whose method is 'tensorflow/serving/"
+                                                    "classify', not a regress signature"),
+        ({"examples": []}, "classify", BadRequest, "non-empty list"),
+        ({"instances": [1]}, "classify", BadRequest, '"examples" must be'),
+        ({"examples": [{}] * 300}, "classify", PayloadTooLarge, "300 rows, the limit is 256"),
+    ],
+)
+def test_bad_examples_requests(document, verb, error, message):
+    with pytest.raises(error, match=message):
+        parse_examples_request(document, CLASSIFIER, verb, 256)
+
+
+def test_classify_and_regress_answer_in_tf_servings_shapes():
+    classes = np.array([[b"no", b"yes"]] * 2, dtype=object)
+    scores = np.array([[0.25, 0.75], [1.0, 0.0]], dtype=np.float32)
+    assert encode_classify_response({"classes": classes, "scores": scores}) == {
+        "results": [[["no", 0.25], ["yes", 0.75]], [["no", 1.0], ["yes", 0.0]]]}
+    assert encode_classify_response({"scores": scores[:1]}) == {
+        "results": [[["", 0.25], ["", 0.75]]]}
+    assert encode_classify_response({"classes": classes[:1]}) == {
+        "results": [[["no", 0.0], ["yes", 0.0]]]}
+    assert encode_regress_response({"outputs": np.array([[1.5], [2.0]], np.float32)}) == {
+        "results": [1.5, 2.0]}
+    with pytest.raises(ModelFailed, match=r"shaped \[2, 2\]"):
+        encode_regress_response({"outputs": scores})
