@@ -3,9 +3,10 @@ TensorFlow, the hand-built single-deployment peer, a naive Ray Serve
 deployment, KServe's ModelServer and this server (over each protocol and the
 Python handle, coalescing on and off, with and without Serve's fast-path
 switches) on the same model, machine and client; a near-free GPU stand-in
-model against Ray's own floor and the ingress's in-process decode rate; plus
-the zero-copy handoff, autoscaling under a step load and replica memory over
-a long run. Writes benchmarks/results/<timestamp>.json and .png."""
+model against Ray's own floor and the ingress's in-process decode rate; a
+text encoder on sequences of mixed lengths against raw TensorFlow on the same
+mix; plus the zero-copy handoff, autoscaling under a step load and replica
+memory over a long run. Writes benchmarks/results/<timestamp>.json and .png."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from ray import serve
 
-from benchmarks import bodies
+from benchmarks import bodies, sequence
 from benchmarks.cluster_probes import ReplicaCounter
 from benchmarks.decode_rate import decode_rate
 from benchmarks.floor import floor_app
@@ -32,16 +33,25 @@ from benchmarks.peer import HandBuiltPeer
 from benchmarks.plot import plot_results
 from benchmarks.raw_tf import measure_raw
 from benchmarks.report import OURS, PEER, ratios, report
+from benchmarks.sequence import mix, raw_rates, served_rate
 from benchmarks.server import APP, MODEL, ROOT, Server, bench_config
 from harness.cluster import replica_pids, running_replicas, wait_until
 from harness.envfile import read_env_file
 from harness.probes import object_store_mb, rss_mb
-from models.build_benchmark import DEFAULT_OUT, STANDIN_OUT, build, build_standin
+from models.build_benchmark import (
+    DEFAULT_OUT,
+    SEQUENCE_OUT,
+    STANDIN_OUT,
+    VOCABULARY,
+    build,
+    build_sequence,
+    build_standin,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_SIZES = [1, 2, 4, 8, 16, 32]
-SECTIONS = ["systems", "coalescing", "standin", "plain", "kserve", "handoff", "memory",
-            "autoscaling"]
+SECTIONS = ["systems", "coalescing", "standin", "sequence", "plain", "kserve", "handoff",
+            "memory", "autoscaling"]
 STANDIN_APP = "standin"
 SHAPE = (1, 224, 224, 3)
 
@@ -152,6 +162,22 @@ def measure_standin(server: Server, main_config: dict, jpeg: bytes, levels: list
     return {"runs": runs, "floor": floor, "decode_rate": decode_rate(jpeg, seconds / 2)}
 
 
+def measure_sequence(server: Server, main_config: dict, model_overrides: dict,
+                     requests: list, seconds: float) -> dict:
+    """The text encoder as its own app beside the main one (same replica
+    settings), 16 clients sending the mix."""
+    app = bench_config(SEQUENCE_OUT, server.port, model_overrides, app=sequence.APP,
+                       route_prefix=f"/{sequence.APP}",
+                       entry={"name": sequence.APP, "path": str(SEQUENCE_OUT)})
+    server.deploy({**main_config, "applications": [*main_config["applications"],
+                                                   *app["applications"]]}, sequence.APP)
+    served = served_rate(f"{server.url}/{sequence.APP}", requests, 16, seconds)
+    stats = server.model_stats(sequence.APP, sequence.APP)
+    server.deploy(main_config)  # the sequence app leaves
+    return {"lengths": list(sequence.LENGTHS), "served_16_clients": served,
+            "batch_rows": stats["batch_rows"]}
+
+
 def measure_plain(workdir: Path, server_env: Path, config: dict, model_dir: Path,
                   jpeg: bytes, clients: int, seconds: float) -> dict:
     """The config as users run it with a plain `serve run` (no server.env),
@@ -243,6 +269,11 @@ def main() -> None:
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "levels": levels,
                      "skipped": args.skip}
     raw = measure_raw(model_dir / "1", BATCH_SIZES, seconds=seconds / 2, label="raw TF (before)")
+    if "sequence" not in args.skip:  # raw TF on the mix, on the machine alone like the above
+        if not (SEQUENCE_OUT / "1" / "saved_model.pb").exists():
+            build_sequence(SEQUENCE_OUT)
+        sequences = mix(256, VOCABULARY)
+        sequence_raw = raw_rates(SEQUENCE_OUT / "1", sequences, 16, seconds / 2)
     best = max(raw, key=lambda b: raw[b]["images_per_s"])
     max_batch = args.max_batch_size if args.max_batch_size == "auto" else int(
         args.max_batch_size)
@@ -268,6 +299,10 @@ def main() -> None:
                 measure_coalescing_off(server, config, jpeg, 16, seconds)
         if "standin" not in args.skip:
             results["standin"] = measure_standin(server, config, jpeg, [16, 64], seconds)
+        if "sequence" not in args.skip:
+            results["sequence"] = {
+                **measure_sequence(server, config, overrides, sequences, seconds),
+                "raw_rows_per_s": sequence_raw}
         if "handoff" not in args.skip:
             results["handoff"] = measure_handoff([1, 10, 100, 400], 5 if args.full else 3)
         if "memory" not in args.skip:

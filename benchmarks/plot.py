@@ -134,6 +134,16 @@ def _batches(ax, app: dict, results: dict) -> None:
     ax.legend(fontsize=7)
 
 
+def _sequence(ax, seq: dict, results: dict) -> None:
+    bars = {"served,\n16 clients": seq["served_16_clients"]["images_per_s"],
+            **{f"raw TF,\n{name.replace(', ', chr(10))}": rate
+               for name, rate in seq["raw_rows_per_s"].items()}}
+    ax.bar(list(bars), list(bars.values()),
+           color=["#1f77b4", *["#7f7f7f"] * (len(bars) - 1)])
+    ax.tick_params(axis="x", labelsize=6)
+    ax.set(ylabel="rows / s", xlabel=f"lengths {seq['lengths']}, one row per request")
+
+
 # The panels after the first row: the results' section each draws, its title.
 PANELS = [
     ("standin", "GPU stand-in (clients c, ingress replicas i, coalescing on/off)", _standin),
@@ -142,19 +152,24 @@ PANELS = [
     ("handoff", "Handoff through the object store", _handoff),
     ("autoscaling", "Autoscaling under a step load", _autoscaling),
     ("memory", "Memory over a long run", _memory),
+    ("sequence", "Sequences of mixed lengths vs raw TF on the mix", _sequence),
 ]
 
 
 def plot_results(results: dict, path: Path) -> None:
-    fig, axes = plt.subplots(3, 3, figsize=(18, 13))
+    fig, axes = plt.subplots(4, 3, figsize=(18, 17))
     _systems(axes[0][0], axes[0][1], results)
     _raw(axes[0][2], results)
-    for ax, (key, title, draw) in zip(axes[1:].flat, PANELS, strict=True):
+    panels = iter(axes[1:].flat)
+    # (PANELS first: zip stops on it without taking another cell.)
+    for (key, title, draw), ax in zip(PANELS, panels, strict=False):
         if results.get(key):
             draw(ax, results[key], results)
             ax.set_title(title)
         else:
             _skipped(ax, title)
+    for ax in panels:  # the grid's cells left over
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -63,6 +63,15 @@ def ratios(results: dict) -> dict:
         out.update(_throughput_ratios(results))
     if "standin" in results:
         out.update(_standin_ratios(results["standin"]))
+    if "sequence" in results:
+        seq = results["sequence"]
+        served = seq["served_16_clients"]["images_per_s"]
+        raw = seq["raw_rows_per_s"]
+        grouped = next(v for k, v in raw.items() if "one length" in k)
+        padded = next(v for k, v in raw.items() if "padded" in k)
+        out["sequence_16_clients_vs_raw_by_length"] = served / grouped
+        out["sequence_16_clients_vs_raw_padded"] = served / padded
+        out["sequence_raw_padding_cost"] = grouped / padded
     if "plain" in results:
         plain = results["plain"]
         fast = results.get("systems", {}).get(OURS, {})
@@ -142,6 +151,13 @@ def report(results: dict) -> None:
                   f"{r['ingress_replicas']} ingress, coalescing "
                   f"{'on ' if r['coalesce'] else 'off'}: {r['images_per_s']:7.1f} img/s "
                   f"p50 {r['p50_ms']:6.1f} ms")
+    if "sequence" in results:
+        seq = results["sequence"]
+        served = seq["served_16_clients"]
+        print(f"sequence mix {seq['lengths']}, 16 clients: {served['images_per_s']:.1f} rows/s "
+              f"p50 {served['p50_ms']:.1f} ms; rows per TF call: {seq['batch_rows']}")
+        for name, rate in seq["raw_rows_per_s"].items():
+            print(f"  raw TF, {name}: {rate:.1f} rows/s")
     for h in results.get("handoff", []):
         print(f"handoff {h['mb']:4d} MB: {h['handoff_ms']:7.1f} ms vs np.copy "
               f"{h['copy_ms']:7.1f} ms ({h['handoff_vs_copy']:.2f}x)")

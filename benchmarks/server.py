@@ -30,19 +30,21 @@ for _module in (benchmarks.naive, benchmarks.peer, benchmarks.floor):
 
 def bench_config(model_dir: Path, port: int, model_overrides: dict,
                  ingress_overrides: dict | None = None, app: str = APP,
-                 route_prefix: str = "/") -> dict:
-    """configs/config.yaml serving one benchmark model only (named ``MODEL``),
-    with the given settings of its deployment and of the Preprocessor (a fixed
-    ``num_replicas`` drops autoscaling)."""
+                 route_prefix: str = "/", entry: dict | None = None) -> dict:
+    """configs/config.yaml serving one benchmark model only (``entry``, by
+    default the image model ``MODEL``), with the given settings of its
+    deployment and of the Preprocessor (a fixed ``num_replicas`` drops
+    autoscaling)."""
     config = yaml.safe_load((ROOT / "configs" / "config.yaml").read_text())
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     config.pop("grpc_options", None)
     (application,) = config["applications"]
     application.update(name=app, route_prefix=route_prefix)
-    application["args"]["models"] = [{"name": MODEL, "path": str(model_dir), "input": "image",
-                                      "labels_path": str(model_dir / "labels.txt")}]
+    entry = entry or {"name": MODEL, "path": str(model_dir), "input": "image",
+                      "labels_path": str(model_dir / "labels.txt")}
+    application["args"]["models"] = [entry]
     deployments = {d["name"]: d for d in application["deployments"]}
-    model = {**deployments["digits"], "name": MODEL}
+    model = {**deployments["digits"], "name": entry["name"]}
     model.update(copy.deepcopy(model_overrides))
     if "num_replicas" in model_overrides:
         model.pop("autoscaling_config", None)

@@ -21,6 +21,8 @@ MAX_BATCH_SIZE = 1024
 # ``max_batch_size: auto`` counts batch sizes this close to the best
 # throughput as good as the best, and takes the smallest of them.
 SIZING_TOLERANCE = 0.05
+# What ``auto`` falls back to when nothing can be measured (BatchSettings' default).
+UNMEASURED_BATCH_SIZE = 32
 
 
 def bucket_sizes(max_batch_size: int) -> list[int]:
@@ -119,7 +121,16 @@ class BatchSizing:
         return cls(dict(rates), min(s for s, r in rates.items()
                                     if r >= (1 - SIZING_TOLERANCE) * best))
 
+    @classmethod
+    def unmeasured(cls) -> BatchSizing:
+        """No measurement possible (the model refuses made-up inputs): the
+        default size."""
+        return cls({}, UNMEASURED_BATCH_SIZE)
+
     def describe(self) -> dict[str, object]:
+        if not self.rates:
+            return {"picked": self.picked, "rows_per_s": {},
+                    "why": "not measured (the model refuses zero-valued inputs): the default"}
         best = max(self.rates, key=self.rates.__getitem__)
         return {
             "picked": self.picked,

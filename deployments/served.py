@@ -19,6 +19,7 @@ from ray import serve
 
 from deployments.batching import (
     MAX_BATCH_SIZE,
+    UNMEASURED_BATCH_SIZE,
     BatchSizing,
     Outputs,
     bucket_for,
@@ -51,8 +52,9 @@ class BatchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)] | Literal["auto"] = Field(
-        32, description="auto: each replica times its batch sizes at warm-up and takes the "
-                        "smallest within a few percent of its best throughput")
+        UNMEASURED_BATCH_SIZE,
+        description="auto: each replica times its batch sizes at warm-up and takes the "
+                    "smallest within a few percent of its best throughput")
     batch_wait_timeout_s: float = Field(0.0, ge=0, le=10)
 
 
@@ -103,27 +105,43 @@ class ServedVersion:
         Runs on the model's executor thread, which runs every batch: TF's
         per-thread state is ready before the first real request.
         """
-        for rows in [*sizes, sizes[0]]:
-            started = time.perf_counter()
-            self.runner.run(self._zeros(rows))
+        try:
+            for rows in [*sizes, sizes[0]]:
+                started = time.perf_counter()
+                self.runner.run(self._zeros(rows))
+        except BadRequest as exc:
+            self._refused_zeros(exc)
+            return
         self._batch_seconds = time.perf_counter() - started
+
+    def _refused_zeros(self, exc: BadRequest) -> None:
+        """A model whose graph refuses made-up inputs (an Example parser
+        requiring features, say) serves unwarmed: its first batches trace."""
+        meta = self.runner.metadata
+        logger.warning("model %r version %d refuses zero-valued inputs, so it is not warmed "
+                       "up or measured: %s", meta.name, meta.version, exc.message)
 
     def measure_batch_sizes(self) -> BatchSizing:
         """Time each power-of-two batch size on this replica's hardware (on the
         executor thread) and pick the smallest within a few percent of the best
         throughput; larger sizes are tried only while they still gain."""
         rates: dict[int, float] = {}
-        for size in bucket_sizes(MAX_BATCH_SIZE):
-            batch = self._zeros(size)
-            self.runner.run(batch)  # a new shape's first call sets up its kernels
-            calls, started = 0, time.perf_counter()
-            while calls < 3 or time.perf_counter() - started < _SIZING_SECONDS:
-                self.runner.run(batch)
-                calls += 1
-            seconds = (time.perf_counter() - started) / calls
-            rates[size] = size / seconds
-            if seconds > _SIZING_MAX_CALL_S or not gains(rates):
-                break
+        try:
+            for size in bucket_sizes(MAX_BATCH_SIZE):
+                batch = self._zeros(size)
+                self.runner.run(batch)  # a new shape's first call sets up its kernels
+                calls, started = 0, time.perf_counter()
+                while calls < 3 or time.perf_counter() - started < _SIZING_SECONDS:
+                    self.runner.run(batch)
+                    calls += 1
+                seconds = (time.perf_counter() - started) / calls
+                rates[size] = size / seconds
+                if seconds > _SIZING_MAX_CALL_S or not gains(rates):
+                    break
+        except BadRequest as exc:
+            self._refused_zeros(exc)
+            self.sizing = BatchSizing.unmeasured()
+            return self.sizing
         self.sizing = BatchSizing.pick(rates)
         return self.sizing
 

@@ -3,6 +3,7 @@ the handle return, and the indices V2's classification extension reads."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,3 +63,20 @@ def top_k_predictions(
             entry["scores"] = row.tolist()
         predictions.append(entry)
     return predictions
+
+
+def json_values(name: str, array: np.ndarray) -> Any:
+    """An output as JSON values: strings as UTF-8, or ``{"b64": ...}`` for
+    outputs named ``*_bytes``, as TF Serving writes them."""
+    if array.dtype.kind not in "OSU":
+        return array.tolist()
+    binary = name.endswith("_bytes")
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, list):
+            return [encode(v) for v in value]
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        return {"b64": base64.b64encode(raw).decode()} if binary else raw.decode("utf-8",
+                                                                                "replace")
+
+    return encode(array.tolist())

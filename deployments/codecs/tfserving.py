@@ -11,13 +11,13 @@ features, serialized for the signature's one string input.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from deployments.codecs.errors import BadRequest, ModelFailed
+from deployments.codecs.predictions import json_values
 from deployments.codecs.tensor import (
     JsonInputs,
     check_rows,
@@ -129,23 +129,6 @@ def encode_regress_response(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     return {"results": _floats(values.reshape(-1))}
 
 
-def _values(name: str, array: np.ndarray) -> Any:
-    """An output as JSON values: strings as UTF-8, or ``{"b64": ...}`` for
-    outputs named ``*_bytes``, as TF Serving writes them."""
-    if array.dtype.kind not in "OSU":
-        return array.tolist()
-    binary = name.endswith("_bytes")
-
-    def encode(value: Any) -> Any:
-        if isinstance(value, list):
-            return [encode(v) for v in value]
-        raw = value if isinstance(value, bytes) else str(value).encode()
-        return {"b64": base64.b64encode(raw).decode()} if binary else raw.decode("utf-8",
-                                                                                "replace")
-
-    return encode(array.tolist())
-
-
 def encode_predict_response(outputs: dict[str, np.ndarray], columnar: bool) -> dict[str, Any]:
     """``{"predictions": [...]}`` per row, or ``{"outputs": ...}`` per output;
     a single output is given bare, several by name, as TF Serving does.
@@ -153,7 +136,7 @@ def encode_predict_response(outputs: dict[str, np.ndarray], columnar: bool) -> d
     if any(array.ndim == 0 for array in outputs.values()) and not columnar:
         raise BadRequest("an output has no batch dimension: ask in the columnar format "
                          '("inputs")')
-    values = {name: _values(name, array) for name, array in outputs.items()}
+    values = {name: json_values(name, array) for name, array in outputs.items()}
     if columnar:
         return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
     if len(values) == 1:

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deployments.codecs.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from deployments.codecs.predictions import parse_flag, parse_top_k, top_k_predictions
+from deployments.codecs.predictions import json_values, parse_flag, parse_top_k, top_k_predictions
 from deployments.codecs.tensor import json_inputs, rows_by_input
 from deployments.config import InputLimits
 from deployments.protocols.http import (
@@ -73,10 +73,13 @@ class NativeApi:
             k = parse_top_k(top_k, self._default_top_k, len(meta.labels))
             include_scores = parse_flag(scores, "scores")
         outputs = await endpoint.infer(meta, inputs, pinned, timeout_s)
-        if not meta.labels:  # not a classifier: every output as it is
-            return {**answer, "outputs": {name: a.tolist() for name, a in outputs.items()}}
-        answer["predictions"] = top_k_predictions(outputs[meta.scores_output], meta.labels, k,
-                                                  include_scores)
+        if meta.labels:  # a classifier: the best classes of its scores
+            answer["predictions"] = top_k_predictions(outputs[meta.scores_output],
+                                                      meta.labels, k, include_scores)
+        others = {name: json_values(name, a) for name, a in outputs.items()
+                  if not (meta.labels and name == meta.scores_output)}
+        if others:  # every other output as it is
+            answer["outputs"] = others
         return answer
 
     async def list_models(self, request: Request) -> JSONResponse:

@@ -89,8 +89,11 @@ def test_several_inputs_and_outputs_on_every_protocol(client: TestClient):
     r = client.post("/v2/models/tabular/infer", content=body, headers=headers)
     assert r.status_code == 200, r.text
     (binary,) = r.json()["outputs"]  # only the output asked for
-    native = post(client, "/models/tabular/predict", {"instances": [
-        {"age": a, "city": c} for a, c in zip(ages, cities, strict=True)]})["predictions"]
+    native_answer = post(client, "/models/tabular/predict", {"instances": [
+        {"age": a, "city": c} for a, c in zip(ages, cities, strict=True)]})
+    native = native_answer["predictions"]  # the scores output's best classes
+    np.testing.assert_allclose(native_answer["outputs"]["amount"], expected["amount"],
+                               rtol=1e-6)  # and every other output
     for name in ("approval", "amount"):
         want = expected[name]
         np.testing.assert_allclose([row[name] for row in rows], want, rtol=1e-6)

@@ -36,7 +36,7 @@ class Crashing(ModelDeployment.func_or_class):
     """The real model deployment, whose process dies on a poisoned batch."""
 
     async def infer_parts(self, local, forwarded, version=None):
-        if any(array.flat[0] == POISON for array in local or ()):
+        if any(part["pixels"].flat[0] == POISON for part in local or ()):
             os._exit(1)  # no exception, no cleanup: the process is gone
         return await super().infer_parts(local, forwarded, version)
 

@@ -16,7 +16,7 @@ from deployments.config import DeviceArgs, InputLimits, ModelArgs
 from deployments.ingress import Preprocessor
 from deployments.model import ModelDeployment
 from harness.probes import in_object_store
-from tests.common import ROOT
+from tests.common import ROOT, signature_models
 
 # Replicas cannot import the tests or the harness; ship what they run by value.
 cloudpickle.register_pickle_by_value(this_module)
@@ -32,39 +32,49 @@ class InputProbe(ModelDeployment.func_or_class):
         (served,) = self._versions.values()
         run = served.runner.run
 
-        def recording_run(batch: np.ndarray):
-            self.seen = {
-                "address": batch.ctypes.data,
-                "writeable": bool(batch.flags.writeable),
-                "in_object_store": in_object_store(batch.ctypes.data),
-            }
+        def recording_run(batch: dict[str, np.ndarray]):
+            self.seen = {name: {"address": array.ctypes.data,
+                                "writeable": bool(array.flags.writeable),
+                                "in_object_store": in_object_store(array.ctypes.data)}
+                         for name, array in batch.items()}
             return run(batch)
 
         served.runner.run = recording_run
 
-    async def received(self, batch: np.ndarray) -> dict:
-        view = {"address": batch.ctypes.data, "writeable": bool(batch.flags.writeable)}
-        await self(batch)
-        return {"received": view, "tensorflow": self.seen}
+    async def received(self, inputs: dict[str, np.ndarray]) -> dict:
+        views = {name: {"address": array.ctypes.data, "writeable": bool(array.flags.writeable)}
+                 for name, array in inputs.items()}
+        await self(inputs)
+        return {"received": views, "tensorflow": self.seen}
 
 
-def test_model_replica_reads_the_object_store_buffer_without_copying(cluster_address):
-    model = ModelArgs(name="digits", path=ROOT / "models" / "digits",
-                      labels_path=ROOT / "models" / "digits" / "labels.txt")
-    probe = serve.deployment(InputProbe, name="Probe").bind(
-        model, DeviceArgs())
+@pytest.mark.parametrize("model", ["digits", "sequence"])
+def test_model_replica_reads_the_object_store_buffers_without_copying(cluster_address, model):
+    """One input (digits' images), or several (a sequence model's ids and mask):
+    each reaches TensorFlow as the read-only view of the object store's buffer."""
+    rng = np.random.default_rng(0)
+    if model == "digits":
+        args = ModelArgs(name=model, path=ROOT / "models" / "digits",
+                         labels_path=ROOT / "models" / "digits" / "labels.txt")
+        # 32 rows fill the largest batch bucket, so no padding copy is due.
+        inputs = {"image": rng.random((32, 28, 28, 1), dtype=np.float32)}
+    else:
+        args = ModelArgs(name=model, path=signature_models() / "sequence")
+        inputs = {"input_ids": rng.integers(0, 100, (32, 12), dtype=np.int32),
+                  "attention_mask": np.ones((32, 12), np.int32)}
+    probe = serve.deployment(InputProbe, name="Probe").bind(args, DeviceArgs())
     handle = serve.run(probe, name="zero-copy-probe", route_prefix=None)
     try:
-        # 32 rows fill the largest batch bucket, so no padding copy is due.
-        ref = ray.put(np.random.default_rng(0).random((32, 28, 28, 1), dtype=np.float32))
-        result = handle.received.remote(ref).result()
+        result = handle.received.remote(ray.put(inputs)).result()  # all inputs in one put
     finally:
         serve.delete("zero-copy-probe")
     received, tensorflow = result["received"], result["tensorflow"]
-    assert received["writeable"] is False
-    assert tensorflow["in_object_store"] is True
-    assert tensorflow["address"] == received["address"]
-    assert tensorflow["writeable"] is False
+    assert set(received) == set(tensorflow) == set(inputs)
+    for name in inputs:
+        assert received[name]["writeable"] is False
+        assert tensorflow[name]["in_object_store"] is True
+        assert tensorflow[name]["address"] == received[name]["address"]
+        assert tensorflow[name]["writeable"] is False
 
 
 class ForwardProbe(ModelDeployment.func_or_class):

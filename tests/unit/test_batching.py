@@ -68,6 +68,11 @@ def test_auto_sizing_takes_the_smallest_size_near_the_best_throughput():
     assert described["picked"] == 8 and "84.0 rows/s at 16" in described["why"]
 
 
+def test_auto_sizing_that_cannot_measure_takes_the_default():
+    described = BatchSizing.unmeasured().describe()
+    assert described["picked"] == 32 and "not measured" in described["why"]
+
+
 def test_auto_sizing_stops_growing_once_two_sizes_gain_nothing():
     assert gains({1: 40.0, 2: 60.0})
     assert gains({1: 40.0, 2: 60.0, 4: 80.0})
