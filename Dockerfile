@@ -23,7 +23,8 @@ COPY --chown=ray:users configs ./configs
 ENV RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
     RAY_SERVE_ENABLE_HA_PROXY=1 \
     RAY_SERVE_GRPC_MAX_MESSAGE_SIZE=17825792 \
-    RAY_SERVE_HAPROXY_RETRY_ON="conn-failure empty-response"
+    RAY_SERVE_HAPROXY_RETRY_ON="conn-failure empty-response" \
+    RAY_SERVE_HAPROXY_RETRIES=1
 
 EXPOSE 8000 9000 8265 8080
 CMD ["serve", "run", "configs/config.yaml"]

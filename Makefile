@@ -48,7 +48,7 @@ browser:
 test: $(STAMP) model lint browser
 	$(BIN)/pytest
 
-# One tier at a time (tests/conftest.py): no Ray (~1 min), a real cluster, the browser.
+# One tier at a time (tests/conftest.py): no Ray (~20 s), a real cluster, the browser.
 test-unit: $(STAMP) model lint
 	$(BIN)/pytest -m unit
 

@@ -37,7 +37,8 @@ class CoalesceSettings(BaseModel):
     max_rows: PositiveInt | None = Field(
         None, description="rows per model call; default: the model's max_batch_size")
     max_calls_in_flight: PositiveInt = Field(
-        2, description="partial batches in flight per model version (full ones always go)")
+        2, description="model calls in flight per model version past which partial "
+                       "batches wait (full ones always go)")
 
 
 @dataclass(eq=False)
@@ -45,6 +46,8 @@ class _Member(Generic[Item, Result]):
     item: Item
     rows: int
     future: asyncio.Future[Result]
+    call: asyncio.Task[None] | None = None  # once sent
+    batch: list[_Member[Item, Result]] = field(default_factory=list)
 
 
 @dataclass
@@ -68,7 +71,6 @@ class Coalescer(Generic[Item, Result]):
         self.max_rows = max_rows
         self.max_calls = max_calls  # None: no limit (coalescing off)
         self._pending: list[_Member[Item, Result]] = []
-        self._pending_rows = 0
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.stats = CoalesceStats()
@@ -77,41 +79,62 @@ class Coalescer(Generic[Item, Result]):
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and no call in flight."""
+        return not self._pending and self._in_flight == 0
+
     async def submit(self, item: Item, rows: int) -> Result:
         """``item``'s result, from a call it shares with whatever is waiting."""
         member: _Member[Item, Result] = _Member(
             item, rows, asyncio.get_running_loop().create_future())
         self._pending.append(member)
-        self._pending_rows += rows
         self._dispatch()
         try:
             return await member.future
         except asyncio.CancelledError:
             if member in self._pending:  # not sent yet: it leaves the batch
                 self._pending.remove(member)
-                self._pending_rows -= rows
+            elif member.call is not None and all(m.future.done() for m in member.batch):
+                member.call.cancel()  # every caller gone: the call frees its slot
             raise
 
     def _slot_free(self) -> bool:
         return self.max_calls is None or self._in_flight < self.max_calls
 
     def _dispatch(self) -> None:
-        while self._pending and (self._slot_free() or self._pending_rows >= self.max_rows):
-            batch = [self._pending.pop(0)]
-            rows = batch[0].rows
-            if self.max_calls is not None:  # coalescing on: fill up to max_rows
-                while self._pending and rows + self._pending[0].rows <= self.max_rows:
-                    member = self._pending.pop(0)
-                    batch.append(member)
-                    rows += member.rows
-            self._pending_rows -= rows
+        while batch := self._next_batch():
+            rows = sum(m.rows for m in batch)
             self._in_flight += 1
             self.stats.calls += 1
             self.stats.requests += len(batch)
             self.stats.rows[rows] += 1
             task = asyncio.create_task(self._run(batch))
+            for member in batch:
+                member.call, member.batch = task, batch
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _next_batch(self) -> list[_Member[Item, Result]]:
+        """What goes now: the waiting requests from the front up to
+        ``max_rows`` when a call slot is free; without one, only a batch that
+        is full (from the front, or one request that fills it alone)."""
+        count, rows = 0, 0
+        if self.max_calls is None:  # coalescing off: each request alone
+            count = min(1, len(self._pending))
+        else:
+            while count < len(self._pending) and (
+                    count == 0 or rows + self._pending[count].rows <= self.max_rows):
+                rows += self._pending[count].rows
+                count += 1
+        if self._slot_free() or rows >= self.max_rows:
+            batch, self._pending = self._pending[:count], self._pending[count:]
+            return batch
+        big = next((m for m in self._pending if m.rows >= self.max_rows), None)
+        if big is None:
+            return []
+        self._pending.remove(big)
+        return [big]
 
     async def _run(self, batch: list[_Member[Item, Result]]) -> None:
         results: list[Result | BaseException]

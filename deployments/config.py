@@ -19,7 +19,8 @@ class _Strict(BaseModel):
 
 
 class InputLimits(_Strict):
-    """Bounds on what one request may carry; beyond them a 413."""
+    """Bounds on what one request may carry (beyond them a 413) and on what an
+    ingress replica takes on at once (past them a 503)."""
 
     max_body_bytes: int = Field(16 * 2**20, gt=0)
     max_image_pixels: int = Field(4096 * 4096, gt=0)

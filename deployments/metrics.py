@@ -5,8 +5,8 @@ Serve's own ``deployment``, ``replica`` and ``application`` tags added.
 ``deploy/grafana/ray-tf-serve.json`` charts them.
 
     ray_tfserve_requests_total{model, protocol, status}     ingress
-    ray_tfserve_preprocess_seconds{model}                   ingress: arrival → object store
-    ray_tfserve_inference_seconds{model}                    ingress: model call round trip
+    ray_tfserve_preprocess_seconds{model}                   ingress: arrival → model call starts
+    ray_tfserve_inference_seconds{model}                    ingress: model call (put to answer)
     ray_tfserve_coalesced_rows{model}                       ingress: rows per model call
     ray_tfserve_batch_rows{model, version}                  model replica: rows per TF call
     ray_tfserve_batch_seconds{model, version}               model replica: one TF call
@@ -83,11 +83,13 @@ class IngressMetrics:
             tag_keys=("model", "protocol", "status"))
         self._preprocess = Histogram(
             "tfserve_preprocess_seconds",
-            "From a request's arrival until its batch is in the object store.",
+            "From a request's arrival until its model call starts (decoding, checks, "
+            "waiting to coalesce).",
             boundaries=list(_SECONDS), tag_keys=("model",))
         self._inference = Histogram(
             "tfserve_inference_seconds",
-            "One model call's round trip, queueing and batching included.",
+            "One model call: the put, queueing and batching on the replica, and retries "
+            "after a lost replica.",
             boundaries=list(_SECONDS), tag_keys=("model",))
         self._coalesced = Histogram(
             "tfserve_coalesced_rows", "Rows per model call, coalesced from requests.",
@@ -117,7 +119,7 @@ class IngressMetrics:
             self.count(name, "handle", status)
 
     def preprocessed(self, model: str, arrived: float | None) -> None:
-        """A request that arrived at ``arrived`` has its batch in the object store now."""
+        """A request that arrived at ``arrived`` is in a model call that starts now."""
         if arrived is not None:
             self._preprocess.observe(time.perf_counter() - arrived, tags={"model": model})
 

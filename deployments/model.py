@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import ray
 from ray import serve
+from ray.exceptions import ObjectLostError
 
 from deployments.batching import Outputs
-from deployments.codecs.errors import NotFound, ServeError
+from deployments.codecs.errors import BadRequest, NotFound, ServeError
 from deployments.config import DeviceArgs, ModelArgs
 from deployments.device import apply_device_plan, plan_device
 from deployments.served import BatchSettings, ServedVersion, answer_each
@@ -145,7 +146,8 @@ class ModelDeployment:
 
     async def infer_parts(self, local: list[Inputs] | None,
                           forwarded: list[dict[str, ray.ObjectRef]],
-                          version: int | None = None) -> list[Outputs | ServeError]:
+                          version: int | None = None,
+                          isolated: bool = False) -> list[Outputs | ServeError]:
         """The ingress's coalesced call: several requests' inputs, each answered
         on its own (its outputs, or the error that applies to it alone).
 
@@ -154,14 +156,21 @@ class ModelDeployment:
         input by input, passed on unresolved by the ingress and read here in
         place. Each part joins the version's batch queue by itself, so the
         parts of one call share batches with each other and with other
-        callers' requests.
+        callers' requests; ``isolated`` parts (re-sent after a crash) run in
+        TensorFlow calls of their own instead.
         """
         served = self._served(version)
-        parts = [*(local or ()), *[await _read(refs) for refs in forwarded]]
-        return await answer_each(parts, served.runner.metadata, served.infer)
+        parts = [*(local or ()), *await asyncio.gather(*(_read(r) for r in forwarded))]
+        run = served.run_alone if isolated else served.infer
+        return await answer_each(parts, served.runner.metadata, run)
 
 
-async def _read(refs: dict[str, ray.ObjectRef]) -> Inputs:
-    """A caller's objects, each a read-only view of this node's object store."""
-    arrays = await asyncio.gather(*refs.values())
+async def _read(refs: dict[str, ray.ObjectRef]) -> Inputs | ServeError:
+    """A caller's objects, each a read-only view of this node's object store;
+    objects that are gone (their owner exited) fail that caller's part alone."""
+    try:
+        arrays = await asyncio.gather(*refs.values())
+    except ObjectLostError as exc:
+        return BadRequest(f"an input object is no longer available: {type(exc).__name__} "
+                          "(the process that put it has exited, or it was freed)")
     return dict(zip(refs, arrays, strict=True))

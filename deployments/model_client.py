@@ -13,7 +13,12 @@ import logging
 import time
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    ObjectStoreFullError,
+    RayActorError,
+)
 from ray.serve.exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
@@ -38,8 +43,9 @@ _RETRY_DELAYS_S = (0.1, 0.5, 1.0, 2.0)
 _RETRYABLE = (ActorUnavailableError, DeploymentUnavailableError, ReplicaUnavailableError,
               RayActorError)
 
-# How Ray says a replica was stopped on purpose (a redeploy, `ray.kill`).
-_STOPPED = "killed by `ray.kill`"
+# How Ray says a replica was stopped on purpose (a redeploy, `ray.kill`), or
+# went down with its node (GCS's message when a node is lost).
+_NOT_ITS_FAULT = ("killed by `ray.kill`", "its node has died")
 
 # Replicas remembered as dead, to tell calls sent to one already gone.
 _DEAD_REMEMBERED = 64
@@ -66,7 +72,8 @@ class RayModelClient:
             raise ServiceUnavailable(f"model {self.name!r} is not available") from exc
 
     async def call(self, version: int, local: list[Inputs],
-                   forwarded: list[dict[str, ray.ObjectRef]]) -> list[Outputs | ServeError]:
+                   forwarded: list[dict[str, ray.ObjectRef]],
+                   isolated: bool = False) -> list[Outputs | ServeError]:
         """One model call: ``local`` arrays put as one object, ``forwarded``
         objects passed on; each part's answer, local ones first.
 
@@ -76,12 +83,16 @@ class RayModelClient:
         died while holding it for any other reason raises ``ReplicaDied``: it
         may be what killed the replica (``ModelEndpoint`` decides).
         """
-        local_ref = ray.put(local) if local else None
+        try:
+            local_ref = ray.put(local) if local else None
+        except ObjectStoreFullError as exc:
+            raise ServiceUnavailable("the object store is full; retry shortly") from exc
         delays = iter(_RETRY_DELAYS_S)
         while True:
             sent_at = time.monotonic()
             try:
-                return await self._handle.infer_parts.remote(local_ref, forwarded, version)
+                return await self._handle.infer_parts.remote(local_ref, forwarded, version,
+                                                             isolated)
             except BackPressureError as exc:  # max_queued_requests reached: shed at once
                 raise ServiceUnavailable(f"model {self.name!r} is overloaded (its request "
                                          "queue is full); retry shortly") from exc
@@ -103,12 +114,14 @@ class RayModelClient:
 
     def _not_its_fault(self, exc: ActorDiedError, sent_at: float) -> bool:
         """Whether a replica's death says nothing about the call: the replica
-        was stopped (``ray.kill``, a redeploy) or preempted, or was known dead
-        before the call was sent (Serve had not yet heard)."""
-        known = self._dead.get(exc.actor_id)
-        if known is not None and known <= sent_at:
-            return True
-        self._dead[exc.actor_id] = time.monotonic()
+        was stopped (``ray.kill``, a redeploy), preempted or lost with its
+        node, or was known dead before the call was sent (Serve had not yet
+        heard). The first report of a death dates it: later reports (every
+        call it held sends one) do not move it."""
+        known = self._dead.setdefault(exc.actor_id, time.monotonic())
         while len(self._dead) > _DEAD_REMEMBERED:
             self._dead.pop(next(iter(self._dead)))
-        return exc.preempted or _STOPPED in str(exc)
+        if known < sent_at:
+            return True
+        message = str(exc)
+        return exc.preempted or any(reason in message for reason in _NOT_ITS_FAULT)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import ray
@@ -46,6 +46,9 @@ _METADATA_TTL_S = 5.0
 _UNAVAILABLE_TTL_S = 1.0
 # How long a readiness probe's answer serves every caller.
 _PROBE_TTL_S = 1.0
+# A request following a dropped version asks again this often while old
+# replicas still list it.
+_FOLLOW_POLL_S = 0.2
 
 # Rows per coalesced call while the model's own max_batch_size is not known.
 _DEFAULT_COALESCE_ROWS = 32
@@ -64,9 +67,11 @@ class ModelClient(Protocol):
         ...
 
     async def call(self, version: int, local: list[Inputs],
-                   forwarded: list[dict[str, ray.ObjectRef]]) -> list[Outputs | ServeError]:
-        """Run each part (``local`` ones first), answering each on its own;
-        ``ReplicaDied`` when the replica died holding the call."""
+                   forwarded: list[dict[str, ray.ObjectRef]],
+                   isolated: bool = False) -> list[Outputs | ServeError]:
+        """Run each part (``local`` ones first), answering each on its own
+        (``isolated``: each in TensorFlow calls of its own, outside the batch
+        queue); ``ReplicaDied`` when the replica died holding the call."""
         ...
 
 
@@ -79,6 +84,15 @@ class _Part:
     inputs: Inputs | None = None
     refs: dict[str, ray.ObjectRef] | None = None
     arrived: float | None = None  # for the preprocess-time metric
+
+
+class Answer(NamedTuple):
+    """A model's outputs, and the version that gave them: a request that
+    named no version may have followed a redeploy to another one, whose
+    labels and outputs its answer must be built from."""
+
+    meta: ModelMetadata
+    outputs: Outputs
 
 
 class ModelEndpoint:
@@ -126,11 +140,26 @@ class ModelEndpoint:
     async def _refresh(self) -> None:
         try:
             self._versions = await self._client.metadata()
+            self._prune()
         except ServiceUnavailable:
             pass  # the versions known before stay; without any, callers get a 503
         finally:
             self._fetched_at = time.monotonic()
             self._refreshing = None
+
+    async def _follow(self, dropped: int) -> ModelMetadata:
+        """The highest version once a redeploy dropped ``dropped``: the
+        replicas are asked again (one fetch at a time for every caller) until
+        an answer no longer lists it (an old replica still may, while it
+        drains); the caller's deadline bounds the wait."""
+        while True:
+            if self._refreshing is None:
+                self._refreshing = asyncio.create_task(self._refresh())
+            await asyncio.shield(self._refreshing)
+            versions = self._versions or {}
+            if versions and dropped not in versions:
+                return versions[max(versions)]
+            await asyncio.sleep(_FOLLOW_POLL_S)
 
     async def version(self, version: str | int | None = None) -> ModelMetadata:
         """One version's metadata (default: the highest), or a 404."""
@@ -152,12 +181,17 @@ class ModelEndpoint:
         a second, not one each, and cannot crowd out inference.
         """
         meta = await self.version(version)
-        now = time.monotonic()
-        if self._probe is None or (self._probe.done() and now - self._probed_at > _PROBE_TTL_S):
-            self._probe = asyncio.create_task(self._client.metadata())
-            self._probed_at = now
+        if self._probe is None or (self._probe.done()
+                                   and time.monotonic() - self._probed_at > _PROBE_TTL_S):
+            self._probe = asyncio.create_task(self._probe_once())
         await asyncio.shield(self._probe)  # a caller gone does not cancel it
         return meta
+
+    async def _probe_once(self) -> dict[int, ModelMetadata]:
+        try:
+            return await self._client.metadata()
+        finally:  # its answer counts from when it came
+            self._probed_at = time.monotonic()
 
     async def decode_images(self, meta: ModelMetadata, blobs: Sequence[bytes]) -> np.ndarray:
         """Encoded images → the model's input batch, on a thread: decoding is CPU
@@ -192,18 +226,25 @@ class ModelEndpoint:
                               or _DEFAULT_COALESCE_ROWS)
         return coalescer
 
+    def _prune(self) -> None:
+        """Versions a redeploy dropped keep no coalescer once it is idle."""
+        for version in [v for v, c in self._coalescers.items()
+                        if v not in (self._versions or {}) and c.idle]:
+            del self._coalescers[version]
+
     def stats(self) -> dict[str, Any]:
-        """The model calls formed per version (calls, requests, rows per call),
-        and how many callers' objects were forwarded as they were."""
+        """The model calls formed per served version (calls, requests, rows
+        per call), and how many callers' objects were forwarded as they were."""
+        self._prune()
         return {"forwarded": self._forwarded,
                 "versions": {str(v): c.stats.as_dict()
                              for v, c in sorted(self._coalescers.items())}}
 
     async def infer(self, meta: ModelMetadata, inputs: dict[str, np.ndarray | ray.ObjectRef],
-                    pinned: bool = True, timeout_s: float | None = None) -> Outputs:
+                    pinned: bool = True, timeout_s: float | None = None) -> Answer:
         """Every output of one version for ``inputs`` (by name), checked first
         (so a bad request fails alone), then sent with whatever else waits
-        for the model.
+        for the model; with the metadata of the version that answered.
 
         ``ObjectRef`` inputs (a Python caller's own objects) are read in place;
         when every input is one and none must be cast, they are forwarded to
@@ -218,16 +259,13 @@ class ModelEndpoint:
             async with asyncio.timeout(timeout_s):
                 part = await self._part(meta, inputs)
                 try:
-                    return await self._coalescer(meta).submit(part, part.rows)
+                    return Answer(meta, await self._coalescer(meta).submit(part, part.rows))
                 except NotFound:
                     if pinned:
                         raise
-                # The version went away under a redeploy: ask again, use the newest.
-                self._versions = await self._client.metadata()
-                self._fetched_at = time.monotonic()
-                meta = await self.version()
+                meta = await self._follow(meta.version)
                 part = await self._part(meta, inputs)
-                return await self._coalescer(meta).submit(part, part.rows)
+                return Answer(meta, await self._coalescer(meta).submit(part, part.rows))
         except TimeoutError:
             raise ServiceUnavailable(f"model {self.name!r} did not answer within "
                                      f"{timeout_s:g} s; retry") from None
@@ -254,10 +292,12 @@ class ModelEndpoint:
     async def _call(self, version: int, parts: list[_Part]) -> list[Outputs | ServeError]:
         """One model call for ``parts``, each part's answer in order.
 
-        When the replica died while it held the call (``ReplicaDied``), one
-        of the parts may be what killed it: each is sent again alone, one at
-        a time (so a second crash takes no other part with it), and a part
-        whose replica died while running it alone is not sent again.
+        When the replica died while it held the call (``ReplicaDied``), a part
+        of it, or a request it shared a TensorFlow batch with on the replica,
+        may be what killed it: each part is sent again alone, one at a time,
+        to run outside any batch (so a second crash takes no other request
+        with it); a part whose replica died while running it alone is not
+        sent again.
         """
         self._metrics.coalesced(self.name, sum(p.rows for p in parts))
         for part in parts:
@@ -265,31 +305,32 @@ class ModelEndpoint:
         try:
             return await self._send(version, parts)
         except ReplicaDied:
-            if len(parts) == 1:
-                return [_died_alone(self.name)]
+            pass
         answers: list[Outputs | ServeError] = []
         for part in parts:
             try:
-                answers += await self._send(version, [part])
+                answers += await self._send(version, [part], isolated=True)
             except ReplicaDied:
                 answers.append(_died_alone(self.name))
             except ServeError as exc:
                 answers.append(exc)
         return answers
 
-    async def _send(self, version: int, parts: list[_Part]) -> list[Outputs | ServeError]:
+    async def _send(self, version: int, parts: list[_Part],
+                    isolated: bool = False) -> list[Outputs | ServeError]:
         local = [p.inputs for p in parts if p.inputs is not None]
         forwarded = [p.refs for p in parts if p.refs is not None]
-        self._forwarded += len(forwarded)
+        if not isolated:  # (a re-send forwards the same objects again)
+            self._forwarded += len(forwarded)
         with self._metrics.inference(self.name):
-            answers = await self._client.call(version, local, forwarded)
+            answers = await self._client.call(version, local, forwarded, isolated)
         from_local, from_forwarded = iter(answers[:len(local)]), iter(answers[len(local):])
         return [next(from_forwarded if p.refs is not None else from_local) for p in parts]
 
 
 def _died_alone(model: str) -> ModelFailed:
-    return ModelFailed(f"the replica of model {model!r} died while running this request; it "
-                       "is not sent again, since it may be what crashed the replica")
+    return ModelFailed(f"the replica of model {model!r} died while running this request "
+                       "alone; it is not sent again, since it is what crashed the replica")
 
 
 class ModelRegistry:

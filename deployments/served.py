@@ -164,6 +164,12 @@ class ServedVersion:
         chunks = chunk_rows(inputs, self.max_batch_size)
         return concat_outputs(await asyncio.gather(*(self._infer_chunk(c) for c in chunks)))
 
+    async def run_alone(self, inputs: Inputs) -> Outputs:
+        """``inputs`` in TensorFlow calls of their own, outside the batch queue:
+        a request sent again after a crash shares a batch with no one."""
+        return concat_outputs([(await self._run_group([chunk]))[0]
+                               for chunk in chunk_rows(inputs, self.max_batch_size)])
+
     async def _infer_chunk(self, chunk: Inputs) -> Outputs:
         self._queue(add=[chunk])
         try:
@@ -244,14 +250,17 @@ class ServedVersion:
         return split_rows(outputs, counts)
 
 
-async def answer_each(parts: Sequence[Inputs], meta: ModelMetadata,
+async def answer_each(parts: Sequence[Inputs | ServeError], meta: ModelMetadata,
                       infer: Callable[[Inputs], Awaitable[Outputs]]
                       ) -> list[Outputs | ServeError]:
     """Each part of a coalesced call checked and run on its own: its outputs,
-    or the error that applies to it alone (a model fault is reported without
-    internal detail, and logged here with its traceback)."""
+    or the error that applies to it alone (a part that is already an error,
+    such as an input that could not be read, is answered with it; a model
+    fault is reported without internal detail, and logged with its traceback)."""
 
-    async def answer(part: Inputs) -> Outputs | ServeError:
+    async def answer(part: Inputs | ServeError) -> Outputs | ServeError:
+        if isinstance(part, ServeError):
+            return part
         try:
             return await infer(check_inputs(part, meta))
         except ServeError as exc:

@@ -170,6 +170,7 @@ def receive(shipped: ShippedModel) -> Path:
     removed on the way."""
     root = local_root()
     target = root / shipped.digest
+    _mark_used(root, shipped.digest)  # first, so no other replica's sweep takes it meanwhile
     if target.is_dir() and digest(target, [target]) != shipped.digest:
         logger.warning("unpacked model %s does not match its digest: fetching it again", target)
         shutil.rmtree(target, ignore_errors=True)
@@ -180,7 +181,6 @@ def receive(shipped: ShippedModel) -> Path:
         if hashlib.sha256(array.data).hexdigest() != shipped.digest:
             raise ValueError(f"model shipped from {shipped.source} arrived damaged")
         unpack(array.data, shipped.digest, root)
-    _mark_used(root, shipped.digest)
     return target
 
 
@@ -188,13 +188,17 @@ def _mark_used(root: Path, sha: str) -> None:
     """Note that ``sha``'s copy is in use now; remove copies not used lately
     (a replica that needs one again fetches it from its store)."""
     marks = root / ".used"
-    marks.mkdir(exist_ok=True)
+    marks.mkdir(parents=True, exist_ok=True)
     (marks / sha).touch()
     stale = time.time() - MODEL_TTL_DAYS * 86400
     for mark in marks.iterdir():
-        if mark.name != sha and mark.stat().st_mtime < stale:
-            shutil.rmtree(root / mark.name, ignore_errors=True)
-            mark.unlink(missing_ok=True)
+        try:  # replicas on this node sweep at once: a mark may go under our feet
+            if mark.name == sha or mark.stat().st_mtime >= stale:
+                continue
+        except FileNotFoundError:
+            continue
+        mark.unlink(missing_ok=True)  # first, so a replica starting to use it re-marks it
+        shutil.rmtree(root / mark.name, ignore_errors=True)
 
 
 def store_names() -> list[str]:
@@ -203,27 +207,49 @@ def store_names() -> list[str]:
                   if a["namespace"] == NAMESPACE and a["name"].startswith(STORE_PREFIX))
 
 
+class CannotTell(RuntimeError):
+    """Which shipped models are in use is not known for sure: nothing is removed."""
+
+
 def digests_in_use() -> set[str]:
-    """The shipped digests the running Serve apps' model replicas loaded."""
+    """The shipped digests the running Serve apps' model replicas loaded.
+
+    Fails closed: an app that is not RUNNING (deploying, recovering) or a
+    deployment whose ``stats`` fails for any reason but not having one raises
+    :class:`CannotTell`, since its replicas may use a store we cannot see.
+    """
     from ray import serve
+    from ray.serve.exceptions import RayServeException
 
     used = set()
     for app, status in serve.status().applications.items():
+        if status.status != "RUNNING":
+            raise CannotTell(f"app {app!r} is {status.status}: try again once every app runs")
         for deployment in status.deployments:
             try:
                 stats = serve.get_deployment_handle(deployment, app).stats.remote().result(
                     timeout_s=30)
-            except Exception:  # not one of ours, or not up: it ships nothing we know
-                continue
+            except RayServeException as exc:
+                if "that does not exist" in str(exc):  # not one of ours: it ships nothing
+                    continue
+                raise CannotTell(f"deployment {deployment!r} of app {app!r}: {exc}") from exc
+            except Exception as exc:
+                raise CannotTell(f"deployment {deployment!r} of app {app!r} did not answer: "
+                                 f"{type(exc).__name__}") from exc
             if isinstance(stats, dict) and stats.get("shipped"):
                 used.add(stats["shipped"])
     return used
 
 
+def stale_stores() -> list[str]:
+    """The store actors no running app's replicas use (``ray.init`` first)."""
+    used = {d[:24] for d in digests_in_use()}
+    return [n for n in store_names() if n.removeprefix(STORE_PREFIX) not in used]
+
+
 def clean() -> list[str]:
     """Kill the store actors no running app's replicas use; their names."""
-    used = {d[:24] for d in digests_in_use()}
-    stale = [n for n in store_names() if n.removeprefix(STORE_PREFIX) not in used]
+    stale = stale_stores()
     for name in stale:
         ray.kill(ray.get_actor(name, namespace=NAMESPACE))
     return stale
@@ -232,16 +258,16 @@ def clean() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Kill the actors holding shipped models that no running app uses "
-                    "(unpacked copies on the nodes go after MODEL_TTL_DAYS unused).")
+                    "(unpacked copies on the nodes go after MODEL_TTL_DAYS unused). "
+                    "Removes nothing unless every app is RUNNING and answers.")
     parser.add_argument("--address", default="auto", help="the Ray cluster")
     parser.add_argument("--dry-run", action="store_true", help="only list them")
     args = parser.parse_args()
     ray.init(address=args.address, namespace=NAMESPACE, logging_level="ERROR")
-    if args.dry_run:
-        used = {d[:24] for d in digests_in_use()}
-        stale = [n for n in store_names() if n.removeprefix(STORE_PREFIX) not in used]
-    else:
-        stale = clean()
+    try:
+        stale = stale_stores() if args.dry_run else clean()
+    except CannotTell as exc:
+        raise SystemExit(f"nothing removed: {exc}") from None
     print("\n".join(stale) or "no stale model stores")
 
 

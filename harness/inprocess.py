@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from deployments.batching import Outputs
-from deployments.codecs.errors import ServeError
+from deployments.codecs.errors import NotFound, ServeError
 from deployments.config import ModelArgs
 from deployments.runner import SavedModelRunner
 from deployments.served import answer_each
 from deployments.signature import Inputs, ModelMetadata
 
+if TYPE_CHECKING:
+    import ray
+
 # What the in-process model reports as its batch limit (coalescing follows it).
-MAX_BATCH_SIZE = 32
+REPORTED_BATCH_SIZE = 32
 
 
 class InProcessModel:
@@ -32,14 +36,17 @@ class InProcessModel:
         self.calls: list[int] = []  # parts per call, for tests of coalescing
 
     async def metadata(self) -> dict[int, ModelMetadata]:
-        return {v: replace(r.metadata, max_batch_size=MAX_BATCH_SIZE)
+        return {v: replace(r.metadata, max_batch_size=REPORTED_BATCH_SIZE)
                 for v, r in self._runners.items()}
 
     async def call(self, version: int, local: list[Inputs],
-                   forwarded: list[dict[str, object]]) -> list[Outputs | ServeError]:
+                   forwarded: list[dict[str, ray.ObjectRef]],
+                   isolated: bool = False) -> list[Outputs | ServeError]:
         if forwarded:
             raise ValueError("no object store in process: nothing can be forwarded")
         self.calls.append(len(local))
-        runner = self._runners[version]
+        runner = self._runners.get(version)
+        if runner is None:  # as a model replica answers
+            raise NotFound(f"model version {version} is not served")
         return await answer_each(local, runner.metadata,
                                  lambda batch: asyncio.to_thread(runner.run, batch))

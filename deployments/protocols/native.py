@@ -68,12 +68,14 @@ class NativeApi:
                        inputs: dict[str, np.ndarray | ObjectRef], top_k: int | str | None,
                        scores: bool | str, pinned: bool,
                        timeout_s: float | None = None) -> dict[str, Any]:
+        include_scores = parse_flag(scores, "scores")  # the query is checked before the
+        if meta.labels:                                 # model runs
+            parse_top_k(top_k, self._default_top_k, len(meta.labels))
+        # The version that answered (it may have followed a redeploy) labels it.
+        meta, outputs = await endpoint.infer(meta, inputs, pinned, timeout_s)
         answer: dict[str, Any] = {"model": meta.name, "version": meta.version}
-        if meta.labels:  # the query is checked before the model runs
-            k = parse_top_k(top_k, self._default_top_k, len(meta.labels))
-            include_scores = parse_flag(scores, "scores")
-        outputs = await endpoint.infer(meta, inputs, pinned, timeout_s)
         if meta.labels:  # a classifier: the best classes of its scores
+            k = parse_top_k(top_k, self._default_top_k, len(meta.labels))
             answer["predictions"] = top_k_predictions(outputs[meta.scores_output],
                                                       meta.labels, k, include_scores)
         others = {name: json_values(name, a) for name, a in outputs.items()

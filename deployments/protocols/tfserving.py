@@ -85,9 +85,9 @@ class TFServingApi:
                                          self._limits.max_rows)
         _check_signature(parsed.signature_name, meta)
         inputs = await with_images(endpoint, meta, parsed.inputs)
-        outputs = await endpoint.infer(meta, inputs, pinned(request),
-                                       request_timeout(request, self._limits))
-        return JSONWithNaN(encode_predict_response(outputs, parsed.columnar))
+        answer = await endpoint.infer(meta, inputs, pinned(request),
+                                      request_timeout(request, self._limits))
+        return JSONWithNaN(encode_predict_response(answer.outputs, parsed.columnar))
 
     async def classify(self, request: Request) -> JSONResponse:
         return JSONWithNaN(encode_classify_response(await self._examples(request, "classify")))
@@ -102,8 +102,9 @@ class TFServingApi:
         parsed = await asyncio.to_thread(parse_examples_request, document, meta, verb,
                                          self._limits.max_rows)
         _check_signature(parsed.signature_name, meta)
-        return await endpoint.infer(meta, parsed.inputs, pinned(request),
-                                    request_timeout(request, self._limits))
+        answer = await endpoint.infer(meta, parsed.inputs, pinned(request),
+                                      request_timeout(request, self._limits))
+        return answer.outputs
 
     async def _read(self, request: Request) -> tuple[ModelEndpoint, ModelMetadata, Any]:
         endpoint, meta = await resolve(self._registry, request)

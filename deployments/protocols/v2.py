@@ -71,8 +71,8 @@ async def infer(registry: ModelRegistry, name: str, version: str | None,
         else:
             meta.image_spec()  # a 400 naming the inputs when the model takes no images
             raise BadRequest(f"input {tensor.name!r} is {spec.describe()}, not BYTES")
-    outputs = await endpoint.infer(meta, inputs, bool(version), timeout_s)
-    return meta, select_outputs(request, meta, outputs)
+    meta, outputs = await endpoint.infer(meta, inputs, bool(version), timeout_s)
+    return meta, select_outputs(request, meta, outputs)  # as the version that answered
 
 
 class V2Api:

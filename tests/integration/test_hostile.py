@@ -35,10 +35,10 @@ POISON = 13.0  # a first value that crashes the replica, as a bad kernel might
 class Crashing(ModelDeployment.func_or_class):
     """The real model deployment, whose process dies on a poisoned batch."""
 
-    async def infer_parts(self, local, forwarded, version=None):
+    async def infer_parts(self, local, forwarded, version=None, isolated=False):
         if any(part["pixels"].flat[0] == POISON for part in local or ()):
             os._exit(1)  # no exception, no cleanup: the process is gone
-        return await super().infer_parts(local, forwarded, version)
+        return await super().infer_parts(local, forwarded, version, isolated)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,8 @@ def test_a_request_that_crashes_its_replica_is_not_sent_on_to_crash_the_next(
         answers = [f.result() for f in futures]
     crashed = answers[5]
     assert crashed.status_code == 500, crashed.text
-    assert "died while running this request; it is not sent again" in crashed.json()["error"]
+    assert "died while running this request alone; it is not sent again" in \
+        crashed.json()["error"]
     assert [a.status_code for i, a in enumerate(answers) if i != 5] == [200] * 11
     wait_until(lambda: running_replicas("crashing").get("digits_linear") == 2, 120,
                "the crashed replicas to be replaced")

@@ -12,7 +12,14 @@ import pytest
 import ray
 from ray import serve
 
-from deployments.shipping import NAMESPACE, STORE_PREFIX, clean, local_root, store_names
+from deployments.shipping import (
+    NAMESPACE,
+    STORE_PREFIX,
+    CannotTell,
+    clean,
+    local_root,
+    store_names,
+)
 from harness.cluster import replica_actor_names, running_replicas, wait_app_running, wait_until
 from tests.common import ROOT, SAMPLES
 from tests.integration.conftest import deploy_config, with_test_app
@@ -79,3 +86,24 @@ def test_stale_model_stores_are_cleaned_and_used_ones_kept(shipped_url):
     assert clean() == [name]
     assert store_names() == [f"{STORE_PREFIX}{in_use[:24]}"]
     assert predict_all(shipped_url)  # the app's store is still there
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+class Unwell:
+    """A deployment with a ``stats`` that fails: it may be using any store."""
+
+    def stats(self) -> dict:
+        raise RuntimeError("unwell")
+
+
+def test_cleaning_removes_nothing_while_an_app_cannot_say_what_it_uses(shipped_url):
+    name = f"{STORE_PREFIX}{'1' * 24}"
+    Stale.options(name=name, namespace=NAMESPACE, lifetime="detached").remote()
+    serve.run(Unwell.bind(), name="unwell", route_prefix=None)
+    try:
+        with pytest.raises(CannotTell, match="'Unwell' of app 'unwell'"):
+            clean()
+        assert name in store_names()
+    finally:
+        serve.delete("unwell")
+    assert clean() == [name]

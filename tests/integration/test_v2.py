@@ -101,7 +101,7 @@ def test_tritonclient_http_metadata_and_health(http_client):
     ("model", "inputs", "match"),
     [
         ("no_such_model", [("pixels", (1, 64), "FP32")], "no model named 'no_such_model'"),
-        ("digits_linear", [("wrong", (1, 64), "FP32")], "takes one input, 'pixels'"),
+        ("digits_linear", [("wrong", (1, 64), "FP32")], "missing 'pixels'; unknown 'wrong'"),
         ("digits_linear", [("pixels", (1, 63), "FP32")], r"shape \[1, 63\]"),
         ("digits_linear", [("pixels", (1, 64), "BYTES")], "takes tensors"),
     ],

@@ -84,9 +84,9 @@ class ForwardProbe(ModelDeployment.func_or_class):
         super().__init__(*args, **kwargs)
         self.forwarded: list[str] = []
 
-    async def infer_parts(self, local, forwarded, version=None):
-        self.forwarded += [ref.hex() for ref in forwarded]
-        return await super().infer_parts(local, forwarded, version)
+    async def infer_parts(self, local, forwarded, version=None, isolated=False):
+        self.forwarded += [ref.hex() for refs in forwarded for ref in refs.values()]
+        return await super().infer_parts(local, forwarded, version, isolated)
 
     def seen(self) -> list[str]:
         return self.forwarded

@@ -1,3 +1,5 @@
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -12,6 +14,9 @@ from deployments.batching import (
     rows_of,
     split_rows,
 )
+from deployments.codecs.errors import BadRequest, ModelFailed
+from deployments.served import answer_each
+from deployments.signature import ModelMetadata, TensorSpec
 
 
 def test_buckets_are_powers_of_two_and_the_max():
@@ -78,3 +83,22 @@ def test_auto_sizing_stops_growing_once_two_sizes_gain_nothing():
     assert gains({1: 40.0, 2: 60.0, 4: 80.0})
     assert gains({1: 40.0, 2: 60.0, 4: 61.0, 8: 70.0})  # 8 still gains on 2
     assert not gains({1: 40.0, 2: 60.0, 4: 61.0, 8: 62.0})
+
+
+def test_each_part_is_answered_alone_and_a_part_that_is_an_error_is_its_answer():
+    spec = TensorSpec("x", "float32", (None, 2))
+    meta = ModelMetadata("m", 1, "serving_default", (spec,), (spec,), "x", None)
+    lost = BadRequest("an input object is no longer available")
+
+    async def double(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if part["x"][0, 0] < 0:
+            raise RuntimeError("boom")
+        return {"x": part["x"] * 2}
+
+    good = {"x": np.ones((1, 2), np.float32)}
+    broken = {"x": -np.ones((1, 2), np.float32)}
+    answers = asyncio.run(answer_each([good, lost, broken, {"y": good["x"]}], meta, double))
+    np.testing.assert_array_equal(answers[0]["x"], [[2, 2]])
+    assert answers[1] is lost
+    assert isinstance(answers[2], ModelFailed) and "RuntimeError" in str(answers[2])
+    assert isinstance(answers[3], BadRequest)

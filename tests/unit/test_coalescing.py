@@ -97,6 +97,46 @@ def test_a_full_batch_goes_without_waiting_for_a_slot():
     run(scenario())
 
 
+def test_without_a_slot_a_partial_batch_waits_and_a_full_one_behind_it_goes():
+    async def scenario():
+        model = FakeModel()
+        coalescer = Coalescer(model, max_rows=4, max_calls=1)
+        tasks = [asyncio.create_task(coalescer.submit("a", 1))]
+        await settle()
+        tasks += [asyncio.create_task(coalescer.submit("b", 1)),
+                  asyncio.create_task(coalescer.submit("c", 4))]
+        await settle()
+        assert model.calls == [["a"], ["c"]]  # c is full alone; b (1 row) waits
+        model.release(0)
+        await settle()
+        assert model.calls == [["a"], ["c"]]  # c's call still holds the one slot
+        model.release(1)
+        await settle()
+        assert model.calls == [["a"], ["c"], ["b"]]
+        model.release(2)
+        assert [await t for t in tasks] == ["A", "B", "C"]
+
+    run(scenario())
+
+
+def test_a_call_whose_callers_all_left_is_cancelled_and_frees_its_slot():
+    async def scenario():
+        model = FakeModel()
+        coalescer = Coalescer(model, max_rows=8, max_calls=1)
+        gone = asyncio.create_task(coalescer.submit("a", 1))
+        await settle()
+        waiting = asyncio.create_task(coalescer.submit("b", 1))
+        await settle()
+        assert model.calls == [["a"]] and coalescer.in_flight == 1
+        gone.cancel()  # a's caller left (deadline, disconnect): nobody wants its call
+        await settle()
+        assert model.calls == [["a"], ["b"]]  # the slot went to b
+        model.release(1)
+        assert await waiting == "B"
+
+    run(scenario())
+
+
 def test_one_bad_member_fails_alone():
     async def scenario():
         model = FakeModel()

@@ -31,6 +31,7 @@ class FakeModel:
     def __init__(self, versions: tuple[int, ...] = (1,)) -> None:
         self.versions = versions
         self.calls: list[int] = []  # parts per call
+        self.isolated: list[bool] = []  # per call: run outside the batch queue
         self.metadata_calls = 0
         self.gate: asyncio.Event | None = None  # when set: calls wait for it
 
@@ -39,8 +40,9 @@ class FakeModel:
         await asyncio.sleep(0.01)
         return {v: meta(v) for v in self.versions}
 
-    async def call(self, version, local, forwarded):
+    async def call(self, version, local, forwarded, isolated=False):
         self.calls.append(len(local))
+        self.isolated.append(isolated)
         if self.gate is not None:
             await self.gate.wait()
         if version not in self.versions:
@@ -86,8 +88,35 @@ def test_a_request_that_kills_its_replica_fails_alone_and_is_not_sent_again():
         model.gate.set()
         results = await asyncio.gather(first, *batch, return_exceptions=True)
         assert model.calls == [1, 3, 1, 1, 1]  # the call of three died: each part alone
-        assert [r["y"][0, 0] for r in (results[0], results[1], results[3])] == [0, 2, 4]
+        assert model.isolated == [False, False, True, True, True]  # outside any batch
+        assert [r.outputs["y"][0, 0] for r in (results[0], results[1], results[3])] == \
+            [0, 2, 4]
         assert isinstance(results[2], ModelFailed) and "not sent again" in results[2].message
+
+    asyncio.run(scenario())
+
+
+def test_a_request_alone_in_a_call_that_died_is_sent_once_more_outside_any_batch():
+    """On the replica it may have shared a batch with the request that crashed it."""
+    async def scenario():
+        model = FakeModel()
+        endpoint = registry(model).get("m")
+        version = await endpoint.version()
+        dies_once = model.call
+
+        async def call(version, local, forwarded, isolated=False):
+            if not isolated:  # another ingress's poisoned request in its batch
+                model.calls.append(len(local))
+                raise ReplicaDied("the replica died")
+            return await dies_once(version, local, forwarded, isolated)
+
+        model.call = call
+        answer = await endpoint.infer(version, rows(1))
+        assert answer.outputs["y"][0, 0] == 2 and model.calls == [1, 1]
+        model.call = dies_once
+        with pytest.raises(ModelFailed, match="died while running this request alone"):
+            await endpoint.infer(version, rows(POISON))
+        assert model.isolated[-2:] == [False, True]  # shared once, alone once: no more
 
     asyncio.run(scenario())
 
@@ -99,9 +128,37 @@ def test_a_request_that_named_no_version_follows_a_redeploy_that_dropped_it():
         v2 = await endpoint.version()
         model.versions = (3,)  # redeployed: version 2 is gone
         answer = await endpoint.infer(v2, rows(1), pinned=False)
-        assert answer["y"][0, 0] == 2 and (await endpoint.version()).version == 3
+        assert answer.outputs["y"][0, 0] == 2 and answer.meta.version == 3
+        assert (await endpoint.version()).version == 3
         with pytest.raises(NotFound):  # one that named version 2 hears it is gone
             await endpoint.infer(v2, rows(1), pinned=True)
+        assert list(endpoint.stats()["versions"]) == ["3"]  # 2's coalescer went with it
+
+    asyncio.run(scenario())
+
+
+def test_followers_of_a_dropped_version_share_fetches_until_no_replica_lists_it():
+    async def scenario():
+        model = FakeModel(versions=(2, 3))
+        endpoint = registry(model, max_calls=8).get("m")
+        v3 = await endpoint.version()
+        model.versions = (2,)  # 3 is gone from the replicas that answer calls ...
+        stale = 3  # ... but the next metadata answers still list it (old replicas)
+        metadata = model.metadata
+
+        async def draining() -> dict[int, ModelMetadata]:
+            nonlocal stale
+            stale -= 1
+            return {**(await metadata()), **({3: meta(3)} if stale >= 0 else {})}
+
+        model.metadata = draining
+        before = model.metadata_calls
+        values = [i + 0.5 for i in range(20)]  # (none the poison)
+        answers = await asyncio.gather(*(endpoint.infer(v3, rows(v), pinned=False)
+                                         for v in values))
+        assert {a.meta.version for a in answers} == {2}
+        assert [a.outputs["y"][0, 0] for a in answers] == [2 * v for v in values]
+        assert model.metadata_calls - before <= 5  # shared: not one per request
 
     asyncio.run(scenario())
 
