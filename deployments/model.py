@@ -28,6 +28,7 @@ from deployments.device import apply_device_plan, plan_device
 from deployments.served import BatchSettings, ServedVersion, answer_each
 from deployments.shipping import ShippedModel, receive
 from deployments.signature import Inputs, ModelMetadata, by_name, check_inputs
+from deployments.versions import VersionStatus
 
 logger = logging.getLogger("ray.serve")
 
@@ -111,6 +112,10 @@ class ModelDeployment:
         """Every served version's signature and current batch limit, by version."""
         return {v: replace(served.runner.metadata, max_batch_size=served.max_batch_size)
                 for v, served in self._versions.items()}
+
+    def statuses(self) -> list[VersionStatus]:
+        """Every version's state, highest first."""
+        return [VersionStatus(v, "AVAILABLE") for v in sorted(self._versions, reverse=True)]
 
     def stats(self, version: int | None = None) -> dict[str, Any]:
         """What this replica runs on and the batches it formed (rows → count)."""

@@ -30,6 +30,7 @@ from deployments.batching import Outputs
 from deployments.codecs.errors import ServeError, ServiceUnavailable
 from deployments.registry import ReplicaDied
 from deployments.signature import Inputs, ModelMetadata
+from deployments.versions import VersionStatus
 
 logger = logging.getLogger("ray.serve")
 
@@ -69,6 +70,15 @@ class RayModelClient:
                                           timeout=_METADATA_TIMEOUT_S)
         except Exception as exc:
             logger.warning("model %r metadata unavailable: %r", self.name, exc)
+            raise ServiceUnavailable(f"model {self.name!r} is not available") from exc
+
+    async def statuses(self) -> list[VersionStatus]:
+        """Every version's state, asked of a replica now (a 503 unless one answers)."""
+        try:
+            return await asyncio.wait_for(self._handle.statuses.remote(),
+                                          timeout=_METADATA_TIMEOUT_S)
+        except Exception as exc:
+            logger.warning("model %r status unavailable: %r", self.name, exc)
             raise ServiceUnavailable(f"model {self.name!r} is not available") from exc
 
     async def call(self, version: int, local: list[Inputs],

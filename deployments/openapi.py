@@ -69,8 +69,9 @@ def _operation(summary: str, ok: Schema, body: dict[str, Any] | None = None,
 
 
 def _path_param(name: str, models: list[str]) -> Schema:
-    schema = ({"type": "string", "enum": models} if name == "name"
-              else {"type": "string", "pattern": "^[0-9]+$"})
+    schema = {"name": {"type": "string", "enum": models},
+              "label": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"}
+              }.get(name, {"type": "string", "pattern": "^[0-9]+$"})
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
 

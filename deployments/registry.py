@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -39,6 +39,7 @@ from deployments.codecs.numbers import decimal_count
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics, arrival_time
 from deployments.signature import Inputs, ModelMetadata, check_inputs, check_size
+from deployments.versions import VersionStatus
 
 # How long the versions and signatures learned from a model replica are trusted.
 _METADATA_TTL_S = 5.0
@@ -64,6 +65,10 @@ class ModelClient(Protocol):
 
     async def metadata(self) -> dict[int, ModelMetadata]:
         """Every served version's metadata; ``ServiceUnavailable`` if none answers."""
+        ...
+
+    async def statuses(self) -> list[VersionStatus]:
+        """Every version the replicas know of, in any state, highest first."""
         ...
 
     async def call(self, version: int, local: list[Inputs],
@@ -99,8 +104,10 @@ class ModelEndpoint:
     """One model deployment: its versions' metadata and the way in."""
 
     def __init__(self, name: str, client: ModelClient, limits: InputLimits,
-                 metrics: IngressMetrics, decoder: Executor, budget: MemoryBudget) -> None:
+                 metrics: IngressMetrics, decoder: Executor, budget: MemoryBudget,
+                 labels: Mapping[str, int] | None = None) -> None:
         self.name = name
+        self.labels = dict(labels or {})
         self._decoder = decoder
         self._budget = budget
         self._client = client
@@ -161,8 +168,14 @@ class ModelEndpoint:
                 return versions[max(versions)]
             await asyncio.sleep(_FOLLOW_POLL_S)
 
-    async def version(self, version: str | int | None = None) -> ModelMetadata:
-        """One version's metadata (default: the highest), or a 404."""
+    async def version(self, version: str | int | None = None,
+                      label: str | None = None) -> ModelMetadata:
+        """One version's metadata, by number or label (a version string that
+        is one of the labels is taken as it); default: the highest; else a 404."""
+        if label is None and isinstance(version, str) and version in self.labels:
+            label, version = version, None
+        if label is not None:
+            version = self.labeled(label)
         versions = await self.versions()
         if version is None:
             return versions[max(versions)]
@@ -171,6 +184,19 @@ class ModelEndpoint:
             raise NotFound(f"model {self.name!r} has no version {clip(str(version))!r} (it serves: "
                            f"{', '.join(map(str, sorted(versions)))})")
         return versions[number]
+
+    def labeled(self, label: str) -> int:
+        """The version ``label`` names, or a 404 listing the labels."""
+        if label not in self.labels:
+            known = ", ".join(f"{k}={v}" for k, v in sorted(self.labels.items())) or "none"
+            raise NotFound(f"model {self.name!r} has no label {clip(label)!r} (its labels: "
+                           f"{known})")
+        return self.labels[label]
+
+    async def statuses(self) -> list[VersionStatus]:
+        """Every version's state (loading, available, unloading, ended), as
+        one model replica reports it."""
+        return await self._client.statuses()
 
     async def check_ready(self, version: str | int | None = None) -> ModelMetadata:
         """``version``'s metadata: a 404 unless it is served, a 503 unless a
@@ -337,12 +363,15 @@ class ModelRegistry:
     """The served models in config order; the first is the default."""
 
     def __init__(self, clients: dict[str, ModelClient], limits: InputLimits,
-                 metrics: IngressMetrics) -> None:
+                 metrics: IngressMetrics,
+                 labels: Mapping[str, Mapping[str, int]] | None = None) -> None:
         # One bounded pool decodes every model's images: concurrent requests
         # wait for a thread rather than multiply the memory decoding takes.
         decoder = ThreadPoolExecutor(limits.decode_threads, thread_name_prefix="decode")
         self.budget = MemoryBudget(limits.max_inflight_bytes)
-        self._models = {name: ModelEndpoint(name, client, limits, metrics, decoder, self.budget)
+        labels = labels or {}
+        self._models = {name: ModelEndpoint(name, client, limits, metrics, decoder, self.budget,
+                                            labels.get(name))
                         for name, client in clients.items()}
         self.default = next(iter(self._models))
 
@@ -366,12 +395,12 @@ class ModelRegistry:
                            f"{', '.join(self._models)})")
         return model
 
-    async def resolve(self, name: str | None, version: str | int | None
-                      ) -> tuple[ModelEndpoint, ModelMetadata]:
-        """A model by name (default: the first) and one of its versions
-        (default: the highest), or a 404 naming what is served."""
+    async def resolve(self, name: str | None, version: str | int | None = None,
+                      label: str | None = None) -> tuple[ModelEndpoint, ModelMetadata]:
+        """A model by name (default: the first) and one of its versions, by
+        number or label (default: the highest), or a 404 naming what is served."""
         endpoint = self.get(name)
-        return endpoint, await endpoint.version(version)
+        return endpoint, await endpoint.version(version, label)
 
     async def ready(self) -> list[ModelMetadata]:
         """Each model's highest version, asked of its replicas now."""

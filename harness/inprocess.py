@@ -18,6 +18,7 @@ from deployments.config import ModelArgs
 from deployments.runner import SavedModelRunner
 from deployments.served import answer_each
 from deployments.signature import Inputs, ModelMetadata
+from deployments.versions import VersionStatus
 
 if TYPE_CHECKING:
     import ray
@@ -38,6 +39,9 @@ class InProcessModel:
     async def metadata(self) -> dict[int, ModelMetadata]:
         return {v: replace(r.metadata, max_batch_size=REPORTED_BATCH_SIZE)
                 for v, r in self._runners.items()}
+
+    async def statuses(self) -> list[VersionStatus]:
+        return [VersionStatus(v, "AVAILABLE") for v in sorted(self._runners, reverse=True)]
 
     async def call(self, version: int, local: list[Inputs],
                    forwarded: list[dict[str, ray.ObjectRef]],

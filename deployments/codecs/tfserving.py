@@ -11,6 +11,7 @@ features, serialized for the signature's one string input.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from deployments.codecs.tensor import (
 )
 from deployments.codecs.tf_example import serialize_examples
 from deployments.signature import CLASSIFY, REGRESS, ModelMetadata
+from deployments.versions import VersionStatus
 
 
 @dataclass(frozen=True)
@@ -146,12 +148,13 @@ def encode_predict_response(outputs: dict[str, np.ndarray], columnar: bool) -> d
                             for i in range(rows)]}
 
 
-def model_status(versions: list[int]) -> dict[str, Any]:
-    """``GET /v1/models/{name}``: every served version is available."""
+def model_status(statuses: Sequence[VersionStatus]) -> dict[str, Any]:
+    """``GET /v1/models/{name}``: each version's state, highest first; one
+    that failed to load carries its error."""
     return {"model_version_status": [
-        {"version": str(v), "state": "AVAILABLE",
-         "status": {"error_code": "OK", "error_message": ""}}
-        for v in sorted(versions, reverse=True)
+        {"version": str(s.version), "state": s.state,
+         "status": {"error_code": "UNKNOWN" if s.error else "OK", "error_message": s.error}}
+        for s in sorted(statuses, key=lambda s: s.version, reverse=True)
     ]}
 
 

@@ -49,10 +49,11 @@ def render_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def resolve(registry: ModelRegistry, request: Request
                   ) -> tuple[ModelEndpoint, ModelMetadata]:
-    """The model and version a route's path names (``{name}``, ``{version}``;
-    absent: the default model, its highest version), or a 404."""
-    return await registry.resolve(request.path_params.get("name"),
-                                  request.path_params.get("version"))
+    """The model and version a route's path names (``{name}``, ``{version}``
+    or ``{label}``; absent: the default model, its highest version), or a 404."""
+    params = request.path_params
+    return await registry.resolve(params.get("name"), params.get("version"),
+                                  params.get("label"))
 
 
 # Serve's header for a client's own deadline (it applies it too, where it can).

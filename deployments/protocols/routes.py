@@ -25,8 +25,10 @@ class ApiRoute(Route):
 
 
 def model_routes(prefix: str, suffix: str, endpoint: Endpoint, method: str, name: str,
-                 protocol: str) -> list[ApiRoute]:
+                 protocol: str, labels: bool = False) -> list[ApiRoute]:
     """``{prefix}/{name}{suffix}`` and its version form,
-    ``{prefix}/{name}/versions/{version}{suffix}``, on the same endpoint."""
+    ``{prefix}/{name}/versions/{version}{suffix}``, on the same endpoint
+    (``labels``: and TF Serving's ``{prefix}/{name}/labels/{label}{suffix}``)."""
+    middles = ["", "/versions/{version}", *(["/labels/{label}"] if labels else [])]
     return [ApiRoute(f"{prefix}/{{name}}{middle}{suffix}", endpoint, method, name, protocol)
-            for middle in ("", "/versions/{version}")]
+            for middle in middles]

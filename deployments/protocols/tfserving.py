@@ -16,7 +16,8 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from deployments.codecs.errors import BadRequest
+from deployments.codecs.errors import BadRequest, NotFound, clip
+from deployments.codecs.numbers import decimal_count
 from deployments.codecs.tfserving import (
     encode_classify_response,
     encode_predict_response,
@@ -50,25 +51,36 @@ class TFServingApi:
         # The verbs first: "{name}" would also match "digits:predict".
         return [
             *model_routes("/v1/models", ":predict", self.predict, "POST", "tfserving.predict",
-                          "tfserving"),
+                          "tfserving", labels=True),
             *model_routes("/v1/models", ":classify", self.classify, "POST",
-                          "tfserving.classify", "tfserving"),
+                          "tfserving.classify", "tfserving", labels=True),
             *model_routes("/v1/models", ":regress", self.regress, "POST",
-                          "tfserving.regress", "tfserving"),
+                          "tfserving.regress", "tfserving", labels=True),
             *model_routes("/v1/models", ":{verb}", self.other_verb, "POST", "tfserving.verb",
-                          "tfserving"),
+                          "tfserving", labels=True),
             *model_routes("/v1/models", "", self.status, "GET", "tfserving.status",
-                          "tfserving"),
+                          "tfserving", labels=True),
             *model_routes("/v1/models", "/metadata", self.metadata, "GET",
-                          "tfserving.metadata", "tfserving"),
+                          "tfserving.metadata", "tfserving", labels=True),
         ]
 
     async def status(self, request: Request) -> JSONResponse:
-        endpoint = self._registry.get(request.path_params["name"])
-        version = request.path_params.get("version")
-        if version is None:
-            return JSONResponse(model_status(list(await endpoint.versions())))
-        return JSONResponse(model_status([(await endpoint.version(version)).version]))
+        """Every version's state; with a version or label, that version's
+        (TF Serving answers 404 for one it has never heard of)."""
+        params = request.path_params
+        endpoint = self._registry.get(params["name"])
+        statuses = await endpoint.statuses()
+        if "label" in params:
+            wanted, named = endpoint.labeled(params["label"]), params["label"]
+        elif "version" in params:
+            wanted, named = decimal_count(params["version"]), params["version"]
+        else:
+            return JSONResponse(model_status(statuses))
+        picked = [s for s in statuses if s.version == wanted]
+        if not picked:
+            raise NotFound(f"model {endpoint.name!r} has no version {clip(named)!r} (its "
+                           f"versions: {', '.join(str(s.version) for s in statuses) or 'none'})")
+        return JSONResponse(model_status(picked))
 
     async def metadata(self, request: Request) -> JSONResponse:
         _, meta = await resolve(self._registry, request)

@@ -27,7 +27,8 @@ def test_document_lists_every_route_and_method_but_the_error_verbs():
               for method in route.methods - {"HEAD"}}
     # TF Serving's other verbs (:classify, :regress) answer with an error.
     verbs = {("/v1/models/{name}:{verb}", "post"),
-             ("/v1/models/{name}/versions/{version}:{verb}", "post")}
+             ("/v1/models/{name}/versions/{version}:{verb}", "post"),
+             ("/v1/models/{name}/labels/{label}:{verb}", "post")}
     assert documented == served - verbs
     assert len(documented) >= 21
 

@@ -13,6 +13,7 @@ from deployments.codecs.tfserving import (
     parse_predict_request,
 )
 from deployments.signature import CLASSIFY, ModelMetadata, TensorSpec
+from deployments.versions import VersionStatus
 
 IMAGES = ModelMetadata("m", 1, "serving_default", (TensorSpec("image", "float32", (None, 2)),),
                        (), "y", (), image_input="image")
@@ -71,7 +72,8 @@ def test_responses_name_outputs_only_when_several():
 
 
 def test_status_lists_newest_first():
-    versions = [v["version"] for v in model_status([1, 3, 2])["model_version_status"]]
+    versions = [v["version"] for v in model_status(
+        [VersionStatus(v, "AVAILABLE") for v in (1, 3, 2)])["model_version_status"]]
     assert versions == ["3", "2", "1"]
 
 
