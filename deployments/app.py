@@ -9,6 +9,7 @@ is packed into the object store here, once (see ``deployments.shipping``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
@@ -24,7 +25,8 @@ def build_app(args: dict[str, Any]) -> Application:
     models = {}
     for model in config.models:
         resolved = model.resolved()
-        shipped = ship(resolved.path, resolved.shipped_files()) if model.ship else None
+        shipped = ship(Path(resolved.path), resolved.shipped_files()) if model.ship else None
         models[model.name] = ModelDeployment.options(name=model.name).bind(
             resolved, config.device, shipped)
-    return Preprocessor.bind(models, config.top_k, config.limits)
+    labels = {model.name: model.labels for model in config.models if model.labels}
+    return Preprocessor.bind(models, config.top_k, config.limits, labels)

@@ -6,12 +6,22 @@ receives plain, validated values.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    model_validator,
+)
 
 from deployments.device import GpuMemoryMode
+from deployments.storage import VersionSource, is_url, open_source
 
 
 class _Strict(BaseModel):
@@ -59,22 +69,73 @@ InputKind = Literal["image", "tensor"]
 RESERVED_NAMES = frozenset({"Preprocessor"})
 
 
+class Latest(_Strict):
+    """Serve the ``latest`` highest versions present (TF Serving's default: 1)."""
+
+    latest: PositiveInt = 1
+
+    def select(self, present: Iterable[int]) -> set[int]:
+        return set(sorted(present)[-self.latest:])
+
+
+class Specific(_Strict):
+    """Serve exactly these versions, as they appear."""
+
+    specific: tuple[PositiveInt, ...] = Field(min_length=1)
+
+    def select(self, present: Iterable[int]) -> set[int]:
+        return set(present) & set(self.specific)
+
+
+class All(_Strict):
+    """Serve every version present."""
+
+    all: dict[str, Any] = Field(default_factory=dict, max_length=0)
+
+    def select(self, present: Iterable[int]) -> set[int]:
+        return set(present)
+
+
+VersionPolicy = Latest | Specific | All
+
+
+def _fspath(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+# A local path (a ``Path`` is taken too) or a URL.
+PathOrUrl = Annotated[str, BeforeValidator(_fspath)]
+
+
+def _policy(value: Any) -> Any:
+    return {"all": {}} if value == "all" else value  # ``version_policy: all`` in YAML
+
+
 class ModelArgs(_Strict):
     """One model to serve, in TF Serving's layout: ``path`` holds numbered
-    version directories (``path/1``, ``path/2``), each a SavedModel; a
-    SavedModel directory itself is served as version 1."""
+    version directories (``path/1``, ``path/2``), each a SavedModel, on this
+    machine's disk or in object storage (``s3://bucket/prefix``,
+    ``gs://bucket/prefix``); a local SavedModel directory itself is served as
+    version 1. Replicas poll ``path`` and follow ``version_policy`` live."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    path: Path = Field(description="model base directory (relative to where serve runs)")
+    path: PathOrUrl = Field(min_length=1, description="model base path: a directory (relative to "
+                                                "where serve runs) or an s3:// or gs:// URL")
+    version_policy: Annotated[VersionPolicy, BeforeValidator(_policy)] = Field(
+        default_factory=Latest,
+        description="{latest: N} (default 1), {specific: [versions]} or all")
     versions: tuple[PositiveInt, ...] | None = Field(
-        None, min_length=1, description="versions to serve; default: the highest one present"
-    )
+        None, min_length=1, description="shorthand for version_policy: {specific: versions}")
+    labels: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], PositiveInt] = Field(
+        default_factory=dict, description="names for versions, e.g. {stable: 1, canary: 2}")
+    poll_interval_s: float = Field(
+        1.0, ge=0, description="how often replicas look for new versions; 0: only at start")
     input: InputKind = Field(
         "tensor", description="image: encoded images are decoded to the image input"
     )
     image_input: str | None = Field(
         None, description="the input images go into; default: the one shaped like images")
-    labels_path: Path | None = Field(None, description="one class label per line")
+    labels_path: PathOrUrl | None = Field(None, description="one class label per line")
     signature_name: str = "serving_default"
     scores_output: str | None = Field(
         None, description="output holding class scores; default: the only or first output"
@@ -86,46 +147,58 @@ class ModelArgs(_Strict):
     )
 
     @model_validator(mode="after")
-    def _shipped_labels_inside(self) -> ModelArgs:
+    def _consistent(self) -> ModelArgs:
+        if self.versions is not None:
+            if "version_policy" in self.model_fields_set:
+                raise ValueError("give versions or version_policy, not both")
+            self.__dict__["version_policy"] = Specific(specific=self.versions)
+        if self.ship and is_url(self.path):
+            raise ValueError("ship: true packs a local directory; replicas read "
+                             f"{self.path} from the store themselves")
         labels = self.labels_path
-        if self.ship and labels and not labels.resolve().is_relative_to(self.path.resolve()):
+        if self.ship and labels and not (is_url(labels) or Path(labels).resolve()
+                                         .is_relative_to(Path(self.path).resolve())):
             raise ValueError(f"ship: true packs what lies under path ({self.path}); "
                              f"labels_path {labels} lies outside it")
+        if isinstance(self.version_policy, Specific):
+            unserved = sorted(set(self.labels.values()) - set(self.version_policy.specific))
+            if unserved:
+                raise ValueError(f"labels name versions the policy does not serve: {unserved}")
         return self
 
     def resolved(self) -> ModelArgs:
-        """Paths made absolute and versions pinned, when the app is built:
-        replicas may run in other directories, and all serve the same versions."""
-        labels = self.labels_path.resolve() if self.labels_path else None
-        absolute = self.model_copy(update={"path": self.path.resolve(), "labels_path": labels})
-        dirs = absolute.version_dirs()
-        if absolute.path in dirs.values():  # the path itself is (or fails as) the SavedModel
-            return absolute
-        return absolute.model_copy(update={"versions": tuple(dirs)})
+        """Local paths made absolute when the app is built: replicas may run
+        in other directories."""
+        update = {k: str(Path(v).resolve()) for k, v in
+                  (("path", self.path), ("labels_path", self.labels_path))
+                  if v is not None and not is_url(v)}
+        return self.model_copy(update=update)
+
+    def source(self) -> VersionSource:
+        """Where the versions are listed and read from."""
+        return open_source(self.path)
+
+    def version_dirs(self) -> dict[int, Path]:
+        """The versions the policy picks among those present now, each a
+        local directory (fetched first from object storage)."""
+        source = self.source()
+        picked = self.version_policy.select(source.listing())
+        return {v: source.local_dir(v) for v in sorted(picked)}
+
+    def labels_file(self) -> Path | None:
+        """The labels file on this machine, if one is configured."""
+        return Path(self.labels_path) if self.labels_path else None
 
     def shipped_files(self) -> list[Path]:
         """What ``ship: true`` packs: each served version and the labels file."""
-        return [*self.version_dirs().values(), *filter(None, [self.labels_path])]
+        return [*self.version_dirs().values(), *filter(None, [self.labels_file()])]
 
     def moved_to(self, base: Path) -> ModelArgs:
         """These (resolved) arguments with ``path`` moved to ``base``, as a
-        replica sees a shipped model."""
-        labels = self.labels_path and base / self.labels_path.relative_to(self.path)
-        return self.model_copy(update={"path": base, "labels_path": labels})
-
-    def version_dirs(self) -> dict[int, Path]:
-        """Each served version's SavedModel directory, highest version last.
-
-        A missing directory is still named here: the replica that fails to
-        load it reports the path and the cause in ``serve status``.
-        """
-        if self.versions in (None, (1,)) and (self.path / "saved_model.pb").is_file():
-            return {1: self.path}
-        if self.versions:
-            return {v: self.path / str(v) for v in sorted(self.versions)}
-        found = sorted(int(d.name) for d in self.path.glob("[0-9]*")
-                       if d.name.isdigit() and (d / "saved_model.pb").is_file())
-        return {found[-1]: self.path / str(found[-1])} if found else {1: self.path}
+        replica sees a shipped model: every version shipped, read once."""
+        labels = self.labels_path and str(base / Path(self.labels_path).relative_to(self.path))
+        return self.model_copy(update={"path": str(base), "labels_path": labels,
+                                       "poll_interval_s": 0.0, "version_policy": All()})
 
 
 class AppArgs(_Strict):

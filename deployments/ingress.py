@@ -44,10 +44,10 @@ class IngressSettings(BaseModel):
 @serve.ingress()
 class Preprocessor(V2GrpcService):
     def __init__(self, models: dict[str, DeploymentHandle], top_k: int,
-                 limits: InputLimits) -> None:
+                 limits: InputLimits, labels: dict[str, dict[str, int]] | None = None) -> None:
         self._metrics = IngressMetrics(models)
         clients = {name: RayModelClient(name, handle) for name, handle in models.items()}
-        self._registry = ModelRegistry(clients, limits, self._metrics)
+        self._registry = ModelRegistry(clients, limits, self._metrics, labels)
         self._limits = limits
         self._settings = IngressSettings()
         self._native = NativeApi(self._registry, limits, top_k)

@@ -14,6 +14,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,10 @@ from ray import serve
 from ray.exceptions import ObjectLostError
 
 from deployments.batching import Outputs
-from deployments.codecs.errors import BadRequest, NotFound, ServeError
+from deployments.codecs.errors import BadRequest, ServeError
 from deployments.config import DeviceArgs, ModelArgs
 from deployments.device import apply_device_plan, plan_device
+from deployments.lifecycle import VersionManager
 from deployments.served import BatchSettings, ServedVersion, answer_each
 from deployments.shipping import ShippedModel, receive
 from deployments.signature import Inputs, ModelMetadata, by_name, check_inputs
@@ -69,17 +71,20 @@ class ModelDeployment:
         self._shipped = shipped.digest if shipped is not None else None
         if shipped is not None:  # load this node's copy, not the source
             model = model.moved_to(receive(shipped))
-        self._versions: dict[int, ServedVersion] = {}
-        self._paths = model.version_dirs()
-        for version, path in self._paths.items():
+        self._model = model
+
+        def load(version: int, path: Path) -> ServedVersion:
             runner = SavedModelRunner(model, version, path, plan.device)
             served = ServedVersion(runner, self._executor, self._settings)
             self._executor.submit(self._prepare, served, self._settings).result()
             served.apply(self._settings)
-            self._versions[version] = served
             logger.info("model %r version %d loaded from %s on %s",
                         model.name, version, path, plan.device)
-        self._latest = max(self._versions)
+            return served
+
+        self._versions = VersionManager(model.name, model.source(), model.version_policy, load,
+                                        model.poll_interval_s)
+        self._versions.start()
 
     async def reconfigure(self, user_config: dict) -> None:
         """Retune batching live; new bucket sizes are warmed up before use.
@@ -88,9 +93,10 @@ class ModelDeployment:
         takes traffic, so the first real request finds every batch shape
         traced and its kernels set up.
         """
+        self._versions.watch()
         settings = BatchSettings.model_validate(user_config)
         loop = asyncio.get_running_loop()
-        for served in self._versions.values():
+        for served in list(self._versions.served.values()):
             await loop.run_in_executor(self._executor, self._prepare, served, settings)
             served.apply(settings)
         self._settings = settings
@@ -109,17 +115,18 @@ class ModelDeployment:
             served.warm_up(new)
 
     def metadata(self) -> dict[int, ModelMetadata]:
-        """Every served version's signature and current batch limit, by version."""
+        """Every available version's signature and current batch limit, by version."""
+        self._versions.watch()
         return {v: replace(served.runner.metadata, max_batch_size=served.max_batch_size)
-                for v, served in self._versions.items()}
+                for v, served in self._versions.served.items()}
 
     def statuses(self) -> list[VersionStatus]:
-        """Every version's state, highest first."""
-        return [VersionStatus(v, "AVAILABLE") for v in sorted(self._versions, reverse=True)]
+        """Every version's state (loading, available, unloading, ended), highest first."""
+        return self._versions.statuses()
 
     def stats(self, version: int | None = None) -> dict[str, Any]:
         """What this replica runs on and the batches it formed (rows → count)."""
-        served = self._versions[version or self._latest]
+        served = self._versions.served[version or self._versions.latest()]
         return {
             "pid": os.getpid(),
             "device": self._plan.device,
@@ -128,26 +135,20 @@ class ModelDeployment:
             "auto_batch_size": served.sizing and served.sizing.describe(),
             "shipped": self._shipped,
             "batch_wait_timeout_s": self._settings.batch_wait_timeout_s,
-            "versions": sorted(self._versions),
-            "path": str(self._paths[version or self._latest]),
+            "versions": sorted(self._versions.served),
+            "path": str(served.runner.path),
             "buckets": served.buckets,
             "traces": served.runner.traces,
             "batch_rows": dict(sorted(served.batch_rows.items())),
         }
 
-    def _served(self, version: int | None) -> ServedVersion:
-        served = self._versions.get(version or self._latest)
-        if served is None:
-            raise NotFound(f"model version {version} is not served")
-        return served
-
     async def __call__(self, inputs: np.ndarray | dict[str, np.ndarray],
                        version: int | None = None) -> Outputs:
         """Run a batch of any size on a version (default: the highest): every
         input by name (or the one input's array); returns every output by name."""
-        served = self._served(version)
-        meta = served.runner.metadata
-        return await served.infer(check_inputs(by_name(inputs, meta), meta))
+        async with self._versions.using(version) as served:
+            meta = served.runner.metadata
+            return await served.infer(check_inputs(by_name(inputs, meta), meta))
 
     async def infer_parts(self, local: list[Inputs] | None,
                           forwarded: list[dict[str, ray.ObjectRef]],
@@ -164,10 +165,10 @@ class ModelDeployment:
         callers' requests; ``isolated`` parts (re-sent after a crash) run in
         TensorFlow calls of their own instead.
         """
-        served = self._served(version)
-        parts = [*(local or ()), *await asyncio.gather(*(_read(r) for r in forwarded))]
-        run = served.run_alone if isolated else served.infer
-        return await answer_each(parts, served.runner.metadata, run)
+        async with self._versions.using(version) as served:
+            parts = [*(local or ()), *await asyncio.gather(*(_read(r) for r in forwarded))]
+            run = served.run_alone if isolated else served.infer
+            return await answer_each(parts, served.runner.metadata, run)
 
 
 async def _read(refs: dict[str, ray.ObjectRef]) -> Inputs | ServeError:

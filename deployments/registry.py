@@ -41,14 +41,16 @@ from deployments.metrics import IngressMetrics, arrival_time
 from deployments.signature import Inputs, ModelMetadata, check_inputs, check_size
 from deployments.versions import VersionStatus
 
-# How long the versions and signatures learned from a model replica are trusted.
-_METADATA_TTL_S = 5.0
+# How long the versions and signatures learned from a model replica are
+# trusted (then refreshed in the background): a version a replica has just
+# loaded takes requests that name no version within about this long.
+_METADATA_TTL_S = 1.0
 # How long a model that could not be asked stays unavailable before it is asked again.
 _UNAVAILABLE_TTL_S = 1.0
 # How long a readiness probe's answer serves every caller.
 _PROBE_TTL_S = 1.0
-# A request following a dropped version asks again this often while old
-# replicas still list it.
+# A request turned away by every version it knows asks the replicas again
+# this often (while they change versions).
 _FOLLOW_POLL_S = 0.2
 
 # Rows per coalesced call while the model's own max_batch_size is not known.
@@ -154,18 +156,23 @@ class ModelEndpoint:
             self._fetched_at = time.monotonic()
             self._refreshing = None
 
-    async def _follow(self, dropped: int) -> ModelMetadata:
-        """The highest version once a redeploy dropped ``dropped``: the
-        replicas are asked again (one fetch at a time for every caller) until
-        an answer no longer lists it (an old replica still may, while it
-        drains); the caller's deadline bounds the wait."""
+    async def _another(self, tried: set[int]) -> ModelMetadata:
+        """The highest version not yet ``tried`` by a request that named none,
+        once a replica turned it away: a redeploy dropped it, or replicas
+        that follow their model's base path disagree for a moment (one has
+        loaded a version another has not, or has dropped one another still
+        serves). The replicas are asked again each time (one fetch at a time
+        for every caller); once every known version was tried, the round
+        starts again after a short wait. The caller's deadline bounds it."""
         while True:
             if self._refreshing is None:
                 self._refreshing = asyncio.create_task(self._refresh())
             await asyncio.shield(self._refreshing)
             versions = self._versions or {}
-            if versions and dropped not in versions:
-                return versions[max(versions)]
+            others = [v for v in versions if v not in tried]
+            if others:
+                return versions[max(others)]
+            tried.clear()
             await asyncio.sleep(_FOLLOW_POLL_S)
 
     async def version(self, version: str | int | None = None,
@@ -275,23 +282,24 @@ class ModelEndpoint:
         ``ObjectRef`` inputs (a Python caller's own objects) are read in place;
         when every input is one and none must be cast, they are forwarded to
         the model as they are.
-        ``pinned``: the client named the version; a request that did not
-        follows a redeploy that dropped it to the new highest version rather
-        than failing. Without an answer within ``timeout_s`` (default: the
-        limits' ``request_timeout_s``), a 503.
+        ``pinned``: the client named the version (or a label); a request that
+        did not moves to another version when a replica turns its version
+        away (see ``_another``) rather than failing. Without an answer within
+        ``timeout_s`` (default: the limits' ``request_timeout_s``), a 503.
         """
         timeout_s = self._limits.request_timeout_s if timeout_s is None else timeout_s
         try:
             async with asyncio.timeout(timeout_s):
-                part = await self._part(meta, inputs)
-                try:
-                    return Answer(meta, await self._coalescer(meta).submit(part, part.rows))
-                except NotFound:
-                    if pinned:
-                        raise
-                meta = await self._follow(meta.version)
-                part = await self._part(meta, inputs)
-                return Answer(meta, await self._coalescer(meta).submit(part, part.rows))
+                tried: set[int] = set()
+                while True:
+                    part = await self._part(meta, inputs)
+                    try:
+                        return Answer(meta, await self._coalescer(meta).submit(part, part.rows))
+                    except NotFound:
+                        if pinned:
+                            raise
+                    tried.add(meta.version)
+                    meta = await self._another(tried)
         except TimeoutError:
             raise ServiceUnavailable(f"model {self.name!r} did not answer within "
                                      f"{timeout_s:g} s; retry") from None

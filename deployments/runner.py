@@ -117,6 +117,7 @@ class SavedModelRunner:
             reason = "no such directory" if not path.exists() else "no saved_model.pb in it"
             raise ModelLoadError(f"cannot load model {name!r} from {path}: {reason}")
         self.device = device
+        self.path = path
         try:
             with tf.device(device):
                 self._model = tf.saved_model.load(str(path))
@@ -152,7 +153,7 @@ class SavedModelRunner:
         self.metadata = ModelMetadata(
             name=name, version=version, signature_name=signature_name, inputs=inputs,
             outputs=outputs, scores_output=scores,
-            labels=read_labels(model.labels_path, classes),
+            labels=read_labels(model.labels_file(), classes),
             image_input=_image_input(model, inputs),
             method_name=defs[signature_name].get("method_name") or PREDICT,
             signature_defs=defs,

@@ -28,18 +28,26 @@ class VersionSource(Protocol):
 
 
 class LocalSource:
-    """A directory on this node (or a volume mounted on every node)."""
+    """A directory on this node (or a volume mounted on every node); one that
+    is itself a SavedModel is version 1."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
 
+    def __str__(self) -> str:
+        return str(self.base)
+
     def listing(self) -> dict[int, str]:
+        if (self.base / "saved_model.pb").is_file():
+            return {1: _fingerprint(self.base)}
         if not self.base.is_dir():
             return {}
         return {int(d.name): _fingerprint(d) for d in self.base.iterdir()
                 if d.name.isdecimal() and (d / "saved_model.pb").is_file()}
 
     def local_dir(self, version: int) -> Path:
+        if (self.base / "saved_model.pb").is_file():
+            return self.base
         return self.base / str(version)
 
 
@@ -51,6 +59,11 @@ def _fingerprint(directory: Path) -> str:
             digest.update(f"{path.relative_to(directory)}\0{stat.st_size}\0"
                           f"{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def is_url(path: str | Path) -> bool:
+    """``s3://...``, ``gs://...``: a path with a scheme, not a local one."""
+    return "://" in str(path)
 
 
 def open_source(path: str | Path) -> VersionSource:

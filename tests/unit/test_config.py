@@ -30,7 +30,9 @@ def test_gpu_config_shares_gpus_with_a_memory_limit():
 def test_paths_are_resolved_for_replicas(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     args = AppArgs.model_validate({"models": [{"name": "m", "path": "models/m"}]})
-    assert args.models[0].resolved().path == tmp_path / "models" / "m"
+    assert args.models[0].resolved().path == str(tmp_path / "models" / "m")
+    url = ModelArgs(name="m", path="s3://bucket/models/m")
+    assert url.resolved().path == "s3://bucket/models/m"
 
 
 def savedmodel(path: Path) -> Path:
@@ -45,15 +47,18 @@ def test_versions_follow_tf_servings_layout(tmp_path):
     (tmp_path / "3").mkdir()  # no SavedModel in it: not a version
     model = ModelArgs(name="m", path=tmp_path)
     assert model.version_dirs() == {10: tmp_path / "10"}  # the highest, numerically
-    pinned = model.model_copy(update={"versions": (2, 1)})
+    pinned = ModelArgs(name="m", path=tmp_path, versions=(2, 1))
     assert pinned.version_dirs() == {1: tmp_path / "1", 2: tmp_path / "2"}
+    policies = {"all": [1, 2, 10], "latest: 2": [2, 10], "specific: [1, 3]": [1]}
+    for policy, versions in policies.items():
+        model = ModelArgs(name="m", path=tmp_path, version_policy=yaml.safe_load(policy))
+        assert list(model.version_dirs()) == versions, policy
 
 
 def test_a_savedmodel_directory_is_version_1(tmp_path):
     assert ModelArgs(name="m", path=savedmodel(tmp_path / "m")).version_dirs() == {
         1: tmp_path / "m"}
-    # Missing paths are passed on: the replica reports them with the cause.
-    assert ModelArgs(name="m", path=tmp_path / "nope").version_dirs() == {1: tmp_path / "nope"}
+    assert ModelArgs(name="m", path=tmp_path / "nope").version_dirs() == {}
 
 
 @pytest.mark.parametrize(
@@ -67,6 +72,9 @@ def test_a_savedmodel_directory_is_version_1(tmp_path):
         {"models": [{"name": "Preprocessor", "path": "x"}]},
         {"models": [{"name": "m", "path": "x", "input": "audio"}]},
         {"models": [{"name": "m", "path": "x", "versions": [0]}]},
+        {"models": [{"name": "m", "path": "x", "version_policy": "newest"}]},
+        {"models": [{"name": "m", "path": "x", "version_policy": {"latest": 0}}]},
+        {"models": [{"name": "m", "path": "x", "poll_interval_s": -1}]},
         {"models": []},
         {"models": [{"name": "m", "path": "x"}], "device": {"gpu_memory": "limit"}},
     ],
@@ -76,11 +84,15 @@ def test_bad_args_are_refused(bad):
         AppArgs.model_validate(bad)
 
 
-def test_resolved_pins_the_versions_found_when_the_app_is_built(tmp_path):
-    savedmodel(tmp_path / "m" / "3")
-    resolved = ModelArgs(name="m", path=tmp_path / "m").resolved()
-    assert resolved.versions == (3,)
-    savedmodel(tmp_path / "m" / "4")  # appears later: replicas still serve 3
-    assert resolved.version_dirs() == {3: tmp_path / "m" / "3"}
-    bare = ModelArgs(name="m", path=tmp_path / "nope").resolved()
-    assert bare.versions is None and bare.version_dirs() == {1: tmp_path / "nope"}
+def test_versions_policy_and_labels_must_agree():
+    with pytest.raises(ValidationError, match="not both"):
+        ModelArgs(name="m", path="x", versions=[1], version_policy={"latest": 1})
+    with pytest.raises(ValidationError, match=r"policy does not serve: \[3\]"):
+        ModelArgs(name="m", path="x", version_policy={"specific": [1, 2]},
+                  labels={"stable": 1, "canary": 3})
+    with pytest.raises(ValidationError, match="ship: true packs a local directory"):
+        ModelArgs(name="m", path="s3://bucket/m", ship=True)
+    with pytest.raises(ValidationError):
+        ModelArgs(name="m", path="x", labels={"no spaces": 1})
+    labeled = ModelArgs(name="m", path="x", labels={"stable": 1, "canary": 2})
+    assert labeled.labels == {"stable": 1, "canary": 2}

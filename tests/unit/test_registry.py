@@ -175,3 +175,40 @@ def test_a_flood_of_readiness_probes_costs_the_model_one_call():
         assert model.metadata_calls == before + 1
 
     asyncio.run(scenario())
+
+
+def test_a_request_that_named_no_version_moves_on_when_a_replica_lacks_it():
+    """Replicas following their base path disagree for a moment: one lists
+    version 3, the one the call reached has not loaded it yet."""
+    async def scenario():
+        model = FakeModel(versions=(2,))
+        metadata = model.metadata
+
+        async def one_replica_has_3() -> dict[int, ModelMetadata]:
+            return {**(await metadata()), 3: meta(3)}
+
+        model.metadata = one_replica_has_3
+        endpoint = registry(model).get("m")
+        latest = await endpoint.version()
+        assert latest.version == 3
+        answer = await endpoint.infer(latest, rows(1), pinned=False)
+        assert answer.meta.version == 2 and answer.outputs["y"][0, 0] == 2
+        with pytest.raises(NotFound):
+            await endpoint.infer(latest, rows(1), pinned=True)
+
+    asyncio.run(scenario())
+
+
+def test_labels_name_versions_and_unknown_ones_are_a_404():
+    async def scenario():
+        model = FakeModel(versions=(1, 2))
+        r = ModelRegistry({"m": model}, InputLimits(), IngressMetrics(["m"]),
+                          {"m": {"stable": 1, "canary": 2}})
+        assert (await r.resolve("m", label="stable"))[1].version == 1
+        assert (await r.resolve("m", "canary"))[1].version == 2  # V2: a version string
+        with pytest.raises(NotFound, match=r"no label 'beta' \(its labels: canary=2, stable=1\)"):
+            await r.resolve("m", label="beta")
+        with pytest.raises(NotFound, match="no version 'beta'"):
+            await r.resolve("m", "beta")
+
+    asyncio.run(scenario())

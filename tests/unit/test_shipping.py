@@ -16,7 +16,7 @@ MODEL = ModelArgs(name="digits", path=BASE, labels_path=BASE / "labels.txt").res
 
 
 def packed() -> bytes:
-    return pack(MODEL.path, MODEL.shipped_files())
+    return pack(Path(MODEL.path), MODEL.shipped_files())
 
 
 def files(path: Path) -> dict[str, bytes]:
@@ -26,14 +26,14 @@ def files(path: Path) -> dict[str, bytes]:
 def test_pack_is_deterministic_and_unpacks_to_the_same_files(tmp_path):
     blob = packed()
     assert packed() == blob  # same model, same digest, one copy per node
-    assert digest(MODEL.path, MODEL.shipped_files()) == hashlib.sha256(blob).hexdigest()
+    assert digest(Path(MODEL.path), MODEL.shipped_files()) == hashlib.sha256(blob).hexdigest()
     local = unpack(blob, "abc", tmp_path)
     assert local == tmp_path / "abc"
     assert files(local) == {f"1/{name}": data for name, data in files(BASE / "1").items()} | {
         "labels.txt": (BASE / "labels.txt").read_bytes()}
     moved = MODEL.moved_to(local)  # as the replica sees it
     assert moved.version_dirs() == {1: local / "1"}
-    assert moved.labels_path == local / "labels.txt"
+    assert moved.labels_file() == local / "labels.txt"
 
 
 def test_a_complete_copy_is_reused(tmp_path):

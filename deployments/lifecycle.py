@@ -1,0 +1,158 @@
+"""The versions one model replica serves, kept in line with its base path
+while it runs, the way TF Serving's file-system source and its
+availability-preserving policy do.
+
+Every ``poll_s`` the source is listed; the version policy picks among the
+versions whose files were the same on two polls in a row (so a version being
+copied in is not loaded half-written). A picked version is loaded and warmed
+up on a thread of its own, then served; until then the replica keeps serving
+what it has. A version that leaves the policy stops taking new requests (they
+get a 404, and a request that named no version moves to another version),
+finishes the ones it has, and is dropped, but only once a picked version is
+available: a broken new version never leaves the replica with nothing. A
+version that fails to load is reported with its error until its files change.
+No Ray and no TensorFlow here: the replica passes in how to load a version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
+
+from deployments.codecs.errors import NotFound
+from deployments.storage import VersionSource
+from deployments.versions import VersionStatus
+
+logger = logging.getLogger("ray.serve")
+
+Served = TypeVar("Served")
+
+
+class Policy(Protocol):
+    def select(self, present: set[int]) -> set[int]: ...
+
+
+class NoVersions(RuntimeError):
+    """Nothing the policy picks could be loaded when the replica started."""
+
+
+class VersionManager(Generic[Served]):
+    """Loads, serves and unloads the versions of one model on one replica."""
+
+    def __init__(self, name: str, source: VersionSource, policy: Policy,
+                 load: Callable[[int, Path], Served], poll_s: float) -> None:
+        self.name = name
+        self._source = source
+        self._policy = policy
+        self._load = load
+        self.poll_s = poll_s
+        self.served: dict[int, Served] = {}
+        self._status: dict[int, VersionStatus] = {}
+        self._failed: dict[int, str] = {}  # version → the fingerprint that failed
+        self._last: dict[int, str] = {}  # the previous poll's listing
+        self._in_flight: Counter[int] = Counter()
+        self._drained: dict[int, asyncio.Event] = {}
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
+        self._watch: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Load what the policy picks now, before the replica takes traffic
+        (every picked version failing is the replica's start-up error)."""
+        listing = self._source.listing()
+        self._last = listing
+        picked = self._policy.select(set(listing))
+        for version in sorted(picked):
+            self._load_now(version, listing[version])
+        if not self.served:
+            errors = "; ".join(f"version {v}: {s.error}" for v, s in sorted(self._status.items()))
+            raise NoVersions(f"model {self.name!r}: nothing to serve under {self._source} "
+                             f"({errors or 'no version found that the policy picks'})")
+
+    def _load_now(self, version: int, fingerprint: str) -> bool:
+        self._status[version] = VersionStatus(version, "LOADING")
+        try:
+            served = self._load(version, self._source.local_dir(version))
+        except Exception as exc:
+            logger.exception("model %r version %d failed to load", self.name, version)
+            self._failed[version] = fingerprint
+            self._status[version] = VersionStatus(version, "END", _reason(exc))
+            return False
+        self._failed.pop(version, None)
+        self.served[version] = served
+        self._status[version] = VersionStatus(version, "AVAILABLE")
+        logger.info("model %r version %d available", self.name, version)
+        return True
+
+    def watch(self) -> None:
+        """Poll in the background from now on (call from the replica's event loop)."""
+        if self._watch is None and self.poll_s > 0:
+            self._watch = asyncio.get_running_loop().create_task(self._poll_forever())
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                await self.poll()
+            except Exception:  # a listing that failed: the next poll tries again
+                logger.exception("model %r: polling %s failed", self.name, self._source)
+
+    async def poll(self) -> None:
+        """One look at the source: load newly picked versions, drop old ones."""
+        loop = asyncio.get_running_loop()
+        listing = await loop.run_in_executor(self._loader, self._source.listing)
+        steady = {v for v, fp in listing.items() if self._last.get(v) == fp}
+        self._last = listing
+        # Served versions still present count as they are (a change to their
+        # files reloads nothing); one whose files are gone is not picked.
+        picked = self._policy.select(steady | (set(self.served) & set(listing)))
+        for version in sorted(picked - set(self.served)):
+            if version in steady and self._failed.get(version) != listing[version]:
+                await loop.run_in_executor(self._loader, self._load_now, version,
+                                           listing[version])
+        if any(v in self.served for v in picked):  # availability first
+            for version in sorted(set(self.served) - picked):
+                await self._unload(version)
+
+    async def _unload(self, version: int) -> None:
+        """No new requests for ``version``; dropped once those it has finish."""
+        self.served.pop(version)
+        self._status[version] = VersionStatus(version, "UNLOADING")
+        logger.info("model %r version %d unloading", self.name, version)
+        if self._in_flight[version]:
+            drained = self._drained.setdefault(version, asyncio.Event())
+            await drained.wait()
+        self._status[version] = VersionStatus(version, "END")
+        logger.info("model %r version %d unloaded", self.name, version)
+
+    @asynccontextmanager
+    async def using(self, version: int | None) -> AsyncIterator[Served]:
+        """``version`` (default: the highest served) for one call; an
+        unloading version waits for every call that holds it."""
+        number = version if version is not None else max(self.served, default=None)
+        served = self.served.get(number) if number is not None else None
+        if served is None or number is None:
+            raise NotFound(f"model version {version} is not served")
+        self._in_flight[number] += 1
+        try:
+            yield served
+        finally:
+            self._in_flight[number] -= 1
+            if not self._in_flight[number] and number in self._drained:
+                self._drained.pop(number).set()
+
+    def latest(self) -> int:
+        return max(self.served)
+
+    def statuses(self) -> list[VersionStatus]:
+        """Every version this replica has known, in any state, highest first."""
+        return [self._status[v] for v in sorted(self._status, reverse=True)]
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"

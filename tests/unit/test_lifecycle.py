@@ -1,0 +1,138 @@
+"""A replica's versions following its base path: loads after two steady polls,
+availability first, draining before unloading, broken versions reported."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from deployments.codecs.errors import NotFound
+from deployments.config import All, Latest, Specific
+from deployments.lifecycle import NoVersions, VersionManager
+from deployments.storage import LocalSource
+
+
+def add_version(base: Path, version: int, content: str = "ok") -> Path:
+    path = base / str(version)
+    path.mkdir(parents=True)
+    (path / "saved_model.pb").write_text(content)
+    return path
+
+
+def load(version: int, path: Path) -> str:
+    """Stands for loading a SavedModel: a file saying "broken" fails."""
+    if (path / "saved_model.pb").read_text() == "broken":
+        raise ValueError(f"version {version} is broken")
+    return f"model {version}"
+
+
+def manager(base: Path, policy=None) -> VersionManager[str]:
+    return VersionManager("m", LocalSource(base), policy or Latest(), load, poll_s=0)
+
+
+def states(versions: VersionManager) -> dict[int, str]:
+    return {s.version: s.state for s in versions.statuses()}
+
+
+def test_start_loads_what_the_policy_picks_or_fails_clearly(tmp_path):
+    for v in (1, 2, 3):
+        add_version(tmp_path, v)
+    versions = manager(tmp_path, Latest(latest=2))
+    versions.start()
+    assert sorted(versions.served) == [2, 3] and states(versions) == {3: "AVAILABLE",
+                                                                      2: "AVAILABLE"}
+    with pytest.raises(NoVersions, match="no version found"):
+        manager(tmp_path / "empty").start()
+    add_version(tmp_path / "broken", 1, "broken")
+    with pytest.raises(NoVersions, match="version 1: ValueError: version 1 is broken"):
+        manager(tmp_path / "broken").start()
+
+
+def test_a_new_version_is_loaded_once_steady_then_the_old_one_unloads(tmp_path):
+    async def scenario():
+        add_version(tmp_path, 1)
+        versions = manager(tmp_path)
+        versions.start()
+        add_version(tmp_path, 2)
+        await versions.poll()  # seen once: it may still be being written
+        assert sorted(versions.served) == [1]
+        (tmp_path / "2" / "variables").mkdir()  # still being written
+        (tmp_path / "2" / "variables" / "data").write_text("weights")
+        await versions.poll()
+        assert sorted(versions.served) == [1]
+        await versions.poll()  # unchanged since the last poll: loaded, then 1 goes
+        assert sorted(versions.served) == [2]
+        assert states(versions) == {2: "AVAILABLE", 1: "END"}
+
+    asyncio.run(scenario())
+
+
+def test_a_broken_version_is_reported_and_the_served_one_stays(tmp_path):
+    async def scenario():
+        add_version(tmp_path, 1)
+        versions = manager(tmp_path)
+        versions.start()
+        add_version(tmp_path, 2, "broken")
+        for _ in range(3):
+            await versions.poll()
+        assert sorted(versions.served) == [1]
+        (status,) = [s for s in versions.statuses() if s.version == 2]
+        assert status.state == "END" and "version 2 is broken" in status.error
+        (tmp_path / "2" / "saved_model.pb").write_text("fixed")  # new files: tried again
+        await versions.poll()
+        await versions.poll()
+        assert sorted(versions.served) == [2] and states(versions)[2] == "AVAILABLE"
+
+    asyncio.run(scenario())
+
+
+def test_a_version_leaving_finishes_its_requests_first_and_takes_no_new_ones(tmp_path):
+    async def scenario():
+        for v in (1, 2):
+            add_version(tmp_path, v)
+        versions = manager(tmp_path, All())
+        versions.start()
+        held = asyncio.Event()
+
+        async def request() -> str:
+            async with versions.using(2) as model:
+                await held.wait()
+                return model
+
+        running = asyncio.create_task(request())
+        await asyncio.sleep(0)
+        shutil.rmtree(tmp_path / "2")
+        polled = asyncio.create_task(versions.poll())
+        await asyncio.sleep(0.05)
+        assert states(versions)[2] == "UNLOADING" and not polled.done()
+        with pytest.raises(NotFound, match="version 2 is not served"):
+            async with versions.using(2):
+                pass
+        async with versions.using(None) as model:  # no version named: the highest left
+            assert model == "model 1"
+        held.set()
+        assert await running == "model 2"
+        await polled
+        assert states(versions) == {2: "END", 1: "AVAILABLE"}
+
+    asyncio.run(scenario())
+
+
+def test_a_specific_policy_ignores_other_versions_and_all_files_gone_keep_serving(tmp_path):
+    async def scenario():
+        for v in (1, 2):
+            add_version(tmp_path, v)
+        versions = manager(tmp_path, Specific(specific=(1,)))
+        versions.start()
+        add_version(tmp_path, 3)
+        await versions.poll()
+        await versions.poll()
+        assert sorted(versions.served) == [1]
+        shutil.rmtree(tmp_path)  # the volume vanished: better stale than nothing
+        await versions.poll()
+        assert sorted(versions.served) == [1]
+
+    asyncio.run(scenario())
