@@ -28,5 +28,5 @@ def build_app(args: dict[str, Any]) -> Application:
         shipped = ship(Path(resolved.path), resolved.shipped_files()) if model.ship else None
         models[model.name] = ModelDeployment.options(name=model.name).bind(
             resolved, config.device, shipped)
-    labels = {model.name: model.labels for model in config.models if model.labels}
-    return Preprocessor.bind(models, config.top_k, config.limits, labels)
+    routing = {model.name: model.routing() for model in config.models}
+    return Preprocessor.bind(models, config.top_k, config.limits, routing)

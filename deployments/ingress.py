@@ -30,6 +30,7 @@ from deployments.protocols.native import NativeApi
 from deployments.protocols.v2_grpc import V2GrpcService
 from deployments.registry import ModelRegistry
 from deployments.signature import ModelMetadata
+from deployments.versions import Routing
 
 
 class IngressSettings(BaseModel):
@@ -44,10 +45,10 @@ class IngressSettings(BaseModel):
 @serve.ingress()
 class Preprocessor(V2GrpcService):
     def __init__(self, models: dict[str, DeploymentHandle], top_k: int,
-                 limits: InputLimits, labels: dict[str, dict[str, int]] | None = None) -> None:
+                 limits: InputLimits, routing: dict[str, Routing] | None = None) -> None:
         self._metrics = IngressMetrics(models)
         clients = {name: RayModelClient(name, handle) for name, handle in models.items()}
-        self._registry = ModelRegistry(clients, limits, self._metrics, labels)
+        self._registry = ModelRegistry(clients, limits, self._metrics, routing)
         self._limits = limits
         self._settings = IngressSettings()
         self._native = NativeApi(self._registry, limits, top_k)

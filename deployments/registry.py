@@ -39,7 +39,7 @@ from deployments.codecs.numbers import decimal_count
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics, arrival_time
 from deployments.signature import Inputs, ModelMetadata, check_inputs, check_size
-from deployments.versions import VersionStatus
+from deployments.versions import Routing, VersionStatus
 
 # How long the versions and signatures learned from a model replica are
 # trusted (then refreshed in the background): a version a replica has just
@@ -107,9 +107,10 @@ class ModelEndpoint:
 
     def __init__(self, name: str, client: ModelClient, limits: InputLimits,
                  metrics: IngressMetrics, decoder: Executor, budget: MemoryBudget,
-                 labels: Mapping[str, int] | None = None) -> None:
+                 routing: Routing | None = None) -> None:
         self.name = name
-        self.labels = dict(labels or {})
+        self.routing = routing or Routing()
+        self.labels = self.routing.labels
         self._decoder = decoder
         self._budget = budget
         self._client = client
@@ -291,6 +292,8 @@ class ModelEndpoint:
         try:
             async with asyncio.timeout(timeout_s):
                 tried: set[int] = set()
+                if not pinned:
+                    meta = await self._split(meta)
                 while True:
                     part = await self._part(meta, inputs)
                     try:
@@ -303,6 +306,13 @@ class ModelEndpoint:
         except TimeoutError:
             raise ServiceUnavailable(f"model {self.name!r} did not answer within "
                                      f"{timeout_s:g} s; retry") from None
+
+    async def _split(self, meta: ModelMetadata) -> ModelMetadata:
+        """The version a traffic split sends a request that named none to
+        (``meta``, the highest, without a split or while the picked one is
+        not served)."""
+        picked = self.routing.split()
+        return (await self.versions()).get(picked, meta) if picked is not None else meta
 
     async def _part(self, meta: ModelMetadata,
                     inputs: dict[str, np.ndarray | ray.ObjectRef]) -> _Part:
@@ -371,15 +381,15 @@ class ModelRegistry:
     """The served models in config order; the first is the default."""
 
     def __init__(self, clients: dict[str, ModelClient], limits: InputLimits,
-                 metrics: IngressMetrics,
-                 labels: Mapping[str, Mapping[str, int]] | None = None) -> None:
+                 metrics: IngressMetrics, routing: Mapping[str, Routing] | None = None
+                 ) -> None:
         # One bounded pool decodes every model's images: concurrent requests
         # wait for a thread rather than multiply the memory decoding takes.
         decoder = ThreadPoolExecutor(limits.decode_threads, thread_name_prefix="decode")
         self.budget = MemoryBudget(limits.max_inflight_bytes)
-        labels = labels or {}
+        routing = routing or {}
         self._models = {name: ModelEndpoint(name, client, limits, metrics, decoder, self.budget,
-                                            labels.get(name))
+                                            routing.get(name))
                         for name, client in clients.items()}
         self.default = next(iter(self._models))
 

@@ -3,7 +3,9 @@ version's state and, for one that failed to load, why."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 State = Literal["START", "LOADING", "AVAILABLE", "UNLOADING", "END"]
@@ -17,3 +19,23 @@ class VersionStatus:
     version: int
     state: State
     error: str = ""
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Names for a model's versions and how requests that name none are split.
+
+    ``labels``: label → version. ``traffic``: label → weight; when set, a
+    request that names no version goes to a label's version with probability
+    weight / total (a canary), else to the highest version.
+    """
+
+    labels: Mapping[str, int] = field(default_factory=dict)
+    traffic: Mapping[str, int] = field(default_factory=dict)
+
+    def split(self) -> int | None:
+        """The version the traffic split sends the next request to, if any."""
+        if not self.traffic:
+            return None
+        (label,) = random.choices(list(self.traffic), weights=list(self.traffic.values()))
+        return self.labels[label]

@@ -33,7 +33,7 @@ def build_app(args: AppArgs) -> Starlette:
     """The app the Preprocessor serves for ``args``, its models in this process."""
     metrics = IngressMetrics([m.name for m in args.models])
     registry = ModelRegistry({m.name: InProcessModel(m) for m in args.models}, args.limits,
-                             metrics, {m.name: m.labels for m in args.models})
+                             metrics, {m.name: m.routing() for m in args.models})
     return build_asgi(registry, args.limits, metrics, args.top_k)
 
 

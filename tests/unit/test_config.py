@@ -94,5 +94,8 @@ def test_versions_policy_and_labels_must_agree():
         ModelArgs(name="m", path="s3://bucket/m", ship=True)
     with pytest.raises(ValidationError):
         ModelArgs(name="m", path="x", labels={"no spaces": 1})
-    labeled = ModelArgs(name="m", path="x", labels={"stable": 1, "canary": 2})
-    assert labeled.labels == {"stable": 1, "canary": 2}
+    with pytest.raises(ValidationError, match=r"labels that are not defined: \['beta'\]"):
+        ModelArgs(name="m", path="x", labels={"stable": 1}, traffic={"stable": 9, "beta": 1})
+    labeled = ModelArgs(name="m", path="x", labels={"stable": 1, "canary": 2},
+                        traffic={"stable": 9, "canary": 1})
+    assert labeled.routing().labels == {"stable": 1, "canary": 2}

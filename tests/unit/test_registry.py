@@ -16,6 +16,7 @@ from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics
 from deployments.registry import ModelRegistry, ReplicaDied
 from deployments.signature import ModelMetadata, TensorSpec
+from deployments.versions import Routing
 
 POISON = 13.0  # a first value that "crashes the replica"
 
@@ -203,12 +204,27 @@ def test_labels_name_versions_and_unknown_ones_are_a_404():
     async def scenario():
         model = FakeModel(versions=(1, 2))
         r = ModelRegistry({"m": model}, InputLimits(), IngressMetrics(["m"]),
-                          {"m": {"stable": 1, "canary": 2}})
+                          {"m": Routing({"stable": 1, "canary": 2})})
         assert (await r.resolve("m", label="stable"))[1].version == 1
         assert (await r.resolve("m", "canary"))[1].version == 2  # V2: a version string
         with pytest.raises(NotFound, match=r"no label 'beta' \(its labels: canary=2, stable=1\)"):
             await r.resolve("m", label="beta")
         with pytest.raises(NotFound, match="no version 'beta'"):
             await r.resolve("m", "beta")
+
+    asyncio.run(scenario())
+
+
+def test_a_traffic_split_sends_requests_that_name_no_version_by_weight():
+    async def scenario():
+        model = FakeModel(versions=(1, 2))
+        routing = Routing({"stable": 1, "canary": 2}, {"stable": 3, "canary": 1})
+        r = ModelRegistry({"m": model}, InputLimits(), IngressMetrics(["m"]), {"m": routing})
+        endpoint, latest = await r.resolve("m")
+        answers = [await endpoint.infer(latest, rows(1), pinned=False) for _ in range(400)]
+        canary = sum(a.meta.version == 2 for a in answers)
+        assert 60 < canary < 140  # ~100 of 400 (binomial: 5 sigma is ±43)
+        pinned = [await endpoint.infer(latest, rows(1)) for _ in range(20)]
+        assert {a.meta.version for a in pinned} == {2}  # a named version is not split
 
     asyncio.run(scenario())
