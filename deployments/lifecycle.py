@@ -90,9 +90,15 @@ class VersionManager(Generic[Served]):
         return True
 
     def watch(self) -> None:
-        """Poll in the background from now on (call from the replica's event loop)."""
-        if self._watch is None and self.poll_s > 0:
-            self._watch = asyncio.get_running_loop().create_task(self._poll_forever())
+        """Poll in the background from now on; a no-op off the event loop
+        (the replica calls it from each of its async entry points)."""
+        if self._watch is not None or self.poll_s <= 0:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._watch = loop.create_task(self._poll_forever())
 
     async def _poll_forever(self) -> None:
         while True:

@@ -114,8 +114,10 @@ class ModelDeployment:
         if new := served.new_buckets(settings):
             served.warm_up(new)
 
-    def metadata(self) -> dict[int, ModelMetadata]:
-        """Every available version's signature and current batch limit, by version."""
+    async def metadata(self) -> dict[int, ModelMetadata]:
+        """Every available version's signature and current batch limit, by
+        version. (Async: it starts the version watcher on the event loop,
+        since the ingress asks every second.)"""
         self._versions.watch()
         return {v: replace(served.runner.metadata, max_batch_size=served.max_batch_size)
                 for v, served in self._versions.served.items()}
@@ -165,6 +167,7 @@ class ModelDeployment:
         callers' requests; ``isolated`` parts (re-sent after a crash) run in
         TensorFlow calls of their own instead.
         """
+        self._versions.watch()
         async with self._versions.using(version) as served:
             parts = [*(local or ()), *await asyncio.gather(*(_read(r) for r in forwarded))]
             run = served.run_alone if isolated else served.infer
