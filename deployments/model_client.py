@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import ray
 from ray.exceptions import (
@@ -65,20 +66,18 @@ class RayModelClient:
     async def metadata(self) -> dict[int, ModelMetadata]:
         """Every served version, asked of a replica now: a 503 unless one
         answers within seconds."""
-        try:
-            return await asyncio.wait_for(self._handle.metadata.remote(),
-                                          timeout=_METADATA_TIMEOUT_S)
-        except Exception as exc:
-            logger.warning("model %r metadata unavailable: %r", self.name, exc)
-            raise ServiceUnavailable(f"model {self.name!r} is not available") from exc
+        return await self._ask("metadata")
 
     async def statuses(self) -> list[VersionStatus]:
         """Every version's state, asked of a replica now (a 503 unless one answers)."""
+        return await self._ask("statuses")
+
+    async def _ask(self, method: str) -> Any:
         try:
-            return await asyncio.wait_for(self._handle.statuses.remote(),
+            return await asyncio.wait_for(getattr(self._handle, method).remote(),
                                           timeout=_METADATA_TIMEOUT_S)
         except Exception as exc:
-            logger.warning("model %r status unavailable: %r", self.name, exc)
+            logger.warning("model %r %s unavailable: %r", self.name, method, exc)
             raise ServiceUnavailable(f"model {self.name!r} is not available") from exc
 
     async def call(self, version: int, local: list[Inputs],
