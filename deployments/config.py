@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from deployments.device import GpuMemoryMode
-from deployments.storage import VersionSource, is_url, open_source
+from deployments.storage import Cache, VersionSource, fetch_file, is_url, open_source
 from deployments.versions import Routing
 
 
@@ -68,6 +68,16 @@ InputKind = Literal["image", "tensor"]
 
 # Deployment names in the app besides one per model.
 RESERVED_NAMES = frozenset({"Preprocessor"})
+
+
+class StorageArgs(_Strict):
+    """How a model in object storage is cached on each node."""
+
+    cache_max_bytes: PositiveInt = Field(
+        20 * 2**30, description="the node's cache of downloaded versions; least recently "
+                                "used copies go first")
+    verify_md5: bool = Field(True, description="check files against the MD5 the store "
+                                               "reports (off for SSE-KMS/SSE-C buckets)")
 
 
 class Latest(_Strict):
@@ -145,6 +155,7 @@ class ModelArgs(_Strict):
         None, description="output holding class scores; default: the only or first output"
     )
     jit_compile: bool = Field(False, description="compile with XLA (batches padded to buckets)")
+    storage: StorageArgs = StorageArgs()
     ship: bool = Field(
         False, description="pack the served versions and labels into the object store; "
                            "replicas load a copy on their own node"
@@ -186,7 +197,7 @@ class ModelArgs(_Strict):
 
     def source(self) -> VersionSource:
         """Where the versions are listed and read from."""
-        return open_source(self.path)
+        return open_source(self.path, self._cache())
 
     def version_dirs(self) -> dict[int, Path]:
         """The versions the policy picks among those present now, each a
@@ -196,8 +207,14 @@ class ModelArgs(_Strict):
         return {v: source.local_dir(v) for v in sorted(picked)}
 
     def labels_file(self) -> Path | None:
-        """The labels file on this machine, if one is configured."""
+        """The labels file on this machine (fetched first from object
+        storage), if one is configured."""
+        if self.labels_path and is_url(self.labels_path):
+            return fetch_file(self.labels_path, self._cache())
         return Path(self.labels_path) if self.labels_path else None
+
+    def _cache(self) -> Cache:
+        return Cache(max_bytes=self.storage.cache_max_bytes, verify_md5=self.storage.verify_md5)
 
     def shipped_files(self) -> list[Path]:
         """What ``ship: true`` packs: each served version and the labels file."""

@@ -25,7 +25,7 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -127,25 +127,34 @@ def digest(base: Path, members: Iterable[Path]) -> str:
     return writer.hash.hexdigest()
 
 
-def unpack(blob: memoryview | bytes, digest: str, root: Path | None = None) -> Path:
-    """The tar unpacked at ``root/digest``, once per node: a replica that finds
-    it complete reuses it; concurrent replicas race to an atomic rename."""
-    root = root or local_root()
-    target = root / digest
+def build_once(target: Path, fill: Callable[[Path], None]) -> Path:
+    """``target``, made once per node: ``fill`` writes it into a staging
+    directory beside it that is renamed into place, so a directory at
+    ``target`` is always complete and is reused as it is; concurrent makers
+    race to the atomic rename and the losers' copies are dropped."""
     if target.is_dir():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=root))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:12]}-", dir=target.parent))
     try:
-        with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
-            tar.extractall(staging, filter="data")  # no absolute paths, links out, devices
+        fill(staging)
         os.rename(staging, target)
     except OSError:
-        if not target.is_dir():  # not just another replica that renamed first
+        if not target.is_dir():  # not just another maker that renamed first
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def unpack(blob: memoryview | bytes, digest: str, root: Path | None = None) -> Path:
+    """The tar unpacked at ``root/digest``, once per node (:func:`build_once`)."""
+
+    def extract(staging: Path) -> None:
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
+            tar.extractall(staging, filter="data")  # no absolute paths, links out, devices
+
+    return build_once((root or local_root()) / digest, extract)
 
 
 def ship(base: Path, members: Iterable[Path]) -> ShippedModel:
@@ -184,21 +193,40 @@ def receive(shipped: ShippedModel) -> Path:
     return target
 
 
+def mark_used(root: Path, name: str) -> None:
+    """Note that the copy ``root/name`` is in use now: before using it, so no
+    other process's sweep takes it meanwhile."""
+    marks = root / ".used"
+    marks.mkdir(parents=True, exist_ok=True)
+    (marks / name).touch()
+
+
+def last_used(root: Path) -> dict[str, float]:
+    """When each marked copy under ``root`` was last used (epoch seconds)."""
+    used = {}
+    for mark in (root / ".used").iterdir():
+        try:  # processes on this node sweep at once: a mark may go under our feet
+            used[mark.name] = mark.stat().st_mtime
+        except FileNotFoundError:
+            continue
+    return used
+
+
+def remove_copy(root: Path, name: str) -> None:
+    """Remove the copy ``root/name``: its mark first, so a process starting
+    to use it meanwhile re-marks it (and makes it again if need be)."""
+    (root / ".used" / name).unlink(missing_ok=True)
+    shutil.rmtree(root / name, ignore_errors=True)
+
+
 def _mark_used(root: Path, sha: str) -> None:
     """Note that ``sha``'s copy is in use now; remove copies not used lately
     (a replica that needs one again fetches it from its store)."""
-    marks = root / ".used"
-    marks.mkdir(parents=True, exist_ok=True)
-    (marks / sha).touch()
+    mark_used(root, sha)
     stale = time.time() - MODEL_TTL_DAYS * 86400
-    for mark in marks.iterdir():
-        try:  # replicas on this node sweep at once: a mark may go under our feet
-            if mark.name == sha or mark.stat().st_mtime >= stale:
-                continue
-        except FileNotFoundError:
-            continue
-        mark.unlink(missing_ok=True)  # first, so a replica starting to use it re-marks it
-        shutil.rmtree(root / mark.name, ignore_errors=True)
+    for name, used in last_used(root).items():
+        if name != sha and used < stale:
+            remove_copy(root, name)
 
 
 def store_names() -> list[str]:

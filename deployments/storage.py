@@ -5,13 +5,33 @@ A source lists the numbered versions present (``path/1``, ``path/2``, each a
 SavedModel) with a fingerprint of each one's files: a version whose files
 are still being written changes fingerprint between polls, so the watcher
 (``deployments.lifecycle``) takes a version only once two polls agree.
+
+A remote version is downloaded once per node into :class:`Cache` (replicas
+on one node share the copy), checked against the listing it was taken from,
+and kept until the cache needs room for another one.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
+import posixpath
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+import fsspec
+
+from deployments.shipping import build_once, last_used, local_root, mark_used, remove_copy
+
+# The URL schemes of object storage, each through its fsspec filesystem (s3fs, gcsfs).
+SCHEMES = ("s3", "gs")
+
+# An object's listing entry, as its fsspec filesystem reports it.
+Info = dict[str, Any]
 
 
 class VersionSource(Protocol):
@@ -51,14 +71,129 @@ class LocalSource:
         return self.base / str(version)
 
 
-def _fingerprint(directory: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(directory.rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            digest.update(f"{path.relative_to(directory)}\0{stat.st_size}\0"
-                          f"{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+class CacheTooSmall(ValueError):
+    """A download larger than the whole cache may hold."""
+
+
+class DownloadError(RuntimeError):
+    """A downloaded file differs from the store's listing of it (cut short,
+    or the object changed meanwhile): the copy is dropped."""
+
+
+@dataclass(frozen=True)
+class Cache:
+    """Where this node keeps downloaded objects: one directory per version
+    (or file) and fingerprint, shared by every process on the node.
+
+    ``max_bytes`` bounds the copies kept: before a download, the copies used
+    least recently are removed until it fits. A copy being loaded elsewhere
+    on the node may go too if the cache is too small for every version in
+    use; size it above them. ``verify_md5`` checks each file against the MD5
+    its store reports (an S3 ETag that is a plain MD5, a GCS ``md5Hash``);
+    turn it off for S3 buckets encrypted with SSE-KMS or SSE-C, whose ETags
+    are no MD5.
+    """
+
+    root: Path = field(default_factory=lambda: local_root() / "remote")
+    max_bytes: int = 20 * 2**30
+    verify_md5: bool = True
+
+    def fetch(self, fs: fsspec.AbstractFileSystem, files: dict[str, Info], name: str,
+              url: str) -> Path:
+        """``files`` of ``url`` (relative name → its listing) downloaded into
+        ``root/name`` once per node, each checked against its listing."""
+        mark_used(self.root, name)  # first, so no other process's eviction takes it
+        target = self.root / name
+        if target.is_dir():
+            return target
+        self._make_room(name, sum(info["size"] for info in files.values()), url)
+
+        def download(staging: Path) -> None:
+            names = sorted(files)
+            fs.get([files[n]["name"] for n in names], [str(staging / n) for n in names])
+            for n in names:
+                self._check(staging / n, files[n])
+
+        return build_once(target, download)
+
+    def _make_room(self, name: str, size: int, url: str) -> None:
+        """Remove the copies used least recently (never ``name``) until
+        ``size`` more bytes fit within ``max_bytes``."""
+        if size > self.max_bytes:
+            raise CacheTooSmall(f"{url} is {size} bytes, more than the whole cache holds "
+                                f"(max_bytes={self.max_bytes} at {self.root})")
+        used = last_used(self.root)
+        copies = {p.name: _size(p) for p in self.root.iterdir()
+                  if not p.name.startswith(".") and p.name != name}  # not marks, not staging
+        total = sum(copies.values())
+        for old in sorted(copies, key=lambda n: used.get(n, 0.0)):  # unmarked: leftovers
+            if total + size <= self.max_bytes:
+                break
+            remove_copy(self.root, old)
+            total -= copies[old]
+
+    def _check(self, path: Path, info: Info) -> None:
+        size = path.stat().st_size
+        if size != info["size"]:
+            raise DownloadError(f"{info['name']}: {size} bytes downloaded, "
+                                f"the store lists {info['size']}")
+        expected = _md5(info) if self.verify_md5 else None
+        if expected is not None:
+            with path.open("rb") as file:
+                got = hashlib.file_digest(file, "md5").hexdigest()
+            if got != expected:
+                raise DownloadError(f"{info['name']}: MD5 {got} downloaded, "
+                                    f"the store lists {expected}")
+
+
+class RemoteSource:
+    """Numbered versions under ``s3://bucket/prefix`` or ``gs://bucket/prefix``.
+
+    Every :meth:`listing` asks the store (one recursive listing, never
+    fsspec's listings cache), so a version uploaded since shows up on the
+    next poll; :meth:`local_dir` downloads a version as that listing showed it.
+    """
+
+    def __init__(self, url: str, cache: Cache | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.fs, self._path = _filesystem(self.url)
+        self.cache = cache or Cache()
+        self._versions: dict[int, dict[str, Info]] = {}  # the last listing: files by version
+
+    def __str__(self) -> str:
+        return self.url
+
+    def listing(self) -> dict[int, str]:
+        versions: dict[str, dict[str, Info]] = {}
+        for name, info in self.fs.find(self._path, detail=True).items():
+            top, _, relative = name.removeprefix(f"{self._path}/").partition("/")
+            parts = relative.split("/")  # "" in folder marks ("1/variables/"), ".." out of it
+            if top.isdecimal() and not {"", ".", ".."} & set(parts):
+                versions.setdefault(top, {})[relative] = info
+        self._versions = {int(top): files for top, files in versions.items()
+                          if "saved_model.pb" in files}
+        return {version: _remote_fingerprint(files) for version, files in self._versions.items()}
+
+    def local_dir(self, version: int) -> Path:
+        """``version`` as the last listing showed it (listed now if it did not
+        show it), downloaded once per node."""
+        if version not in self._versions:
+            self.listing()
+        files = self._versions.get(version)
+        if files is None:
+            raise FileNotFoundError(f"no version {version} with a saved_model.pb at {self.url}")
+        name = f"{_url_key(self.url)}-{version}-{_remote_fingerprint(files)[:16]}"
+        return self.cache.fetch(self.fs, files, name, f"{self.url}/{version}")
+
+
+def fetch_file(url: str, cache: Cache | None = None) -> Path:
+    """One object (a labels file) downloaded once per node, as :class:`Cache`
+    keeps versions; a new copy once the object changes."""
+    fs, path = _filesystem(url)
+    base = posixpath.basename(path)
+    files = {base: fs.info(path)}
+    name = f"{_url_key(url)}-{_remote_fingerprint(files)[:16]}"
+    return (cache or Cache()).fetch(fs, files, name, url) / base
 
 
 def is_url(path: str | Path) -> bool:
@@ -66,6 +201,67 @@ def is_url(path: str | Path) -> bool:
     return "://" in str(path)
 
 
-def open_source(path: str | Path) -> VersionSource:
-    """The source for a model ``path``: a local directory, or a URL."""
+def open_source(path: str | Path, cache: Cache | None = None) -> VersionSource:
+    """The source for a model ``path``: a URL (``s3://``, ``gs://``; ``cache``
+    is where it is downloaded), or a local directory."""
+    if is_url(path):
+        return RemoteSource(str(path), cache)
     return LocalSource(Path(path))
+
+
+def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of ``url`` and the path in it, with listings never cached.
+
+    Credentials and endpoint come from the environment as each client reads
+    it: botocore ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL`` (S3-compatible servers);
+    google-auth ``GOOGLE_APPLICATION_CREDENTIALS``.
+    """
+    scheme = url.partition("://")[0]
+    if scheme not in SCHEMES:
+        raise ValueError(f"{url!r}: object storage URLs are s3://bucket/prefix or "
+                         f"gs://bucket/prefix, not {scheme}://")
+    return fsspec.core.url_to_fs(url, use_listings_cache=False)
+
+
+def _digest(entries: Iterable[tuple[str, int, object]]) -> str:
+    """A fingerprint of files: sha256 of (relative name, size, change mark)."""
+    digest = hashlib.sha256()
+    for name, size, mark in sorted(entries):
+        digest.update(f"{name}\0{size}\0{mark}\n".encode())
+    return digest.hexdigest()
+
+
+def _fingerprint(directory: Path) -> str:
+    files = (p for p in directory.rglob("*") if p.is_file())
+    return _digest((str(p.relative_to(directory)), (s := p.stat()).st_size, s.st_mtime_ns)
+                   for p in files)
+
+
+def _remote_fingerprint(files: dict[str, Info]) -> str:
+    """Marked by what the store changes on every write: S3's ETag, GCS's generation."""
+    return _digest((name, info["size"], info.get("ETag") or info.get("generation"))
+                   for name, info in files.items())
+
+
+def _md5(info: Info) -> str | None:
+    """The MD5 the store reports of an object's bytes, in hex, if any: an S3
+    ETag of a single-part upload, or GCS's ``md5Hash`` (base64)."""
+    etag = str(info.get("ETag", "")).strip('"').lower()
+    if re.fullmatch(r"[0-9a-f]{32}", etag):  # multipart: "<md5 of the parts' md5s>-<parts>"
+        return etag
+    if md5 := info.get("md5Hash"):
+        return base64.b64decode(md5).hex()
+    return None
+
+
+def _url_key(url: str) -> str:
+    """A short name for ``url`` in the cache."""
+    return hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+
+
+def _size(copy: Path) -> int:
+    """The bytes of a cached copy's files (0 if it goes meanwhile)."""
+    with contextlib.suppress(FileNotFoundError):  # another process evicting it
+        return sum(f.stat().st_size for f in copy.rglob("*") if f.is_file())
+    return 0

@@ -1,0 +1,274 @@
+"""Version sources: a local directory, and S3 against moto's standalone
+server, a real S3-compatible endpoint on 127.0.0.1 reached the way a deployment
+reaches one (credentials and ``AWS_ENDPOINT_URL`` from the environment)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import s3fs
+from moto.server import ThreadedMotoServer
+
+from deployments.storage import (
+    Cache,
+    CacheTooSmall,
+    DownloadError,
+    LocalSource,
+    RemoteSource,
+    _md5,
+    fetch_file,
+    open_source,
+)
+from tests.common import ROOT
+
+DIGITS = ROOT / "models" / "digits"
+
+Put = Callable[[str, bytes], None]
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[s3fs.S3FileSystem]:
+    """moto's server on a free port, and the environment pointing at it."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_DEFAULT_REGION": "us-east-1",
+                            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+            env.setenv(name, value)
+        yield s3fs.S3FileSystem(use_listings_cache=False, skip_instance_cache=True)
+        s3fs.S3FileSystem.clear_instance_cache()  # no client of this endpoint outlives it
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3: s3fs.S3FileSystem) -> str:
+    name = f"models-{uuid.uuid4().hex[:12]}"
+    s3.mkdir(name)
+    return name
+
+
+@pytest.fixture
+def put(s3: s3fs.S3FileSystem, bucket: str) -> Put:
+    return lambda key, data: s3.pipe(f"{bucket}/{key}", data)
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Cache:
+    return Cache(root=tmp_path / "cache")
+
+
+def put_digits(put: Put, version: int) -> None:
+    for file in (DIGITS / "1").rglob("*"):
+        if file.is_file():
+            put(f"m/{version}/{file.relative_to(DIGITS / '1')}", file.read_bytes())
+
+
+def files(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def copies(cache: Cache) -> list[str]:
+    """The cache's copies (not its marks, nor any staging left behind)."""
+    return sorted(p.name for p in cache.root.iterdir() if p.name != ".used")
+
+
+def test_listing_takes_numbered_versions_holding_a_saved_model(bucket, put, cache):
+    put("m/1/saved_model.pb", b"graph")
+    put("m/1/variables/variables.index", b"index")
+    put("m/2/variables/variables.index", b"no graph yet")
+    put("m/3/saved_model.pb", b"graph")
+    put("m/tmp/saved_model.pb", b"not a version")
+    put("m/README", b"not a version")
+    put("m/4/", b"")  # a console's folder mark
+    put("m/3/variables/", b"")
+    put("m/3/../../escaped", b"a key is no path")
+    put("m10/1/saved_model.pb", b"a sibling prefix")
+    source = RemoteSource(f"s3://{bucket}/m/", cache)
+    assert source.listing().keys() == {1, 3}
+    assert files(source.local_dir(3)) == {"saved_model.pb": b"graph"}
+    assert [p.name for p in cache.root.parent.iterdir()] == ["cache"]
+    assert RemoteSource(f"s3://{bucket}/nothing", cache).listing() == {}
+
+
+def test_a_fingerprint_changes_with_any_file_of_its_version_only(bucket, put, cache):
+    put("m/1/saved_model.pb", b"graph")
+    put("m/1/variables/variables.index", b"index")
+    put("m/2/saved_model.pb", b"graph")
+    source = RemoteSource(f"s3://{bucket}/m", cache)
+    first = source.listing()
+    assert source.listing() == first  # stable while nothing changes
+    put("m/1/variables/variables.index", b"INDEX")  # same size, new content (ETag)
+    second = source.listing()
+    assert second[1] != first[1] and second[2] == first[2]
+    put("m/1/variables/variables.data-00000-of-00001", b"weights")
+    assert source.listing()[1] != second[1]
+
+
+def test_a_new_version_shows_up_on_the_next_poll(bucket, put, cache):
+    put("m/1/saved_model.pb", b"graph")
+    source = RemoteSource(f"s3://{bucket}/m", cache)
+    assert source.listing().keys() == {1}
+    put("m/2/variables/variables.index", b"index")  # still uploading: no graph yet
+    assert source.listing().keys() == {1}
+    put("m/2/saved_model.pb", b"graph")
+    growing = source.listing()
+    assert growing.keys() == {1, 2}
+    put("m/2/variables/variables.data-00000-of-00001", b"weights")
+    assert source.listing()[2] != growing[2]  # the watcher waits for two polls that agree
+
+
+def test_a_version_downloads_whole_and_loads(bucket, put, cache):
+    put_digits(put, 1)
+    source = open_source(f"s3://{bucket}/m", cache)
+    assert isinstance(source, RemoteSource)
+    source.listing()
+    local = source.local_dir(1)
+    assert local.parent == cache.root
+    assert files(local) == files(DIGITS / "1")
+    import tensorflow as tf
+
+    infer = tf.saved_model.load(str(local)).signatures["serving_default"]
+    (scores,) = infer(image=tf.zeros([1, 28, 28, 1])).values()
+    np.testing.assert_allclose(scores.numpy().sum(), 1.0, rtol=1e-5)
+
+
+def test_a_cached_copy_is_used_without_asking_the_store(s3, bucket, put, cache):
+    put("m/1/saved_model.pb", b"graph")
+    replicas = [RemoteSource(f"s3://{bucket}/m", cache) for _ in range(2)]
+    for replica in replicas:
+        replica.listing()
+    local = replicas[0].local_dir(1)
+    s3.rm(f"{bucket}/m", recursive=True)  # a download now would fail
+    assert replicas[0].local_dir(1) == replicas[1].local_dir(1) == local
+    assert files(local) == {"saved_model.pb": b"graph"}
+    with pytest.raises(FileNotFoundError, match=r"no version 2 with a saved_model\.pb at s3://"):
+        replicas[0].local_dir(2)
+
+
+def test_a_version_not_listed_yet_is_listed_first(bucket, put, cache):
+    put("m/5/saved_model.pb", b"graph")
+    assert files(RemoteSource(f"s3://{bucket}/m", cache).local_dir(5)) == {
+        "saved_model.pb": b"graph"}
+
+
+@pytest.mark.parametrize(("changed", "error"), [
+    (b"short", r"m/1/variables/variables\.index: 5 bytes downloaded, the store lists 9"),
+    (b"INDEX 123", r"m/1/variables/variables\.index: MD5 [0-9a-f]{32} downloaded, "
+                   r"the store lists [0-9a-f]{32}"),
+])
+def test_a_download_unlike_its_listing_is_refused(bucket, put, cache, changed, error):
+    """The object changed after the listing the watcher trusted: nothing is kept."""
+    put("m/1/saved_model.pb", b"graph")
+    put("m/1/variables/variables.index", b"index 123")
+    source = RemoteSource(f"s3://{bucket}/m", cache)
+    source.listing()
+    put("m/1/variables/variables.index", changed)
+    with pytest.raises(DownloadError, match=error):
+        source.local_dir(1)
+    assert copies(cache) == []  # no copy, no staging left behind
+    source.listing()
+    assert files(source.local_dir(1))["variables/variables.index"] == changed
+
+
+def test_md5_checks_can_be_off_for_etags_that_are_no_md5(bucket, put, tmp_path):
+    """SSE-KMS and SSE-C buckets: sizes are still checked."""
+    put("m/1/saved_model.pb", b"graph")
+    source = RemoteSource(f"s3://{bucket}/m", Cache(tmp_path, verify_md5=False))
+    source.listing()
+    put("m/1/saved_model.pb", b"GRAPH")
+    assert files(source.local_dir(1)) == {"saved_model.pb": b"GRAPH"}
+
+
+def test_the_md5_a_store_reports():
+    md5 = hashlib.md5(b"weights").hexdigest()
+    assert _md5({"ETag": f'"{md5}"'}) == md5
+    assert _md5({"ETag": f'"{md5}-3"'}) is None  # multipart: no MD5 of the bytes
+    assert _md5({"md5Hash": base64.b64encode(bytes.fromhex(md5)).decode()}) == md5  # GCS
+    assert _md5({"generation": "17"}) is None
+
+
+def test_the_least_recently_used_copies_make_room(bucket, put, tmp_path):
+    for version in (1, 2, 3):
+        put(f"m/{version}/saved_model.pb", bytes(1000))
+    cache = Cache(tmp_path, max_bytes=2500)
+    source = RemoteSource(f"s3://{bucket}/m", cache)
+    source.listing()
+    one, two = source.local_dir(1), source.local_dir(2)
+    os.utime(cache.root / ".used" / two.name, (1, 1))  # 2 used long ago, 1 since
+    three = source.local_dir(3)
+    assert copies(cache) == sorted([one.name, three.name])
+    assert sorted(p.name for p in (cache.root / ".used").iterdir()) == copies(cache)
+    put("m/4/saved_model.pb", bytes(2600))
+    source.listing()
+    with pytest.raises(CacheTooSmall, match=rf"s3://{bucket}/m/4 is 2600 bytes, more than the "
+                                            r"whole cache holds \(max_bytes=2500 at "):
+        source.local_dir(4)
+    assert copies(cache) == sorted([one.name, three.name])  # nothing evicted for it
+
+
+def test_concurrent_replicas_make_one_copy(bucket, put, cache):
+    put_digits(put, 1)
+    replicas = [RemoteSource(f"s3://{bucket}/m", cache) for _ in range(6)]
+    for replica in replicas:
+        replica.listing()
+    results: list[Path] = []
+    start = threading.Barrier(len(replicas))
+
+    def load(replica: RemoteSource) -> None:
+        start.wait()
+        results.append(replica.local_dir(1))
+
+    threads = [threading.Thread(target=load, args=(r,)) for r in replicas]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == len(replicas) and len(set(results)) == 1
+    assert copies(cache) == [results[0].name]
+    assert files(results[0]) == files(DIGITS / "1")
+
+
+def test_a_remote_file_is_fetched_once_until_it_changes(bucket, put, cache):
+    put("m/labels.txt", b"zero\none\n")
+    url = f"s3://{bucket}/m/labels.txt"
+    labels = fetch_file(url, cache)
+    assert labels.name == "labels.txt" and labels.read_bytes() == b"zero\none\n"
+    (labels.parent / "kept").touch()
+    assert fetch_file(url, cache) == labels and (labels.parent / "kept").exists()
+    put("m/labels.txt", b"nought\none\n")
+    changed = fetch_file(url, cache)
+    assert changed != labels and changed.read_bytes() == b"nought\none\n"
+
+
+def test_a_local_source_lists_numbered_saved_models(tmp_path):
+    for version in ("1", "2", "3", "tmp"):
+        (tmp_path / version).mkdir()
+    for version in ("1", "3", "tmp"):
+        (tmp_path / version / "saved_model.pb").write_bytes(b"graph")
+    source = open_source(tmp_path)
+    assert isinstance(source, LocalSource)
+    first = source.listing()
+    assert first.keys() == {1, 3} and source.listing() == first
+    (tmp_path / "3" / "saved_model.pb").write_bytes(b"a new graph")
+    assert source.listing()[3] != first[3] and source.listing()[1] == first[1]
+    assert source.local_dir(1) == tmp_path / "1"
+    assert LocalSource(tmp_path / "missing").listing() == {}
+
+
+def test_other_url_schemes_are_refused():
+    with pytest.raises(ValueError, match=r"'https://host/m': object storage URLs are "
+                                         r"s3://bucket/prefix or gs://bucket/prefix"):
+        open_source("https://host/m")
