@@ -28,5 +28,4 @@ def build_app(args: dict[str, Any]) -> Application:
         shipped = ship(Path(resolved.path), resolved.shipped_files()) if model.ship else None
         models[model.name] = ModelDeployment.options(name=model.name).bind(
             resolved, config.device, shipped)
-    routing = {model.name: model.routing() for model in config.models}
-    return Preprocessor.bind(models, config.top_k, config.limits, routing)
+    return Preprocessor.bind(models, config.top_k, config.limits)

@@ -22,7 +22,6 @@ from pydantic import (
 
 from deployments.device import GpuMemoryMode
 from deployments.storage import Cache, VersionSource, fetch_file, is_url, open_source
-from deployments.versions import Routing
 
 
 class _Strict(BaseModel):
@@ -137,11 +136,6 @@ class ModelArgs(_Strict):
         description="{latest: N} (default 1), {specific: [versions]} or all")
     versions: tuple[PositiveInt, ...] | None = Field(
         None, min_length=1, description="shorthand for version_policy: {specific: versions}")
-    labels: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")], PositiveInt] = Field(
-        default_factory=dict, description="names for versions, e.g. {stable: 1, canary: 2}")
-    traffic: dict[str, PositiveInt] = Field(
-        default_factory=dict, description="label → weight: requests naming no version are "
-                                          "split between these labels' versions (a canary)")
     poll_interval_s: float = Field(
         1.0, ge=0, description="how often replicas look for new versions; 0: only at start")
     input: InputKind = Field(
@@ -175,12 +169,6 @@ class ModelArgs(_Strict):
                                          .is_relative_to(Path(self.path).resolve())):
             raise ValueError(f"ship: true packs what lies under path ({self.path}); "
                              f"labels_path {labels} lies outside it")
-        if unknown := sorted(set(self.traffic) - set(self.labels)):
-            raise ValueError(f"traffic names labels that are not defined: {unknown}")
-        if isinstance(self.version_policy, Specific):
-            unserved = sorted(set(self.labels.values()) - set(self.version_policy.specific))
-            if unserved:
-                raise ValueError(f"labels name versions the policy does not serve: {unserved}")
         return self
 
     def resolved(self) -> ModelArgs:
@@ -190,10 +178,6 @@ class ModelArgs(_Strict):
                   (("path", self.path), ("labels_path", self.labels_path))
                   if v is not None and not is_url(v)}
         return self.model_copy(update=update)
-
-    def routing(self) -> Routing:
-        """Labels and the traffic split, for the ingress."""
-        return Routing(self.labels, self.traffic)
 
     def source(self) -> VersionSource:
         """Where the versions are listed and read from."""

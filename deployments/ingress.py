@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from ray import ObjectRef, serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
@@ -39,16 +39,18 @@ class IngressSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     coalesce: CoalesceSettings = CoalesceSettings()
+    models: dict[str, Routing] = Field(
+        default_factory=dict, description="per model: labels and the canary split")
 
 
 @serve.deployment(name="Preprocessor", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
 class Preprocessor(V2GrpcService):
     def __init__(self, models: dict[str, DeploymentHandle], top_k: int,
-                 limits: InputLimits, routing: dict[str, Routing] | None = None) -> None:
+                 limits: InputLimits) -> None:
         self._metrics = IngressMetrics(models)
         clients = {name: RayModelClient(name, handle) for name, handle in models.items()}
-        self._registry = ModelRegistry(clients, limits, self._metrics, routing)
+        self._registry = ModelRegistry(clients, limits, self._metrics)
         self._limits = limits
         self._settings = IngressSettings()
         self._native = NativeApi(self._registry, limits, top_k)
@@ -59,9 +61,12 @@ class Preprocessor(V2GrpcService):
         return self._asgi
 
     def reconfigure(self, user_config: dict) -> None:
-        """Retune coalescing live (Serve calls this on deploy and redeploy)."""
-        self._settings = IngressSettings.model_validate(user_config)
-        self._registry.retune(self._settings.coalesce)
+        """Retune coalescing, move labels and the traffic split, live (Serve
+        calls this on deploy and redeploy; no replica restarts)."""
+        settings = IngressSettings.model_validate(user_config)
+        self._registry.route(settings.models)
+        self._registry.retune(settings.coalesce)
+        self._settings = settings
 
     def stats(self) -> dict[str, Any]:
         """This replica's coalescing settings and, per model and version, the

@@ -106,11 +106,9 @@ class ModelEndpoint:
     """One model deployment: its versions' metadata and the way in."""
 
     def __init__(self, name: str, client: ModelClient, limits: InputLimits,
-                 metrics: IngressMetrics, decoder: Executor, budget: MemoryBudget,
-                 routing: Routing | None = None) -> None:
+                 metrics: IngressMetrics, decoder: Executor, budget: MemoryBudget) -> None:
         self.name = name
-        self.routing = routing or Routing()
-        self.labels = self.routing.labels
+        self.routing = Routing()
         self._decoder = decoder
         self._budget = budget
         self._client = client
@@ -180,7 +178,7 @@ class ModelEndpoint:
                       label: str | None = None) -> ModelMetadata:
         """One version's metadata, by number or label (a version string that
         is one of the labels is taken as it); default: the highest; else a 404."""
-        if label is None and isinstance(version, str) and version in self.labels:
+        if label is None and isinstance(version, str) and version in self.routing.labels:
             label, version = version, None
         if label is not None:
             version = self.labeled(label)
@@ -195,11 +193,12 @@ class ModelEndpoint:
 
     def labeled(self, label: str) -> int:
         """The version ``label`` names, or a 404 listing the labels."""
-        if label not in self.labels:
-            known = ", ".join(f"{k}={v}" for k, v in sorted(self.labels.items())) or "none"
+        labels = self.routing.labels
+        if label not in labels:
+            known = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
             raise NotFound(f"model {self.name!r} has no label {clip(label)!r} (its labels: "
                            f"{known})")
-        return self.labels[label]
+        return labels[label]
 
     async def statuses(self) -> list[VersionStatus]:
         """Every version's state (loading, available, unloading, ended), as
@@ -387,10 +386,9 @@ class ModelRegistry:
         # wait for a thread rather than multiply the memory decoding takes.
         decoder = ThreadPoolExecutor(limits.decode_threads, thread_name_prefix="decode")
         self.budget = MemoryBudget(limits.max_inflight_bytes)
-        routing = routing or {}
-        self._models = {name: ModelEndpoint(name, client, limits, metrics, decoder, self.budget,
-                                            routing.get(name))
+        self._models = {name: ModelEndpoint(name, client, limits, metrics, decoder, self.budget)
                         for name, client in clients.items()}
+        self.route(routing or {})
         self.default = next(iter(self._models))
 
     @property
@@ -400,6 +398,13 @@ class ModelRegistry:
     def retune(self, settings: CoalesceSettings) -> None:
         for model in self._models.values():
             model.retune(settings)
+
+    def route(self, routing: Mapping[str, Routing]) -> None:
+        """New labels and traffic splits, by model (a model left out has none)."""
+        if unknown := sorted(set(routing) - set(self._models)):
+            raise ValueError(f"labels given for models that are not served: {unknown}")
+        for name, model in self._models.items():
+            model.routing = routing.get(name, Routing())
 
     def stats(self) -> dict[str, Any]:
         """Per model and version, the calls that coalescing formed."""

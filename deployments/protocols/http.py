@@ -71,8 +71,9 @@ def request_timeout(request: Request, limits: InputLimits) -> float:
 
 
 def pinned(request: Request) -> bool:
-    """Whether the route names a version (else it follows the highest one)."""
-    return "version" in request.path_params
+    """Whether the route names a version or a label (else it follows the
+    highest one, or the traffic split)."""
+    return "version" in request.path_params or "label" in request.path_params
 
 
 async def with_images(endpoint: ModelEndpoint, meta: ModelMetadata,

@@ -15,6 +15,7 @@ from deployments.asgi import build_asgi
 from deployments.config import AppArgs
 from deployments.metrics import IngressMetrics
 from deployments.registry import ModelRegistry
+from deployments.versions import Routing
 from harness.inprocess import InProcessModel
 from tests.common import CONFIG, ROOT
 
@@ -29,11 +30,12 @@ def config_args(**changes: object) -> AppArgs:
     return AppArgs.model_validate({**args, **changes})
 
 
-def build_app(args: AppArgs) -> Starlette:
-    """The app the Preprocessor serves for ``args``, its models in this process."""
+def build_app(args: AppArgs, routing: dict[str, Routing] | None = None) -> Starlette:
+    """The app the Preprocessor serves for ``args`` (and labels, ``routing``),
+    its models in this process."""
     metrics = IngressMetrics([m.name for m in args.models])
     registry = ModelRegistry({m.name: InProcessModel(m) for m in args.models}, args.limits,
-                             metrics, {m.name: m.routing() for m in args.models})
+                             metrics, routing)
     return build_asgi(registry, args.limits, metrics, args.top_k)
 
 

@@ -12,6 +12,7 @@ from sklearn.datasets import load_digits
 from starlette.testclient import TestClient
 
 from deployments.config import AppArgs
+from deployments.versions import Routing
 from tests.app.conftest import build_app
 from tests.common import ROOT
 
@@ -24,14 +25,28 @@ def client(tmp_path_factory) -> Iterator[TestClient]:
     for version in (1, 2, 3):  # the same SavedModel three times
         shutil.copytree(LINEAR / "1", base / str(version))
     model = {"name": "linear", "path": str(base), "labels_path": str(LINEAR / "labels.txt"),
-             "version_policy": {"specific": [1, 2]}, "labels": {"stable": 1, "canary": 2}}
-    with TestClient(build_app(AppArgs.model_validate({"models": [model]})),
+             "version_policy": {"specific": [1, 2]}}
+    routing = {"linear": Routing(labels={"stable": 1, "canary": 2}, traffic={"canary": 1})}
+    with TestClient(build_app(AppArgs.model_validate({"models": [model]}), routing),
                     raise_server_exceptions=False) as c:
         yield c
 
 
 def rows() -> list[list[float]]:
     return load_digits().data[:3].astype(np.float32).tolist()
+
+
+def test_labels_and_versions_are_never_split_by_the_traffic_split(client: TestClient):
+    """Every request that names no version goes to the canary (weight 1 of 1)."""
+    for path in ("/v2/models/linear/infer", "/v2/models/linear/versions/stable/infer",
+                 "/v2/models/linear/versions/1/infer"):
+        versions = {client.post(path, json=v2_body()).json()["model_version"]
+                    for _ in range(5)}
+        assert versions == ({"2"} if "versions" not in path else {"1"}), path
+    by_label = client.post("/v1/models/linear/labels/stable:predict",
+                           json={"instances": rows()}).json()
+    split = client.post("/v1/models/linear:predict", json={"instances": rows()}).json()
+    assert by_label == split  # the same weights; the version shows on V2 above
 
 
 def test_labels_route_tf_serving_requests_to_their_versions(client: TestClient):

@@ -204,7 +204,7 @@ def test_labels_name_versions_and_unknown_ones_are_a_404():
     async def scenario():
         model = FakeModel(versions=(1, 2))
         r = ModelRegistry({"m": model}, InputLimits(), IngressMetrics(["m"]),
-                          {"m": Routing({"stable": 1, "canary": 2})})
+                          {"m": Routing(labels={"stable": 1, "canary": 2})})
         assert (await r.resolve("m", label="stable"))[1].version == 1
         assert (await r.resolve("m", "canary"))[1].version == 2  # V2: a version string
         with pytest.raises(NotFound, match=r"no label 'beta' \(its labels: canary=2, stable=1\)"):
@@ -218,7 +218,7 @@ def test_labels_name_versions_and_unknown_ones_are_a_404():
 def test_a_traffic_split_sends_requests_that_name_no_version_by_weight():
     async def scenario():
         model = FakeModel(versions=(1, 2))
-        routing = Routing({"stable": 1, "canary": 2}, {"stable": 3, "canary": 1})
+        routing = Routing(labels={"stable": 1, "canary": 2}, traffic={"stable": 3, "canary": 1})
         r = ModelRegistry({"m": model}, InputLimits(), IngressMetrics(["m"]), {"m": routing})
         endpoint, latest = await r.resolve("m")
         answers = [await endpoint.infer(latest, rows(1), pinned=False) for _ in range(400)]
