@@ -17,7 +17,14 @@ from ray import cloudpickle, serve
 import benchmarks.floor
 import benchmarks.naive
 import benchmarks.peer
-from harness.cluster import driver_env, serve_run, start_cluster, wait_app_running, wait_ready
+from harness.cluster import (
+    driver_env,
+    keep_routing_of,
+    serve_run,
+    start_cluster,
+    wait_app_running,
+    wait_ready,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "ray-tf-serve"
@@ -49,6 +56,7 @@ def bench_config(model_dir: Path, port: int, model_overrides: dict,
     if "num_replicas" in model_overrides:
         model.pop("autoscaling_config", None)
     ingress = deployments["Preprocessor"]
+    keep_routing_of(ingress, [entry])
     ingress.update(copy.deepcopy(ingress_overrides or {}))
     application["deployments"] = [ingress, model]
     return config

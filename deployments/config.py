@@ -21,7 +21,14 @@ from pydantic import (
 )
 
 from deployments.device import GpuMemoryMode
-from deployments.storage import Cache, VersionSource, fetch_file, is_url, open_source
+from deployments.storage import (
+    SCHEMES,
+    Cache,
+    VersionSource,
+    fetch_file,
+    is_url,
+    open_source,
+)
 
 
 class _Strict(BaseModel):
@@ -161,12 +168,18 @@ class ModelArgs(_Strict):
             if "version_policy" in self.model_fields_set:
                 raise ValueError("give versions or version_policy, not both")
             self.__dict__["version_policy"] = Specific(specific=self.versions)
-        if self.ship and is_url(self.path):
-            raise ValueError("ship: true packs a local directory; replicas read "
-                             f"{self.path} from the store themselves")
+        for url in filter(is_url, (self.path, self.labels_path or "")):
+            if url.partition("://")[0] not in SCHEMES:
+                raise ValueError(f"{url}: object storage paths are s3://bucket/prefix or "
+                                 "gs://bucket/prefix")
+        if self.ship and (is_url(self.path) or is_url(self.labels_path or "")):
+            raise ValueError("ship: true packs local files; replicas read s3:// and gs:// "
+                             "paths from the store themselves")
+        if 0 < self.poll_interval_s < 0.1:
+            raise ValueError("poll_interval_s: 0 (never) or at least 0.1 s")
         labels = self.labels_path
-        if self.ship and labels and not (is_url(labels) or Path(labels).resolve()
-                                         .is_relative_to(Path(self.path).resolve())):
+        if self.ship and labels and not Path(labels).resolve().is_relative_to(
+                Path(self.path).resolve()):
             raise ValueError(f"ship: true packs what lies under path ({self.path}); "
                              f"labels_path {labels} lies outside it")
         return self

@@ -96,11 +96,17 @@ class ModelDeployment:
         self._versions.watch()
         settings = BatchSettings.model_validate(user_config)
         loop = asyncio.get_running_loop()
-        for served in list(self._versions.served.values()):
-            await loop.run_in_executor(self._executor, self._prepare, served, settings)
-            served.apply(settings)
-        self._settings = settings
+        async with self._versions.changing:  # no version loads meanwhile on old settings
+            for served in list(self._versions.served.values()):
+                await loop.run_in_executor(self._executor, self._prepare, served, settings)
+                served.apply(settings)
+            self._settings = settings
         logger.info("batching: %s", settings)
+
+    async def check_health(self) -> None:
+        """Serve asks every few seconds: a replica that takes no calls still
+        follows its base path."""
+        self._versions.watch()
 
     @staticmethod
     def _prepare(served: ServedVersion, settings: BatchSettings) -> None:

@@ -164,15 +164,22 @@ class ModelEndpoint:
         for every caller); once every known version was tried, the round
         starts again after a short wait. The caller's deadline bounds it."""
         while True:
-            if self._refreshing is None:
-                self._refreshing = asyncio.create_task(self._refresh())
-            await asyncio.shield(self._refreshing)
-            versions = self._versions or {}
+            versions = await self._ask_again()
             others = [v for v in versions if v not in tried]
             if others:
                 return versions[max(others)]
             tried.clear()
             await asyncio.sleep(_FOLLOW_POLL_S)
+
+    async def _ask_again(self) -> dict[int, ModelMetadata]:
+        """The versions a replica lists now (one fetch at a time for every caller)."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.create_task(self._refresh())
+        await asyncio.shield(self._refreshing)
+        return self._versions or {}
+
+    async def _listed(self, version: int) -> bool:
+        return version in await self._ask_again()
 
     async def version(self, version: str | int | None = None,
                       label: str | None = None) -> ModelMetadata:
@@ -282,9 +289,11 @@ class ModelEndpoint:
         ``ObjectRef`` inputs (a Python caller's own objects) are read in place;
         when every input is one and none must be cast, they are forwarded to
         the model as they are.
-        ``pinned``: the client named the version (or a label); a request that
-        did not moves to another version when a replica turns its version
-        away (see ``_another``) rather than failing. Without an answer within
+        ``pinned``: the client named the version (or a label). A replica that
+        turns the version away may be loading or dropping it while another
+        serves it: a pinned request is sent again while a replica lists the
+        version (else it is a 404); one that named none moves to another
+        version (see ``_another``). Without an answer within
         ``timeout_s`` (default: the limits' ``request_timeout_s``), a 503.
         """
         timeout_s = self._limits.request_timeout_s if timeout_s is None else timeout_s
@@ -298,8 +307,11 @@ class ModelEndpoint:
                     try:
                         return Answer(meta, await self._coalescer(meta).submit(part, part.rows))
                     except NotFound:
-                        if pinned:
+                        if pinned and not await self._listed(meta.version):
                             raise
+                    if pinned:  # another replica has it: this one is loading or dropping it
+                        await asyncio.sleep(_FOLLOW_POLL_S)
+                        continue
                     tried.add(meta.version)
                     meta = await self._another(tried)
         except TimeoutError:

@@ -46,6 +46,10 @@ class VersionSource(Protocol):
         """A local directory holding ``version``'s SavedModel."""
         ...
 
+    def why_empty(self) -> str:
+        """Why the listing is empty, for the error that says so."""
+        ...
+
 
 class LocalSource:
     """A directory on this node (or a volume mounted on every node); one that
@@ -69,6 +73,11 @@ class LocalSource:
         if (self.base / "saved_model.pb").is_file():
             return self.base
         return self.base / str(version)
+
+    def why_empty(self) -> str:
+        if not self.base.exists():
+            return "no such directory"
+        return "no saved_model.pb in it, nor in a numbered version directory"
 
 
 class CacheTooSmall(ValueError):
@@ -173,6 +182,9 @@ class RemoteSource:
         self._versions = {int(top): files for top, files in versions.items()
                           if "saved_model.pb" in files}
         return {version: _remote_fingerprint(files) for version, files in self._versions.items()}
+
+    def why_empty(self) -> str:
+        return "no numbered version with a saved_model.pb under it"
 
     def local_dir(self, version: int) -> Path:
         """``version`` as the last listing showed it (listed now if it did not

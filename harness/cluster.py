@@ -77,6 +77,15 @@ def driver_env() -> dict[str, str]:
     return {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
 
 
+def keep_routing_of(preprocessor: dict, models: list[dict]) -> None:
+    """A Preprocessor deployment's settings copied from configs/ into an app
+    serving only ``models``: labels of models it does not serve go (the
+    ingress refuses them, as it would a typo)."""
+    served = {m["name"] for m in models}
+    config = preprocessor.setdefault("user_config", {})
+    config["models"] = {k: v for k, v in config.get("models", {}).items() if k in served}
+
+
 def serve_run(config: Path, cwd: Path, quiet: bool = False) -> None:
     """``serve run --non-blocking config`` on this driver's cluster, from ``cwd``
     (where the config's relative model paths start)."""

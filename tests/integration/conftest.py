@@ -18,7 +18,14 @@ import yaml
 from ray import serve
 
 from deployments.shipping import MODEL_DIR_ENV
-from harness.cluster import driver_env, free_port, serve_run, start_cluster, wait_ready
+from harness.cluster import (
+    driver_env,
+    free_port,
+    keep_routing_of,
+    serve_run,
+    start_cluster,
+    wait_ready,
+)
 from tests.common import CONFIG, ROOT
 
 
@@ -79,6 +86,7 @@ def with_test_app(name: str, args: dict | None = None, model_args: dict | None =
     app["args"]["models"] = [{**app["args"]["models"][0], **(model_args or {})}]
     app["args"].update(args or {})
     preprocessor, model = app["deployments"][:2]
+    keep_routing_of(preprocessor, app["args"]["models"])
     model.pop("autoscaling_config")
     model["user_config"] = {**model["user_config"], "max_batch_size": 32}
     model.update(deployment or {})

@@ -41,10 +41,12 @@ def client(env: dict[str, str]):
 
 
 def upload(env: dict[str, str], source: Path, prefix: str) -> None:
+    """Every file, ``saved_model.pb`` last (as docs/configuration.md advises)."""
     s3 = client(env)
-    for path in sorted(source.rglob("*")):
-        if path.is_file():
-            s3.upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(source)}")
+    files = sorted((p for p in source.rglob("*") if p.is_file()),
+                   key=lambda p: (p.name == "saved_model.pb", str(p)))
+    for path in files:
+        s3.upload_file(str(path), BUCKET, f"{prefix}/{path.relative_to(source)}")
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ class InputProbe(ModelDeployment.func_or_class):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.seen: dict | None = None
-        (served,) = self._versions.values()
+        (served,) = self._versions.served.values()
         run = served.runner.run
 
         def recording_run(batch: dict[str, np.ndarray]):

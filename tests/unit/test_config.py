@@ -88,8 +88,14 @@ def test_bad_args_are_refused(bad):
 def test_version_settings_must_agree():
     with pytest.raises(ValidationError, match="not both"):
         ModelArgs(name="m", path="x", versions=[1], version_policy={"latest": 1})
-    with pytest.raises(ValidationError, match="ship: true packs a local directory"):
+    with pytest.raises(ValidationError, match="ship: true packs local files"):
         ModelArgs(name="m", path="s3://bucket/m", ship=True)
+    with pytest.raises(ValidationError, match="ship: true packs local files"):
+        ModelArgs(name="m", path="x", labels_path="gs://bucket/labels.txt", ship=True)
+    with pytest.raises(ValidationError, match="are s3://bucket/prefix or gs://"):
+        ModelArgs(name="m", path="https://example.com/m")
+    with pytest.raises(ValidationError, match=r"at least 0\.1 s"):
+        ModelArgs(name="m", path="x", poll_interval_s=0.01)
 
 
 def test_labels_are_names_and_traffic_names_labels():

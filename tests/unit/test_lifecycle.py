@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,12 @@ def states(versions: VersionManager) -> dict[int, str]:
     return {s.version: s.state for s in versions.statuses()}
 
 
+async def until(condition: Callable[[], bool], timeout_s: float = 5) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
 def test_start_loads_what_the_policy_picks_or_fails_clearly(tmp_path):
     for v in (1, 2, 3):
         add_version(tmp_path, v)
@@ -44,11 +51,17 @@ def test_start_loads_what_the_policy_picks_or_fails_clearly(tmp_path):
     versions.start()
     assert sorted(versions.served) == [2, 3] and states(versions) == {3: "AVAILABLE",
                                                                       2: "AVAILABLE"}
-    with pytest.raises(NoVersions, match="no version found"):
+    with pytest.raises(NoVersions, match="no such directory"):
         manager(tmp_path / "empty").start()
+    with pytest.raises(NoVersions, match=r"the policy picks none of versions \[1, 2, 3\]"):
+        manager(tmp_path, Specific(specific=(7,))).start()
     add_version(tmp_path / "broken", 1, "broken")
     with pytest.raises(NoVersions, match="version 1: ValueError: version 1 is broken"):
         manager(tmp_path / "broken").start()
+    add_version(tmp_path, 4, "broken")  # a broken newest version: a new replica still starts
+    fallback = manager(tmp_path)
+    fallback.start()
+    assert sorted(fallback.served) == [3] and states(fallback) == {4: "END", 3: "AVAILABLE"}
 
 
 def test_a_new_version_is_loaded_once_steady_then_the_old_one_unloads(tmp_path):
@@ -65,7 +78,7 @@ def test_a_new_version_is_loaded_once_steady_then_the_old_one_unloads(tmp_path):
         assert sorted(versions.served) == [1]
         await versions.poll()  # unchanged since the last poll: loaded, then 1 goes
         assert sorted(versions.served) == [2]
-        assert states(versions) == {2: "AVAILABLE", 1: "END"}
+        await until(lambda: states(versions) == {2: "AVAILABLE", 1: "END"})
 
     asyncio.run(scenario())
 
@@ -81,7 +94,13 @@ def test_a_broken_version_is_reported_and_the_served_one_stays(tmp_path):
         assert sorted(versions.served) == [1]
         (status,) = [s for s in versions.statuses() if s.version == 2]
         assert status.state == "END" and "version 2 is broken" in status.error
-        (tmp_path / "2" / "saved_model.pb").write_text("fixed")  # new files: tried again
+        assert versions._failed[2].attempts == 1  # tried again only after retry_s
+        versions._failed[2].retry_at = 0  # as if retry_s had passed, each time
+        versions._retry_s = 0
+        for _ in range(6):
+            await versions.poll()
+        assert versions._failed[2].attempts == VersionManager.MAX_LOAD_ATTEMPTS  # then no more
+        (tmp_path / "2" / "saved_model.pb").write_text("fixed")  # new files: tried at once
         await versions.poll()
         await versions.poll()
         assert sorted(versions.served) == [2] and states(versions)[2] == "AVAILABLE"
@@ -103,20 +122,19 @@ def test_a_version_leaving_finishes_its_requests_first_and_takes_no_new_ones(tmp
                 return model
 
         running = asyncio.create_task(request())
-        await asyncio.sleep(0)
+        await until(lambda: versions._in_flight[2] == 1)
         shutil.rmtree(tmp_path / "2")
-        polled = asyncio.create_task(versions.poll())
-        await asyncio.sleep(0.05)
-        assert states(versions)[2] == "UNLOADING" and not polled.done()
+        await versions.poll()  # returns at once: the drain goes on by itself
+        assert states(versions)[2] == "UNLOADING"
         with pytest.raises(NotFound, match="version 2 is not served"):
             async with versions.using(2):
                 pass
         async with versions.using(None) as model:  # no version named: the highest left
             assert model == "model 1"
+        assert states(versions)[2] == "UNLOADING"  # still running its request
         held.set()
         assert await running == "model 2"
-        await polled
-        assert states(versions) == {2: "END", 1: "AVAILABLE"}
+        await until(lambda: states(versions) == {2: "END", 1: "AVAILABLE"})
 
     asyncio.run(scenario())
 

@@ -194,6 +194,16 @@ def test_a_request_that_named_no_version_moves_on_when_a_replica_lacks_it():
         assert latest.version == 3
         answer = await endpoint.infer(latest, rows(1), pinned=False)
         assert answer.meta.version == 2 and answer.outputs["y"][0, 0] == 2
+
+        async def load_3_soon() -> None:
+            await asyncio.sleep(0.3)
+            model.versions = (2, 3)
+
+        loading = asyncio.create_task(load_3_soon())
+        pinned = await endpoint.infer(latest, rows(1), pinned=True)  # sent again meanwhile
+        assert pinned.meta.version == 3 and model.calls.count(1) > 3
+        await loading
+        model.versions, model.metadata = (2,), metadata  # version 3 is gone everywhere
         with pytest.raises(NotFound):
             await endpoint.infer(latest, rows(1), pinned=True)
 
