@@ -27,6 +27,7 @@ from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics
 from deployments.model_client import RayModelClient
 from deployments.protocols.native import NativeApi
+from deployments.protocols.tfserving_grpc import TFServingGrpcService
 from deployments.protocols.v2_grpc import V2GrpcService
 from deployments.registry import ModelRegistry
 from deployments.signature import ModelMetadata
@@ -45,7 +46,7 @@ class IngressSettings(BaseModel):
 
 @serve.deployment(name="Preprocessor", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
-class Preprocessor(V2GrpcService):
+class Preprocessor(V2GrpcService, TFServingGrpcService):
     def __init__(self, models: dict[str, DeploymentHandle], top_k: int,
                  limits: InputLimits) -> None:
         self._metrics = IngressMetrics(models)

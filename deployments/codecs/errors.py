@@ -50,6 +50,12 @@ class ModelFailed(ServeError):
     status = 500
 
 
+class Unimplemented(ServeError):
+    """A method of a protocol this server does not offer (gRPC UNIMPLEMENTED)."""
+
+    status = 501
+
+
 class ServiceUnavailable(ServeError):
     """Overloaded or no replica up: the client should retry shortly."""
 

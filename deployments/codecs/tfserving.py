@@ -88,29 +88,40 @@ def parse_examples_request(document: Any, meta: ModelMetadata, verb: str,
     (a 400 unless ``meta``'s method is that verb's); the examples are counted
     against ``max_rows`` before any is read."""
     signature = _signature_name(document)
-    if VERBS.get(meta.method_name) != verb:
-        raise BadRequest(f"model {meta.name!r} serves signature {meta.signature_name!r}, "
-                         f"whose method is {meta.method_name!r}, not a {verb} signature: "
-                         "use :predict, or serve a signature made for :" + verb)
+    check_verb(meta, verb)
     examples = document.get("examples")
     if not isinstance(examples, list) or not examples:
         raise BadRequest('"examples" must be a non-empty list of objects (tf.Example '
                          "features by name)")
     check_rows(len(examples), max_rows, '"examples"')
-    serialized = serialize_examples(examples, document.get("context"))
+    return ExamplesRequest(signature,
+                           examples_input(serialize_examples(examples, document.get("context"))))
+
+
+def check_verb(meta: ModelMetadata, verb: str) -> None:
+    """A 400 unless ``meta``'s signature is made for ``verb`` (classify, regress)."""
+    if VERBS.get(meta.method_name) != verb:
+        raise BadRequest(f"model {meta.name!r} serves signature {meta.signature_name!r}, "
+                         f"whose method is {meta.method_name!r}, not a {verb} signature: "
+                         "use :predict, or serve a signature made for :" + verb)
+
+
+def examples_input(serialized: list[bytes]) -> dict[str, np.ndarray]:
+    """Serialized ``tf.Example`` protos as the examples input of a classify or
+    regress signature."""
     array = np.empty(len(serialized), dtype=object)
     array[:] = serialized
-    return ExamplesRequest(signature, {EXAMPLES_INPUT: array})
+    return {EXAMPLES_INPUT: array}
 
 
 def _floats(array: np.ndarray) -> list[Any]:
     return array.astype(np.float64).tolist()
 
 
-def encode_classify_response(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    """``{"results": [[[label, score], ...] per example]}``; a signature
-    without labels gets ``""``, one without scores 0.0 (as TF Serving fills
-    its ``ClassificationResult``)."""
+def classifications(outputs: dict[str, np.ndarray]) -> list[list[tuple[str, float]]]:
+    """Per example, its ``(label, score)`` pairs; a signature without labels
+    gets ``""``, one without scores 0.0 (as TF Serving fills its
+    ``ClassificationResult``)."""
     classes, scores = outputs.get(CLASSES), outputs.get(SCORES)
     rows = len(classes if classes is not None else scores)
     labels = [["" for _ in row] for row in scores] if classes is None else [
@@ -118,17 +129,27 @@ def encode_classify_response(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
         for row in classes.reshape(rows, -1)]
     values = [[0.0] * len(row) for row in labels] if scores is None else _floats(
         scores.reshape(rows, -1))
-    return {"results": [[[label, score] for label, score in zip(ls, vs, strict=True)]
-                        for ls, vs in zip(labels, values, strict=True)]}
+    return [list(zip(ls, vs, strict=True)) for ls, vs in zip(labels, values, strict=True)]
 
 
-def encode_regress_response(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    """``{"results": [one value per example]}``."""
+def regressions(outputs: dict[str, np.ndarray]) -> list[float]:
+    """One value per example, from a regression output shaped [N] or [N, 1]."""
     values = outputs[REGRESSION]
     if values.ndim not in (1, 2) or (values.ndim == 2 and values.shape[1] != 1):
         raise ModelFailed(f"the regression output is shaped {list(values.shape)}, not "
                          "[N] or [N, 1]")
-    return {"results": _floats(values.reshape(-1))}
+    return _floats(values.reshape(-1))
+
+
+def encode_classify_response(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``{"results": [[[label, score], ...] per example]}``."""
+    return {"results": [[[label, score] for label, score in example]
+                        for example in classifications(outputs)]}
+
+
+def encode_regress_response(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``{"results": [one value per example]}``."""
+    return {"results": regressions(outputs)}
 
 
 def encode_predict_response(outputs: dict[str, np.ndarray], columnar: bool) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from deployments.protocols.http import (
 from deployments.protocols.routes import ApiRoute, model_routes
 from deployments.registry import ModelEndpoint, ModelRegistry
 from deployments.signature import ModelMetadata
+from deployments.versions import VersionStatus
 
 
 class TFServingApi:
@@ -65,22 +66,10 @@ class TFServingApi:
         ]
 
     async def status(self, request: Request) -> JSONResponse:
-        """Every version's state; with a version or label, that version's
-        (TF Serving answers 404 for one it has never heard of)."""
         params = request.path_params
         endpoint = self._registry.get(params["name"])
-        statuses = await endpoint.statuses()
-        if "label" in params:
-            wanted, named = endpoint.labeled(params["label"]), params["label"]
-        elif "version" in params:
-            wanted, named = decimal_count(params["version"]), params["version"]
-        else:
-            return JSONResponse(model_status(statuses))
-        picked = [s for s in statuses if s.version == wanted]
-        if not picked:
-            raise NotFound(f"model {endpoint.name!r} has no version {clip(named)!r} (its "
-                           f"versions: {', '.join(str(s.version) for s in statuses) or 'none'})")
-        return JSONResponse(model_status(picked))
+        return JSONResponse(model_status(await version_statuses(
+            endpoint, params.get("version"), params.get("label"))))
 
     async def metadata(self, request: Request) -> JSONResponse:
         _, meta = await resolve(self._registry, request)
@@ -95,7 +84,7 @@ class TFServingApi:
         endpoint, meta, document = await self._read(request)
         parsed = await asyncio.to_thread(parse_predict_request, document, meta,
                                          self._limits.max_rows)
-        _check_signature(parsed.signature_name, meta)
+        check_signature(parsed.signature_name, meta)
         inputs = await with_images(endpoint, meta, parsed.inputs)
         answer = await endpoint.infer(meta, inputs, pinned(request),
                                       request_timeout(request, self._limits))
@@ -113,7 +102,7 @@ class TFServingApi:
         endpoint, meta, document = await self._read(request)
         parsed = await asyncio.to_thread(parse_examples_request, document, meta, verb,
                                          self._limits.max_rows)
-        _check_signature(parsed.signature_name, meta)
+        check_signature(parsed.signature_name, meta)
         answer = await endpoint.infer(meta, parsed.inputs, pinned(request),
                                       request_timeout(request, self._limits))
         return answer.outputs
@@ -124,7 +113,26 @@ class TFServingApi:
         return endpoint, meta, await parse_json_body(body, self._registry.budget)
 
 
-def _check_signature(asked: str | None, meta: ModelMetadata) -> None:
+async def version_statuses(endpoint: ModelEndpoint, version: str | int | None = None,
+                           label: str | None = None) -> list[VersionStatus]:
+    """Every version's state; with a version or label, that version's (TF
+    Serving answers 404 for one it has never heard of)."""
+    statuses = await endpoint.statuses()
+    if label is not None:
+        wanted, named = endpoint.labeled(label), label
+    elif version is not None:
+        wanted = version if isinstance(version, int) else decimal_count(version)
+        named = str(version)
+    else:
+        return statuses
+    picked = [s for s in statuses if s.version == wanted]
+    if not picked:
+        raise NotFound(f"model {endpoint.name!r} has no version {clip(named)!r} (its "
+                       f"versions: {', '.join(str(s.version) for s in statuses) or 'none'})")
+    return picked
+
+
+def check_signature(asked: str | None, meta: ModelMetadata) -> None:
     """A 400 when the body names a signature other than the one served (one
     model entry serves one signature: another is another entry's)."""
     if asked not in (None, "", meta.signature_name):

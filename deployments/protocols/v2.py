@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from importlib.metadata import version as package_version
 
 import numpy as np
@@ -33,7 +34,7 @@ from deployments.codecs.v2_tensor import (
 from deployments.config import InputLimits
 from deployments.protocols.http import read_body, request_timeout, resolve
 from deployments.protocols.routes import ApiRoute, model_routes
-from deployments.registry import ModelRegistry
+from deployments.registry import ModelEndpoint, ModelRegistry
 from deployments.signature import STRING, ModelMetadata, check_input_names
 
 SERVER_NAME = "ray-tf-serve"
@@ -42,6 +43,16 @@ SERVER_NAME = "ray-tf-serve"
 def server_metadata() -> dict[str, object]:
     return {"name": SERVER_NAME, "version": package_version(SERVER_NAME),
             "extensions": list(EXTENSIONS)}
+
+
+async def decode_image_tensor(endpoint: ModelEndpoint, meta: ModelMetadata,
+                              shape: tuple[int, ...], blobs: Sequence[bytes]) -> np.ndarray:
+    """A tensor of encoded images for the image input (V2 BYTES, TF Serving
+    gRPC strings), decoded into the model's input batch."""
+    if len(shape) not in (1, 2) or shape[1:] not in ((), (1,)):
+        raise BadRequest(f"input {meta.image_input!r}: encoded images take shape [N] or "
+                         f"[N, 1] (one image each), got {list(shape)}")
+    return await endpoint.decode_images(meta, blobs)
 
 
 async def infer(registry: ModelRegistry, name: str, version: str | None,
@@ -60,10 +71,8 @@ async def infer(registry: ModelRegistry, name: str, version: str | None,
         if tensor.datatype != BYTES:
             inputs[tensor.name] = tensor.data
         elif tensor.name == meta.image_input:
-            if len(tensor.shape) not in (1, 2) or tensor.shape[1:] not in ((), (1,)):
-                raise BadRequest(f"input {tensor.name!r}: BYTES take shape [N] or [N, 1] "
-                                 f"(one encoded image each), got {list(tensor.shape)}")
-            inputs[tensor.name] = await endpoint.decode_images(meta, tensor.data)
+            inputs[tensor.name] = await decode_image_tensor(endpoint, meta, tensor.shape,
+                                                            tensor.data)
         elif (spec := meta.spec(tensor.name)) is not None and spec.dtype == STRING:
             strings = np.empty(len(tensor.data), dtype=object)
             strings[:] = tensor.data

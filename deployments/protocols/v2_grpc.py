@@ -2,18 +2,15 @@
 gRPC proxy.
 
 The proxy calls the ingress deployment's method named after the RPC with the
-request message; the config enables it with ``grpc_options`` and
-:func:`add_servicer`. Errors set a gRPC status code on the call's context, the
-way ``tritonclient.grpc`` reports them.
+request message (:mod:`deployments.protocols.grpc`); the config enables it
+with ``grpc_options`` and :func:`add_servicer`. Errors set a gRPC status code
+on the call's context, the way ``tritonclient.grpc`` reports them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -22,18 +19,14 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc.service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 
-from deployments.codecs.errors import PayloadTooLarge, ServeError, ServiceUnavailable
+from deployments.codecs.errors import ServiceUnavailable
 from deployments.codecs.v2_grpc import (
     encode_infer_response,
     model_metadata_response,
     parse_infer_request,
 )
-from deployments.config import InputLimits
-from deployments.metrics import IngressMetrics, arrival
 from deployments.protocols import v2
-from deployments.registry import ModelRegistry
-
-logger = logging.getLogger("ray.serve")
+from deployments.protocols.grpc import GrpcService, rpc
 
 # The generated classes name their modules after the .proto files
 # ("grpc_service_pb2"), which are not importable by those names. Serve's gRPC
@@ -50,54 +43,17 @@ def add_servicer(servicer: Any, server: grpc.Server) -> None:
     imports it gets the aliases above."""
     add_GRPCInferenceServiceServicer_to_server(servicer, server)
 
-_STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
-                 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-                 415: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE}
 
-Rpc = Callable[[Any, Any, RayServegRPCContext], Awaitable[Any]]
-
-
-def _status(rpc: Rpc) -> Rpc:
-    """Turn our errors into gRPC status codes with their message, and count
-    the call by its code. (Serve passes ``grpc_context`` to methods whose
-    signature names it.)"""
-
-    @functools.wraps(rpc)
-    async def call(self: V2GrpcService, request: Any,
-                   grpc_context: RayServegRPCContext) -> Any:
-        code = grpc.StatusCode.INTERNAL
-        try:
-            with arrival(), self._registry.budget.request():
-                answer = await rpc(self, request, grpc_context)
-            code = grpc.StatusCode.OK
-            return answer
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except ServeError as exc:
-            code = _STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL)
-            grpc_context.set_code(code)
-            grpc_context.set_details(exc.message)
-            raise
-        except Exception:
-            logger.exception("unhandled error in gRPC %s", rpc.__name__)
-            grpc_context.set_code(code)
-            grpc_context.set_details("internal server error")
-            raise
-        finally:
-            # Model RPCs name their model in `model_name` (infer) or `name`.
-            name = getattr(request, "model_name", None) or getattr(request, "name", "")
-            self._metrics.count(name, "v2-grpc", code.name)
-
-    return call
+def _model_of(request: Any) -> str:
+    """Model RPCs name their model in ``model_name`` (infer) or ``name``."""
+    return getattr(request, "model_name", None) or getattr(request, "name", "")
 
 
-class V2GrpcService:
+_status = rpc("v2-grpc", _model_of)
+
+
+class V2GrpcService(GrpcService):
     """The V2 RPCs, mixed into the ingress deployment (method names are the RPCs')."""
-
-    _registry: ModelRegistry
-    _limits: InputLimits
-    _metrics: IngressMetrics
 
     @_status
     async def ServerLive(self, request: pb.ServerLiveRequest,
@@ -138,11 +94,7 @@ class V2GrpcService:
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          grpc_context: RayServegRPCContext) -> pb.ModelInferResponse:
         limits = self._limits
-        size = request.ByteSize()
-        if size > limits.max_body_bytes:
-            raise PayloadTooLarge(f"request is {size} bytes, the limit is "
-                                  f"{limits.max_body_bytes}")
-        self._registry.budget.take(size, "the request message")
+        self._take_message(request)
         # Parsing and encoding run off the event loop, as HTTP bodies do.
         parsed = await asyncio.to_thread(parse_infer_request, request, limits.max_rows,
                                          limits.max_elements)

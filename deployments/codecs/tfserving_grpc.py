@@ -1,0 +1,310 @@
+"""TensorFlow Serving's gRPC API: ``tensorflow.serving`` messages ↔ numpy
+(pure; no Ray, no TensorFlow).
+
+A ``TensorProto`` carries its values either as ``tensor_content`` (the raw
+little-endian array, read as a view) or in the typed field of its dtype
+(``float_val``, ``int_val``, ``half_val``: float16 bit patterns, ...), where,
+as TensorFlow reads them, fewer values than the shape holds are padded with
+the last one (one value fills the tensor) and none means zeros. Outputs go
+back as ``tensor_content`` (strings as ``string_val``), which
+``tf.make_ndarray`` reads. Metadata and status reuse the REST codec's JSON,
+which is TF Serving's JSON mapping of the same protos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from google.protobuf import json_format
+
+from deployments.codecs.errors import BadRequest, ModelFailed, PayloadTooLarge
+from deployments.codecs.tensor import check_rows
+from deployments.codecs.tfserving import (
+    check_verb,
+    classifications,
+    examples_input,
+    model_metadata,
+    model_status,
+    regressions,
+)
+from deployments.codecs.tfserving_protos import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    input_pb2,
+    model_pb2,
+    predict_pb2,
+    regression_pb2,
+    tensor_pb2,
+    tensor_shape_pb2,
+    types_pb2,
+)
+from deployments.codecs.v2_tensor import as_bytes, check_shape, element_count
+from deployments.signature import STRING, ModelMetadata
+from deployments.versions import VersionStatus
+
+# The dtypes TF Serving's REST API takes, with the typed field that holds each
+# and that field's own numpy type.
+_DTYPES: dict[int, tuple[np.dtype | str, str, np.dtype | str]] = {
+    types_pb2.DT_HALF: (np.dtype("<f2"), "half_val", np.dtype(np.int32)),
+    types_pb2.DT_FLOAT: (np.dtype("<f4"), "float_val", np.dtype(np.float32)),
+    types_pb2.DT_DOUBLE: (np.dtype("<f8"), "double_val", np.dtype(np.float64)),
+    types_pb2.DT_INT8: (np.dtype("i1"), "int_val", np.dtype(np.int32)),
+    types_pb2.DT_INT16: (np.dtype("<i2"), "int_val", np.dtype(np.int32)),
+    types_pb2.DT_INT32: (np.dtype("<i4"), "int_val", np.dtype(np.int32)),
+    types_pb2.DT_INT64: (np.dtype("<i8"), "int64_val", np.dtype(np.int64)),
+    types_pb2.DT_UINT8: (np.dtype("u1"), "int_val", np.dtype(np.int32)),
+    types_pb2.DT_UINT16: (np.dtype("<u2"), "int_val", np.dtype(np.int32)),
+    types_pb2.DT_UINT32: (np.dtype("<u4"), "uint32_val", np.dtype(np.uint32)),
+    types_pb2.DT_UINT64: (np.dtype("<u8"), "uint64_val", np.dtype(np.uint64)),
+    types_pb2.DT_BOOL: (np.dtype(np.bool_), "bool_val", np.dtype(np.bool_)),
+    types_pb2.DT_STRING: (STRING, "string_val", STRING),
+}
+_ENUM_OF = {dtype if dtype == STRING else dtype.name: enum
+            for enum, (dtype, _, _) in _DTYPES.items()}
+# An object array's slot: what a string element costs beyond its bytes.
+_POINTER_BYTES = 8
+
+
+def _dtype_name(enum: int) -> str:
+    return (types_pb2.DataType.Name(enum) if enum in types_pb2.DataType.values()
+            else str(enum))
+
+
+@dataclass(frozen=True)
+class TensorInput:
+    """One input as its header declares it: dtype and shape checked, values
+    not yet read (reading them may allocate the whole shape; see
+    :attr:`decoded_bytes`)."""
+
+    name: str
+    proto: tensor_pb2.TensorProto
+    dtype: np.dtype | str  # a numpy dtype, or STRING
+    shape: tuple[int, ...]
+
+    @property
+    def what(self) -> str:
+        return f"input {self.name!r}"
+
+    @property
+    def decoded_bytes(self) -> int:
+        """What reading the values allocates: nothing for ``tensor_content``
+        (a view of the message), the whole shape for typed fields."""
+        if self.proto.tensor_content:
+            return 0
+        itemsize = _POINTER_BYTES if self.dtype == STRING else self.dtype.itemsize
+        return element_count(self.shape) * itemsize
+
+    def decode(self) -> np.ndarray:
+        """The values as an array of ``shape`` (strings: an object array of bytes)."""
+        count = element_count(self.shape)
+        content = self.proto.tensor_content
+        if content:
+            if self.dtype == STRING:
+                raise BadRequest(f"{self.what}: DT_STRING values go in string_val, not "
+                                 "tensor_content")
+            if len(content) != count * self.dtype.itemsize:
+                raise BadRequest(f"{self.what}: tensor_content has {len(content)} bytes, but "
+                                 f"{self.dtype.name}{list(self.shape)} needs "
+                                 f"{count * self.dtype.itemsize}")
+            return np.frombuffer(content, self.dtype).reshape(self.shape)
+        _, field, stored = _DTYPES[self.proto.dtype]
+        given = getattr(self.proto, field)
+        if len(given) > count:
+            raise BadRequest(f"{self.what}: {len(given)} values in {field} for shape "
+                             f"{list(self.shape)} ({count} elements)")
+        if self.dtype == STRING:
+            values = np.empty(len(given), dtype=object)
+            values[:] = list(given)
+            return _filled(values, count, b"").reshape(self.shape)
+        values = np.fromiter(given, dtype=stored, count=len(given))
+        target = np.dtype(np.uint16) if field == "half_val" else self.dtype
+        if target.kind in "iu" and values.size and values.dtype != target:
+            info = np.iinfo(target)
+            if values.min() < info.min or values.max() > info.max:
+                raise BadRequest(f"{self.what}: {field} holds values out of range for "
+                                 f"{_dtype_name(self.proto.dtype)} ({info.min} to "
+                                 f"{info.max})")
+        values = _filled(values.astype(target, copy=False), count, 0)
+        return values.view(self.dtype).reshape(self.shape)
+
+
+def _filled(values: np.ndarray, count: int, zero: object) -> np.ndarray:
+    """``values`` padded to ``count`` elements as TensorFlow pads a typed
+    field: with its last value, or with zeros when it has none."""
+    if len(values) == count:
+        return values
+    fill = values[-1] if len(values) else zero
+    return np.concatenate([values, np.full(count - len(values), fill, dtype=values.dtype)])
+
+
+def tensor_input(name: str, proto: tensor_pb2.TensorProto) -> TensorInput:
+    """A ``TensorProto``'s header checked: a dtype we take, a known shape."""
+    what = f"input {name!r}"
+    if proto.dtype not in _DTYPES:
+        known = ", ".join(types_pb2.DataType.Name(e) for e in _DTYPES)
+        raise BadRequest(f"{what}: dtype {_dtype_name(proto.dtype)} is not supported; use "
+                         f"one of {known}")
+    if proto.tensor_shape.unknown_rank:
+        raise BadRequest(f"{what}: the shape must be known (unknown_rank is set)")
+    shape = check_shape([d.size for d in proto.tensor_shape.dim], what)
+    return TensorInput(name, proto, _DTYPES[proto.dtype][0], shape)
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """A ``PredictRequest``'s inputs checked against the limits, not yet read."""
+
+    signature_name: str
+    output_filter: tuple[str, ...]
+    inputs: list[TensorInput]
+
+    @property
+    def decoded_bytes(self) -> int:
+        return sum(t.decoded_bytes for t in self.inputs)
+
+    def decode(self) -> dict[str, np.ndarray]:
+        """Every input's values, by name (checked against the signature later,
+        with the arrays of every other protocol)."""
+        return {t.name: t.decode() for t in self.inputs}
+
+
+def parse_predict_request(message: predict_pb2.PredictRequest, max_rows: int,
+                          max_elements: int) -> PredictRequest:
+    """Each input's declared rows and the elements of all of them checked
+    against the limits (a 413) before any value is read: a typed field's
+    single value may declare a shape of any size."""
+    if not message.inputs:
+        raise BadRequest("the request has no inputs")
+    inputs = [tensor_input(name, proto) for name, proto in sorted(message.inputs.items())]
+    for tensor in inputs:
+        check_rows(tensor.shape[0] if tensor.shape else 1, max_rows, tensor.what)
+    elements = sum(element_count(t.shape) for t in inputs)
+    if elements > max_elements:
+        raise PayloadTooLarge(f"the inputs have {elements} elements, the limit is "
+                              f"{max_elements}")
+    return PredictRequest(message.model_spec.signature_name, tuple(message.output_filter),
+                          inputs)
+
+
+def tensor_proto(array: np.ndarray, what: str) -> tensor_pb2.TensorProto:
+    """An array as a ``TensorProto``: numbers as ``tensor_content``, strings
+    as ``string_val``."""
+    proto = tensor_pb2.TensorProto()
+    proto.tensor_shape.dim.extend(
+        tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape)
+    if array.dtype.kind in "OSU":
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(as_bytes(array))
+        return proto
+    enum = _ENUM_OF.get(array.dtype.name)
+    if enum is None:
+        raise ModelFailed(f"{what} is {array.dtype}, which the TF Serving API here does not "
+                          "carry")
+    proto.dtype = enum
+    proto.tensor_content = np.ascontiguousarray(array, _DTYPES[enum][0]).tobytes()
+    return proto
+
+
+def model_spec(meta: ModelMetadata, signature: bool = True) -> model_pb2.ModelSpec:
+    """The ``ModelSpec`` of an answer: the model, the version that gave it
+    and (but for metadata, as TF Serving) the signature."""
+    spec = model_pb2.ModelSpec(name=meta.name,
+                               signature_name=meta.signature_name if signature else "")
+    spec.version.value = meta.version
+    return spec
+
+
+def encode_predict_response(meta: ModelMetadata, outputs: dict[str, np.ndarray],
+                            output_filter: Sequence[str] = ()) -> predict_pb2.PredictResponse:
+    """Every output, or those ``output_filter`` names (a 400 for one the
+    signature lacks or names twice, as TF Serving)."""
+    unknown = sorted(set(output_filter) - set(outputs))
+    if unknown or len(set(output_filter)) != len(output_filter):
+        problem = (f"has no output {', '.join(map(repr, unknown))}" if unknown
+                   else "names an output twice")
+        raise BadRequest(f"output_filter {problem}: model {meta.name!r} outputs "
+                         f"{', '.join(map(repr, outputs))}")
+    response = predict_pb2.PredictResponse(model_spec=model_spec(meta))
+    for name in output_filter or outputs:
+        response.outputs[name].CopyFrom(tensor_proto(outputs[name], f"output {name!r}"))
+    return response
+
+
+def parse_examples(message: input_pb2.Input, meta: ModelMetadata, verb: str,
+                   max_rows: int) -> dict[str, np.ndarray]:
+    """A ``Classify``/``Regress`` request's ``tensorflow.serving.Input`` →
+    the signature's examples input (a 400 unless ``meta``'s method is that
+    verb's). With a context, each example is serialized after it (protobuf
+    merges the two; the example's own features win), as TF Serving does."""
+    check_verb(meta, verb)
+    kind = message.WhichOneof("kind")
+    if kind is None:
+        raise BadRequest("the request's input has neither example_list nor "
+                         "example_list_with_context")
+    listed = getattr(message, kind)
+    if not listed.examples:
+        raise BadRequest(f"the request's {kind} has no examples")
+    check_rows(len(listed.examples), max_rows, f"{kind}.examples")
+    context = listed.context.SerializeToString() if kind == "example_list_with_context" else b""
+    return examples_input([context + e.SerializeToString() for e in listed.examples])
+
+
+def examples_bytes(message: input_pb2.Input) -> int:
+    """What serializing the examples of :func:`parse_examples` allocates:
+    each example with its own copy of the context."""
+    kind = message.WhichOneof("kind")
+    if kind is None:
+        return 0
+    listed = getattr(message, kind)
+    context = listed.context.ByteSize() if kind == "example_list_with_context" else 0
+    return listed.ByteSize() + len(listed.examples) * context
+
+
+def encode_classify_response(meta: ModelMetadata, outputs: dict[str, np.ndarray]
+                             ) -> classification_pb2.ClassificationResponse:
+    result = classification_pb2.ClassificationResult(classifications=[
+        classification_pb2.Classifications(classes=[
+            classification_pb2.Class(label=label, score=score) for label, score in example])
+        for example in classifications(outputs)])
+    return classification_pb2.ClassificationResponse(model_spec=model_spec(meta),
+                                                      result=result)
+
+
+def encode_regress_response(meta: ModelMetadata, outputs: dict[str, np.ndarray]
+                            ) -> regression_pb2.RegressionResponse:
+    result = regression_pb2.RegressionResult(
+        regressions=[regression_pb2.Regression(value=v) for v in regressions(outputs)])
+    return regression_pb2.RegressionResponse(model_spec=model_spec(meta), result=result)
+
+
+SIGNATURE_DEF = "signature_def"
+
+
+def model_metadata_response(meta: ModelMetadata, fields: Sequence[str]
+                            ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    """The served ``SignatureDef`` in a ``SignatureDefMap`` packed in an
+    ``Any`` under ``"signature_def"``, the one metadata field TF Serving
+    has (asked for by name, as TF Serving requires)."""
+    if not fields:
+        raise BadRequest("GetModelMetadataRequest must name a metadata_field: "
+                         f"{SIGNATURE_DEF!r}")
+    if other := [f for f in fields if f != SIGNATURE_DEF]:
+        raise BadRequest(f"metadata_field {other[0]!r} is not supported: ask for "
+                         f"{SIGNATURE_DEF!r}")
+    defs = json_format.ParseDict(model_metadata(meta)["metadata"][SIGNATURE_DEF],
+                                 get_model_metadata_pb2.SignatureDefMap())
+    response = get_model_metadata_pb2.GetModelMetadataResponse(
+        model_spec=model_spec(meta, signature=False))
+    response.metadata[SIGNATURE_DEF].Pack(defs)
+    return response
+
+
+def model_status_response(statuses: Sequence[VersionStatus]
+                          ) -> get_model_status_pb2.GetModelStatusResponse:
+    """Each version's state, highest first; one that failed to load with
+    error code UNKNOWN and its message."""
+    return json_format.ParseDict(model_status(statuses),
+                                 get_model_status_pb2.GetModelStatusResponse())

@@ -1,0 +1,87 @@
+"""What the app's gRPC services share (KServe V2, TF Serving), through Ray
+Serve's gRPC proxy: the proxy calls the ingress deployment's method named
+after the RPC with the request message. Errors set a gRPC status code and
+our message on the call's context; every call is counted by its code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from ray.serve.grpc_util import RayServegRPCContext
+
+from deployments.codecs.errors import PayloadTooLarge, ServeError
+from deployments.config import InputLimits
+from deployments.metrics import IngressMetrics, arrival
+from deployments.registry import ModelRegistry
+
+logger = logging.getLogger("ray.serve")
+
+STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+                413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+                415: grpc.StatusCode.INVALID_ARGUMENT, 501: grpc.StatusCode.UNIMPLEMENTED,
+                503: grpc.StatusCode.UNAVAILABLE}
+
+
+class GrpcService:
+    """What a gRPC mixin of the ingress deployment reads off it."""
+
+    _registry: ModelRegistry
+    _limits: InputLimits
+    _metrics: IngressMetrics
+
+    def _take_message(self, message: Message) -> None:
+        """A 413 for a message over ``max_body_bytes`` (as an HTTP body), else
+        its size held against the ingress's memory budget."""
+        limits = self._limits
+        size = message.ByteSize()
+        if size > limits.max_body_bytes:
+            raise PayloadTooLarge(f"request is {size} bytes, the limit is "
+                                  f"{limits.max_body_bytes}")
+        self._registry.budget.take(size, "the request message")
+
+
+Rpc = Callable[[Any, Any, RayServegRPCContext], Awaitable[Any]]
+
+
+def rpc(protocol: str, model_of: Callable[[Any], str]) -> Callable[[Rpc], Rpc]:
+    """An RPC method that turns our errors into gRPC status codes with their
+    message and counts the call under ``protocol``, for the model
+    ``model_of(request)`` names. (Serve passes ``grpc_context`` to methods
+    whose signature names it.)"""
+
+    def decorate(method: Rpc) -> Rpc:
+        @functools.wraps(method)
+        async def call(self: GrpcService, request: Any,
+                       grpc_context: RayServegRPCContext) -> Any:
+            code = grpc.StatusCode.INTERNAL
+            try:
+                with arrival(), self._registry.budget.request():
+                    answer = await method(self, request, grpc_context)
+                code = grpc.StatusCode.OK
+                return answer
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except ServeError as exc:
+                code = STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL)
+                grpc_context.set_code(code)
+                grpc_context.set_details(exc.message)
+                raise
+            except Exception:
+                logger.exception("unhandled error in gRPC %s", method.__name__)
+                grpc_context.set_code(code)
+                grpc_context.set_details("internal server error")
+                raise
+            finally:
+                self._metrics.count(model_of(request), protocol, code.name)
+
+        return call
+
+    return decorate

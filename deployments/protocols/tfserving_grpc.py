@@ -1,0 +1,147 @@
+"""TensorFlow Serving's gRPC API through Ray Serve's gRPC proxy, beside
+KServe V2's: ``tensorflow.serving.PredictionService`` (``Predict``,
+``Classify``, ``Regress``, ``GetModelMetadata``) and
+``tensorflow.serving.ModelService`` (``GetModelStatus``), so TF Serving's
+own stubs speak to the app unmodified. The config enables it with
+:func:`add_servicer` in ``grpc_options.grpc_servicer_functions``.
+
+Each RPC takes the path its REST route takes (``protocols/tfserving.py``):
+the same model resolution by version or label, the same checks and one
+``ModelEndpoint.infer`` call, so coalescing, deadlines and errors behave
+alike; errors become TF Serving's status codes with our message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import numpy as np
+from ray.serve.grpc_util import RayServegRPCContext
+
+from deployments.codecs.errors import Unimplemented
+from deployments.codecs.tfserving_grpc import (
+    encode_classify_response,
+    encode_predict_response,
+    encode_regress_response,
+    examples_bytes,
+    model_metadata_response,
+    model_status_response,
+    parse_examples,
+    parse_predict_request,
+)
+from deployments.codecs.tfserving_protos import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+from deployments.protocols.grpc import GrpcService, rpc
+from deployments.protocols.tfserving import check_signature, version_statuses
+from deployments.protocols.v2 import decode_image_tensor
+from deployments.registry import Answer, ModelEndpoint
+from deployments.signature import ModelMetadata
+
+
+def add_servicer(servicer: Any, server: grpc.Server) -> None:
+    """For ``grpc_options.grpc_servicer_functions``: both TF Serving services."""
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
+
+
+def _model_of(request: Any) -> str:
+    spec = getattr(request, "model_spec", None)
+    return spec.name if spec is not None else ""
+
+
+_status = rpc("tfserving-grpc", _model_of)
+
+
+def _version(spec: model_pb2.ModelSpec) -> int | None:
+    """The version a ``ModelSpec`` names (0 or none: the highest)."""
+    return (spec.version.value or None) if spec.HasField("version") else None
+
+
+class TFServingGrpcService(GrpcService):
+    """TF Serving's RPCs, mixed into the ingress deployment (method names are
+    the RPCs'; none is also a KServe V2 one)."""
+
+    async def _resolve(self, spec: model_pb2.ModelSpec
+                       ) -> tuple[ModelEndpoint, ModelMetadata]:
+        return await self._registry.resolve(spec.name, _version(spec),
+                                            label=spec.version_label or None)
+
+    @_status
+    async def Predict(self, request: predict_pb2.PredictRequest,
+                      grpc_context: RayServegRPCContext) -> predict_pb2.PredictResponse:
+        self._take_message(request)
+        endpoint, meta = await self._resolve(request.model_spec)
+        limits = self._limits
+        parsed = parse_predict_request(request, limits.max_rows, limits.max_elements)
+        check_signature(parsed.signature_name, meta)
+        self._registry.budget.take(parsed.decoded_bytes, "decoding the request's tensors")
+        inputs = await asyncio.to_thread(parsed.decode)  # off the event loop, as HTTP bodies
+        image = meta.image_input
+        if image in inputs and inputs[image].dtype == object:  # DT_STRING: encoded images
+            inputs[image] = await decode_image_tensor(endpoint, meta, inputs[image].shape,
+                                                      list(inputs[image].reshape(-1)))
+        answer = await endpoint.infer(meta, inputs, _version(request.model_spec) is not None)
+        return await asyncio.to_thread(encode_predict_response, answer.meta, answer.outputs,
+                                       parsed.output_filter)
+
+    @_status
+    async def Classify(self, request: classification_pb2.ClassificationRequest,
+                       grpc_context: RayServegRPCContext
+                       ) -> classification_pb2.ClassificationResponse:
+        return encode_classify_response(*await self._examples(request, "classify"))
+
+    @_status
+    async def Regress(self, request: regression_pb2.RegressionRequest,
+                      grpc_context: RayServegRPCContext) -> regression_pb2.RegressionResponse:
+        return encode_regress_response(*await self._examples(request, "regress"))
+
+    async def _examples(self, request: Any, verb: str) -> Answer:
+        """A ``Classify``/``Regress`` call: its examples serialized (off the
+        event loop) for the signature's examples input, run like any request."""
+        self._take_message(request)
+        endpoint, meta = await self._resolve(request.model_spec)
+        check_signature(request.model_spec.signature_name, meta)
+        self._registry.budget.take(examples_bytes(request.input), "the serialized examples")
+        inputs: dict[str, np.ndarray] = await asyncio.to_thread(
+            parse_examples, request.input, meta, verb, self._limits.max_rows)
+        return await endpoint.infer(meta, inputs, _version(request.model_spec) is not None)
+
+    @_status
+    async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
+                               grpc_context: RayServegRPCContext
+                               ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        _, meta = await self._resolve(request.model_spec)
+        return model_metadata_response(meta, request.metadata_field)
+
+    @_status
+    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
+                             grpc_context: RayServegRPCContext
+                             ) -> get_model_status_pb2.GetModelStatusResponse:
+        spec = request.model_spec
+        endpoint = self._registry.get(spec.name)
+        return model_status_response(await version_statuses(
+            endpoint, _version(spec), spec.version_label or None))
+
+    @_status
+    async def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
+                             grpc_context: RayServegRPCContext) -> None:
+        raise Unimplemented("MultiInference is not served here: send each task as its own "
+                            "Classify or Regress call")
+
+    @_status
+    async def HandleReloadConfigRequest(self, request: Any,
+                                        grpc_context: RayServegRPCContext) -> None:
+        raise Unimplemented("models are configured in the app's YAML: change it and "
+                            "redeploy (serve deploy) instead of HandleReloadConfigRequest")
+

@@ -1,0 +1,243 @@
+"""TF Serving's gRPC methods in process: the ingress's mixin called as Serve's
+gRPC proxy calls it (the request message and a context), on models that run
+in this process, each answer compared with the REST route's for the same
+request and each error with its status code and message. (TF Serving's own
+stubs speak to the real proxy in the cluster tier.)"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import json_format
+from sklearn.datasets import load_digits
+from starlette.testclient import TestClient
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    predict_pb2,
+    regression_pb2,
+)
+
+from deployments.asgi import build_asgi
+from deployments.codecs.errors import ServeError
+from deployments.config import AppArgs
+from deployments.metrics import IngressMetrics
+from deployments.protocols.tfserving_grpc import TFServingGrpcService
+from deployments.registry import ModelRegistry
+from harness.inprocess import InProcessModel
+from tests.app.conftest import config_args
+from tests.common import SAMPLES, sample_label, signature_models
+
+
+class Service(TFServingGrpcService):
+    """The mixin on a registry, as the ingress deployment holds it."""
+
+    def __init__(self, registry: ModelRegistry, args: AppArgs,
+                 metrics: IngressMetrics) -> None:
+        self._registry, self._limits, self._metrics = registry, args.limits, metrics
+
+
+@dataclass
+class Context:
+    """What the methods set on Serve's ``RayServegRPCContext``."""
+
+    code: grpc.StatusCode | None = None
+    details: str = ""
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+
+@dataclass
+class App:
+    service: Service
+    http: TestClient
+    counted: list[tuple[Any, ...]]
+
+    def call(self, method: str, request: Any) -> Any:
+        # On the test client's event loop, which the registry's tasks live on.
+        return self.http.portal.call(getattr(self.service, method), request, Context())
+
+    def fails(self, method: str, request: Any) -> Context:
+        context = Context()
+        with pytest.raises(ServeError):
+            self.http.portal.call(getattr(self.service, method), request, context)
+        return context
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[App]:
+    root = signature_models()
+    models = [*config_args().models, *AppArgs.model_validate({"models": [
+        {"name": "tabular", "path": str(root / "tabular"), "scores_output": "approval",
+         "labels_path": str(root / "tabular" / "labels.txt")},
+        {"name": "examples", "path": str(root / "examples")},
+        {"name": "examples_regress", "path": str(root / "examples"),
+         "signature_name": "regress"}]}).models]
+    args = config_args(models=[m.model_dump() for m in models])
+    metrics = IngressMetrics([m.name for m in models])
+    counted: list[tuple[Any, ...]] = []
+    count = metrics.count
+    metrics.count = lambda *a: (counted.append(a), count(*a))  # type: ignore[method-assign]
+    registry = ModelRegistry({m.name: InProcessModel(m) for m in models}, args.limits, metrics,
+                             labels={"digits_linear": {"stable": 1}})
+    with TestClient(build_asgi(registry, args.limits, metrics, args.top_k)) as http:
+        yield App(Service(registry, args, metrics), http, counted)
+
+
+def predict_request(model: str, version: int | None = None, label: str = "",
+                    signature: str = "", **inputs: Any) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = model, signature
+    if version is not None:
+        request.model_spec.version.value = version
+    if label:
+        request.model_spec.version_label = label
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return request
+
+
+ROWS = load_digits().data[:6].astype(np.float32)
+
+
+def test_predict_answers_as_the_rest_route(app: App):
+    rest = app.http.post("/v1/models/digits_linear:predict", json={"instances": ROWS.tolist()})
+    for spec in ({}, {"version": 1}, {"label": "stable"}):
+        response = app.call("Predict", predict_request("digits_linear", **spec, pixels=ROWS))
+        assert (response.model_spec.name, response.model_spec.version.value,
+                response.model_spec.signature_name) == ("digits_linear", 1, "serving_default")
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs["probabilities"]),
+                                   rest.json()["predictions"], rtol=1e-6)
+    assert app.counted[-1] == ("digits_linear", "tfserving-grpc", "OK")
+
+
+def test_encoded_images_as_strings_for_the_image_input(app: App):
+    blobs = [p.read_bytes() for p in SAMPLES]
+    rest = app.http.post("/v1/models/digits:predict", json={"instances": [
+        {"b64": base64.b64encode(b).decode()} for b in blobs]}).json()["predictions"]
+    response = app.call("Predict", predict_request("digits", image=np.array(blobs, object)))
+    probabilities = tf.make_ndarray(response.outputs["probabilities"])
+    np.testing.assert_allclose(probabilities, rest, rtol=1e-6)
+    predicted = [str(i) for i in probabilities.argmax(1)]
+    assert sum(p == sample_label(s) for p, s in zip(predicted, SAMPLES, strict=True)) >= 9
+
+
+def test_several_inputs_and_an_output_filter(app: App):
+    ages = np.array([[30.0], [51.5]], np.float32)
+    cities = np.array([[b"lyon"], [b"oslo"]], dtype=object)
+    request = predict_request("tabular", age=ages, city=cities)
+    request.output_filter.append("amount")
+    response = app.call("Predict", request)
+    rest = app.http.post("/v1/models/tabular:predict", json={"inputs": {
+        "age": ages.tolist(), "city": [["lyon"], ["oslo"]]}}).json()["outputs"]
+    assert list(response.outputs) == ["amount"]
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["amount"]), rest["amount"],
+                               rtol=1e-6)
+
+
+def examples_input(request: Any, context: bool = False) -> Any:
+    examples = [{"x": [1.0, 2.0], "color": [b"blue"]}, {"x": [0.5, -1.5]}]
+    listed = (request.input.example_list_with_context if context
+              else request.input.example_list)
+    for features in examples:
+        listed.examples.add().CopyFrom(tf.train.Example(features=tf.train.Features(feature={
+            k: tf.train.Feature(bytes_list=tf.train.BytesList(value=v)) if k == "color"
+            else tf.train.Feature(float_list=tf.train.FloatList(value=v))
+            for k, v in features.items()})))
+    if context:
+        listed.context.features.feature["color"].bytes_list.value.append(b"green")
+    return request
+
+
+def test_classify_and_regress_answer_as_the_rest_routes(app: App):
+    request = examples_input(classification_pb2.ClassificationRequest())
+    request.model_spec.name = "examples"
+    response = app.call("Classify", request)
+    rest = app.http.post("/v1/models/examples:classify", json={"examples": [
+        {"x": [1.0, 2.0], "color": "blue"}, {"x": [0.5, -1.5]}]}).json()["results"]
+    assert [[(c.label, pytest.approx(c.score)) for c in r.classes]
+            for r in response.result.classifications] == [[tuple(p) for p in r] for r in rest]
+    assert response.model_spec.signature_name == "serving_default"
+
+    request = examples_input(regression_pb2.RegressionRequest(), context=True)
+    request.model_spec.name = "examples_regress"
+    response = app.call("Regress", request)
+    rest = app.http.post("/v1/models/examples_regress:regress", json={
+        "context": {"color": "green"}, "examples": [{"x": [1.0, 2.0], "color": "blue"},
+                                                    {"x": [0.5, -1.5]}]})
+    # The REST route refuses a feature in both places; gRPC lets the example's win.
+    assert rest.status_code == 400
+    values = [r.value for r in response.result.regressions]
+    assert values == pytest.approx([1.0 + 2.0 + 2.0, 0.5 - 1.5 + 1.0])  # blue 2, green 1
+
+
+def test_metadata_and_status_are_the_rest_documents_as_protos(app: App):
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "digits"
+    response = app.call("GetModelMetadata", request)
+    defs = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(defs)
+    rest = app.http.get("/v1/models/digits/metadata").json()
+    assert json_format.MessageToDict(defs, preserving_proto_field_name=True) == json_format.\
+        MessageToDict(json_format.ParseDict(rest["metadata"]["signature_def"],
+                                            get_model_metadata_pb2.SignatureDefMap()),
+                      preserving_proto_field_name=True)
+    status_request = get_model_status_pb2.GetModelStatusRequest()
+    status_request.model_spec.name = "digits_linear"
+    for spec in ({}, {"version_label": "stable"}):
+        for field, value in spec.items():
+            setattr(status_request.model_spec, field, value)
+        (status,) = app.call("GetModelStatus", status_request).model_version_status
+        assert (status.version, status.state) == (1, status.AVAILABLE)
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "code", "message"),
+    [
+        ("Predict", predict_request("nope", pixels=ROWS), "NOT_FOUND", "no model named 'nope'"),
+        ("Predict", predict_request("digits_linear", version=7, pixels=ROWS), "NOT_FOUND",
+         "has no version '7'"),
+        ("Predict", predict_request("digits_linear", label="canary", pixels=ROWS), "NOT_FOUND",
+         "no label 'canary' .its labels: stable=1"),
+        ("Predict", predict_request("digits_linear", pixels=ROWS[:, :63]), "INVALID_ARGUMENT",
+         r"shape \[6, 63\], expected float32\[N, 64\]"),
+        ("Predict", predict_request("digits_linear", pixels=ROWS.astype(np.complex64)),
+         "INVALID_ARGUMENT", "dtype DT_COMPLEX64 is not supported"),
+        ("Predict", predict_request("digits_linear", pixels=np.array([[b"x"] * 64])),
+         "INVALID_ARGUMENT", r"'pixels' has dtype object, expected float32\[N, 64\]"),
+        ("Predict", predict_request("digits_linear", signature="other", pixels=ROWS),
+         "INVALID_ARGUMENT", "Serving signature name: 'other' not found"),
+        ("Predict", predict_request("digits_linear", x=ROWS), "INVALID_ARGUMENT",
+         "missing 'pixels'; unknown 'x'"),
+        ("Predict", predict_request("digits_linear", pixels=np.zeros((300, 64), np.float32)),
+         "RESOURCE_EXHAUSTED", "input 'pixels' has 300 rows, the limit is 256"),
+        ("Classify", examples_input(classification_pb2.ClassificationRequest(
+            model_spec={"name": "digits"})), "INVALID_ARGUMENT", "not a classify signature"),
+        ("GetModelMetadata", get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec={"name": "digits"}), "INVALID_ARGUMENT", "must name a metadata_field"),
+        ("GetModelStatus", get_model_status_pb2.GetModelStatusRequest(
+            model_spec={"name": "digits", "version": {"value": 3}}), "NOT_FOUND",
+         "has no version '3'"),
+        ("MultiInference", inference_pb2.MultiInferenceRequest(), "UNIMPLEMENTED",
+         "MultiInference is not served here"),
+    ],
+)
+def test_errors_carry_tf_servings_status_codes(app: App, method, request_, code, message):
+    context = app.fails(method, request_)
+    assert context.code == getattr(grpc.StatusCode, code)
+    assert re.search(message, context.details), context.details
+    assert app.counted[-1][1:] == ("tfserving-grpc", code)
