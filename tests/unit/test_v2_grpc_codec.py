@@ -75,9 +75,7 @@ def test_response_uses_raw_output_contents():
 
 def test_messages_survive_plain_pickle_as_serve_proxy_sends_them():
     """Serve's gRPC proxy sends each request to the replica with ``pickle``;
-    the generated classes' module names are not importable without the alias
-    the protocol module (imported by the proxy and the ingress) sets."""
-    import deployments.protocols.v2_grpc  # noqa: F401
+    the generated classes' module names are not importable without our alias."""
     request = pb.ModelInferRequest(model_name="digits", raw_input_contents=[b"\x00" * 8])
     response = pb.ModelInferResponse(model_name="digits", id="r-1")
     for message in (request, response):
