@@ -68,6 +68,11 @@ def _version(spec: model_pb2.ModelSpec) -> int | None:
     return (spec.version.value or None) if spec.HasField("version") else None
 
 
+def _pinned(spec: model_pb2.ModelSpec) -> bool:
+    """Whether the client named a version or a label (never split, never moved)."""
+    return _version(spec) is not None or bool(spec.version_label)
+
+
 class TFServingGrpcService(GrpcService):
     """TF Serving's RPCs, mixed into the ingress deployment (method names are
     the RPCs'; none is also a KServe V2 one)."""
@@ -91,7 +96,7 @@ class TFServingGrpcService(GrpcService):
         if image in inputs and inputs[image].dtype == object:  # DT_STRING: encoded images
             inputs[image] = await decode_image_tensor(endpoint, meta, inputs[image].shape,
                                                       list(inputs[image].reshape(-1)))
-        answer = await endpoint.infer(meta, inputs, _version(request.model_spec) is not None)
+        answer = await endpoint.infer(meta, inputs, _pinned(request.model_spec))
         return await asyncio.to_thread(encode_predict_response, answer.meta, answer.outputs,
                                        parsed.output_filter)
 
@@ -115,7 +120,7 @@ class TFServingGrpcService(GrpcService):
         self._registry.budget.take(examples_bytes(request.input), "the serialized examples")
         inputs: dict[str, np.ndarray] = await asyncio.to_thread(
             parse_examples, request.input, meta, verb, self._limits.max_rows)
-        return await endpoint.infer(meta, inputs, _version(request.model_spec) is not None)
+        return await endpoint.infer(meta, inputs, _pinned(request.model_spec))
 
     @_status
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
