@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from deployments.codecs.errors import BadRequest, PayloadTooLarge
+from deployments.preprocessing import DEFAULT, ImagePreprocessing
 
 # Which numpy kinds may be cast to which target kinds without surprises:
 # bool/int data into a float model is fine, floats into an int model are
@@ -83,6 +84,8 @@ class ModelMetadata:
     # Rows the model's replicas run in one batch (0: unknown); the ingress
     # coalesces requests up to it. Retuned live, so not part of equality.
     max_batch_size: int = field(default=0, compare=False)
+    # How encoded images become the image input's values (the model's config).
+    preprocessing: ImagePreprocessing = DEFAULT
 
     @property
     def takes_images(self) -> bool:

@@ -1,19 +1,23 @@
 """Encoded images (PNG, JPEG, anything Pillow reads) → float32 model input.
 
-Each image is converted to the model's mode (grayscale or RGB), resized to its
-height × width with a bilinear filter and scaled to [0, 1]. A batch is
-allocated once and every image is written straight into its row.
+Each image is turned upright by its EXIF orientation, converted to the
+model's mode (grayscale or RGB), resized to its height × width by the model's
+resize policy and mapped to values by its preprocessing (by default: stretched
+with a bilinear filter, scaled to [0, 1]; see ``deployments.preprocessing``).
+A batch is allocated once and every image is written straight into its row.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from deployments.codecs.errors import BadRequest, PayloadTooLarge, ServeError
+from deployments.preprocessing import DEFAULT, ImagePreprocessing, ShorterSide
 from deployments.signature import ImageGeometry
 
 # Raster formats a client may send. Limiting Pillow to these keeps requests
@@ -21,10 +25,16 @@ from deployments.signature import ImageGeometry
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 # 16- and 32-bit grayscale modes, which Pillow's convert("L") would clip at 255.
 _WIDE_GRAYSCALE = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_FILTERS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
+            "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+# EXIF orientations that turn the image a quarter: width and height swap.
+_QUARTER_TURNS = (5, 6, 7, 8)
 
 
 def decode_images(blobs: Sequence[bytes], geometry: ImageGeometry, max_pixels: int,
-                  max_decoded_bytes: int) -> np.ndarray:
+                  max_decoded_bytes: int,
+                  preprocessing: ImagePreprocessing = DEFAULT) -> np.ndarray:
     """Decode encoded images into one ``float32[N, H, W, C]`` batch.
 
     Every image's header is read first: each is checked against
@@ -35,33 +45,64 @@ def decode_images(blobs: Sequence[bytes], geometry: ImageGeometry, max_pixels: i
     if not blobs:
         raise BadRequest("no images in the request")
     many = len(blobs) > 1
-    images = [_open(blob, geometry, max_pixels, f" (image {i})" if many else "")
+    images = [_open(blob, geometry, preprocessing, max_pixels, f" (image {i})" if many else "")
               for i, blob in enumerate(blobs)]
-    cost = sum(decoded_bytes(image, geometry) for image in images)
+    cost = sum(decoded_bytes(image, geometry, preprocessing) for image in images)
     if cost > max_decoded_bytes:
         raise PayloadTooLarge(
             f"the request's {len(images)} image{'s' * many} would decode to {cost} bytes, "
             f"the limit is {max_decoded_bytes}")
     batch = np.empty((len(blobs), geometry.height, geometry.width, geometry.channels),
                      dtype=np.float32)
+    values = _Values(preprocessing, geometry.channels)
     for i, image in enumerate(images):
-        pixels = _decode(image, geometry, f" (image {i})" if many else "")
-        # One write per image: uint8 pixels scaled straight into the batch row.
-        np.multiply(pixels.reshape(batch.shape[1:]), np.float32(1 / 255), out=batch[i])
+        pixels = _decode(image, geometry, preprocessing, f" (image {i})" if many else "")
+        values.place(pixels, batch[i])
     return batch
 
 
-def decoded_bytes(image: Image.Image, geometry: ImageGeometry) -> int:
+class _Values:
+    """Pixels (uint8) → the model's values, written into a batch row."""
+
+    def __init__(self, preprocessing: ImagePreprocessing, channels: int) -> None:
+        self._scale, self._offset = preprocessing.affine(channels)
+        self._bgr = preprocessing.channel_order == "BGR"
+        self._pad = np.array(preprocessing.pad_value, np.uint8).reshape(1, 1, -1)
+
+    def place(self, pixels: np.ndarray, row: np.ndarray) -> None:
+        """``pixels`` (``[h, w, C]``) in the middle of ``row`` (``[H, W, C]``),
+        the margins around a smaller (letterboxed) image filled with the pad."""
+        height, width = pixels.shape[:2]
+        if (height, width) != row.shape[:2]:
+            self._write(self._pad, row)
+            top, left = (row.shape[0] - height) // 2, (row.shape[1] - width) // 2
+            row = row[top:top + height, left:left + width]
+        self._write(pixels, row)
+
+    def _write(self, pixels: np.ndarray, out: np.ndarray) -> None:
+        if self._bgr:
+            pixels = pixels[..., ::-1]  # a view: no copy
+        np.multiply(pixels, self._scale, out=out)
+        np.add(out, self._offset, out=out)
+
+
+def decoded_bytes(image: Image.Image, geometry: ImageGeometry,
+                  preprocessing: ImagePreprocessing = DEFAULT) -> int:
     """What decoding ``image`` allocates (after JPEG's reduced-scale draft):
     its pixels as Pillow holds them in their own mode, once more for a
-    conversion of the samples, and again in the model's mode."""
+    conversion of the samples, and again in the model's mode; compositing
+    transparency adds an RGBA copy and the background it is composited on.
+    (The resized image is at most the model's height × width, counted with
+    the batch.)"""
     width, height = image.size
     native = 1 if image.mode in ("1", "L", "P") else 2 if image.mode.startswith("I;16") else 4
     model = 1 if geometry.channels == 1 else 4  # Pillow holds RGB in 4 bytes a pixel
-    return width * height * (2 * native + model)
+    alpha = 4 + model if preprocessing.composites_alpha and image.has_transparency_data else 0
+    return width * height * (2 * native + model + alpha)
 
 
-def _open(blob: bytes, geometry: ImageGeometry, max_pixels: int, where: str) -> Image.Image:
+def _open(blob: bytes, geometry: ImageGeometry, preprocessing: ImagePreprocessing,
+          max_pixels: int, where: str) -> Image.Image:
     """The image's header read, its size checked, a reduced scale chosen."""
     if not blob:
         raise BadRequest(f"empty image{where}")
@@ -87,16 +128,36 @@ def _open(blob: bytes, geometry: ImageGeometry, max_pixels: int, where: str) -> 
     if width == 0 or height == 0:
         raise BadRequest(f"image{where} has no pixels")
     try:
-        # JPEG can decode at a reduced scale, far cheaper for large photos.
-        image.draft(geometry.pillow_mode, (geometry.width, geometry.height))
+        # JPEG can decode at a reduced scale, far cheaper for large photos
+        # (other formats have no draft, and reading their EXIF may load them).
+        if image.format == "JPEG":
+            image.draft(geometry.pillow_mode, _draft_size(image, geometry, preprocessing))
     except Exception as exc:
         raise BadRequest(f"cannot decode image{where}: invalid header ({exc})") from None
     return image
 
 
-def _decode(image: Image.Image, geometry: ImageGeometry, where: str) -> np.ndarray:
+def _draft_size(image: Image.Image, geometry: ImageGeometry,
+                preprocessing: ImagePreprocessing) -> tuple[int, int]:
+    """The least size (as stored, before any EXIF turn) the image may be
+    reduced to: what the resize policy scales the whole upright image to."""
+    turned = (preprocessing.exif_transpose
+              and image.getexif().get(ExifTags.Base.Orientation) in _QUARTER_TURNS)
+    width, height = image.size[::-1] if turned else image.size
+    policy = preprocessing.resize
+    if policy == "stretch":
+        needed = geometry.width, geometry.height
+    else:
+        factor = (policy.shorter_side / min(width, height) if isinstance(policy, ShorterSide)
+                  else min(geometry.width / width, geometry.height / height))
+        needed = max(1, math.ceil(width * factor)), max(1, math.ceil(height * factor))
+    return needed[::-1] if turned else needed
+
+
+def _decode(image: Image.Image, geometry: ImageGeometry, preprocessing: ImagePreprocessing,
+            where: str) -> np.ndarray:
     try:
-        return _pixels(image, geometry, where)
+        return _pixels(image, geometry, preprocessing, where)
     except ServeError:
         raise
     except Exception as exc:
@@ -105,26 +166,66 @@ def _decode(image: Image.Image, geometry: ImageGeometry, where: str) -> np.ndarr
         ) from None
 
 
-def _pixels(image: Image.Image, geometry: ImageGeometry, where: str) -> np.ndarray:
-    """The image's one frame as uint8 ``[H, W, C]`` in the model's mode and size."""
+def _pixels(image: Image.Image, geometry: ImageGeometry, preprocessing: ImagePreprocessing,
+            where: str) -> np.ndarray:
+    """The image's one frame as uint8 ``[h, w, C]`` in the model's mode, resized
+    by the policy (the model's size, or within it when letterboxed)."""
     frames = getattr(image, "n_frames", 1)  # multi-frame formats read the whole file
     if frames > 1:  # which frame would the model see? the client must choose
         raise BadRequest(f"image{where} is animated ({frames} frames): send a single frame")
-    ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of the pixels
+    if preprocessing.exif_transpose:
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of the pixels
     image.load()
     if image.mode in _WIDE_GRAYSCALE:
         image = _to_8_bit(image)
+    mode = geometry.pillow_mode
+    if preprocessing.composites_alpha and image.has_transparency_data:
+        image = _composite(image, mode, preprocessing.alpha)
     try:
-        if image.mode != geometry.pillow_mode:
-            image = image.convert(geometry.pillow_mode)
+        if image.mode != mode:
+            image = image.convert(mode)
     except ValueError:
         raise BadRequest(
-            f"image{where} has pixel mode {image.mode}, which cannot be converted to "
-            f"{geometry.pillow_mode}"
+            f"image{where} has pixel mode {image.mode}, which cannot be converted to {mode}"
         ) from None
-    if image.size != (geometry.width, geometry.height):
-        image = image.resize((geometry.width, geometry.height), Image.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    pixels = np.asarray(_resize(image, geometry, preprocessing), dtype=np.uint8)
+    return pixels.reshape(*pixels.shape[:2], geometry.channels)
+
+
+def _composite(image: Image.Image, mode: str, background: str) -> Image.Image:
+    """The image over a plain ``background`` ("white", "black"), in ``mode``."""
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+    out = Image.new(mode, image.size, background)
+    out.paste(rgba, mask=rgba)  # blended by the alpha band
+    return out
+
+
+def _resize(image: Image.Image, geometry: ImageGeometry,
+            preprocessing: ImagePreprocessing) -> Image.Image:
+    """The image at the model's size (stretched, or the centre of the image
+    scaled to its shorter side), or fitted within it (letterbox)."""
+    width, height = image.size
+    size = geometry.width, geometry.height
+    policy, method = preprocessing.resize, _FILTERS[preprocessing.interpolation]
+    if isinstance(policy, ShorterSide):
+        # Only the crop is resampled: an image of extreme aspect never
+        # allocates its whole resized self. The crop in source pixels
+        # (integer products first: exact, and within the image).
+        short, side = min(width, height), policy.shorter_side
+        crop_w, crop_h = size[0] * short / side, size[1] * short / side
+        box = ((width - crop_w) / 2, (height - crop_h) / 2,
+               (width + crop_w) / 2, (height + crop_h) / 2)
+        return image.resize(size, method, box=box)
+    if policy == "letterbox":
+        size = _fit(width, height, *size)
+    return image if image.size == size else image.resize(size, method)
+
+
+def _fit(width: int, height: int, max_width: int, max_height: int) -> tuple[int, int]:
+    """The largest size of the image's aspect within ``max_width × max_height``."""
+    if width * max_height <= height * max_width:  # height bounds it
+        return max(1, round(width * max_height / height)), max_height
+    return max_width, max(1, round(height * max_width / width))
 
 
 def _to_8_bit(image: Image.Image) -> Image.Image:
