@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from deployments.device import GpuMemoryMode
+from deployments.preprocessing import ImagePreprocessing
 from deployments.storage import (
     SCHEMES,
     Cache,
@@ -150,6 +151,10 @@ class ModelArgs(_Strict):
     )
     image_input: str | None = Field(
         None, description="the input images go into; default: the one shaped like images")
+    preprocessing: ImagePreprocessing = Field(
+        default_factory=ImagePreprocessing,
+        description="how images become the input's values: range, mean/std, channel order, "
+                    "resize, interpolation, alpha, EXIF (input: image)")
     labels_path: PathOrUrl | None = Field(None, description="one class label per line")
     signature_name: str = "serving_default"
     scores_output: str | None = Field(
@@ -175,6 +180,8 @@ class ModelArgs(_Strict):
         if self.ship and (is_url(self.path) or is_url(self.labels_path or "")):
             raise ValueError("ship: true packs local files; replicas read s3:// and gs:// "
                              "paths from the store themselves")
+        if "preprocessing" in self.model_fields_set and self.input != "image":
+            raise ValueError("preprocessing applies to encoded images: set input: image")
         if 0 < self.poll_interval_s < 0.1:
             raise ValueError("poll_interval_s: 0 (never) or at least 0.1 s")
         labels = self.labels_path

@@ -245,7 +245,7 @@ class ModelEndpoint:
         self._budget.take(per_image * 4 * len(blobs), f"decoding {len(blobs)} images")
         return await asyncio.get_running_loop().run_in_executor(
             self._decoder, decode_images, blobs, geometry, limits.max_image_pixels,
-            limits.max_decoded_bytes)
+            limits.max_decoded_bytes, meta.preprocessing)
 
     def retune(self, settings: CoalesceSettings) -> None:
         """New coalescing settings, for requests from now on."""

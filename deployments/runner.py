@@ -57,10 +57,14 @@ def _image_input(model: ModelArgs, inputs: tuple[TensorSpec, ...]) -> str | None
                if not candidates else "several inputs could take the images: name one "
                                       "with image_input"))
     try:
-        image_geometry(candidates[0])
+        geometry = image_geometry(candidates[0])
     except ValueError as exc:
         raise ModelLoadError(f"model {model.name!r} is configured with input: image, "
                              f"but {exc}") from None
+    try:
+        model.preprocessing.check(geometry)
+    except ValueError as exc:
+        raise ModelLoadError(f"model {model.name!r}: {exc}") from None
     return candidates[0].name
 
 
@@ -157,6 +161,7 @@ class SavedModelRunner:
             image_input=_image_input(model, inputs),
             method_name=defs[signature_name].get("method_name") or PREDICT,
             signature_defs=defs,
+            preprocessing=model.preprocessing,
         )
         self.static_shapes = model.jit_compile
         self._call = self._compile(model.jit_compile)

@@ -34,7 +34,7 @@ async def predict(app_name: str, paths: list[Path], top_k: int | None) -> dict:
     blobs = [path.read_bytes() for path in paths]
     limits = InputLimits()
     batch = decode_images(blobs, meta.image_geometry(), limits.max_image_pixels,
-                          limits.max_decoded_bytes)
+                          limits.max_decoded_bytes, meta.preprocessing)
 
     ref = ray.put(batch)
     from_array = await app.predict.remote(batch, top_k=top_k)

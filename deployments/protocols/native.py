@@ -90,13 +90,15 @@ class NativeApi:
             versions = await self._registry.get(name).versions()
             latest = versions[max(versions)]
             main = latest.image_spec() if latest.takes_images else latest.inputs[0]
-            models.append({"name": name, "versions": sorted(versions),
-                           "input": "image" if latest.takes_images else "tensor",
-                           "input_shape": [d or -1 for d in main.shape],
-                           "inputs": [{"name": s.name, "dtype": s.dtype,
-                                       "shape": [d or -1 for d in s.shape]}
-                                      for s in latest.inputs],
-                           "labels": list(latest.labels)})
+            model = {"name": name, "versions": sorted(versions),
+                     "input": "image" if latest.takes_images else "tensor",
+                     "input_shape": [d or -1 for d in main.shape],
+                     "inputs": [{"name": s.name, "dtype": s.dtype,
+                                 "shape": [d or -1 for d in s.shape]} for s in latest.inputs],
+                     "labels": list(latest.labels)}
+            if latest.takes_images:
+                model["preprocessing"] = latest.preprocessing.model_dump(mode="json")
+            models.append(model)
         return JSONResponse({"default": self._registry.default, "models": models})
 
     async def predict_http(self, request: Request) -> JSONResponse:
