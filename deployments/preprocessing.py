@@ -129,6 +129,9 @@ class ImagePreprocessing(BaseModel):
         if channels == 1 and self.channel_order == "BGR":
             raise ValueError("preprocessing channel_order: BGR needs a 3-channel image input; "
                              "the model's images are grayscale")
+        if channels == 1 and isinstance(self.pad_value, tuple):
+            raise ValueError("preprocessing: an RGB pad_value needs a 3-channel image input; "
+                             "the model's images are grayscale")
         side = max(geometry.height, geometry.width)
         if isinstance(self.resize, ShorterSide) and self.resize.shorter_side < side:
             raise ValueError(f"preprocessing resize: shorter_side {self.resize.shorter_side} "
