@@ -180,7 +180,7 @@ class ModelArgs(_Strict):
         if self.ship and (is_url(self.path) or is_url(self.labels_path or "")):
             raise ValueError("ship: true packs local files; replicas read s3:// and gs:// "
                              "paths from the store themselves")
-        if "preprocessing" in self.model_fields_set and self.input != "image":
+        if self.preprocessing != ImagePreprocessing() and self.input != "image":
             raise ValueError("preprocessing applies to encoded images: set input: image")
         if 0 < self.poll_interval_s < 0.1:
             raise ValueError("poll_interval_s: 0 (never) or at least 0.1 s")

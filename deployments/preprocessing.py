@@ -96,7 +96,7 @@ class ImagePreprocessing(BaseModel):
         """A preset's settings, under whatever is given explicitly."""
         if isinstance(data, dict) and data.get("preset") in PRESETS:
             preset = PRESETS[data["preset"]]
-            if "scale" in data or "offset" in data:  # they replace the preset's range
+            if data.get("scale") is not None:  # it replaces the preset's range
                 preset = {k: v for k, v in preset.items() if k != "range"}
             return {**preset, **data}
         return data
@@ -113,7 +113,7 @@ class ImagePreprocessing(BaseModel):
             raise ValueError("scale 0 would make every image the same")
         if min(self.std) <= 0:
             raise ValueError(f"std {list(self.std)}: every value must be above 0")
-        if "pad_value" in self.model_fields_set and self.resize != "letterbox":
+        if self.pad_value != 0 and self.resize != "letterbox":
             raise ValueError("pad_value is for resize: letterbox")
         return self
 

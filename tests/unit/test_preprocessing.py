@@ -43,6 +43,15 @@ def test_a_preset_sets_fields_and_explicit_fields_override_it():
     assert scaled.range is None and scaled.scale == 1
 
 
+def test_settings_survive_a_round_trip_through_their_dump():
+    for given in ({}, {"preset": "keras_resnet50", "resize": "letterbox", "pad_value": 9},
+                  {"preset": "keras_densenet", "scale": 2}):
+        model = ModelArgs(name="m", path="m", input="image", preprocessing=given)
+        assert ModelArgs.model_validate(model.model_dump()) == model
+    tensors = ModelArgs(name="m", path="m")
+    assert ModelArgs.model_validate(tensors.model_dump()) == tensors
+
+
 def test_resize_policies_parse():
     assert settings().resize == "stretch"
     assert settings(resize="letterbox", pad_value=114).pad_value == 114
