@@ -126,7 +126,7 @@ def image_geometry(spec: TensorSpec) -> ImageGeometry:
         )
     if spec.dtype == STRING or np.dtype(spec.dtype).kind != "f":
         raise ValueError(f"input {spec.name!r} is {spec.describe()}: images are decoded to "
-                         "floats in [0, 1], so an image input must be a float type")
+                         "floats, so an image input must be a float type")
     _, height, width, channels = spec.shape
     return ImageGeometry(int(height), int(width), int(channels))
 
