@@ -18,6 +18,7 @@ from deployments.config import AppArgs
 from deployments.ingress import Preprocessor
 from deployments.model import ModelDeployment
 from deployments.shipping import ship
+from deployments.user_code import code_paths
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -28,4 +29,4 @@ def build_app(args: dict[str, Any]) -> Application:
         shipped = ship(Path(resolved.path), resolved.shipped_files()) if model.ship else None
         models[model.name] = ModelDeployment.options(name=model.name).bind(
             resolved, config.device, shipped)
-    return Preprocessor.bind(models, config.top_k, config.limits)
+    return Preprocessor.bind(models, config.top_k, config.limits, code_paths(config.models))

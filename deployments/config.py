@@ -7,11 +7,13 @@ receives plain, validated values.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -125,6 +127,19 @@ def _fspath(value: Any) -> Any:
 PathOrUrl = Annotated[str, BeforeValidator(_fspath)]
 
 
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _import_path(value: str) -> str:
+    if not _IMPORT_PATH.fullmatch(value):
+        raise ValueError(f"{value!r} is not an import path of the form 'module.path:attribute'")
+    return value
+
+
+# A callable by import path, ``my_pkg.pre:normalize`` (imported when the ingress starts).
+ImportPath = Annotated[str, AfterValidator(_import_path)]
+
+
 def _policy(value: Any) -> Any:
     return {"all": {}} if value == "all" else value  # ``version_policy: all`` in YAML
 
@@ -160,6 +175,12 @@ class ModelArgs(_Strict):
     scores_output: str | None = Field(
         None, description="output holding class scores; default: the only or first output"
     )
+    preprocess: ImportPath | None = Field(
+        None, description="your code on each request's inputs before they are checked: "
+                          "module.path:function, dict[str, ndarray] -> dict[str, ndarray]")
+    postprocess: ImportPath | None = Field(
+        None, description="your code on each request's outputs before they are encoded: "
+                          "module.path:function, dict[str, ndarray] -> dict[str, ndarray]")
     jit_compile: bool = Field(False, description="compile with XLA (batches padded to buckets)")
     storage: StorageArgs = StorageArgs()
     ship: bool = Field(

@@ -31,6 +31,7 @@ from deployments.protocols.tfserving_grpc import TFServingGrpcService
 from deployments.protocols.v2_grpc import V2GrpcService
 from deployments.registry import ModelRegistry
 from deployments.signature import ModelMetadata
+from deployments.user_code import CodePaths, load_processors
 from deployments.versions import Routing
 
 
@@ -48,10 +49,14 @@ class IngressSettings(BaseModel):
 @serve.ingress()
 class Preprocessor(V2GrpcService, TFServingGrpcService):
     def __init__(self, models: dict[str, DeploymentHandle], top_k: int,
-                 limits: InputLimits) -> None:
+                 limits: InputLimits, code: dict[str, CodePaths] | None = None) -> None:
+        """``code``: the models' own pre/postprocessing callables by import
+        path, imported here so that one that does not import fails the deploy
+        (the message, naming model and path, shows in ``serve status``)."""
+        processors = load_processors(code or {})
         self._metrics = IngressMetrics(models)
         clients = {name: RayModelClient(name, handle) for name, handle in models.items()}
-        self._registry = ModelRegistry(clients, limits, self._metrics)
+        self._registry = ModelRegistry(clients, limits, self._metrics, processors=processors)
         self._limits = limits
         self._settings = IngressSettings()
         self._native = NativeApi(self._registry, limits, top_k)

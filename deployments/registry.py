@@ -39,6 +39,7 @@ from deployments.codecs.numbers import decimal_count
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics, arrival_time
 from deployments.signature import Inputs, ModelMetadata, check_inputs, check_size
+from deployments.user_code import Processors
 from deployments.versions import Routing, VersionStatus
 
 # How long the versions and signatures learned from a model replica are
@@ -106,8 +107,10 @@ class ModelEndpoint:
     """One model deployment: its versions' metadata and the way in."""
 
     def __init__(self, name: str, client: ModelClient, limits: InputLimits,
-                 metrics: IngressMetrics, decoder: Executor, budget: MemoryBudget) -> None:
+                 metrics: IngressMetrics, decoder: Executor, budget: MemoryBudget,
+                 processors: Processors) -> None:
         self.name = name
+        self._processors = processors
         self.routing = Routing()
         self._decoder = decoder
         self._budget = budget
@@ -286,9 +289,11 @@ class ModelEndpoint:
         (so a bad request fails alone), then sent with whatever else waits
         for the model; with the metadata of the version that answered.
 
+        The model's own ``preprocess`` code (if any) runs first, on the
+        inputs as decoded, its ``postprocess`` code on the outputs.
         ``ObjectRef`` inputs (a Python caller's own objects) are read in place;
-        when every input is one and none must be cast, they are forwarded to
-        the model as they are.
+        when every input is one, none must be cast and no preprocess code
+        needs the arrays, they are forwarded to the model as they are.
         ``pinned``: the client named the version (or a label). A replica that
         turns the version away may be loading or dropping it while another
         serves it: a pinned request is sent again while a replica lists the
@@ -297,26 +302,36 @@ class ModelEndpoint:
         ``timeout_s`` (default: the limits' ``request_timeout_s``), a 503.
         """
         timeout_s = self._limits.request_timeout_s if timeout_s is None else timeout_s
+        pre, post = self._processors.pre, self._processors.post
         try:
             async with asyncio.timeout(timeout_s):
-                tried: set[int] = set()
-                if not pinned:
-                    meta = await self._split(meta)
-                while True:
-                    part = await self._part(meta, inputs)
-                    try:
-                        return Answer(meta, await self._coalescer(meta).submit(part, part.rows))
-                    except NotFound:
-                        if pinned and not await self._listed(meta.version):
-                            raise
-                    if pinned:  # another replica has it: this one is loading or dropping it
-                        await asyncio.sleep(_FOLLOW_POLL_S)
-                        continue
-                    tried.add(meta.version)
-                    meta = await self._another(tried)
+                if pre is not None:
+                    inputs = await pre({**inputs, **await _read(_refs(inputs))})
+                meta, outputs = await self._follow(meta, inputs, pinned)
+                return Answer(meta, outputs if post is None else await post(outputs))
         except TimeoutError:
             raise ServiceUnavailable(f"model {self.name!r} did not answer within "
                                      f"{timeout_s:g} s; retry") from None
+
+    async def _follow(self, meta: ModelMetadata, inputs: dict[str, np.ndarray | ray.ObjectRef],
+                      pinned: bool) -> Answer:
+        """The model's answer from the version ``pinned`` names, or from
+        whichever one serves a request that named none."""
+        tried: set[int] = set()
+        if not pinned:
+            meta = await self._split(meta)
+        while True:
+            part = await self._part(meta, inputs)
+            try:
+                return Answer(meta, await self._coalescer(meta).submit(part, part.rows))
+            except NotFound:
+                if pinned and not await self._listed(meta.version):
+                    raise
+            if pinned:  # another replica has it: this one is loading or dropping it
+                await asyncio.sleep(_FOLLOW_POLL_S)
+                continue
+            tried.add(meta.version)
+            meta = await self._another(tried)
 
     async def _split(self, meta: ModelMetadata) -> ModelMetadata:
         """The version a traffic split sends a request that named none to
@@ -328,14 +343,8 @@ class ModelEndpoint:
     async def _part(self, meta: ModelMetadata,
                     inputs: dict[str, np.ndarray | ray.ObjectRef]) -> _Part:
         """``inputs`` checked against ``meta``'s signature, as one part of a call."""
-        refs = {n: v for n, v in inputs.items() if isinstance(v, ray.ObjectRef)}
-        views = {}
-        for name, ref in refs.items():
-            try:
-                views[name] = await ref
-            except RayError as exc:
-                raise BadRequest(f"cannot read the ObjectRef given for {name!r}: "
-                                 f"{type(exc).__name__}") from None
+        refs = _refs(inputs)
+        views = await _read(refs)
         limits = self._limits
         checked = check_inputs({**inputs, **views}, meta, limits.max_rows, limits.max_elements)
         rows = rows_of(checked)
@@ -383,6 +392,22 @@ class ModelEndpoint:
         return [next(from_forwarded if p.refs is not None else from_local) for p in parts]
 
 
+def _refs(inputs: Mapping[str, object]) -> dict[str, ray.ObjectRef]:
+    return {n: v for n, v in inputs.items() if isinstance(v, ray.ObjectRef)}
+
+
+async def _read(refs: Mapping[str, ray.ObjectRef]) -> dict[str, Any]:
+    """A caller's objects, read in place (a 400 for one that cannot be read)."""
+    views = {}
+    for name, ref in refs.items():
+        try:
+            views[name] = await ref
+        except RayError as exc:
+            raise BadRequest(f"cannot read the ObjectRef given for {name!r}: "
+                             f"{type(exc).__name__}") from None
+    return views
+
+
 def _died_alone(model: str) -> ModelFailed:
     return ModelFailed(f"the replica of model {model!r} died while running this request "
                        "alone; it is not sent again, since it is what crashed the replica")
@@ -392,13 +417,18 @@ class ModelRegistry:
     """The served models in config order; the first is the default."""
 
     def __init__(self, clients: dict[str, ModelClient], limits: InputLimits,
-                 metrics: IngressMetrics, routing: Mapping[str, Routing] | None = None
-                 ) -> None:
+                 metrics: IngressMetrics, routing: Mapping[str, Routing] | None = None,
+                 processors: Mapping[str, Processors] | None = None) -> None:
+        """``processors``: each model's own pre/postprocessing code (none if left out)."""
+        processors = processors or {}
+        if unknown := sorted(set(processors) - set(clients)):
+            raise ValueError(f"code given for models that are not served: {unknown}")
         # One bounded pool decodes every model's images: concurrent requests
         # wait for a thread rather than multiply the memory decoding takes.
         decoder = ThreadPoolExecutor(limits.decode_threads, thread_name_prefix="decode")
         self.budget = MemoryBudget(limits.max_inflight_bytes)
-        self._models = {name: ModelEndpoint(name, client, limits, metrics, decoder, self.budget)
+        self._models = {name: ModelEndpoint(name, client, limits, metrics, decoder, self.budget,
+                                            processors.get(name, Processors()))
                         for name, client in clients.items()}
         self.route(routing or {})
         self.default = next(iter(self._models))

@@ -189,8 +189,9 @@ def classify(scores: np.ndarray, labels: tuple[str, ...], k: int) -> np.ndarray:
 
 def select_outputs(request: InferRequest, meta: ModelMetadata,
                    results: dict[str, np.ndarray]) -> list[OutputTensor]:
-    """The outputs a request asked for (all by default), classified on request."""
-    wanted = request.outputs or [RequestedOutput(o.name) for o in meta.outputs]
+    """The outputs a request asked for (all by default: every one the
+    model's postprocess code leaves), classified on request."""
+    wanted = request.outputs or [RequestedOutput(name) for name in results]
     tensors = []
     for out in wanted:
         if out.name not in results:

@@ -15,6 +15,7 @@ from deployments.asgi import build_asgi
 from deployments.config import AppArgs
 from deployments.metrics import IngressMetrics
 from deployments.registry import ModelRegistry
+from deployments.user_code import code_paths, load_processors
 from deployments.versions import Routing
 from harness.inprocess import InProcessModel
 from tests.common import CONFIG, ROOT
@@ -32,10 +33,10 @@ def config_args(**changes: object) -> AppArgs:
 
 def build_app(args: AppArgs, routing: dict[str, Routing] | None = None) -> Starlette:
     """The app the Preprocessor serves for ``args`` (and labels, ``routing``),
-    its models in this process."""
+    its models in this process, with the pre/postprocessing code they name."""
     metrics = IngressMetrics([m.name for m in args.models])
     registry = ModelRegistry({m.name: InProcessModel(m) for m in args.models}, args.limits,
-                             metrics, routing)
+                             metrics, routing, load_processors(code_paths(args.models)))
     return build_asgi(registry, args.limits, metrics, args.top_k)
 
 

@@ -1,0 +1,141 @@
+"""A model's own pre- and postprocessing code, named by import path in the YAML.
+
+``preprocess: my_pkg.pre:normalize`` runs on a request's inputs (by name,
+numpy arrays) after its protocol decoded them and before they are checked
+against the signature; ``postprocess`` on that request's outputs before its
+protocol encodes them. Both run in the ingress (``ModelEndpoint.infer``, the
+one path every protocol takes), sync functions on a thread so CPU work does
+not stall the event loop, async ones on it.
+
+The code is imported when the ingress starts: a path that does not import
+fails the deploy, naming the model and the path. At request time a
+:class:`ServeError` the code raises is the client's answer (a ``BadRequest``
+is a 400 with its message); anything else is a 500 naming the callable and
+the exception's type, logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from deployments.codecs.errors import ServeError
+
+if TYPE_CHECKING:
+    from deployments.config import ModelArgs
+
+logger = logging.getLogger("ray.serve")
+
+Arrays = dict[str, np.ndarray]
+
+
+class UserCodeFailed(ServeError):
+    """A model's own pre- or postprocessing code raised or answered nonsense:
+    a fault of the server, reported without the code's internals."""
+
+    status = 500
+
+
+class CodePaths(NamedTuple):
+    """A model's ``preprocess`` and ``postprocess`` import paths, as configured."""
+
+    preprocess: str | None = None
+    postprocess: str | None = None
+
+
+def import_callable(path: str) -> Callable[..., Any]:
+    """The object ``module.path:attribute`` names (the attribute may be
+    dotted); ``ImportError`` saying what is missing, or why it failed."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:  # a missing module, or one that raises as it is imported
+        raise ImportError(f"cannot import module {module_name!r}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ImportError(f"module {module_name!r} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ImportError(f"{attribute!r} is not callable (of type {type(target).__name__})")
+    return target
+
+
+@dataclass(frozen=True)
+class Processor:
+    """One configured callable: ``dict[str, ndarray]`` in, the same out."""
+
+    stage: str  # "preprocess" or "postprocess"
+    path: str
+    run: Callable[[Arrays], Awaitable[Any]]
+
+    @classmethod
+    def load(cls, model: str, stage: str, path: str) -> Processor:
+        """``path`` imported now; a ``RuntimeError`` naming the model and path if not."""
+        try:
+            fn = import_callable(path)
+        except ImportError as exc:
+            raise RuntimeError(f"model {model!r}: {stage} {path!r} cannot be loaded: "
+                               f"{exc}") from None
+        # Async code runs on the event loop; sync code on a thread, decided once here.
+        run = fn if inspect.iscoroutinefunction(fn) else partial(asyncio.to_thread, fn)
+        return cls(stage, path, run)
+
+    async def __call__(self, arrays: Arrays) -> Arrays:
+        """The callable's answer for ``arrays``, checked to be arrays by name."""
+        try:
+            result = await self.run(arrays)
+        except ServeError:
+            raise
+        except Exception as exc:
+            logger.exception("%s %s raised", self.stage, self.path)
+            raise UserCodeFailed(f"{self.stage} {self.path} raised "
+                                 f"{type(exc).__name__}") from None
+        if (wrong := _not_arrays(result)) is not None:
+            raise UserCodeFailed(f"{self.stage} {self.path} returned {wrong}, not a dict of "
+                                 "numpy arrays by name")
+        return result
+
+
+def _not_arrays(value: object) -> str | None:
+    """What is wrong with ``value`` as arrays by name (None: nothing)."""
+    if not isinstance(value, dict):
+        return f"a {type(value).__name__}"
+    for key, array in value.items():
+        if not isinstance(key, str):
+            return f"a dict keyed by {type(key).__name__}"
+        if not isinstance(array, np.ndarray):
+            return f"a {type(array).__name__} for {key!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class Processors:
+    """A model's configured callables (either may be absent)."""
+
+    pre: Processor | None = None
+    post: Processor | None = None
+
+    @classmethod
+    def load(cls, model: str, paths: CodePaths) -> Processors:
+        return cls(*(Processor.load(model, stage, path) if path else None
+                     for stage, path in zip(CodePaths._fields, paths, strict=True)))
+
+
+def code_paths(models: Iterable[ModelArgs]) -> dict[str, CodePaths]:
+    """The import paths of the models that name any code."""
+    return {m.name: CodePaths(m.preprocess, m.postprocess) for m in models
+            if m.preprocess or m.postprocess}
+
+
+def load_processors(paths: Mapping[str, CodePaths]) -> dict[str, Processors]:
+    """Every model's code imported, or the first failure naming model and path."""
+    return {name: Processors.load(name, p) for name, p in paths.items()}

@@ -1,0 +1,42 @@
+"""Pre- and postprocessing code the app tests name by import path, as a
+user's own module would be (``tests.app.user_code:to_counts``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deployments.codecs.errors import BadRequest
+
+
+def to_counts(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Pixels sent in [0, 1]; the model takes the digits' counts, 0-16."""
+    return {"pixels": inputs["pixels"] * 16}
+
+
+async def to_counts_async(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return to_counts(inputs)
+
+
+def with_digit(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The scores kept, the best digit added as an output of its own."""
+    return {**outputs, "digit": outputs["probabilities"].argmax(axis=1)}
+
+
+def no_negatives(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if (inputs["pixels"] < 0).any():
+        raise BadRequest("pixels must not be negative")
+    return inputs
+
+
+def fragile(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Fails on pixels above 100, with a message the client must not see."""
+    if (inputs["pixels"] > 100).any():
+        raise ValueError("secret internal detail")
+    return inputs
+
+
+def as_lists(outputs: dict[str, np.ndarray]) -> dict[str, object]:
+    return {name: array.tolist() for name, array in outputs.items()}
+
+
+NOT_CALLABLE = 3

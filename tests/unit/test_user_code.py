@@ -1,0 +1,70 @@
+"""Import paths of a model's own code: checked when the config is parsed,
+imported when the ingress starts, with messages that name model and path."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from deployments.config import ModelArgs
+from deployments.user_code import CodePaths, Processors, code_paths, load_processors
+
+CODE = "tests.app.user_code"
+
+
+@pytest.mark.parametrize("path", ["my_pkg.pre", "my_pkg.pre:", ":normalize", "a:b:c",
+                                  "my pkg:f", "1pkg:f", "pkg.:f", "pkg:f.", "pkg:f()"])
+def test_a_malformed_path_fails_the_config(path: str):
+    form = "not an import path of the form 'module.path:attribute'"
+    with pytest.raises(ValidationError, match=re.escape(form)):
+        ModelArgs(name="m", path="models/digits", preprocess=path)
+
+
+def test_well_formed_paths_are_taken():
+    model = ModelArgs(name="m", path="x", preprocess="my_pkg.pre:normalize",
+                      postprocess="my_pkg.post:Calibrator.apply")
+    assert code_paths([model, ModelArgs(name="none", path="x")]) == {
+        "m": CodePaths("my_pkg.pre:normalize", "my_pkg.post:Calibrator.apply")}
+
+
+@pytest.fixture
+def broken_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    (tmp_path / "broken_user_module.py").write_text("raise RuntimeError('no config file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "broken_user_module"
+    sys.modules.pop("broken_user_module", None)
+
+
+@pytest.mark.parametrize(("path", "cause"), [
+    ("no_such_pkg.pre:f", "cannot import module 'no_such_pkg.pre': ModuleNotFoundError: "
+                          "No module named 'no_such_pkg'"),
+    (f"{CODE}:missing", f"module '{CODE}' has no attribute 'missing'"),
+    (f"{CODE}:NOT_CALLABLE", "'NOT_CALLABLE' is not callable (of type int)"),
+])
+def test_an_import_failure_names_the_model_and_path(path: str, cause: str):
+    with pytest.raises(RuntimeError) as failed:
+        load_processors({"digits": CodePaths(postprocess=path)})
+    assert str(failed.value) == f"model 'digits': postprocess {path!r} cannot be loaded: {cause}"
+
+
+def test_a_module_that_raises_on_import_names_its_error(broken_module: str):
+    with pytest.raises(RuntimeError, match="model 'digits': preprocess 'broken_user_module:f' "
+                                           "cannot be loaded: cannot import module "
+                                           "'broken_user_module': RuntimeError: no config file"):
+        Processors.load("digits", CodePaths(preprocess=f"{broken_module}:f"))
+
+
+def test_loaded_callables_run_sync_and_async():
+    processors = Processors.load("m", CodePaths(f"{CODE}:to_counts_async", f"{CODE}:with_digit"))
+    assert processors.pre is not None and processors.post is not None
+    ones = {"pixels": np.ones((1, 64), np.float32)}
+    assert asyncio.run(processors.pre(ones))["pixels"].max() == 16
+    scores = {"probabilities": np.eye(10, dtype=np.float32)[[3]]}
+    assert asyncio.run(processors.post(scores))["digit"].tolist() == [3]
