@@ -113,7 +113,7 @@ class ImagePreprocessing(BaseModel):
             raise ValueError("scale 0 would make every image the same")
         if min(self.std) <= 0:
             raise ValueError(f"std {list(self.std)}: every value must be above 0")
-        if self.pad_value != 0 and self.resize != "letterbox":
+        if self.pad_value not in (0, (0, 0, 0)) and self.resize != "letterbox":
             raise ValueError("pad_value is for resize: letterbox")
         return self
 

@@ -307,8 +307,12 @@ class ModelEndpoint:
             async with asyncio.timeout(timeout_s):
                 if pre is not None:
                     inputs = await pre({**inputs, **await _read(_refs(inputs))})
+                    self._budget.take(_nbytes(inputs), f"{pre.path}'s inputs")
                 meta, outputs = await self._follow(meta, inputs, pinned)
-                return Answer(meta, outputs if post is None else await post(outputs))
+                if post is not None:
+                    outputs = await post(outputs)
+                    self._budget.take(_nbytes(outputs), f"{post.path}'s outputs")
+                return Answer(meta, outputs)
         except TimeoutError:
             raise ServiceUnavailable(f"model {self.name!r} did not answer within "
                                      f"{timeout_s:g} s; retry") from None
@@ -390,6 +394,11 @@ class ModelEndpoint:
             answers = await self._client.call(version, local, forwarded, isolated)
         from_local, from_forwarded = iter(answers[:len(local)]), iter(answers[len(local):])
         return [next(from_forwarded if p.refs is not None else from_local) for p in parts]
+
+
+def _nbytes(arrays: Mapping[str, np.ndarray]) -> int:
+    """What user code's arrays hold, for the ingress's memory budget."""
+    return sum(a.nbytes for a in arrays.values())
 
 
 def _refs(inputs: Mapping[str, object]) -> dict[str, ray.ObjectRef]:

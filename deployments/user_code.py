@@ -85,14 +85,20 @@ class Processor:
         except ImportError as exc:
             raise RuntimeError(f"model {model!r}: {stage} {path!r} cannot be loaded: "
                                f"{exc}") from None
-        # Async code runs on the event loop; sync code on a thread, decided once here.
-        run = fn if inspect.iscoroutinefunction(fn) else partial(asyncio.to_thread, fn)
+        # Async code runs on the event loop; sync code on a thread, decided once
+        # here (an async ``__call__`` counts; a decorator may still hide a
+        # coroutine function, so a result that can be awaited is).
+        call = vars(type(fn)).get("__call__")  # an instance's own (class-level) __call__
+        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+        run = fn if is_async else partial(asyncio.to_thread, fn)
         return cls(stage, path, run)
 
     async def __call__(self, arrays: Arrays) -> Arrays:
         """The callable's answer for ``arrays``, checked to be arrays by name."""
         try:
             result = await self.run(arrays)
+            if inspect.isawaitable(result):
+                result = await result
         except ServeError:
             raise
         except Exception as exc:

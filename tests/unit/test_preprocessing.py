@@ -55,6 +55,7 @@ def test_settings_survive_a_round_trip_through_their_dump():
 def test_resize_policies_parse():
     assert settings().resize == "stretch"
     assert settings(resize="letterbox", pad_value=114).pad_value == 114
+    assert settings(pad_value=[0, 0, 0]).resize == "stretch"  # the default, spelled out
     assert settings(resize={"shorter_side": 256}).resize == ShorterSide(shorter_side=256)
 
 

@@ -68,3 +68,11 @@ def test_loaded_callables_run_sync_and_async():
     assert asyncio.run(processors.pre(ones))["pixels"].max() == 16
     scores = {"probabilities": np.eye(10, dtype=np.float32)[[3]]}
     assert asyncio.run(processors.post(scores))["digit"].tolist() == [3]
+
+
+@pytest.mark.parametrize(("name", "expected"), [("async_doubler", 2.0), ("hidden_async", 2.0)])
+def test_async_callables_are_awaited_however_they_are_wrapped(name: str, expected: float):
+    processors = Processors.load("m", CodePaths(preprocess=f"{CODE}:{name}"))
+    assert processors.pre is not None
+    ones = {"pixels": np.ones((1, 64), np.float32)}
+    assert asyncio.run(processors.pre(ones))["pixels"].max() == expected
