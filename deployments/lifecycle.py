@@ -21,12 +21,12 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from deployments.codecs.errors import NotFound
 from deployments.storage import VersionSource
@@ -82,7 +82,8 @@ class VersionManager(Generic[Served]):
         self._in_flight: Counter[int] = Counter()
         self._drained: dict[int, asyncio.Event] = {}
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
-        self._tasks: set[asyncio.Task[None]] = set()  # the watcher, drains under way
+        self._watcher: asyncio.Task[None] | None = None
+        self._drains: set[asyncio.Task[None]] = set()  # held until done
 
     def start(self) -> None:
         """Load what the policy picks now, before the replica takes traffic.
@@ -137,19 +138,15 @@ class VersionManager(Generic[Served]):
 
     def watch(self) -> None:
         """Poll in the background from now on; a no-op off the event loop
-        (the replica calls it from each of its async entry points)."""
-        if self.poll_s <= 0 or any(t.get_name() == "watch" for t in self._tasks):
+        (the replica calls it from the entry points Serve and the ingress
+        call regularly: metadata, health checks, retuning)."""
+        if self.poll_s <= 0 or self._watcher is not None:
             return
         try:
-            asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._spawn(self._poll_forever(), "watch")
-
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(work, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._watcher = loop.create_task(self._poll_forever())
 
     async def _poll_forever(self) -> None:
         while True:
@@ -183,7 +180,9 @@ class VersionManager(Generic[Served]):
         self.served.pop(version)
         self._status[version] = VersionStatus(version, "UNLOADING")
         logger.info("model %r version %d unloading", self.name, version)
-        self._spawn(self._drain(version), f"drain {version}")
+        drain = asyncio.get_running_loop().create_task(self._drain(version))
+        self._drains.add(drain)
+        drain.add_done_callback(self._drains.discard)
 
     async def _drain(self, version: int) -> None:
         if self._in_flight[version]:

@@ -71,7 +71,6 @@ class ModelDeployment:
         self._shipped = shipped.digest if shipped is not None else None
         if shipped is not None:  # load this node's copy, not the source
             model = model.moved_to(receive(shipped))
-        self._model = model
 
         def load(version: int, path: Path) -> ServedVersion:
             runner = SavedModelRunner(model, version, path, plan.device)
@@ -173,7 +172,6 @@ class ModelDeployment:
         callers' requests; ``isolated`` parts (re-sent after a crash) run in
         TensorFlow calls of their own instead.
         """
-        self._versions.watch()
         async with self._versions.using(version) as served:
             parts = [*(local or ()), *await asyncio.gather(*(_read(r) for r in forwarded))]
             run = served.run_alone if isolated else served.infer
