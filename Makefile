@@ -7,6 +7,8 @@ MODEL := models/digits/1/saved_model.pb
 LINEAR_MODEL := models/digits_linear/1/saved_model.pb
 # The models with other signatures the tests serve (models/build_test_models.py).
 TEST_MODELS := models/test/.built
+# The example pipeline's locator (examples/digit_reader).
+LOCATOR_MODEL := models/locator/1/saved_model.pb
 
 # Token auth on local clusters breaks drivers joining with ray.init(address=...)
 # (see docs/operations.md); this project chooses the mode explicitly for every process.
@@ -31,7 +33,10 @@ $(TEST_MODELS): models/build_test_models.py | $(STAMP)
 	$(BIN)/python -m models.build_test_models
 	touch $@
 
-model: $(MODEL) $(LINEAR_MODEL) $(TEST_MODELS)
+$(LOCATOR_MODEL): models/build_locator.py | $(STAMP)
+	$(BIN)/python -m models.build_locator
+
+model: $(MODEL) $(LINEAR_MODEL) $(TEST_MODELS) $(LOCATOR_MODEL)
 
 # configs/server.env: Serve's faster serving path (HAProxy ingress, throughput mode).
 serve: $(STAMP) model

@@ -3,7 +3,8 @@
 ``serve run configs/config.yaml`` calls :func:`build_app` with the
 application's ``args``. Each model becomes its own deployment, named after
 the model, so the YAML's ``deployments`` section sets its replicas,
-autoscaling, resources and batching by that name. A model with ``ship: true``
+autoscaling, resources and batching by that name; pipelines run on those
+deployments (each model's replicas import the transforms of its steps). A model with ``ship: true``
 is packed into the object store here, once (see ``deployments.shipping``).
 """
 
@@ -17,16 +18,20 @@ from ray.serve import Application
 from deployments.config import AppArgs
 from deployments.ingress import Preprocessor
 from deployments.model import ModelDeployment
+from deployments.pipeline import Plan
 from deployments.shipping import ship
 from deployments.user_code import code_paths
 
 
 def build_app(args: dict[str, Any]) -> Application:
     config = AppArgs.model_validate(args)
+    transforms = config.transforms()
     models = {}
     for model in config.models:
         resolved = model.resolved()
         shipped = ship(Path(resolved.path), resolved.shipped_files()) if model.ship else None
         models[model.name] = ModelDeployment.options(name=model.name).bind(
-            resolved, config.device, shipped)
-    return Preprocessor.bind(models, config.top_k, config.limits, code_paths(config.models))
+            resolved, config.device, shipped, transforms.get(model.name, ()))
+    pipelines = tuple(Plan.from_args(p) for p in config.pipelines)
+    code = code_paths([*config.models, *config.pipelines])
+    return Preprocessor.bind(models, config.top_k, config.limits, code, pipelines)

@@ -253,17 +253,116 @@ class ModelArgs(_Strict):
                                        "poll_interval_s": 0.0, "version_policy": All()})
 
 
+# Where a pipeline's tensors come from: ``request.<input>`` or ``<step>.<output>``.
+REQUEST = "request"
+_TENSOR_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.\S+")
+
+
+def _tensor_ref(value: str) -> str:
+    if not _TENSOR_REF.fullmatch(value):
+        raise ValueError(f"{value!r} is not a tensor reference: request.<input> or "
+                         "<step>.<output>")
+    return value
+
+
+TensorRef = Annotated[str, AfterValidator(_tensor_ref)]
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """``"locate.boxes"`` → ``("locate", "boxes")`` (step names hold no dots)."""
+    source, _, tensor = ref.partition(".")
+    return source, tensor
+
+
+class StepArgs(_Strict):
+    """One model run within a pipeline, fed from the request or earlier steps."""
+
+    model: str = Field(description="a model of this app, by name")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+                             description="default: the model's name")
+    inputs: dict[str, TensorRef] | None = Field(
+        None, description="the model's inputs (or the transform's arguments) by name, each "
+                          "request.<input> or <step>.<output>; default (first step only): "
+                          "the request's inputs as the model's")
+    transform: ImportPath | None = Field(
+        None, description="your code in the model's replica turning ``inputs`` into the "
+                          "model's inputs: dict[str, ndarray] -> dict[str, ndarray]")
+
+    @property
+    def step_name(self) -> str:
+        return self.name or self.model
+
+
+class PipelineArgs(_Strict):
+    """Models composed into one: a step's inputs may be earlier steps'
+    outputs. Served under its own name on every protocol; the intermediate
+    arrays go from one model replica to the next through the object store."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    steps: tuple[StepArgs, ...] = Field(min_length=1)
+    outputs: dict[str, TensorRef] | None = Field(
+        None, description="the pipeline's outputs by name, each <step>.<output>; default: "
+                          "the last step's outputs")
+    scores_output: str | None = Field(
+        None, description="the output holding class scores; default: the one fed by a "
+                          "model's scores, else the first")
+    preprocess: ImportPath | None = Field(
+        None, description="your code on each request's inputs in the ingress, as a model's")
+    postprocess: ImportPath | None = Field(
+        None, description="your code on each request's outputs in the ingress, as a model's")
+
+    @model_validator(mode="after")
+    def _wired(self) -> PipelineArgs:
+        seen: list[str] = []
+        for i, step in enumerate(self.steps):
+            if step.step_name in (*seen, REQUEST):
+                raise ValueError(f"pipeline {self.name!r}: step names must be unique and not "
+                                 f"{REQUEST!r}: {step.step_name!r}")
+            if step.inputs is None and (i > 0 or step.transform):
+                raise ValueError(f"pipeline {self.name!r} step {step.step_name!r}: name its "
+                                 "inputs (only a first step without a transform takes the "
+                                 "request's as they are)")
+            self._check_refs(f"step {step.step_name!r}", (step.inputs or {}).values(),
+                             [REQUEST, *seen])
+            seen.append(step.step_name)
+        self._check_refs("outputs", (self.outputs or {}).values(), seen)
+        if self.scores_output is not None and self.outputs is not None \
+                and self.scores_output not in self.outputs:
+            raise ValueError(f"pipeline {self.name!r}: scores_output {self.scores_output!r} "
+                             f"is not one of its outputs ({', '.join(self.outputs)})")
+        return self
+
+    def _check_refs(self, where: str, refs: Iterable[str], known: list[str]) -> None:
+        for ref in refs:
+            if split_ref(ref)[0] not in known:
+                raise ValueError(f"pipeline {self.name!r} {where}: {ref!r} names no earlier "
+                                 f"step (it may name: {', '.join(known)})")
+
+
 class AppArgs(_Strict):
     models: tuple[ModelArgs, ...] = Field(min_length=1)
+    pipelines: tuple[PipelineArgs, ...] = ()
     top_k: int = Field(5, ge=1, description="default number of classes per prediction")
     limits: InputLimits = InputLimits()
     device: DeviceArgs = DeviceArgs()
 
     @model_validator(mode="after")
     def _unique_names(self) -> AppArgs:
-        names = [m.name for m in self.models]
+        names = [m.name for m in (*self.models, *self.pipelines)]
         taken = sorted({n for n in names if names.count(n) > 1 or n in RESERVED_NAMES})
         if taken:
-            raise ValueError(f"model names must be unique and not {sorted(RESERVED_NAMES)}: "
-                             f"{', '.join(taken)}")
+            raise ValueError(f"model and pipeline names must be unique and not "
+                             f"{sorted(RESERVED_NAMES)}: {', '.join(taken)}")
+        models = {m.name for m in self.models}
+        for pipeline in self.pipelines:
+            if unknown := sorted({s.model for s in pipeline.steps} - models):
+                raise ValueError(f"pipeline {pipeline.name!r} runs models this app does not "
+                                 f"serve: {', '.join(unknown)}")
         return self
+
+    def transforms(self) -> dict[str, tuple[str, ...]]:
+        """Per model, the pipeline transforms its replicas run (imported as they start)."""
+        paths: dict[str, set[str]] = {}
+        for step in (s for p in self.pipelines for s in p.steps if s.transform):
+            paths.setdefault(step.model, set()).add(step.transform)
+        return {model: tuple(sorted(p)) for model, p in paths.items()}

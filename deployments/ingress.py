@@ -26,6 +26,7 @@ from deployments.coalescing import CoalesceSettings
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics
 from deployments.model_client import RayModelClient
+from deployments.pipeline import Plan
 from deployments.protocols.native import NativeApi
 from deployments.protocols.tfserving_grpc import TFServingGrpcService
 from deployments.protocols.v2_grpc import V2GrpcService
@@ -49,14 +50,17 @@ class IngressSettings(BaseModel):
 @serve.ingress()
 class Preprocessor(V2GrpcService, TFServingGrpcService):
     def __init__(self, models: dict[str, DeploymentHandle], top_k: int,
-                 limits: InputLimits, code: dict[str, CodePaths] | None = None) -> None:
+                 limits: InputLimits, code: dict[str, CodePaths] | None = None,
+                 pipelines: tuple[Plan, ...] = ()) -> None:
         """``code``: the models' own pre/postprocessing callables by import
         path, imported here so that one that does not import fails the deploy
-        (the message, naming model and path, shows in ``serve status``)."""
+        (the message, naming model and path, shows in ``serve status``);
+        ``pipelines``: served as models, each step on its model's deployment."""
         processors = load_processors(code or {})
-        self._metrics = IngressMetrics(models)
+        self._metrics = IngressMetrics([*models, *(p.name for p in pipelines)])
         clients = {name: RayModelClient(name, handle) for name, handle in models.items()}
-        self._registry = ModelRegistry(clients, limits, self._metrics, processors=processors)
+        self._registry = ModelRegistry(clients, limits, self._metrics, processors=processors,
+                                       pipelines=pipelines)
         self._limits = limits
         self._settings = IngressSettings()
         self._native = NativeApi(self._registry, limits, top_k)

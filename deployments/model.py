@@ -27,9 +27,11 @@ from deployments.codecs.errors import BadRequest, ServeError
 from deployments.config import DeviceArgs, ModelArgs
 from deployments.device import apply_device_plan, plan_device
 from deployments.lifecycle import VersionManager
+from deployments.pipeline import Step, StepLog, run_step
 from deployments.served import BatchSettings, ServedVersion, answer_each
 from deployments.shipping import ShippedModel, receive
 from deployments.signature import Inputs, ModelMetadata, by_name, check_inputs
+from deployments.user_code import Processor
 from deployments.versions import VersionStatus
 
 logger = logging.getLogger("ray.serve")
@@ -48,7 +50,12 @@ class ModelDeployment:
     """Every configured version of one model; the app names it after the model."""
 
     def __init__(self, model: ModelArgs, device: DeviceArgs,
-                 shipped: ShippedModel | None = None) -> None:
+                 shipped: ShippedModel | None = None, transforms: tuple[str, ...] = ()) -> None:
+        """``transforms``: the pipeline steps' code this model's replicas run,
+        imported now so that a path that does not import fails the deploy."""
+        self._transforms = {path: Processor.load(model.name, "transform", path)
+                            for path in transforms}
+        self._steps = StepLog()
         context = ray.get_runtime_context()
         resources = context.get_assigned_resources()
         plan = plan_device(
@@ -147,6 +154,7 @@ class ModelDeployment:
             "buckets": served.buckets,
             "traces": served.runner.traces,
             "batch_rows": dict(sorted(served.batch_rows.items())),
+            "pipeline_steps": self._steps.as_dict(),
         }
 
     async def __call__(self, inputs: np.ndarray | dict[str, np.ndarray],
@@ -176,6 +184,21 @@ class ModelDeployment:
             parts = [*(local or ()), *await asyncio.gather(*(_read(r) for r in forwarded))]
             run = served.run_alone if isolated else served.infer
             return await answer_each(parts, served.runner.metadata, run)
+
+    async def infer_step(self, step: Step, isolated: bool, request: list[Inputs] | None,
+                         forwarded: list[dict[str, ray.ObjectRef]],
+                         *upstream: list[Outputs | ServeError]) -> list[Outputs | ServeError]:
+        """A pipeline's step for each request of its call, on the highest
+        version (``deployments.pipeline.run_step``). Serve sends it once the
+        ``upstream`` steps have answered; Ray hands their answers and the
+        request's arrays over as read-only views of the object store."""
+        if request is not None or forwarded:
+            request = [*(request or ()), *await asyncio.gather(*(_read(r) for r in forwarded))]
+        async with self._versions.using(None) as served:
+            return await run_step(step, request or [], upstream, served.runner.metadata,
+                                  served.run_alone if isolated else served.infer,
+                                  self._transforms[step.transform] if step.transform else None,
+                                  self._steps.of(step))
 
 
 async def _read(refs: dict[str, ray.ObjectRef]) -> Inputs | ServeError:

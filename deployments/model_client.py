@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import ray
 from ray.exceptions import (
@@ -25,15 +26,18 @@ from ray.serve.exceptions import (
     DeploymentUnavailableError,
     ReplicaUnavailableError,
 )
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.batching import Outputs
 from deployments.codecs.errors import ServeError, ServiceUnavailable
+from deployments.pipeline import Step
 from deployments.registry import ReplicaDied
 from deployments.signature import Inputs, ModelMetadata
 from deployments.versions import VersionStatus
 
 logger = logging.getLogger("ray.serve")
+
+T = TypeVar("T")
 
 # How long a replica may take to describe the model before it counts as down.
 _METADATA_TIMEOUT_S = 10.0
@@ -84,24 +88,40 @@ class RayModelClient:
                    forwarded: list[dict[str, ray.ObjectRef]],
                    isolated: bool = False) -> list[Outputs | ServeError]:
         """One model call: ``local`` arrays put as one object, ``forwarded``
-        objects passed on; each part's answer, local ones first.
+        objects passed on; each part's answer, local ones first (sent again
+        as :meth:`retrying` says)."""
+        local_ref = self.put(local)
+        return await self.retrying(lambda: self._handle.infer_parts.remote(
+            local_ref, forwarded, version, isolated))
 
-        Inference has no side effects, so a call that no live replica took is
-        sent again (a few times; Serve routes it to a live replica), and so is
-        one whose replica was stopped or lost its node. A call whose replica
-        died while holding it for any other reason raises ``ReplicaDied``: it
-        may be what killed the replica (``ModelEndpoint`` decides).
-        """
+    @staticmethod
+    def put(local: list[Inputs]) -> ray.ObjectRef | None:
+        """A call's arrays as one object (none: nothing to put); a 503 while
+        the object store is full."""
         try:
-            local_ref = ray.put(local) if local else None
+            return ray.put(local) if local else None
         except ObjectStoreFullError as exc:
             raise ServiceUnavailable("the object store is full; retry shortly") from exc
+
+    def step(self, step: Step, isolated: bool, request: ray.ObjectRef | None,
+             forwarded: list[dict[str, ray.ObjectRef]],
+             *upstream: DeploymentResponse) -> DeploymentResponse:
+        """A pipeline step, sent now: Serve routes it once the ``upstream``
+        answers exist, and the replica reads them from the object store."""
+        return self._handle.infer_step.remote(step, isolated, request, forwarded, *upstream)
+
+    async def retrying(self, send: Callable[[], Awaitable[T]]) -> T:
+        """``send()``'s answer. Inference has no side effects, so a call that
+        no live replica took is sent again (a few times; Serve routes it to a
+        live replica), and so is one whose replica was stopped or lost its
+        node. A call whose replica died while holding it for any other reason
+        raises ``ReplicaDied``: it may be what killed the replica
+        (``ModelEndpoint`` decides)."""
         delays = iter(_RETRY_DELAYS_S)
         while True:
             sent_at = time.monotonic()
             try:
-                return await self._handle.infer_parts.remote(local_ref, forwarded, version,
-                                                             isolated)
+                return await send()
             except BackPressureError as exc:  # max_queued_requests reached: shed at once
                 raise ServiceUnavailable(f"model {self.name!r} is overloaded (its request "
                                          "queue is full); retry shortly") from exc

@@ -38,6 +38,7 @@ from deployments.codecs.image import decode_images
 from deployments.codecs.numbers import decimal_count
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics, arrival_time
+from deployments.pipeline import PipelineClient, Plan, StageClient
 from deployments.signature import Inputs, ModelMetadata, check_inputs, check_size
 from deployments.user_code import Processors
 from deployments.versions import Routing, VersionStatus
@@ -63,8 +64,10 @@ class ReplicaDied(Exception):
     stopped or its node went away: the call's requests may be what killed it."""
 
 
-class ModelClient(Protocol):
-    """How an endpoint reaches its model's replicas (Ray's: ``model_client.py``)."""
+class ModelClient(StageClient, Protocol):
+    """How an endpoint reaches its model's replicas (Ray's: ``model_client.py``;
+    a pipeline's: ``pipeline.PipelineClient``, which reaches its models as
+    ``StageClient``)."""
 
     async def metadata(self) -> dict[int, ModelMetadata]:
         """Every served version's metadata; ``ServiceUnavailable`` if none answers."""
@@ -118,6 +121,7 @@ class ModelEndpoint:
         self._metrics = metrics
         self._limits = limits
         self._versions: dict[int, ModelMetadata] | None = None
+        self._unavailable: ServeError | None = None  # why the last fetch failed
         self._fetched_at = -math.inf
         self._refreshing: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[dict[int, ModelMetadata]] | None = None
@@ -141,7 +145,7 @@ class ModelEndpoint:
         if self._versions is None and self._refreshing is not None:
             await asyncio.shield(self._refreshing)  # a caller gone does not cancel it
         if self._versions is None:
-            raise ServiceUnavailable(f"model {self.name!r} is not available")
+            raise self._unavailable or ServiceUnavailable(f"model {self.name!r} is not available")
         return self._versions
 
     def _stale(self) -> bool:
@@ -151,9 +155,10 @@ class ModelEndpoint:
     async def _refresh(self) -> None:
         try:
             self._versions = await self._client.metadata()
+            self._unavailable = None
             self._prune()
-        except ServiceUnavailable:
-            pass  # the versions known before stay; without any, callers get a 503
+        except ServeError as exc:  # the versions known before stay; without any,
+            self._unavailable = exc  # callers get this (a 503, a pipeline's wiring fault)
         finally:
             self._fetched_at = time.monotonic()
             self._refreshing = None
@@ -427,10 +432,12 @@ class ModelRegistry:
 
     def __init__(self, clients: dict[str, ModelClient], limits: InputLimits,
                  metrics: IngressMetrics, routing: Mapping[str, Routing] | None = None,
-                 processors: Mapping[str, Processors] | None = None) -> None:
-        """``processors``: each model's own pre/postprocessing code (none if left out)."""
+                 processors: Mapping[str, Processors] | None = None,
+                 pipelines: Sequence[Plan] = ()) -> None:
+        """``processors``: each model's (or pipeline's) own pre/postprocessing
+        code (none if left out); ``pipelines``: served as models, after them."""
         processors = processors or {}
-        if unknown := sorted(set(processors) - set(clients)):
+        if unknown := sorted(set(processors) - {*clients, *(p.name for p in pipelines)}):
             raise ValueError(f"code given for models that are not served: {unknown}")
         # One bounded pool decodes every model's images: concurrent requests
         # wait for a thread rather than multiply the memory decoding takes.
@@ -439,6 +446,10 @@ class ModelRegistry:
         self._models = {name: ModelEndpoint(name, client, limits, metrics, decoder, self.budget,
                                             processors.get(name, Processors()))
                         for name, client in clients.items()}
+        for plan in pipelines:  # reaching its models as clients, composing their metadata
+            self._models[plan.name] = ModelEndpoint(
+                plan.name, PipelineClient(plan, clients, self._models), limits, metrics,
+                decoder, self.budget, processors.get(plan.name, Processors()))
         self.route(routing or {})
         self.default = next(iter(self._models))
 

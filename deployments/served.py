@@ -251,18 +251,26 @@ class ServedVersion:
 
 
 async def answer_each(parts: Sequence[Inputs | ServeError], meta: ModelMetadata,
-                      infer: Callable[[Inputs], Awaitable[Outputs]]
-                      ) -> list[Outputs | ServeError]:
+                      infer: Callable[[Inputs], Awaitable[Outputs]],
+                      blame: str | None = None) -> list[Outputs | ServeError]:
     """Each part of a coalesced call checked and run on its own: its outputs,
     or the error that applies to it alone (a part that is already an error,
     such as an input that could not be read, is answered with it; a model
-    fault is reported without internal detail, and logged with its traceback)."""
+    fault is reported without internal detail, and logged with its traceback).
+
+    ``blame``: who built the inputs when the client did not (a pipeline's
+    step): inputs that do not fit the signature are then that one's fault, a
+    500 naming it, not the client's 400."""
 
     async def answer(part: Inputs | ServeError) -> Outputs | ServeError:
         if isinstance(part, ServeError):
             return part
         try:
-            return await infer(check_inputs(part, meta))
+            checked = check_inputs(part, meta)
+        except BadRequest as exc:
+            return exc if blame is None else ModelFailed(f"{blame}: {exc.message}")
+        try:
+            return await infer(checked)
         except ServeError as exc:
             return exc
         except Exception as exc:

@@ -30,7 +30,7 @@ import numpy as np
 from deployments.codecs.errors import ServeError
 
 if TYPE_CHECKING:
-    from deployments.config import ModelArgs
+    from deployments.config import ModelArgs, PipelineArgs
 
 logger = logging.getLogger("ray.serve")
 
@@ -136,8 +136,8 @@ class Processors:
                      for stage, path in zip(CodePaths._fields, paths, strict=True)))
 
 
-def code_paths(models: Iterable[ModelArgs]) -> dict[str, CodePaths]:
-    """The import paths of the models that name any code."""
+def code_paths(models: Iterable[ModelArgs | PipelineArgs]) -> dict[str, CodePaths]:
+    """The import paths of the models (and pipelines) that name any code."""
     return {m.name: CodePaths(m.preprocess, m.postprocess) for m in models
             if m.preprocess or m.postprocess}
 

@@ -9,19 +9,26 @@ It answers each part the way a model replica does
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from deployments.batching import Outputs
 from deployments.codecs.errors import NotFound, ServeError
-from deployments.config import ModelArgs
+from deployments.config import AppArgs, ModelArgs
+from deployments.metrics import IngressMetrics
+from deployments.pipeline import Plan, Step, run_step
+from deployments.registry import ModelRegistry
 from deployments.runner import SavedModelRunner
 from deployments.served import answer_each
 from deployments.signature import Inputs, ModelMetadata
-from deployments.versions import VersionStatus
+from deployments.user_code import Processor, code_paths, load_processors
+from deployments.versions import Routing, VersionStatus
 
 if TYPE_CHECKING:
     import ray
+
+T = TypeVar("T")
 
 # What the in-process model reports as its batch limit (coalescing follows it).
 REPORTED_BATCH_SIZE = 32
@@ -30,10 +37,12 @@ REPORTED_BATCH_SIZE = 32
 class InProcessModel:
     """Every version of one model, loaded here on the CPU."""
 
-    def __init__(self, model: ModelArgs) -> None:
+    def __init__(self, model: ModelArgs, transforms: tuple[str, ...] = ()) -> None:
+        """``transforms``: the pipeline steps' code run on this model."""
         model = model.resolved()
         self._runners = {version: SavedModelRunner(model, version, path, "/CPU:0")
                          for version, path in model.version_dirs().items()}
+        self._transforms = {p: Processor.load(model.name, "transform", p) for p in transforms}
         self.calls: list[int] = []  # parts per call, for tests of coalescing
 
     async def metadata(self) -> dict[int, ModelMetadata]:
@@ -54,3 +63,37 @@ class InProcessModel:
             raise NotFound(f"model version {version} is not served")
         return await answer_each(local, runner.metadata,
                                  lambda batch: asyncio.to_thread(runner.run, batch))
+
+    @staticmethod
+    def put(local: list[Inputs]) -> list[Inputs]:
+        return local
+
+    def step(self, step: Step, isolated: bool, request: list[Inputs] | None,
+             forwarded: list[dict[str, ray.ObjectRef]],
+             *upstream: asyncio.Future[list[Outputs | ServeError]]
+             ) -> asyncio.Future[list[Outputs | ServeError]]:
+        """A pipeline step as a task that waits for its upstream steps' tasks."""
+        return asyncio.ensure_future(self._step(step, request or [], upstream))
+
+    async def _step(self, step: Step, request: list[Inputs],
+                    upstream: tuple[asyncio.Future[list[Outputs | ServeError]], ...]
+                    ) -> list[Outputs | ServeError]:
+        runner = self._runners[max(self._runners)]
+        transform = self._transforms[step.transform] if step.transform else None
+        return await run_step(step, request, await asyncio.gather(*upstream), runner.metadata,
+                              lambda batch: asyncio.to_thread(runner.run, batch), transform)
+
+    @staticmethod
+    async def retrying(send: Callable[[], Awaitable[T]]) -> T:
+        return await send()
+
+
+def in_process_registry(args: AppArgs, metrics: IngressMetrics,
+                        routing: Mapping[str, Routing] | None = None) -> ModelRegistry:
+    """The registry the Preprocessor builds for ``args``, its models (and the
+    pipelines over them) run in this process, with the code they name."""
+    transforms = args.transforms()
+    clients = {m.name: InProcessModel(m, transforms.get(m.name, ())) for m in args.models}
+    code = load_processors(code_paths([*args.models, *args.pipelines]))
+    return ModelRegistry(clients, args.limits, metrics, routing, code,
+                         tuple(Plan.from_args(p) for p in args.pipelines))

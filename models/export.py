@@ -1,19 +1,21 @@
-"""Export a Keras classifier as the SavedModel layout the server reads:
-``serving_default: <input> float32[N, ...] → probabilities float32[N, classes]``."""
+"""Export a Keras model as the SavedModel layout the server reads:
+``serving_default: <input> float32[N, ...] → <output> float32[N, ...]``
+(``probabilities`` for a classifier)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def export_classifier(net, path: Path, input_name: str, input_shape: tuple[int, ...]) -> None:
+def export_classifier(net, path: Path, input_name: str, input_shape: tuple[int, ...],
+                      output_name: str = "probabilities") -> None:
     import tensorflow as tf
 
     spec = tf.TensorSpec([None, *input_shape], tf.float32, name=input_name)
 
     @tf.function(input_signature=[spec])
     def serve(batch):
-        return {"probabilities": net(batch, training=False)}
+        return {output_name: net(batch, training=False)}
 
     module = tf.Module()
     module.net = net  # tracked, so its variables are saved

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from google.protobuf import json_format
@@ -34,6 +35,7 @@ from deployments.codecs.tfserving_protos import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     input_pb2,
+    meta_graph_pb2,
     model_pb2,
     predict_pb2,
     regression_pb2,
@@ -42,7 +44,7 @@ from deployments.codecs.tfserving_protos import (
     types_pb2,
 )
 from deployments.codecs.v2_tensor import as_bytes, check_shape, element_count
-from deployments.signature import STRING, ModelMetadata
+from deployments.signature import STRING, ModelMetadata, TensorSpec
 from deployments.versions import VersionStatus
 
 # The dtypes TF Serving's REST API takes, with the typed field that holds each
@@ -281,6 +283,22 @@ def encode_regress_response(meta: ModelMetadata, outputs: dict[str, np.ndarray]
 
 
 SIGNATURE_DEF = "signature_def"
+
+
+def signature_def(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+                  method_name: str) -> dict[str, Any]:
+    """A ``SignatureDef`` as JSON, the way the runner reads one from
+    saved_model.pb, for a signature made of others' (a pipeline's)."""
+    proto = meta_graph_pb2.SignatureDef(method_name=method_name)
+    for specs, infos in ((inputs, proto.inputs), (outputs, proto.outputs)):
+        for spec in specs:
+            info = infos[spec.name]
+            info.name = f"{spec.name}:0"
+            info.dtype = _ENUM_OF[spec.dtype]
+            for size in spec.shape:
+                info.tensor_shape.dim.add(size=-1 if size is None else size)
+    return json_format.MessageToDict(proto, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
 
 
 def model_metadata_response(meta: ModelMetadata, fields: Sequence[str]

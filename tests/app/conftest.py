@@ -14,10 +14,8 @@ from starlette.testclient import TestClient
 from deployments.asgi import build_asgi
 from deployments.config import AppArgs
 from deployments.metrics import IngressMetrics
-from deployments.registry import ModelRegistry
-from deployments.user_code import code_paths, load_processors
 from deployments.versions import Routing
-from harness.inprocess import InProcessModel
+from harness.inprocess import in_process_registry
 from tests.common import CONFIG, ROOT
 
 
@@ -33,11 +31,10 @@ def config_args(**changes: object) -> AppArgs:
 
 def build_app(args: AppArgs, routing: dict[str, Routing] | None = None) -> Starlette:
     """The app the Preprocessor serves for ``args`` (and labels, ``routing``),
-    its models in this process, with the pre/postprocessing code they name."""
-    metrics = IngressMetrics([m.name for m in args.models])
-    registry = ModelRegistry({m.name: InProcessModel(m) for m in args.models}, args.limits,
-                             metrics, routing, load_processors(code_paths(args.models)))
-    return build_asgi(registry, args.limits, metrics, args.top_k)
+    its models and pipelines in this process, with the code they name."""
+    metrics = IngressMetrics([m.name for m in (*args.models, *args.pipelines)])
+    return build_asgi(in_process_registry(args, metrics, routing), args.limits, metrics,
+                      args.top_k)
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ from deployments.metrics import IngressMetrics
 from deployments.protocols.tfserving_grpc import TFServingGrpcService
 from deployments.registry import ModelRegistry
 from deployments.versions import Routing
-from harness.inprocess import InProcessModel
+from harness.inprocess import in_process_registry
 from tests.app.conftest import config_args
 from tests.common import SAMPLES, sample_label, signature_models
 
@@ -93,8 +93,7 @@ def app() -> Iterator[App]:
     counted: list[tuple[Any, ...]] = []
     count = metrics.count
     metrics.count = lambda *a: (counted.append(a), count(*a))  # type: ignore[method-assign]
-    registry = ModelRegistry({m.name: InProcessModel(m) for m in models}, args.limits, metrics,
-                             {"digits_linear": Routing(labels={"stable": 1})})
+    registry = in_process_registry(args, metrics, {"digits_linear": Routing(labels={"stable": 1})})
     with TestClient(build_asgi(registry, args.limits, metrics, args.top_k)) as http:
         yield App(Service(registry, args, metrics), http, counted)
 

@@ -1,0 +1,336 @@
+"""Models composed into one (``pipelines:`` in the YAML): a step's inputs may
+be the request's or earlier steps' outputs.
+
+The ingress serves a pipeline as one more model (:class:`PipelineClient`,
+version 1, metadata composed from its models'). A call issues every step at
+once, each handed the pending answers of the steps it reads: on Ray those are
+``DeploymentResponse`` objects, so Serve starts a step once its inputs exist
+and its model replica reads them from the object store, where the replica
+before it left them; the ingress only ever reads the last step's answer.
+Each step runs in its model's replica (:func:`run_step`): inputs gathered
+per request, the step's ``transform`` code if any, then the model's own batch
+queue, so every stage batches with whatever else that model is serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import ray
+
+from deployments.batching import Outputs
+from deployments.codecs.errors import NotFound, ServeError, clip
+from deployments.codecs.tfserving_grpc import signature_def
+from deployments.config import REQUEST, PipelineArgs, split_ref
+from deployments.served import answer_each
+from deployments.signature import PREDICT, STRING, Inputs, ModelMetadata, TensorSpec
+from deployments.user_code import Processor
+from deployments.versions import VersionStatus
+
+T = TypeVar("T")
+
+# A pipeline serves one version: its models' own versions move underneath it.
+PIPELINE_VERSION = 1
+
+# (name, source, tensor): a named array taken from a source's answer.
+Wire = tuple[str, str, str]
+# Per request of a call: its arrays, or the error that already answers it.
+Answers = Sequence[Inputs | Outputs | ServeError]
+
+
+class PipelineMisconfigured(ServeError):
+    """The pipeline's wiring does not fit its models' signatures: a server
+    fault, named in every answer until the configuration is fixed."""
+
+    status = 500
+
+
+def _wires(refs: Mapping[str, str] | None) -> tuple[Wire, ...] | None:
+    return None if refs is None else tuple((n, *split_ref(r)) for n, r in refs.items())
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one step's model replica needs to run it (sent with each call)."""
+
+    pipeline: str
+    name: str
+    model: str
+    inputs: tuple[Wire, ...] | None  # None: the request's inputs as they are
+    transform: str | None = None
+    outputs: tuple[Wire, ...] | None = None  # the last step's: the pipeline's outputs
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        """The earlier steps whose answers this one reads, in order of first use."""
+        sources = [s for _, s, _ in (*(self.inputs or ()), *(self.outputs or ()))]
+        return tuple(dict.fromkeys(s for s in sources if s not in (REQUEST, self.name)))
+
+    @property
+    def reads_request(self) -> bool:
+        return self.inputs is None or any(s == REQUEST for _, s, _ in self.inputs)
+
+    def __str__(self) -> str:
+        return f"pipeline {self.pipeline!r} step {self.name!r}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A pipeline's steps in order, and how its metadata is composed."""
+
+    name: str
+    steps: tuple[Step, ...]
+    scores_output: str | None = None
+
+    @classmethod
+    def from_args(cls, args: PipelineArgs) -> Plan:
+        last = len(args.steps) - 1
+        return cls(args.name, tuple(
+            Step(args.name, s.step_name, s.model, _wires(s.inputs), s.transform,
+                 _wires(args.outputs) if i == last else None)
+            for i, s in enumerate(args.steps)), args.scores_output)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.model for s in self.steps))
+
+    def metadata(self, models: Mapping[str, ModelMetadata]) -> ModelMetadata:
+        """The pipeline as one model: inputs are the request's (each typed as
+        the model input it feeds), outputs and labels those of the steps it
+        names; ``PipelineMisconfigured`` where the wiring does not fit."""
+        step_meta = {s.name: models[s.model] for s in self.steps}
+        inputs: dict[str, TensorSpec] = {}
+        image: tuple[str, ModelMetadata] | None = None
+        transformed: set[str] = set()
+        for step in self.steps:
+            meta = step_meta[step.name]
+            wires = step.inputs or tuple((s.name, REQUEST, s.name) for s in meta.inputs)
+            if step.transform is None:
+                self._fits(step, meta, [name for name, _, _ in wires])
+            for name, source, tensor in wires:
+                if source != REQUEST:
+                    self._output(step, step_meta[source], tensor)
+                elif step.transform is not None:
+                    transformed.add(tensor)
+                else:
+                    self._typed(inputs, tensor, meta.spec(name))
+                    if image is None and name == meta.image_input:
+                        image = tensor, meta
+        if untyped := sorted(transformed - set(inputs)):
+            raise PipelineMisconfigured(
+                f"pipeline {self.name!r}: request inputs {untyped} only feed transforms, so "
+                "their type is unknown; feed each to a model input too")
+        last = self.steps[-1]
+        wires = last.outputs or tuple((s.name, last.name, s.name)
+                                      for s in step_meta[last.name].outputs)
+        sources = {name: (source, tensor) for name, source, tensor in wires}
+        outputs = [replace(self._output(last, step_meta[source], tensor), name=name)
+                   for name, (source, tensor) in sources.items()]
+        order = [s.name for s in self.steps]
+        fed_by_scores = sorted((n for n, (s, t) in sources.items()
+                                if step_meta[s].scores_output == t),
+                               key=lambda n: -order.index(sources[n][0]))  # the latest step's
+        scores = self.scores_output or next(iter(fed_by_scores), next(
+            (o.name for o in outputs if o.dtype != STRING and np.dtype(o.dtype).kind == "f"),
+            outputs[0].name))
+        source, tensor = sources[scores]
+        shape = next(o.shape for o in outputs if o.name == scores)
+        if step_meta[source].scores_output == tensor:  # a model's classes: its labels
+            labels = step_meta[source].labels
+        else:  # class indices for [N, classes] scores, as for a model without labels
+            labels = tuple(map(str, range(shape[1] or 0))) if len(shape) == 2 else ()
+        specs = tuple(sorted(inputs.values(), key=lambda s: s.name))
+        outs = tuple(sorted(outputs, key=lambda s: s.name))
+        first = step_meta[self.steps[0].name]
+        return ModelMetadata(
+            name=self.name, version=PIPELINE_VERSION, signature_name="serving_default",
+            inputs=specs, outputs=outs, scores_output=scores, labels=labels,
+            image_input=image[0] if image else None, method_name=PREDICT,
+            signature_defs={"serving_default": signature_def(specs, outs, PREDICT)},
+            max_batch_size=first.max_batch_size,
+            preprocessing=image[1].preprocessing if image else first.preprocessing)
+
+    def _fits(self, step: Step, meta: ModelMetadata, names: Sequence[str]) -> None:
+        expected = {s.name for s in meta.inputs}
+        if set(names) != expected:
+            raise PipelineMisconfigured(
+                f"{step} feeds {sorted(names)}, but model {meta.name!r} takes "
+                f"{meta.describe_inputs()} (a transform may build them)")
+
+    def _output(self, step: Step, meta: ModelMetadata, tensor: str) -> TensorSpec:
+        spec = next((o for o in meta.outputs if o.name == tensor), None)
+        if spec is None:
+            raise PipelineMisconfigured(
+                f"{step} reads {tensor!r} from model {meta.name!r}, which has no such output "
+                f"(it has: {', '.join(o.name for o in meta.outputs)})")
+        return spec
+
+    def _typed(self, inputs: dict[str, TensorSpec], name: str, spec: TensorSpec | None) -> None:
+        assert spec is not None  # _fits checked the names
+        known = inputs.setdefault(name, TensorSpec(name, spec.dtype, spec.shape))
+        if (known.dtype, known.shape) != (spec.dtype, spec.shape):
+            raise PipelineMisconfigured(
+                f"pipeline {self.name!r}: request input {name!r} feeds model inputs of "
+                f"different types ({known.describe()} and {spec.describe()})")
+
+
+@dataclass
+class StepStats:
+    """Where one step's time went on a replica: gathering its inputs and
+    running its transform, then the model (its batch queue included)."""
+
+    calls: int = 0
+    requests: int = 0
+    feed_s: float = 0.0
+    model_s: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"calls": self.calls, "requests": self.requests,
+                "feed_s": round(self.feed_s, 4), "model_s": round(self.model_s, 4)}
+
+
+@dataclass
+class StepLog:
+    """A replica's :class:`StepStats`, by pipeline and step."""
+
+    steps: dict[str, StepStats] = field(default_factory=dict)
+
+    def of(self, step: Step) -> StepStats:
+        return self.steps.setdefault(f"{step.pipeline}/{step.name}", StepStats())
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        return {name: stats.as_dict() for name, stats in sorted(self.steps.items())}
+
+
+async def run_step(step: Step, request: Answers, upstream: Sequence[Answers],
+                   meta: ModelMetadata, infer: Callable[[Inputs], Awaitable[Outputs]],
+                   transform: Processor | None = None,
+                   stats: StepStats | None = None) -> list[Outputs | ServeError]:
+    """One step for each request of a call: its inputs picked from the
+    request and the earlier steps' answers (an error there answers it
+    unchanged), the transform run on them, the model's answer; the last step
+    answers with the pipeline's outputs. Inputs that do not fit the model are
+    the pipeline's fault (a 500 naming the step); a transform's own errors
+    are answered as user code's are."""
+    started = time.perf_counter()
+    sources: dict[str, Answers] = dict(zip(step.upstream, upstream, strict=True))
+    if step.reads_request:
+        sources[REQUEST] = request
+    count = len(next(iter(sources.values())))
+
+    async def feed(i: int) -> Inputs | ServeError:
+        if step.inputs is None:
+            return sources[REQUEST][i]
+        picked = _pick(step, step.inputs, sources, i)
+        if isinstance(picked, ServeError) or transform is None:
+            return picked
+        try:
+            return await transform(picked)
+        except ServeError as exc:
+            return exc
+
+    parts = await asyncio.gather(*(feed(i) for i in range(count)))
+    fed = time.perf_counter()
+    answers = await answer_each(parts, meta, infer, blame=str(step))
+    if stats is not None:
+        stats.calls += 1
+        stats.requests += count
+        stats.feed_s += fed - started
+        stats.model_s += time.perf_counter() - fed
+    if step.outputs is None:
+        return answers
+    sources[step.name] = answers
+    return [_pick(step, step.outputs, sources, i) for i in range(count)]
+
+
+def _pick(step: Step, wires: Sequence[Wire], sources: Mapping[str, Answers],
+          i: int) -> Inputs | ServeError:
+    """Request ``i``'s arrays named by ``wires``, or the error answering it."""
+    arrays = {}
+    for name, source, tensor in wires:
+        part = sources[source][i]
+        if isinstance(part, ServeError):
+            return part
+        if tensor not in part:  # the model's signature changed under the pipeline
+            return PipelineMisconfigured(f"{step} reads {tensor!r} from {source!r}, which "
+                                         f"answered {sorted(part)}")
+        arrays[name] = part[tensor]
+    return arrays
+
+
+class StageClient(Protocol):
+    """How a pipeline reaches a model: ``deployments.model_client`` on Ray."""
+
+    def put(self, local: list[Inputs]) -> Any:
+        """The request's arrays as every step that reads them receives them."""
+        ...
+
+    def step(self, step: Step, isolated: bool, request: Any,
+             forwarded: list[dict[str, ray.ObjectRef]], *upstream: Any) -> Any:
+        """``step`` issued now, its upstream answers still pending: an
+        awaitable answer that later steps may be handed in turn."""
+        ...
+
+    async def retrying(self, send: Callable[[], Awaitable[T]]) -> T:
+        """``send()``, sent again while no live replica took it."""
+        ...
+
+
+class Versions(Protocol):
+    async def versions(self) -> dict[int, ModelMetadata]: ...
+
+
+class PipelineClient:
+    """A pipeline as the ingress reaches a model (``registry.ModelClient``)."""
+
+    def __init__(self, plan: Plan, stages: Mapping[str, StageClient],
+                 models: Mapping[str, Versions]) -> None:
+        """``models``: each step model's endpoint, whose cached metadata the
+        pipeline's is composed from."""
+        self.plan = plan
+        self._stages = {m: stages[m] for m in plan.models}
+        self._models = {m: models[m] for m in plan.models}
+
+    async def metadata(self) -> dict[int, ModelMetadata]:
+        """The pipeline's metadata, from each model's highest version."""
+        served = await asyncio.gather(*(m.versions() for m in self._models.values()))
+        return {PIPELINE_VERSION: self.plan.metadata(
+            {name: versions[max(versions)] for name, versions in zip(self._models, served,
+                                                                     strict=True)})}
+
+    async def statuses(self) -> list[VersionStatus]:
+        """Available while every model answers and the wiring fits them."""
+        await self.metadata()
+        return [VersionStatus(PIPELINE_VERSION, "AVAILABLE")]
+
+    async def call(self, version: int, local: list[Inputs],
+                   forwarded: list[dict[str, ray.ObjectRef]],
+                   isolated: bool = False) -> list[Outputs | ServeError]:
+        """Every step issued at once; the last step's answers (the request's
+        arrays put once, read by each step that needs them)."""
+        if version != PIPELINE_VERSION:
+            raise NotFound(f"pipeline {self.plan.name!r} has no version "
+                           f"{clip(str(version))!r} (it serves: {PIPELINE_VERSION})")
+        first = self._stages[self.plan.steps[0].model]
+        request = first.put(local)
+
+        async def send() -> list[Outputs | ServeError]:
+            pending: dict[str, Any] = {}
+            for step in self.plan.steps:
+                reads = step.reads_request
+                pending[step.name] = self._stages[step.model].step(
+                    step, isolated, request if reads else None, forwarded if reads else [],
+                    *(pending[s] for s in step.upstream))
+            try:
+                return await pending[self.plan.steps[-1].name]
+            except BaseException:
+                for answer in pending.values():
+                    answer.cancel()
+                raise
+
+        return await first.retrying(send)

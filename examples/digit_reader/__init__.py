@@ -1,0 +1,1 @@
+"""A pipeline example: find the digit on a canvas, crop it, classify it."""

@@ -1,0 +1,171 @@
+"""Pipelines without models: the YAML's wiring checked as it is parsed, the
+metadata composed from the models' signatures, and one step run over a call
+whose requests fail or succeed each on their own."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from deployments.codecs.errors import BadRequest, ModelFailed, ServeError
+from deployments.config import AppArgs, PipelineArgs
+from deployments.pipeline import PipelineMisconfigured, Plan, Step, StepStats, run_step
+from deployments.signature import ModelMetadata, TensorSpec
+from deployments.user_code import Processor
+
+MODELS = [{"name": "detector", "path": "d"}, {"name": "classifier", "path": "c"}]
+CHAIN = {"name": "reader", "steps": [
+    {"model": "detector", "name": "detect"},
+    {"model": "classifier", "inputs": {"image": "request.image", "box": "detect.box"},
+     "transform": "pkg.crop:crop"}],
+    "outputs": {"scores": "classifier.scores", "box": "detect.box"}}
+
+
+def pipeline(**changes: object) -> PipelineArgs:
+    return PipelineArgs.model_validate({**CHAIN, **changes})
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"steps": [{"model": "detector"}, {"model": "detector"}]},
+     "step names must be unique and not 'request': 'detector'"),
+    ({"steps": [{"model": "detector", "name": "request"}]}, "not 'request': 'request'"),
+    ({"steps": [{"model": "detector"}, {"model": "classifier"}]},
+     "pipeline 'reader' step 'classifier': name its inputs"),
+    ({"steps": [{"model": "detector", "transform": "pkg.t:f"}]}, "name its inputs"),
+    ({"steps": [{"model": "detector", "inputs": {"image": "classifier.scores"}},
+                {"model": "classifier", "inputs": {"image": "detector.box"}}]},
+     "step 'detector': 'classifier.scores' names no earlier step (it may name: request)"),
+    ({"outputs": {"scores": "request.image"}},
+     "outputs: 'request.image' names no earlier step (it may name: detect, classifier)"),
+    ({"outputs": {"scores": "scores"}}, "'scores' is not a tensor reference"),
+    ({"scores_output": "probabilities"},
+     "scores_output 'probabilities' is not one of its outputs (scores, box)"),
+])
+def test_wiring_errors_are_named_as_the_config_is_parsed(changes: dict, message: str):
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        pipeline(**changes)
+
+
+def test_pipelines_run_served_models_under_names_of_their_own():
+    with pytest.raises(ValidationError, match="runs models this app does not serve: detector"):
+        AppArgs.model_validate({"models": MODELS[1:], "pipelines": [CHAIN]})
+    with pytest.raises(ValidationError, match=r"must be unique and not.*: detector"):
+        AppArgs.model_validate({"models": MODELS, "pipelines": [{**CHAIN, "name": "detector"}]})
+    args = AppArgs.model_validate({"models": MODELS, "pipelines": [CHAIN]})
+    assert args.transforms() == {"classifier": ("pkg.crop:crop",)}
+
+
+def test_each_step_carries_its_wiring():
+    first, last = Plan.from_args(pipeline()).steps
+    assert (first.inputs, first.upstream, first.reads_request) == (None, (), True)
+    assert last.inputs == (("image", "request", "image"), ("box", "detect", "box"))
+    assert last.upstream == ("detect",)  # its own outputs are not upstream
+    assert last.outputs == (("scores", "classifier", "scores"), ("box", "detect", "box"))
+    assert str(last) == "pipeline 'reader' step 'classifier'"
+
+
+def spec(name: str, *shape: int | None, dtype: str = "float32") -> TensorSpec:
+    return TensorSpec(name, dtype, (None, *shape))
+
+
+DETECTOR = ModelMetadata(
+    name="detector", version=3, signature_name="serving_default",
+    inputs=(spec("image", 40, 40, 1),), outputs=(spec("box", 4),), scores_output="box",
+    labels=(), image_input="image", max_batch_size=16)
+CLASSIFIER = ModelMetadata(
+    name="classifier", version=7, signature_name="serving_default",
+    inputs=(spec("image", 28, 28, 1),), outputs=(spec("scores", 10), spec("logits", 10)),
+    scores_output="scores", labels=tuple("abcdefghij"), image_input="image")
+
+
+def test_metadata_is_composed_from_the_models():
+    meta = Plan.from_args(pipeline()).metadata({"detector": DETECTOR,
+                                                "classifier": CLASSIFIER})
+    assert (meta.name, meta.version, meta.max_batch_size) == ("reader", 1, 16)
+    assert meta.inputs == (spec("image", 40, 40, 1),)  # typed by the detector's input
+    assert meta.outputs == (spec("box", 4), spec("scores", 10))
+    assert (meta.scores_output, meta.labels) == ("scores", tuple("abcdefghij"))
+    assert meta.image_input == "image"
+    signature = meta.signature_defs["serving_default"]
+    assert signature["inputs"]["image"]["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in signature["outputs"]["scores"]["tensor_shape"]["dim"]] == \
+        ["-1", "10"]
+
+
+def test_outputs_not_from_a_models_scores_are_labelled_by_index():
+    plan = Plan.from_args(pipeline(outputs={"logits": "classifier.logits"}))
+    meta = plan.metadata({"detector": DETECTOR, "classifier": CLASSIFIER})
+    assert (meta.scores_output, meta.labels) == ("logits", tuple("0123456789"))
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"outputs": {"scores": "classifier.probabilities"}},
+     "step 'classifier' reads 'probabilities' from model 'classifier', which has no such "
+     "output (it has: scores, logits)"),
+    ({"steps": [{"model": "detector", "name": "detect"},
+                {"model": "classifier", "inputs": {"pixels": "detect.box"}}], "outputs": None},
+     "step 'classifier' feeds ['pixels'], but model 'classifier' takes 'image': "
+     "float32[N, 28, 28, 1]"),
+    ({"steps": [{"model": "detector", "name": "detect"},
+                {"model": "classifier", "inputs": {"image": "request.image"}}], "outputs": None},
+     "request input 'image' feeds model inputs of different types (float32[N, 40, 40, 1] "
+     "and float32[N, 28, 28, 1])"),
+    ({"steps": [{"model": "classifier", "inputs": {"image": "request.photo"},
+                 "transform": "pkg.t:f"}], "outputs": None},
+     "request inputs ['photo'] only feed transforms, so their type is unknown"),
+])
+def test_wiring_that_does_not_fit_the_models_is_named(changes: dict, message: str):
+    plan = Plan.from_args(pipeline(**changes))
+    with pytest.raises(PipelineMisconfigured, match=re.escape(message)):
+        plan.metadata({"detector": DETECTOR, "classifier": CLASSIFIER})
+
+
+def crop(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A stand-in transform: fails for a box of zeros, as user code may."""
+    if not inputs["box"].any():
+        raise BadRequest("no digit found")
+    return {"image": np.zeros((len(inputs["image"]), 28, 28, 1), np.float32)
+            + inputs["box"][:, :1, None, None]}
+
+
+def test_a_step_answers_each_request_on_its_own():
+    _, last = Plan.from_args(pipeline()).steps
+    request = [{"image": np.ones((n, 40, 40, 1), np.float32)} for n in (1, 2, 1, 1)]
+    boxes = [{"box": np.full((1, 4), 0.5, np.float32)}, {"box": np.full((2, 4), 0.25, np.float32)},
+             ModelFailed("the detector failed"), {"box": np.zeros((1, 4), np.float32)}]
+    seen: list[int] = []
+
+    async def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.append(len(inputs["image"]))
+        mean = inputs["image"].mean(axis=(1, 2, 3))
+        return {"scores": np.repeat(mean[:, None], 10, 1), "logits": np.zeros((len(mean), 10))}
+
+    stats = StepStats()
+    answers = asyncio.run(run_step(last, request, [boxes], CLASSIFIER, infer,
+                                   Processor.load("classifier", "transform",
+                                                  f"{__name__}:crop"), stats))
+    assert seen == [1, 2]
+    assert sorted(answers[0]) == ["box", "scores"]
+    np.testing.assert_allclose(answers[0]["scores"], 0.5)
+    np.testing.assert_allclose(answers[1]["scores"], 0.25)
+    np.testing.assert_array_equal(answers[1]["box"], boxes[1]["box"])
+    assert answers[2] is boxes[2]  # the upstream error answers it unchanged
+    assert isinstance(answers[3], BadRequest) and answers[3].message == "no digit found"
+    assert (stats.calls, stats.requests) == (1, 4)
+
+
+def test_inputs_a_step_built_wrong_are_the_pipelines_fault():
+    step = Step("reader", "read", "classifier", (("image", "request", "image"),))
+    request = [{"image": np.ones((1, 40, 40, 1), np.float32)}]
+
+    async def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise AssertionError("not run")
+
+    (answer,) = asyncio.run(run_step(step, request, [], CLASSIFIER, infer))
+    assert isinstance(answer, ServeError) and answer.status == 500
+    assert answer.message.startswith("pipeline 'reader' step 'read': input 'image' has shape "
+                                      "[1, 40, 40, 1], expected float32[N, 28, 28, 1]")
