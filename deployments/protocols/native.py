@@ -17,7 +17,12 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from deployments.codecs.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    ServeError,
+    UnsupportedMediaType,
+)
 from deployments.codecs.predictions import json_values, parse_flag, parse_top_k, top_k_predictions
 from deployments.codecs.tensor import json_inputs, rows_by_input
 from deployments.config import InputLimits
@@ -85,9 +90,13 @@ class NativeApi:
         return answer
 
     async def list_models(self, request: Request) -> JSONResponse:
-        models = []
+        models: list[dict[str, Any]] = []
         for name in self._registry.names:
-            versions = await self._registry.get(name).versions()
+            try:
+                versions = await self._registry.get(name).versions()
+            except ServeError as exc:  # one model down (or a pipeline miswired) hides no other
+                models.append({"name": name, "error": exc.message})
+                continue
             latest = versions[max(versions)]
             main = latest.image_spec() if latest.takes_images else latest.inputs[0]
             model = {"name": name, "versions": sorted(versions),

@@ -61,3 +61,22 @@ def _plain(fn):  # a decorator that hides the coroutine function behind a plain 
 @_plain
 async def hidden_async(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: array + 1 for name, array in inputs.items()}
+
+
+def crop_or_refuse(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The example's crop, refusing canvases whose first pixel is lit (a
+    pipeline transform's own 400)."""
+    from examples.digit_reader.crop import crop_digits
+
+    if (inputs["image"][:, 0, 0] > 0.5).any():
+        raise BadRequest("a lit corner: not a canvas this reader takes")
+    return crop_digits(inputs)
+
+
+def crop_badly(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Crops of the wrong size: the pipeline's fault, not the client's."""
+    return {"image": np.zeros((len(inputs["image"]), 20, 20, 1), np.float32)}
+
+
+def crash(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    raise ValueError("secret internal detail")
