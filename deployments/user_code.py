@@ -73,7 +73,7 @@ def import_callable(path: str) -> Callable[..., Any]:
 class Processor:
     """One configured callable: ``dict[str, ndarray]`` in, the same out."""
 
-    stage: str  # "preprocess" or "postprocess"
+    stage: str  # "preprocess", "postprocess" or "transform" (a pipeline step's)
     path: str
     run: Callable[[Arrays], Awaitable[Any]]
 
