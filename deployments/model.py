@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 import ray
 from ray import serve
-from ray.exceptions import ObjectLostError
 
 from deployments.batching import Outputs
 from deployments.codecs.errors import BadRequest, ServeError
 from deployments.config import DeviceArgs, ModelArgs
 from deployments.device import apply_device_plan, plan_device
 from deployments.lifecycle import VersionManager
+from deployments.objects import read_objects
 from deployments.pipeline import Step, StepLog, run_step
 from deployments.served import BatchSettings, ServedVersion, answer_each
 from deployments.shipping import ShippedModel, receive
@@ -202,11 +202,8 @@ class ModelDeployment:
 
 
 async def _read(refs: dict[str, ray.ObjectRef]) -> Inputs | ServeError:
-    """A caller's objects, each a read-only view of this node's object store;
-    objects that are gone (their owner exited) fail that caller's part alone."""
+    """A caller's objects; one that cannot be read fails that caller's part alone."""
     try:
-        arrays = await asyncio.gather(*refs.values())
-    except ObjectLostError as exc:
-        return BadRequest(f"an input object is no longer available: {type(exc).__name__} "
-                          "(the process that put it has exited, or it was freed)")
-    return dict(zip(refs, arrays, strict=True))
+        return await read_objects(refs)
+    except BadRequest as exc:
+        return exc

@@ -21,13 +21,11 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import ray
-from ray.exceptions import RayError
 
 from deployments.batching import Outputs, rows_of
 from deployments.budget import MemoryBudget
 from deployments.coalescing import Coalescer, CoalesceSettings
 from deployments.codecs.errors import (
-    BadRequest,
     ModelFailed,
     NotFound,
     ServeError,
@@ -38,6 +36,7 @@ from deployments.codecs.image import decode_images
 from deployments.codecs.numbers import decimal_count
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics, arrival_time
+from deployments.objects import read_objects
 from deployments.pipeline import PipelineClient, Plan, StageClient
 from deployments.signature import Inputs, ModelMetadata, check_inputs, check_size
 from deployments.user_code import Processors
@@ -140,8 +139,8 @@ class ModelEndpoint:
         until the first fetch succeeds, callers share it, and a failure is
         every caller's 503 for a second rather than each one's own timeout.
         """
-        if self._stale() and self._refreshing is None:
-            self._refreshing = asyncio.create_task(self._refresh())
+        if self._stale():
+            self._fetch()
         if self._versions is None and self._refreshing is not None:
             await asyncio.shield(self._refreshing)  # a caller gone does not cancel it
         if self._versions is None:
@@ -151,6 +150,12 @@ class ModelEndpoint:
     def _stale(self) -> bool:
         ttl = _METADATA_TTL_S if self._versions is not None else _UNAVAILABLE_TTL_S
         return time.monotonic() - self._fetched_at > ttl
+
+    def _fetch(self) -> asyncio.Task[None]:
+        """The fetch under way, or a new one: one at a time for every caller."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.create_task(self._refresh())
+        return self._refreshing
 
     async def _refresh(self) -> None:
         try:
@@ -181,9 +186,7 @@ class ModelEndpoint:
 
     async def _ask_again(self) -> dict[int, ModelMetadata]:
         """The versions a replica lists now (one fetch at a time for every caller)."""
-        if self._refreshing is None:
-            self._refreshing = asyncio.create_task(self._refresh())
-        await asyncio.shield(self._refreshing)
+        await asyncio.shield(self._fetch())
         return self._versions or {}
 
     async def _listed(self, version: int) -> bool:
@@ -311,7 +314,7 @@ class ModelEndpoint:
         try:
             async with asyncio.timeout(timeout_s):
                 if pre is not None:
-                    inputs = await pre({**inputs, **await _read(_refs(inputs))})
+                    inputs = await pre({**inputs, **await read_objects(_refs(inputs))})
                     self._budget.take(_nbytes(inputs), f"{pre.path}'s inputs")
                 meta, outputs = await self._follow(meta, inputs, pinned)
                 if post is not None:
@@ -353,7 +356,7 @@ class ModelEndpoint:
                     inputs: dict[str, np.ndarray | ray.ObjectRef]) -> _Part:
         """``inputs`` checked against ``meta``'s signature, as one part of a call."""
         refs = _refs(inputs)
-        views = await _read(refs)
+        views = await read_objects(refs)
         limits = self._limits
         checked = check_inputs({**inputs, **views}, meta, limits.max_rows, limits.max_elements)
         rows = rows_of(checked)
@@ -408,18 +411,6 @@ def _nbytes(arrays: Mapping[str, np.ndarray]) -> int:
 
 def _refs(inputs: Mapping[str, object]) -> dict[str, ray.ObjectRef]:
     return {n: v for n, v in inputs.items() if isinstance(v, ray.ObjectRef)}
-
-
-async def _read(refs: Mapping[str, ray.ObjectRef]) -> dict[str, Any]:
-    """A caller's objects, read in place (a 400 for one that cannot be read)."""
-    views = {}
-    for name, ref in refs.items():
-        try:
-            views[name] = await ref
-        except RayError as exc:
-            raise BadRequest(f"cannot read the ObjectRef given for {name!r}: "
-                             f"{type(exc).__name__}") from None
-    return views
 
 
 def _died_alone(model: str) -> ModelFailed:

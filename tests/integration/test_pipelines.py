@@ -14,6 +14,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+import ray
 import tensorflow as tf
 import tritonclient.grpc as grpcclient
 import yaml
@@ -171,4 +172,9 @@ def test_handle_callers_get_the_pipeline_too(reader: str, sample):
         images, scores=True, model=PIPELINE).result()
     scores = np.array([p["scores"] for p in answer["predictions"]])
     np.testing.assert_allclose(scores, expected["probabilities"], atol=1e-5)
+    # The caller's own object, by input name: read by each step that takes it.
+    by_ref = serve.get_app_handle(APP).predict.remote(
+        {"image": ray.put(images)}, scores=True, model=PIPELINE).result()
+    assert [p["scores"] for p in by_ref["predictions"]] == \
+        [p["scores"] for p in answer["predictions"]]
 
