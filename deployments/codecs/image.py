@@ -92,13 +92,18 @@ def decoded_bytes(image: Image.Image, geometry: ImageGeometry,
     its pixels as Pillow holds them in their own mode, once more for a
     conversion of the samples, and again in the model's mode; compositing
     transparency adds an RGBA copy and the background it is composited on.
-    (The resized image is at most the model's height × width, counted with
-    the batch.)"""
+    A shorter side resized whole before its crop adds that image; other
+    resizes are at most the model's height × width, counted with the batch."""
     width, height = image.size
     native = 1 if image.mode in ("1", "L", "P") else 2 if image.mode.startswith("I;16") else 4
     model = 1 if geometry.channels == 1 else 4  # Pillow holds RGB in 4 bytes a pixel
     alpha = 4 + model if preprocessing.composites_alpha and image.has_transparency_data else 0
-    return width * height * (2 * native + model + alpha)
+    resized = 0
+    if isinstance(preprocessing.resize, ShorterSide):
+        size = geometry.width, geometry.height
+        (w, h), _ = _shorter_side(width, height, size, preprocessing.resize.shorter_side)
+        resized = w * h * model if _resized_whole((w, h), size) else 0
+    return width * height * (2 * native + model + alpha) + resized
 
 
 def _open(blob: bytes, geometry: ImageGeometry, preprocessing: ImagePreprocessing,
@@ -200,6 +205,11 @@ def _composite(image: Image.Image, mode: str, background: str) -> Image.Image:
     return out
 
 
+# shorter_side: resized images up to this many times the crop's area are
+# resized whole, then cropped (as torchvision does, to the bit).
+_MAX_RESIZED_AREA = 4
+
+
 def _resize(image: Image.Image, geometry: ImageGeometry,
             preprocessing: ImagePreprocessing) -> Image.Image:
     """The image at the model's size (stretched, or the centre of the image
@@ -208,17 +218,33 @@ def _resize(image: Image.Image, geometry: ImageGeometry,
     size = geometry.width, geometry.height
     policy, method = preprocessing.resize, _FILTERS[preprocessing.interpolation]
     if isinstance(policy, ShorterSide):
-        # Only the crop is resampled: an image of extreme aspect never
-        # allocates its whole resized self. The crop in source pixels
-        # (integer products first: exact, and within the image).
-        short, side = min(width, height), policy.shorter_side
-        crop_w, crop_h = size[0] * short / side, size[1] * short / side
-        box = ((width - crop_w) / 2, (height - crop_h) / 2,
-               (width + crop_w) / 2, (height + crop_h) / 2)
+        resized, crop = _shorter_side(width, height, size, policy.shorter_side)
+        if _resized_whole(resized, size):
+            return image.resize(resized, method).crop(crop)
+        # An image of extreme aspect never allocates its whole resized self:
+        # only the crop is resampled, from the same box in source pixels
+        # (the same points at the same scale, but for Pillow's float32 box).
+        scale_x, scale_y = width / resized[0], height / resized[1]
+        box = (crop[0] * scale_x, crop[1] * scale_y, crop[2] * scale_x, crop[3] * scale_y)
         return image.resize(size, method, box=box)
     if policy == "letterbox":
         size = _fit(width, height, *size)
     return image if image.size == size else image.resize(size, method)
+
+
+def _shorter_side(width: int, height: int, size: tuple[int, int], side: int
+                  ) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+    """As torchvision's ``Resize(side)`` then ``CenterCrop(size)``: the size
+    the image is resized to (the shorter side ``side``, the longer truncated to
+    an integer) and the crop box in it (at the rounded integer offset)."""
+    resized = ((side, int(side * height / width)) if width <= height
+               else (int(side * width / height), side))
+    left, top = (round((r - s) / 2) for r, s in zip(resized, size, strict=True))
+    return resized, (left, top, left + size[0], top + size[1])
+
+
+def _resized_whole(resized: tuple[int, int], size: tuple[int, int]) -> bool:
+    return resized[0] * resized[1] <= _MAX_RESIZED_AREA * size[0] * size[1]
 
 
 def _fit(width: int, height: int, max_width: int, max_height: int) -> tuple[int, int]:

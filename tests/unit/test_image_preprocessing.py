@@ -54,6 +54,36 @@ def test_shorter_side_then_center_crop_exact_pixels():
     assert nearest[..., 0].tolist() == [[30, 50], [30, 50]]
 
 
+def textured(width: int, height: int) -> Image.Image:
+    """Noise with edges: any sub-pixel shift of the sampling shows."""
+    rng = np.random.default_rng(width * 1000 + height)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "bicubic", "lanczos"])
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (333, 250), (250, 333), (301, 299),
+                                  (1000, 97), (97, 1000), (256, 256), (255, 611)])
+def test_shorter_side_then_center_crop_is_torchvisions_resize_then_crop(size, interpolation):
+    """As ``Resize(256)`` then ``CenterCrop(224)``: the shorter side to 256,
+    the longer truncated, the crop at the rounded integer offset."""
+    image, (crop_w, crop_h) = textured(*size), (224, 200)
+    width, height = size
+    resized = ((256, int(256 * height / width)) if width <= height
+               else (int(256 * width / height), 256))
+    left, top = round((resized[0] - crop_w) / 2), round((resized[1] - crop_h) / 2)
+    filters = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+               "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+    reference = image.resize(resized, filters[interpolation]).crop(
+        (left, top, left + crop_w, top + crop_h))
+    served = decode(image, ImageGeometry(crop_h, crop_w, 3), resize={"shorter_side": 256},
+                    interpolation=interpolation, **PIXELS)
+    difference = np.abs(served - np.asarray(reference, np.float32))
+    if resized[0] * resized[1] <= 4 * crop_w * crop_h:  # resized whole, then cropped
+        assert difference.max() == 0
+    else:  # extreme aspect: the crop alone resampled, Pillow's box in float32
+        assert difference.mean() < 1
+
+
 @pytest.mark.parametrize(("size", "rows", "cols"), [
     ((4, 2), slice(1, 3), slice(0, 4)),  # wide: bands above and below
     ((2, 4), slice(0, 4), slice(1, 3)),  # tall: bands left and right
