@@ -4,14 +4,16 @@
 numpy arrays) after its protocol decoded them and before they are checked
 against the signature; ``postprocess`` on that request's outputs before its
 protocol encodes them. Both run in the ingress (``ModelEndpoint.infer``, the
-one path every protocol takes), sync functions on a thread so CPU work does
-not stall the event loop, async ones on it.
+one path every protocol takes); a pipeline step's ``transform`` runs in its
+model's replica (``deployments.pipeline``). Sync functions run on a few
+threads of their own, so CPU work does not stall the event loop and code that
+hangs holds none of the threads requests are parsed on; async ones on the loop.
 
 The code is imported when the ingress starts: a path that does not import
 fails the deploy, naming the model and the path. At request time a
 :class:`ServeError` the code raises is the client's answer (a ``BadRequest``
 is a 400 with its message); anything else is a 500 naming the callable and
-the exception's type, logged with its traceback.
+the exception's type, logged with its traceback (once a minute per type).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import asyncio
 import importlib
 import inspect
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -69,6 +73,14 @@ def import_callable(path: str) -> Callable[..., Any]:
     return target
 
 
+# Threads per sync callable: its own pool, so code that hangs holds these,
+# not the threads the ingress parses and decodes on.
+_THREADS = 4
+# A callable's failures are logged with their traceback once a minute per
+# exception type (each one still answers its request).
+_LOG_EVERY_S = 60.0
+
+
 @dataclass(frozen=True)
 class Processor:
     """One configured callable: ``dict[str, ndarray]`` in, the same out."""
@@ -76,6 +88,7 @@ class Processor:
     stage: str  # "preprocess", "postprocess" or "transform" (a pipeline step's)
     path: str
     run: Callable[[Arrays], Awaitable[Any]]
+    _logged: dict[str, float] = field(default_factory=dict, compare=False)
 
     @classmethod
     def load(cls, model: str, stage: str, path: str) -> Processor:
@@ -90,8 +103,11 @@ class Processor:
         # coroutine function, so a result that can be awaited is).
         call = vars(type(fn)).get("__call__")  # an instance's own (class-level) __call__
         is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
-        run = fn if is_async else partial(asyncio.to_thread, fn)
-        return cls(stage, path, run)
+        if is_async:
+            return cls(stage, path, fn)
+        threads = ThreadPoolExecutor(_THREADS, thread_name_prefix=stage)
+        return cls(stage, path, lambda arrays: asyncio.get_running_loop().run_in_executor(
+            threads, fn, arrays))
 
     async def __call__(self, arrays: Arrays) -> Arrays:
         """The callable's answer for ``arrays``, checked to be arrays by name."""
@@ -102,13 +118,22 @@ class Processor:
         except ServeError:
             raise
         except Exception as exc:
-            logger.exception("%s %s raised", self.stage, self.path)
+            self._log(exc)
             raise UserCodeFailed(f"{self.stage} {self.path} raised "
                                  f"{type(exc).__name__}") from None
         if (wrong := _not_arrays(result)) is not None:
             raise UserCodeFailed(f"{self.stage} {self.path} returned {wrong}, not a dict of "
                                  "numpy arrays by name")
         return result
+
+
+    def _log(self, exc: Exception) -> None:
+        """The traceback, unless one of this type was logged within a minute."""
+        kind, now = type(exc).__name__, time.monotonic()
+        if now - self._logged.get(kind, -math.inf) >= _LOG_EVERY_S:
+            self._logged[kind] = now
+            logger.error("%s %s raised (each %s logged once a minute)", self.stage, self.path,
+                         kind, exc_info=exc)
 
 
 def _not_arrays(value: object) -> str | None:

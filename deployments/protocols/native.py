@@ -79,12 +79,17 @@ class NativeApi:
         # The version that answered (it may have followed a redeploy) labels it.
         meta, outputs = await endpoint.infer(meta, inputs, pinned, timeout_s)
         answer: dict[str, Any] = {"model": meta.name, "version": meta.version}
-        if meta.labels:  # a classifier: the best classes of its scores
+        scores_given = outputs.get(meta.scores_output)
+        # A classifier: the best classes of its scores (unless postprocess
+        # code dropped them or changed their shape: then every output as it is).
+        ranked = bool(meta.labels) and scores_given is not None and scores_given.ndim >= 1 \
+            and scores_given.size == len(scores_given) * len(meta.labels)
+        if ranked:
             k = parse_top_k(top_k, self._default_top_k, len(meta.labels))
-            answer["predictions"] = top_k_predictions(outputs[meta.scores_output],
-                                                      meta.labels, k, include_scores)
+            answer["predictions"] = top_k_predictions(scores_given, meta.labels, k,
+                                                      include_scores)
         others = {name: json_values(name, a) for name, a in outputs.items()
-                  if not (meta.labels and name == meta.scores_output)}
+                  if not (ranked and name == meta.scores_output)}
         if others:  # every other output as it is
             answer["outputs"] = others
         return answer

@@ -4,6 +4,7 @@ imported when the ingress starts, with messages that name model and path."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,13 @@ import pytest
 from pydantic import ValidationError
 
 from deployments.config import ModelArgs
-from deployments.user_code import CodePaths, Processors, code_paths, load_processors
+from deployments.user_code import (
+    CodePaths,
+    Processors,
+    UserCodeFailed,
+    code_paths,
+    load_processors,
+)
 
 CODE = "tests.app.user_code"
 
@@ -76,3 +83,13 @@ def test_async_callables_are_awaited_however_they_are_wrapped(name: str, expecte
     assert processors.pre is not None
     ones = {"pixels": np.ones((1, 64), np.float32)}
     assert asyncio.run(processors.pre(ones))["pixels"].max() == expected
+
+
+def test_a_failing_callable_logs_its_traceback_once_a_minute(caplog: pytest.LogCaptureFixture):
+    (processors,) = load_processors({"m": CodePaths(preprocess=f"{CODE}:fragile")}).values()
+    with caplog.at_level(logging.ERROR, logger="ray.serve"):
+        for _ in range(3):
+            with pytest.raises(UserCodeFailed, match="raised ValueError"):
+                asyncio.run(processors.pre({"pixels": np.full((1, 64), 101.0)}))
+    (record,) = [r for r in caplog.records if r.exc_info]
+    assert "secret internal detail" in str(record.exc_info[1])
