@@ -131,15 +131,23 @@ def replica_actor_names(app: str, deployment: str) -> list[str]:
                   if n["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}#"))
 
 
+def replica_stats(app: str, deployment: str, replicas: int, tries: int = 50
+                  ) -> dict[int, dict]:
+    """Each replica's own ``stats()`` by pid, asked until ``replicas`` answered
+    (Serve routes each call to any replica)."""
+    handle = serve.get_deployment_handle(deployment, app)
+    stats: dict[int, dict] = {}
+    for _ in range(tries):
+        answer = handle.stats.remote().result()
+        stats[answer["pid"]] = answer
+        if len(stats) >= replicas:
+            break
+    return stats
+
+
 def replica_pids(app: str, deployment: str, replicas: int, tries: int = 50) -> list[int]:
     """The pids of a model deployment's replicas, learned from their own ``stats``."""
-    handle = serve.get_deployment_handle(deployment, app)
-    pids: set[int] = set()
-    for _ in range(tries):
-        pids.add(handle.stats.remote().result()["pid"])
-        if len(pids) >= replicas:
-            break
-    return sorted(pids)
+    return sorted(replica_stats(app, deployment, replicas, tries))
 
 
 def http_ok(url: str) -> bool:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,7 +24,13 @@ from PIL import Image
 from ray import serve
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from harness.cluster import wait_app_running
+from harness.cluster import (
+    replica_actor_names,
+    replica_stats,
+    running_replicas,
+    wait_app_running,
+    wait_until,
+)
 from models.build_locator import canvases
 from tests.common import CONFIG, READER_CONFIG, locator_model, read_in_process
 from tests.integration.conftest import deploy_config
@@ -39,6 +47,8 @@ def reader(base_url: str, tmp_path_factory) -> Iterator[str]:
     config = yaml.safe_load(CONFIG.read_text())
     (app,) = yaml.safe_load(READER_CONFIG.read_text())["applications"]
     app.update(name=APP, route_prefix=f"/{APP}")
+    for deployment in app["deployments"][1:]:  # two replicas a stage: one may be killed
+        deployment["num_replicas"] = 2
     config["applications"].append(app)
     deploy_config(config, tmp_path_factory.mktemp("reader"))
     wait_app_running(APP, 240)
@@ -155,8 +165,13 @@ def test_each_stage_batches_on_its_own_replicas(reader: str, sample):
         assert stats["model_s"] > 0 and stats["feed_s"] >= 0
 
 
-def _steps(model: str) -> dict:
-    return serve.get_deployment_handle(model, APP).stats.remote().result()["pipeline_steps"]
+def _steps(model: str) -> dict[str, dict[str, float]]:
+    """Each step's counters on ``model``'s two replicas, summed."""
+    total: dict[str, Counter[str]] = {}
+    for stats in replica_stats(APP, model, 2).values():
+        for step, counters in stats["pipeline_steps"].items():
+            total.setdefault(step, Counter()).update(counters)
+    return {step: dict(counters) for step, counters in total.items()}
 
 
 def test_wrong_inputs_are_the_clients_400(reader: str):
@@ -178,3 +193,38 @@ def test_handle_callers_get_the_pipeline_too(reader: str, sample):
     assert [p["scores"] for p in by_ref["predictions"]] == \
         [p["scores"] for p in answer["predictions"]]
 
+
+
+@pytest.mark.parametrize("model", ["locator", "digits"])
+def test_a_stage_replica_killed_under_load_loses_no_request(reader: str, sample, model: str):
+    images, _, _ = sample
+    body = {"inputs": {"image": images.tolist()}}
+    statuses: Counter[int | str] = Counter()
+    stop = threading.Event()
+
+    def post_until_stopped() -> None:
+        with httpx.Client(timeout=60) as client:
+            while not stop.is_set():
+                try:
+                    answer = client.post(f"{reader}/v1/models/{PIPELINE}:predict", json=body)
+                    statuses[answer.status_code] += 1
+                except httpx.HTTPError as exc:
+                    statuses[type(exc).__name__] += 1
+
+    def answered(more: int) -> None:
+        target = sum(statuses.values()) + more
+        wait_until(lambda: sum(statuses.values()) >= target, 120, f"{more} more answers")
+
+    with ThreadPoolExecutor(4) as pool:
+        clients = [pool.submit(post_until_stopped) for _ in range(4)]
+        answered(8)
+        victim = replica_actor_names(APP, model)[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        wait_until(lambda: running_replicas(APP).get(model) == 2
+                   and victim not in replica_actor_names(APP, model), 120, "a new replica")
+        answered(8)
+        stop.set()
+        for client in clients:
+            client.result()
+    assert statuses[200] >= 16
+    assert set(statuses) == {200}, statuses  # calls in flight were sent again
