@@ -293,6 +293,32 @@ class StepArgs(_Strict):
         return self.name or self.model
 
 
+TensorDtype = Literal["float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                      "uint8", "uint16", "uint32", "uint64", "bool", "string"]
+
+
+class TensorArgs(_Strict):
+    """A request input's type, for one that only a transform reads."""
+
+    dtype: TensorDtype
+    shape: tuple[int | None, ...] = Field(
+        min_length=1, description="with the batch dimension first: [-1, 64]; -1 (or null) "
+                                  "for any size")
+
+    @model_validator(mode="after")
+    def _batched(self) -> TensorArgs:
+        if self.shape[0] not in (None, -1):
+            raise ValueError(f"shape {list(self.shape)}: the first dimension is the batch's, "
+                             "-1")
+        if any(d is not None and d < -1 for d in self.shape):
+            raise ValueError(f"shape {list(self.shape)}: sizes are -1 or positive")
+        return self
+
+    @property
+    def dims(self) -> tuple[int | None, ...]:
+        return tuple(None if d in (None, -1) else d for d in self.shape)
+
+
 class PipelineArgs(_Strict):
     """Models composed into one: a step's inputs may be earlier steps'
     outputs. Served under its own name on every protocol; the intermediate
@@ -300,6 +326,10 @@ class PipelineArgs(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     steps: tuple[StepArgs, ...] = Field(min_length=1)
+    inputs: dict[str, TensorArgs] = Field(
+        default_factory=dict, description="types of request inputs only transforms read "
+                                          "(text for a tokenizer, say); the others are "
+                                          "typed by the model input they feed")
     outputs: dict[str, TensorRef] | None = Field(
         None, description="the pipeline's outputs by name, each <step>.<output>; default: "
                           "the last step's outputs")
@@ -326,6 +356,11 @@ class PipelineArgs(_Strict):
                              [REQUEST, *seen])
             seen.append(step.step_name)
         self._check_refs("outputs", (self.outputs or {}).values(), seen)
+        read = {split_ref(r)[1] for s in self.steps for r in (s.inputs or {}).values()
+                if split_ref(r)[0] == REQUEST}
+        if unread := sorted(set(self.inputs) - read):
+            raise ValueError(f"pipeline {self.name!r}: inputs {unread} are declared but no "
+                             "step reads them (as request.<input>)")
         if self.scores_output is not None and self.outputs is not None \
                 and self.scores_output not in self.outputs:
             raise ValueError(f"pipeline {self.name!r}: scores_output {self.scores_output!r} "

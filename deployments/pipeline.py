@@ -86,6 +86,7 @@ class Plan:
     name: str
     steps: tuple[Step, ...]
     scores_output: str | None = None
+    declared: tuple[TensorSpec, ...] = ()  # request inputs typed in the YAML
 
     @classmethod
     def from_args(cls, args: PipelineArgs) -> Plan:
@@ -93,7 +94,8 @@ class Plan:
         return cls(args.name, tuple(
             Step(args.name, s.step_name, s.model, _wires(s.inputs), s.transform,
                  _wires(args.outputs) if i == last else None)
-            for i, s in enumerate(args.steps)), args.scores_output)
+            for i, s in enumerate(args.steps)), args.scores_output,
+            tuple(TensorSpec(n, t.dtype, t.dims) for n, t in args.inputs.items()))
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -104,7 +106,7 @@ class Plan:
         the model input it feeds), outputs and labels those of the steps it
         names; ``PipelineMisconfigured`` where the wiring does not fit."""
         step_meta = {s.name: models[s.model] for s in self.steps}
-        inputs: dict[str, TensorSpec] = {}
+        inputs = {spec.name: spec for spec in self.declared}
         image: tuple[str, ModelMetadata] | None = None
         transformed: set[str] = set()
         for step in self.steps:
@@ -124,7 +126,7 @@ class Plan:
         if untyped := sorted(transformed - set(inputs)):
             raise PipelineMisconfigured(
                 f"pipeline {self.name!r}: request inputs {untyped} only feed transforms, so "
-                "their type is unknown; feed each to a model input too")
+                "their type is unknown: declare each under the pipeline's inputs")
         last = self.steps[-1]
         wires = last.outputs or tuple((s.name, last.name, s.name)
                                       for s in step_meta[last.name].outputs)
@@ -175,8 +177,8 @@ class Plan:
         known = inputs.setdefault(name, TensorSpec(name, spec.dtype, spec.shape))
         if (known.dtype, known.shape) != (spec.dtype, spec.shape):
             raise PipelineMisconfigured(
-                f"pipeline {self.name!r}: request input {name!r} feeds model inputs of "
-                f"different types ({known.describe()} and {spec.describe()})")
+                f"pipeline {self.name!r}: request input {name!r} is {known.describe()}, but "
+                f"it feeds a model input of {spec.describe()}")
 
 
 @dataclass

@@ -15,7 +15,8 @@ from starlette.testclient import TestClient
 
 from models.build_locator import canvases
 from tests.app.conftest import build_app, config_args
-from tests.common import locator_model, read_in_process, reader_args
+from tests.app.user_code import tokenize
+from tests.common import locator_model, read_in_process, reader_args, signature_models
 
 CODE = "tests.app.user_code"
 READER = reader_args()["pipelines"][0]
@@ -31,7 +32,8 @@ def reader_with(name: str, transform: str) -> dict:
 def client() -> Iterator[TestClient]:
     locator_model()
     args = reader_args()
-    args["models"].append(config_args().models[1].model_dump(exclude_unset=True))
+    args["models"] += [config_args().models[1].model_dump(exclude_unset=True),
+                       {"name": "sequence", "path": str(signature_models() / "sequence")}]
     args["pipelines"] += [
         {"name": "twice", "steps": [  # one model, two steps side by side
             {"name": "a", "model": "digits_linear", "inputs": {"pixels": "request.pixels"}},
@@ -41,6 +43,9 @@ def client() -> Iterator[TestClient]:
         reader_with("sloppy", f"{CODE}:crop_badly"),
         reader_with("crashing", f"{CODE}:crash"),
         {**READER, "name": "miswired", "outputs": {"box": "locate.boxes"}},
+        {"name": "texts", "inputs": {"text": {"dtype": "string", "shape": [-1]}},
+         "steps": [{"model": "sequence", "inputs": {"text": "request.text"},
+                    "transform": f"{CODE}:tokenize"}]},
     ]
     with TestClient(build_app(config_args(**args)), base_url="http://app",
                     raise_server_exceptions=False) as c:
@@ -132,3 +137,22 @@ def test_faults_of_the_pipeline_are_500s_that_name_it(client: TestClient, sample
         "pipeline 'miswired' step 'read' reads 'boxes' from model 'locator', which has no "
         "such output (it has: box)")
     assert client.post("/v1/models/digit_reader:predict", json=body).status_code == 200
+
+
+def test_a_transform_takes_inputs_the_model_does_not(client: TestClient):
+    """A tokenizer before a model of token ids: the pipeline takes text."""
+    texts = ["a short one", "and a longer text", "x"]
+    answer = client.post("/v2/models/texts/infer", json={"inputs": [
+        {"name": "text", "shape": [3], "datatype": "BYTES", "data": texts}]})
+    assert answer.status_code == 200, answer.text
+    (logits,) = answer.json()["outputs"]
+    tokens = tokenize({"text": np.array(texts, dtype=object)})
+    direct = client.post("/v1/models/sequence:predict", json={
+        "inputs": {name: array.tolist() for name, array in tokens.items()}})
+    np.testing.assert_allclose(np.reshape(logits["data"], logits["shape"]),
+                               direct.json()["outputs"], atol=1e-6)
+    meta = client.get("/v1/models/texts/metadata").json()["metadata"]["signature_def"]
+    assert meta["signature_def"]["serving_default"]["inputs"]["text"]["dtype"] == "DT_STRING"
+    empty = client.post("/v1/models/texts:predict", json={"instances": ["fine", ""]})
+    assert empty.status_code == 400
+    assert empty.json() == {"error": "text must not be empty"}

@@ -85,3 +85,18 @@ def crop_badly(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def crash(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     raise ValueError("secret internal detail")
+
+
+def tokenize(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Text → the sequence model's token ids (a letter's code mod 100) and
+    mask, padded to the longest text of the request."""
+    texts = [t.decode() if isinstance(t, bytes) else str(t) for t in inputs["text"]]
+    if not all(texts):
+        raise BadRequest("text must not be empty")
+    longest = max(map(len, texts))
+    ids = np.zeros((len(texts), longest), np.int32)
+    mask = np.zeros((len(texts), longest), np.int32)
+    for i, text in enumerate(texts):
+        ids[i, :len(text)] = [ord(c) % 100 for c in text]
+        mask[i, :len(text)] = 1
+    return {"input_ids": ids, "attention_mask": mask}

@@ -112,11 +112,15 @@ def test_outputs_not_from_a_models_scores_are_labelled_by_index():
      "float32[N, 28, 28, 1]"),
     ({"steps": [{"model": "detector", "name": "detect"},
                 {"model": "classifier", "inputs": {"image": "request.image"}}], "outputs": None},
-     "request input 'image' feeds model inputs of different types (float32[N, 40, 40, 1] "
-     "and float32[N, 28, 28, 1])"),
+     "request input 'image' is float32[N, 40, 40, 1], but it feeds a model input of "
+     "float32[N, 28, 28, 1]"),
     ({"steps": [{"model": "classifier", "inputs": {"image": "request.photo"},
                  "transform": "pkg.t:f"}], "outputs": None},
-     "request inputs ['photo'] only feed transforms, so their type is unknown"),
+     "request inputs ['photo'] only feed transforms, so their type is unknown: declare each "
+     "under the pipeline's inputs"),
+    ({"inputs": {"image": {"dtype": "float32", "shape": [-1, 40, 40, 3]}}},
+     "request input 'image' is float32[N, 40, 40, 3], but it feeds a model input of "
+     "float32[N, 40, 40, 1]"),
 ])
 def test_wiring_that_does_not_fit_the_models_is_named(changes: dict, message: str):
     plan = Plan.from_args(pipeline(**changes))
@@ -169,3 +173,27 @@ def test_inputs_a_step_built_wrong_are_the_pipelines_fault():
     assert isinstance(answer, ServeError) and answer.status == 500
     assert answer.message.startswith("pipeline 'reader' step 'read': input 'image' has shape "
                                       "[1, 40, 40, 1], expected float32[N, 28, 28, 1]")
+
+
+def test_request_inputs_only_a_transform_reads_are_declared():
+    steps = [{"model": "classifier", "inputs": {"text": "request.text"},
+              "transform": "pkg.tok:tokenize"}]
+    plan = Plan.from_args(pipeline(steps=steps, outputs=None, inputs={
+        "text": {"dtype": "string", "shape": [-1]}}))
+    meta = plan.metadata({"classifier": CLASSIFIER})
+    assert meta.inputs == (TensorSpec("text", "string", (None,)),)
+    assert meta.image_input is None  # text, not images
+
+
+@pytest.mark.parametrize(("inputs", "message"), [
+    ({"text": {"dtype": "string", "shape": [3]}}, "the first dimension is the batch's"),
+    ({"text": {"dtype": "string", "shape": [-1, -2]}}, "sizes are -1 or positive"),
+    ({"text": {"dtype": "str", "shape": [-1]}}, "Input should be 'float16'"),
+    ({"other": {"dtype": "string", "shape": [-1]}},
+     "inputs ['other'] are declared but no step reads them"),
+])
+def test_declared_inputs_are_checked(inputs: dict, message: str):
+    steps = [{"model": "classifier", "inputs": {"text": "request.text"},
+              "transform": "pkg.tok:tokenize"}]
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        pipeline(steps=steps, outputs=None, inputs=inputs)
