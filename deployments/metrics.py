@@ -11,6 +11,9 @@ Serve's own ``deployment``, ``replica`` and ``application`` tags added.
     ray_tfserve_batch_rows{model, version}                  model replica: rows per TF call
     ray_tfserve_batch_seconds{model, version}               model replica: one TF call
     ray_tfserve_queue_length{model, version}                model replica: requests waiting*
+    ray_tfserve_pipeline_step_seconds{pipeline, step, phase}  model replica: one call of a
+                                                            pipeline step: feed (inputs
+                                                            gathered, transform), model
 
 Label values are bounded: a model name that is not served counts as
 ``"unknown"``, so a client cannot grow the series without limit.
@@ -190,3 +193,19 @@ class ModelMetrics:
     def batch(self, rows: int, seconds: float) -> None:
         self._rows.observe(rows)
         self._seconds.observe(seconds)
+
+
+class PipelineMetrics:
+    """What a model replica records per pipeline step it runs."""
+
+    def __init__(self) -> None:
+        self._seconds = Histogram(
+            "tfserve_pipeline_step_seconds",
+            "One call of a pipeline step on this replica: feed (its inputs gathered and its "
+            "transform run) and model (the batch queue and TensorFlow).",
+            boundaries=list(_SECONDS), tag_keys=("pipeline", "step", "phase"))
+
+    def step(self, pipeline: str, step: str, feed_s: float, model_s: float) -> None:
+        for phase, seconds in (("feed", feed_s), ("model", model_s)):
+            self._seconds.observe(seconds, tags={"pipeline": pipeline, "step": step,
+                                                 "phase": phase})

@@ -26,6 +26,7 @@ from deployments.codecs.errors import BadRequest, ServeError
 from deployments.config import DeviceArgs, ModelArgs
 from deployments.device import apply_device_plan, plan_device
 from deployments.lifecycle import VersionManager
+from deployments.metrics import PipelineMetrics
 from deployments.objects import read_objects
 from deployments.pipeline import Step, StepLog, run_step
 from deployments.served import BatchSettings, ServedVersion, answer_each
@@ -55,7 +56,7 @@ class ModelDeployment:
         imported now so that a path that does not import fails the deploy."""
         self._transforms = {path: Processor.load(model.name, "transform", path)
                             for path in transforms}
-        self._steps = StepLog()
+        self._steps = StepLog(PipelineMetrics())
         context = ray.get_runtime_context()
         resources = context.get_assigned_resources()
         plan = plan_device(
@@ -198,7 +199,7 @@ class ModelDeployment:
             return await run_step(step, request or [], upstream, served.runner.metadata,
                                   served.run_alone if isolated else served.infer,
                                   self._transforms[step.transform] if step.transform else None,
-                                  self._steps.of(step))
+                                  self._steps)
 
 
 async def _read(refs: dict[str, ray.ObjectRef]) -> Inputs | ServeError:

@@ -27,6 +27,7 @@ from deployments.batching import Outputs
 from deployments.codecs.errors import NotFound, ServeError, clip
 from deployments.codecs.tfserving_grpc import signature_def
 from deployments.config import REQUEST, PipelineArgs, split_ref
+from deployments.metrics import PipelineMetrics
 from deployments.served import answer_each
 from deployments.signature import PREDICT, STRING, Inputs, ModelMetadata, TensorSpec
 from deployments.user_code import Processor
@@ -198,12 +199,20 @@ class StepStats:
 
 @dataclass
 class StepLog:
-    """A replica's :class:`StepStats`, by pipeline and step."""
+    """A replica's :class:`StepStats` by pipeline and step (``stats()``), and
+    the same times as Prometheus histograms."""
 
+    metrics: PipelineMetrics | None = None
     steps: dict[str, StepStats] = field(default_factory=dict)
 
-    def of(self, step: Step) -> StepStats:
-        return self.steps.setdefault(f"{step.pipeline}/{step.name}", StepStats())
+    def record(self, step: Step, requests: int, feed_s: float, model_s: float) -> None:
+        stats = self.steps.setdefault(f"{step.pipeline}/{step.name}", StepStats())
+        stats.calls += 1
+        stats.requests += requests
+        stats.feed_s += feed_s
+        stats.model_s += model_s
+        if self.metrics is not None:
+            self.metrics.step(step.pipeline, step.name, feed_s, model_s)
 
     def as_dict(self) -> dict[str, dict[str, float]]:
         return {name: stats.as_dict() for name, stats in sorted(self.steps.items())}
@@ -212,7 +221,7 @@ class StepLog:
 async def run_step(step: Step, request: Answers, upstream: Sequence[Answers],
                    meta: ModelMetadata, infer: Callable[[Inputs], Awaitable[Outputs]],
                    transform: Processor | None = None,
-                   stats: StepStats | None = None) -> list[Outputs | ServeError]:
+                   log: StepLog | None = None) -> list[Outputs | ServeError]:
     """One step for each request of a call: its inputs picked from the
     request and the earlier steps' answers (an error there answers it
     unchanged), the transform run on them, the model's answer; the last step
@@ -239,11 +248,8 @@ async def run_step(step: Step, request: Answers, upstream: Sequence[Answers],
     parts = await asyncio.gather(*(feed(i) for i in range(count)))
     fed = time.perf_counter()
     answers = await answer_each(parts, meta, infer, blame=str(step))
-    if stats is not None:
-        stats.calls += 1
-        stats.requests += count
-        stats.feed_s += fed - started
-        stats.model_s += time.perf_counter() - fed
+    if log is not None:
+        log.record(step, count, fed - started, time.perf_counter() - fed)
     if step.outputs is None:
         return answers
     sources[step.name] = answers

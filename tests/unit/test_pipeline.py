@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from deployments.codecs.errors import BadRequest, ModelFailed, ServeError
 from deployments.config import AppArgs, PipelineArgs
-from deployments.pipeline import PipelineMisconfigured, Plan, Step, StepStats, run_step
+from deployments.pipeline import PipelineMisconfigured, Plan, Step, StepLog, run_step
 from deployments.signature import ModelMetadata, TensorSpec
 from deployments.user_code import Processor
 
@@ -148,10 +148,10 @@ def test_a_step_answers_each_request_on_its_own():
         mean = inputs["image"].mean(axis=(1, 2, 3))
         return {"scores": np.repeat(mean[:, None], 10, 1), "logits": np.zeros((len(mean), 10))}
 
-    stats = StepStats()
+    log = StepLog()
     answers = asyncio.run(run_step(last, request, [boxes], CLASSIFIER, infer,
                                    Processor.load("classifier", "transform",
-                                                  f"{__name__}:crop"), stats))
+                                                  f"{__name__}:crop"), log))
     assert seen == [1, 2]
     assert sorted(answers[0]) == ["box", "scores"]
     np.testing.assert_allclose(answers[0]["scores"], 0.5)
@@ -159,7 +159,8 @@ def test_a_step_answers_each_request_on_its_own():
     np.testing.assert_array_equal(answers[1]["box"], boxes[1]["box"])
     assert answers[2] is boxes[2]  # the upstream error answers it unchanged
     assert isinstance(answers[3], BadRequest) and answers[3].message == "no digit found"
-    assert (stats.calls, stats.requests) == (1, 4)
+    stats = log.as_dict()["reader/classifier"]
+    assert (stats["calls"], stats["requests"]) == (1, 4)
 
 
 def test_inputs_a_step_built_wrong_are_the_pipelines_fault():
