@@ -281,12 +281,22 @@ class StepArgs(_Strict):
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
                              description="default: the model's name")
     inputs: dict[str, TensorRef] | None = Field(
-        None, description="the model's inputs (or the transform's arguments) by name, each "
-                          "request.<input> or <step>.<output>; default (first step only): "
-                          "the request's inputs as the model's")
+        None, min_length=1,
+        description="the model's inputs (or the transform's arguments) by name, each "
+                    "request.<input> or <step>.<output>; default (first step only): the "
+                    "request's inputs as the model's")
     transform: ImportPath | None = Field(
         None, description="your code in the model's replica turning ``inputs`` into the "
                           "model's inputs: dict[str, ndarray] -> dict[str, ndarray]")
+    version: PositiveInt | None = Field(None, description="the model's version this step "
+                                                          "runs; default: its highest")
+
+    @model_validator(mode="after")
+    def _referable(self) -> StepArgs:
+        if self.name is None and "." in self.model:
+            raise ValueError(f"model {self.model!r} has a dot in its name, which step "
+                             "references cannot hold: give the step a name")
+        return self
 
     @property
     def step_name(self) -> str:
@@ -331,8 +341,8 @@ class PipelineArgs(_Strict):
                                           "(text for a tokenizer, say); the others are "
                                           "typed by the model input they feed")
     outputs: dict[str, TensorRef] | None = Field(
-        None, description="the pipeline's outputs by name, each <step>.<output>; default: "
-                          "the last step's outputs")
+        None, min_length=1, description="the pipeline's outputs by name, each "
+                                        "<step>.<output>; default: the last step's outputs")
     scores_output: str | None = Field(
         None, description="the output holding class scores; default: the one fed by a "
                           "model's scores, else the first")
@@ -356,9 +366,12 @@ class PipelineArgs(_Strict):
                              [REQUEST, *seen])
             seen.append(step.step_name)
         self._check_refs("outputs", (self.outputs or {}).values(), seen)
-        read = {split_ref(r)[1] for s in self.steps for r in (s.inputs or {}).values()
-                if split_ref(r)[0] == REQUEST}
-        if unread := sorted(set(self.inputs) - read):
+        refs = [split_ref(r) for r in (*(self.outputs or {}).values(), *(
+            r for step in self.steps for r in (step.inputs or {}).values()))]
+        if idle := [s for s in seen[:-1] if s not in {source for source, _ in refs}]:
+            raise ValueError(f"pipeline {self.name!r}: steps {idle} feed no later step and "
+                             "no output")
+        if unread := sorted(set(self.inputs) - {t for s, t in refs if s == REQUEST}):
             raise ValueError(f"pipeline {self.name!r}: inputs {unread} are declared but no "
                              "step reads them (as request.<input>)")
         if self.scores_output is not None and self.outputs is not None \

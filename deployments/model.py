@@ -182,24 +182,30 @@ class ModelDeployment:
         TensorFlow calls of their own instead.
         """
         async with self._versions.using(version) as served:
-            parts = [*(local or ()), *await asyncio.gather(*(_read(r) for r in forwarded))]
             run = served.run_alone if isolated else served.infer
-            return await answer_each(parts, served.runner.metadata, run)
+            return await answer_each(await _parts(local, forwarded), served.runner.metadata,
+                                     run)
 
     async def infer_step(self, step: Step, isolated: bool, request: list[Inputs] | None,
                          forwarded: list[dict[str, ray.ObjectRef]],
                          *upstream: list[Outputs | ServeError]) -> list[Outputs | ServeError]:
-        """A pipeline's step for each request of its call, on the highest
-        version (``deployments.pipeline.run_step``). Serve sends it once the
+        """A pipeline's step for each request of its call, on the version it
+        names or the highest (``deployments.pipeline.run_step``). Serve sends it once the
         ``upstream`` steps have answered; Ray hands their answers and the
         request's arrays over as read-only views of the object store."""
-        if request is not None or forwarded:
-            request = [*(request or ()), *await asyncio.gather(*(_read(r) for r in forwarded))]
-        async with self._versions.using(None) as served:
-            return await run_step(step, request or [], upstream, served.runner.metadata,
+        parts = await _parts(request, forwarded)
+        async with self._versions.using(step.version) as served:
+            return await run_step(step, parts, upstream, served.runner.metadata,
                                   served.run_alone if isolated else served.infer,
                                   self._transforms[step.transform] if step.transform else None,
                                   self._steps)
+
+
+async def _parts(local: list[Inputs] | None, forwarded: list[dict[str, ray.ObjectRef]]
+                 ) -> list[Inputs | ServeError]:
+    """A call's requests: the ingress's arrays (resolved by Ray), then the
+    callers' own objects, read here."""
+    return [*(local or ()), *await asyncio.gather(*(_read(r) for r in forwarded))]
 
 
 async def _read(refs: dict[str, ray.ObjectRef]) -> Inputs | ServeError:

@@ -110,35 +110,38 @@ class RayModelClient:
         answers exist, and the replica reads them from the object store."""
         return self._handle.infer_step.remote(step, isolated, request, forwarded, *upstream)
 
-    async def retrying(self, send: Callable[[], Awaitable[T]]) -> T:
+    async def retrying(self, send: Callable[[], Awaitable[T]], name: str | None = None) -> T:
         """``send()``'s answer. Inference has no side effects, so a call that
         no live replica took is sent again (a few times; Serve routes it to a
         live replica), and so is one whose replica was stopped or lost its
         node. A call whose replica died while holding it for any other reason
         raises ``ReplicaDied``: it may be what killed the replica
-        (``ModelEndpoint`` decides)."""
+        (``ModelEndpoint`` decides). ``name``: what messages call the model
+        (a pipeline's calls are its steps' chain)."""
+        name = name or self.name
         delays = iter(_RETRY_DELAYS_S)
         while True:
             sent_at = time.monotonic()
             try:
                 return await send()
             except BackPressureError as exc:  # max_queued_requests reached: shed at once
-                raise ServiceUnavailable(f"model {self.name!r} is overloaded (its request "
+                raise ServiceUnavailable(f"model {name!r} is overloaded (its request "
                                          "queue is full); retry shortly") from exc
-            except ActorDiedError as exc:
-                if not self._not_its_fault(exc, sent_at):
-                    logger.warning("model %r replica died holding a call: %s", self.name, exc)
-                    raise ReplicaDied(str(exc)) from exc
-                error: Exception = exc
-            except _RETRYABLE as exc:
+            except Exception as exc:
+                died = _death(exc)
+                if died is None and not isinstance(exc, _RETRYABLE):
+                    raise
+                if died is not None and not self._not_its_fault(died, sent_at):
+                    logger.warning("model %r replica died holding a call: %s", name, died)
+                    raise ReplicaDied(str(died)) from exc
                 error = exc
             delay = next(delays, None)
             if delay is None:
-                logger.warning("model %r unavailable: %r", self.name, error)
+                logger.warning("model %r unavailable: %r", name, error)
                 raise ServiceUnavailable(
-                    f"no replica of model {self.name!r} could take the request; retry"
+                    f"no replica of model {name!r} could take the request; retry"
                 ) from error
-            logger.info("model %r replica lost (%r); retrying in %.1f s", self.name, error, delay)
+            logger.info("model %r replica lost (%r); retrying in %.1f s", name, error, delay)
             await asyncio.sleep(delay)
 
     def _not_its_fault(self, exc: ActorDiedError, sent_at: float) -> bool:
@@ -154,3 +157,12 @@ class RayModelClient:
             return True
         message = str(exc)
         return exc.preempted or any(reason in message for reason in _NOT_ITS_FAULT)
+
+
+def _death(exc: BaseException) -> ActorDiedError | None:
+    """The replica death behind a failed call: its own, or, for a pipeline's
+    step, an upstream step's (Serve wraps that in a ``RayServeException``)."""
+    if isinstance(exc, ActorDiedError):
+        return exc
+    cause = exc.__cause__
+    return cause if isinstance(cause, ActorDiedError) else None

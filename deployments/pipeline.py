@@ -15,6 +15,7 @@ queue, so every stage batches with whatever else that model is serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,7 +30,14 @@ from deployments.codecs.tfserving_grpc import signature_def
 from deployments.config import REQUEST, PipelineArgs, split_ref
 from deployments.metrics import PipelineMetrics
 from deployments.served import answer_each
-from deployments.signature import PREDICT, STRING, Inputs, ModelMetadata, TensorSpec
+from deployments.signature import (
+    PREDICT,
+    STRING,
+    Inputs,
+    ModelMetadata,
+    TensorSpec,
+    castable,
+)
 from deployments.user_code import Processor
 from deployments.versions import VersionStatus
 
@@ -64,7 +72,10 @@ class Step:
     model: str
     inputs: tuple[Wire, ...] | None  # None: the request's inputs as they are
     transform: str | None = None
-    outputs: tuple[Wire, ...] | None = None  # the last step's: the pipeline's outputs
+    version: int | None = None  # None: the model's highest
+    # The last step's: the pipeline's outputs from it and the steps before it
+    # (None: its own outputs as they are).
+    outputs: tuple[Wire, ...] | None = None
 
     @property
     def upstream(self) -> tuple[str, ...]:
@@ -76,48 +87,80 @@ class Step:
     def reads_request(self) -> bool:
         return self.inputs is None or any(s == REQUEST for _, s, _ in self.inputs)
 
+    @property
+    def built(self) -> bool:
+        """Whether the pipeline, not the client, made this step's inputs: then
+        inputs the model refuses are the pipeline's fault."""
+        return self.transform is not None or not self.reads_request or any(
+            s != REQUEST for _, s, _ in self.inputs or ())
+
     def __str__(self) -> str:
         return f"pipeline {self.pipeline!r} step {self.name!r}"
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A pipeline's steps in order, and how its metadata is composed."""
+    """A pipeline's steps in order, and how its metadata is composed.
+
+    The last step answers the pipeline's outputs taken from itself and the
+    steps it depends on; ``side`` outputs come from steps beside it (a
+    branch that runs in parallel), whose answers the ingress reads and
+    merges, rather than make the last step wait for them."""
 
     name: str
     steps: tuple[Step, ...]
     scores_output: str | None = None
     declared: tuple[TensorSpec, ...] = ()  # request inputs typed in the YAML
+    side: tuple[Wire, ...] = ()
 
     @classmethod
     def from_args(cls, args: PipelineArgs) -> Plan:
-        last = len(args.steps) - 1
-        return cls(args.name, tuple(
-            Step(args.name, s.step_name, s.model, _wires(s.inputs), s.transform,
-                 _wires(args.outputs) if i == last else None)
-            for i, s in enumerate(args.steps)), args.scores_output,
-            tuple(TensorSpec(n, t.dtype, t.dims) for n, t in args.inputs.items()))
+        steps = [Step(args.name, s.step_name, s.model, _wires(s.inputs), s.transform,
+                      s.version) for s in args.steps]
+        last, wires = steps[-1], _wires(args.outputs)
+        before = _depends_on(steps)
+        own = wires and tuple(w for w in wires if w[1] in (last.name, *before))
+        steps[-1] = replace(last, outputs=own)
+        return cls(args.name, tuple(steps), args.scores_output,
+                   tuple(TensorSpec(n, t.dtype, t.dims) for n, t in args.inputs.items()),
+                   tuple(w for w in wires or () if w not in (own or ())))
 
     @property
-    def models(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(s.model for s in self.steps))
+    def answering(self) -> tuple[str, ...]:
+        """The steps whose answers the ingress reads: the last, then the side ones."""
+        return (self.steps[-1].name, *dict.fromkeys(s for _, s, _ in self.side))
+
+    def merge(self, answers: Mapping[str, Answers]) -> list[Outputs | ServeError]:
+        """Each request's outputs: the last step's, with the side outputs added."""
+        last = answers[self.steps[-1].name]
+        if not self.side:
+            return list(last)
+        merged: list[Outputs | ServeError] = []
+        for i, own in enumerate(last):
+            side = _pick(f"pipeline {self.name!r}", self.side, answers, i)
+            merged.append(own if isinstance(own, ServeError) else
+                          side if isinstance(side, ServeError) else {**own, **side})
+        return merged
 
     def metadata(self, models: Mapping[str, ModelMetadata]) -> ModelMetadata:
-        """The pipeline as one model: inputs are the request's (each typed as
-        the model input it feeds), outputs and labels those of the steps it
-        names; ``PipelineMisconfigured`` where the wiring does not fit."""
-        step_meta = {s.name: models[s.model] for s in self.steps}
+        """The pipeline as one model, from each step's model's metadata (by
+        step name): inputs are the request's (each typed as the model input it
+        feeds, or as declared), outputs and labels those of the steps it names;
+        ``PipelineMisconfigured`` where the wiring does not fit."""
         inputs = {spec.name: spec for spec in self.declared}
         image: tuple[str, ModelMetadata] | None = None
         transformed: set[str] = set()
         for step in self.steps:
-            meta = step_meta[step.name]
-            wires = step.inputs or tuple((s.name, REQUEST, s.name) for s in meta.inputs)
+            meta = models[step.name]
+            wires = step.inputs if step.inputs is not None else tuple(
+                (s.name, REQUEST, s.name) for s in meta.inputs)
             if step.transform is None:
                 self._fits(step, meta, [name for name, _, _ in wires])
             for name, source, tensor in wires:
                 if source != REQUEST:
-                    self._output(step, step_meta[source], tensor)
+                    given = self._output(step, models[source], tensor)
+                    if step.transform is None:
+                        self._feeds(step, given, meta.spec(name))
                 elif step.transform is not None:
                     transformed.add(tensor)
                 else:
@@ -129,27 +172,31 @@ class Plan:
                 f"pipeline {self.name!r}: request inputs {untyped} only feed transforms, so "
                 "their type is unknown: declare each under the pipeline's inputs")
         last = self.steps[-1]
-        wires = last.outputs or tuple((s.name, last.name, s.name)
-                                      for s in step_meta[last.name].outputs)
+        wires = (*(last.outputs or ()), *self.side) if last.outputs is not None else tuple(
+            (s.name, last.name, s.name) for s in models[last.name].outputs)
         sources = {name: (source, tensor) for name, source, tensor in wires}
-        outputs = [replace(self._output(last, step_meta[source], tensor), name=name)
+        outputs = [replace(self._output(last, models[source], tensor), name=name)
                    for name, (source, tensor) in sources.items()]
         order = [s.name for s in self.steps]
         fed_by_scores = sorted((n for n, (s, t) in sources.items()
-                                if step_meta[s].scores_output == t),
+                                if models[s].scores_output == t),
                                key=lambda n: -order.index(sources[n][0]))  # the latest step's
         scores = self.scores_output or next(iter(fed_by_scores), next(
             (o.name for o in outputs if o.dtype != STRING and np.dtype(o.dtype).kind == "f"),
             outputs[0].name))
+        if scores not in sources:
+            raise PipelineMisconfigured(
+                f"pipeline {self.name!r}: scores_output {scores!r} is not one of its outputs "
+                f"({', '.join(sources)})")
         source, tensor = sources[scores]
         shape = next(o.shape for o in outputs if o.name == scores)
-        if step_meta[source].scores_output == tensor:  # a model's classes: its labels
-            labels = step_meta[source].labels
+        if models[source].scores_output == tensor:  # a model's classes: its labels
+            labels = models[source].labels
         else:  # class indices for [N, classes] scores, as for a model without labels
             labels = tuple(map(str, range(shape[1] or 0))) if len(shape) == 2 else ()
         specs = tuple(sorted(inputs.values(), key=lambda s: s.name))
         outs = tuple(sorted(outputs, key=lambda s: s.name))
-        first = step_meta[self.steps[0].name]
+        first = models[self.steps[0].name]
         return ModelMetadata(
             name=self.name, version=PIPELINE_VERSION, signature_name="serving_default",
             inputs=specs, outputs=outs, scores_output=scores, labels=labels,
@@ -173,6 +220,18 @@ class Plan:
                 f"(it has: {', '.join(o.name for o in meta.outputs)})")
         return spec
 
+    @staticmethod
+    def _feeds(step: Step, given: TensorSpec, spec: TensorSpec | None) -> None:
+        """An earlier step's output that goes into a model input as it is must
+        fit it: the same rank, fixed sizes and a dtype it can be cast to."""
+        assert spec is not None  # _fits checked the names
+        if len(given.shape) != len(spec.shape) or not castable(given.dtype, spec.dtype) or any(
+                a is not None and b is not None and a != b
+                for a, b in zip(given.shape[1:], spec.shape[1:], strict=True)):
+            raise PipelineMisconfigured(
+                f"{step} feeds {given.name!r} ({given.describe()}) to input {spec.name!r} of "
+                f"{spec.describe()}")
+
     def _typed(self, inputs: dict[str, TensorSpec], name: str, spec: TensorSpec | None) -> None:
         assert spec is not None  # _fits checked the names
         known = inputs.setdefault(name, TensorSpec(name, spec.dtype, spec.shape))
@@ -180,6 +239,19 @@ class Plan:
             raise PipelineMisconfigured(
                 f"pipeline {self.name!r}: request input {name!r} is {known.describe()}, but "
                 f"it feeds a model input of {spec.describe()}")
+
+
+def _depends_on(steps: Sequence[Step]) -> set[str]:
+    """The steps the last one reads, directly or through others."""
+    by_name = {s.name: s for s in steps}
+    seen: set[str] = set()
+    todo = list(steps[-1].upstream)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(by_name[name].upstream)
+    return seen
 
 
 @dataclass
@@ -225,9 +297,10 @@ async def run_step(step: Step, request: Answers, upstream: Sequence[Answers],
     """One step for each request of a call: its inputs picked from the
     request and the earlier steps' answers (an error there answers it
     unchanged), the transform run on them, the model's answer; the last step
-    answers with the pipeline's outputs. Inputs that do not fit the model are
-    the pipeline's fault (a 500 naming the step); a transform's own errors
-    are answered as user code's are."""
+    answers with the pipeline's outputs. Inputs the pipeline built that the
+    model refuses are its fault (a 500 naming the step); a transform's own
+    errors are answered as user code's are. A request left with no rows (a
+    detector that found nothing to crop) answers empty outputs, unrun."""
     started = time.perf_counter()
     sources: dict[str, Answers] = dict(zip(step.upstream, upstream, strict=True))
     if step.reads_request:
@@ -247,7 +320,11 @@ async def run_step(step: Step, request: Answers, upstream: Sequence[Answers],
 
     parts = await asyncio.gather(*(feed(i) for i in range(count)))
     fed = time.perf_counter()
-    answers = await answer_each(parts, meta, infer, blame=str(step))
+    empty = [i for i, part in enumerate(parts) if _no_rows(part)]
+    answers = await answer_each([p for i, p in enumerate(parts) if i not in empty], meta,
+                                infer, blame=str(step) if step.built else None)
+    for i in empty:
+        answers.insert(i, {o.name: _empty(o) for o in meta.outputs})
     if log is not None:
         log.record(step, count, fed - started, time.perf_counter() - fed)
     if step.outputs is None:
@@ -256,7 +333,17 @@ async def run_step(step: Step, request: Answers, upstream: Sequence[Answers],
     return [_pick(step, step.outputs, sources, i) for i in range(count)]
 
 
-def _pick(step: Step, wires: Sequence[Wire], sources: Mapping[str, Answers],
+def _no_rows(part: Inputs | ServeError) -> bool:
+    return not isinstance(part, ServeError) and bool(part) and all(
+        isinstance(a, np.ndarray) and a.ndim > 0 and len(a) == 0 for a in part.values())
+
+
+def _empty(spec: TensorSpec) -> np.ndarray:
+    shape = (0, *(d or 0 for d in spec.shape[1:]))
+    return np.empty(shape, dtype=object if spec.dtype == STRING else spec.dtype)
+
+
+def _pick(who: object, wires: Sequence[Wire], sources: Mapping[str, Answers],
           i: int) -> Inputs | ServeError:
     """Request ``i``'s arrays named by ``wires``, or the error answering it."""
     arrays = {}
@@ -265,7 +352,7 @@ def _pick(step: Step, wires: Sequence[Wire], sources: Mapping[str, Answers],
         if isinstance(part, ServeError):
             return part
         if tensor not in part:  # the model's signature changed under the pipeline
-            return PipelineMisconfigured(f"{step} reads {tensor!r} from {source!r}, which "
+            return PipelineMisconfigured(f"{who} reads {tensor!r} from {source!r}, which "
                                          f"answered {sorted(part)}")
         arrays[name] = part[tensor]
     return arrays
@@ -281,35 +368,46 @@ class StageClient(Protocol):
     def step(self, step: Step, isolated: bool, request: Any,
              forwarded: list[dict[str, ray.ObjectRef]], *upstream: Any) -> Any:
         """``step`` issued now, its upstream answers still pending: an
-        awaitable answer that later steps may be handed in turn."""
+        awaitable answer (with ``cancel()``) that later steps may be handed."""
         ...
 
-    async def retrying(self, send: Callable[[], Awaitable[T]]) -> T:
-        """``send()``, sent again while no live replica took it."""
+    async def retrying(self, send: Callable[[], Awaitable[T]], name: str | None = None) -> T:
+        """``send()``, sent again while no live replica took it (messages
+        name ``name``)."""
         ...
 
 
-class Versions(Protocol):
-    async def versions(self) -> dict[int, ModelMetadata]: ...
+class StageModel(Protocol):
+    """A step's model as the ingress knows it (``registry.ModelEndpoint``)."""
+
+    async def check_ready(self, version: str | int | None = None) -> ModelMetadata: ...
 
 
 class PipelineClient:
     """A pipeline as the ingress reaches a model (``registry.ModelClient``)."""
 
     def __init__(self, plan: Plan, stages: Mapping[str, StageClient],
-                 models: Mapping[str, Versions]) -> None:
-        """``models``: each step model's endpoint, whose cached metadata the
+                 models: Mapping[str, StageModel]) -> None:
+        """``models``: each step model's endpoint, whose metadata the
         pipeline's is composed from."""
         self.plan = plan
-        self._stages = {m: stages[m] for m in plan.models}
-        self._models = {m: models[m] for m in plan.models}
+        self._stages = {s.model: stages[s.model] for s in plan.steps}
+        self._models = {s.model: models[s.model] for s in plan.steps}
 
     async def metadata(self) -> dict[int, ModelMetadata]:
-        """The pipeline's metadata, from each model's highest version."""
-        served = await asyncio.gather(*(m.versions() for m in self._models.values()))
+        """The pipeline's metadata, from the version each step runs, asked of
+        the models' replicas (at most once a second each): a pipeline is
+        ready while all of its models are."""
+        async def step_meta(step: Step) -> ModelMetadata:
+            try:
+                return await self._models[step.model].check_ready(step.version)
+            except NotFound as exc:
+                raise PipelineMisconfigured(f"{step} runs model {step.model!r} version "
+                                            f"{step.version}: {exc.message}") from None
+
+        metas = await asyncio.gather(*(step_meta(s) for s in self.plan.steps))
         return {PIPELINE_VERSION: self.plan.metadata(
-            {name: versions[max(versions)] for name, versions in zip(self._models, served,
-                                                                     strict=True)})}
+            {s.name: meta for s, meta in zip(self.plan.steps, metas, strict=True)})}
 
     async def statuses(self) -> list[VersionStatus]:
         """Available while every model answers and the wiring fits them."""
@@ -319,7 +417,7 @@ class PipelineClient:
     async def call(self, version: int, local: list[Inputs],
                    forwarded: list[dict[str, ray.ObjectRef]],
                    isolated: bool = False) -> list[Outputs | ServeError]:
-        """Every step issued at once; the last step's answers (the request's
+        """Every step issued at once; each request's outputs (the request's
         arrays put once, read by each step that needs them)."""
         if version != PIPELINE_VERSION:
             raise NotFound(f"pipeline {self.plan.name!r} has no version "
@@ -329,16 +427,19 @@ class PipelineClient:
 
         async def send() -> list[Outputs | ServeError]:
             pending: dict[str, Any] = {}
-            for step in self.plan.steps:
-                reads = step.reads_request
-                pending[step.name] = self._stages[step.model].step(
-                    step, isolated, request if reads else None, forwarded if reads else [],
-                    *(pending[s] for s in step.upstream))
             try:
-                return await pending[self.plan.steps[-1].name]
+                for step in self.plan.steps:
+                    reads = step.reads_request
+                    pending[step.name] = self._stages[step.model].step(
+                        step, isolated, request if reads else None,
+                        forwarded if reads else [], *(pending[s] for s in step.upstream))
+                names = self.plan.answering
+                answers = await asyncio.gather(*(pending[n] for n in names))
             except BaseException:
                 for answer in pending.values():
-                    answer.cancel()
+                    with contextlib.suppress(Exception):  # one that failed says so again
+                        answer.cancel()
                 raise
+            return self.plan.merge(dict(zip(names, answers, strict=True)))
 
-        return await first.retrying(send)
+        return await first.retrying(send, name=self.plan.name)

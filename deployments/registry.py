@@ -63,10 +63,9 @@ class ReplicaDied(Exception):
     stopped or its node went away: the call's requests may be what killed it."""
 
 
-class ModelClient(StageClient, Protocol):
+class ModelClient(Protocol):
     """How an endpoint reaches its model's replicas (Ray's: ``model_client.py``;
-    a pipeline's: ``pipeline.PipelineClient``, which reaches its models as
-    ``StageClient``)."""
+    a pipeline's: ``pipeline.PipelineClient``)."""
 
     async def metadata(self) -> dict[int, ModelMetadata]:
         """Every served version's metadata; ``ServiceUnavailable`` if none answers."""
@@ -83,6 +82,10 @@ class ModelClient(StageClient, Protocol):
         (``isolated``: each in TensorFlow calls of its own, outside the batch
         queue); ``ReplicaDied`` when the replica died holding the call."""
         ...
+
+
+class DeploymentClient(ModelClient, StageClient, Protocol):
+    """A model deployment's client, through which pipelines run their steps too."""
 
 
 @dataclass(frozen=True)
@@ -421,7 +424,7 @@ def _died_alone(model: str) -> ModelFailed:
 class ModelRegistry:
     """The served models in config order; the first is the default."""
 
-    def __init__(self, clients: dict[str, ModelClient], limits: InputLimits,
+    def __init__(self, clients: Mapping[str, DeploymentClient], limits: InputLimits,
                  metrics: IngressMetrics, routing: Mapping[str, Routing] | None = None,
                  processors: Mapping[str, Processors] | None = None,
                  pipelines: Sequence[Plan] = ()) -> None:

@@ -259,18 +259,16 @@ async def answer_each(parts: Sequence[Inputs | ServeError], meta: ModelMetadata,
     fault is reported without internal detail, and logged with its traceback).
 
     ``blame``: who built the inputs when the client did not (a pipeline's
-    step): inputs that do not fit the signature are then that one's fault, a
-    500 naming it, not the client's 400."""
+    step): inputs that do not fit the signature, or whose values the model
+    refuses, are then that one's fault, a 500 naming it, not the client's 400."""
 
     async def answer(part: Inputs | ServeError) -> Outputs | ServeError:
         if isinstance(part, ServeError):
             return part
         try:
-            checked = check_inputs(part, meta)
-        except BadRequest as exc:
+            return await infer(check_inputs(part, meta))
+        except BadRequest as exc:  # the inputs do not fit, or the model refused their values
             return exc if blame is None else ModelFailed(f"{blame}: {exc.message}")
-        try:
-            return await infer(checked)
         except ServeError as exc:
             return exc
         except Exception as exc:

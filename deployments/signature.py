@@ -184,7 +184,7 @@ def check_tensor(array: Any, spec: TensorSpec) -> np.ndarray:
     if spec.dtype == STRING:
         return _strings(array, spec)
     expected = np.dtype(spec.dtype)
-    if array.dtype.kind not in _CASTABLE_KINDS.get(expected.kind, expected.kind):
+    if not _casts(array.dtype.kind, expected):
         raise BadRequest(
             f"input {spec.name!r} has dtype {array.dtype}, expected {spec.describe()}"
         )
@@ -201,6 +201,18 @@ def check_tensor(array: Any, spec: TensorSpec) -> np.ndarray:
             f"for {expected})"
         )
     return checked
+
+
+def _casts(kind: str, target: np.dtype) -> bool:
+    return kind in _CASTABLE_KINDS.get(target.kind, target.kind)
+
+
+def castable(source: str, target: str) -> bool:
+    """Whether arrays of dtype ``source`` go into an input of dtype ``target``
+    (as :func:`check_tensor` casts them; values are checked then)."""
+    if STRING in (source, target):
+        return source == target
+    return _casts(np.dtype(source).kind, np.dtype(target))
 
 
 def _strings(array: np.ndarray, spec: TensorSpec) -> np.ndarray:

@@ -78,13 +78,13 @@ class InProcessModel:
     async def _step(self, step: Step, request: list[Inputs],
                     upstream: tuple[asyncio.Future[list[Outputs | ServeError]], ...]
                     ) -> list[Outputs | ServeError]:
-        runner = self._runners[max(self._runners)]
+        runner = self._runners[step.version or max(self._runners)]
         transform = self._transforms[step.transform] if step.transform else None
         return await run_step(step, request, await asyncio.gather(*upstream), runner.metadata,
                               lambda batch: asyncio.to_thread(runner.run, batch), transform)
 
     @staticmethod
-    async def retrying(send: Callable[[], Awaitable[T]]) -> T:
+    async def retrying(send: Callable[[], Awaitable[T]], name: str | None = None) -> T:
         return await send()
 
 

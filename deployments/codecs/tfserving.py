@@ -156,9 +156,14 @@ def encode_predict_response(outputs: dict[str, np.ndarray], columnar: bool) -> d
     """``{"predictions": [...]}`` per row, or ``{"outputs": ...}`` per output;
     a single output is given bare, several by name, as TF Serving does.
     Non-finite floats stay NaN/Infinity, as TF Serving writes them."""
-    if any(array.ndim == 0 for array in outputs.values()) and not columnar:
-        raise BadRequest("an output has no batch dimension: ask in the columnar format "
-                         '("inputs")')
+    if not columnar:
+        if any(array.ndim == 0 for array in outputs.values()):
+            raise BadRequest("an output has no batch dimension: ask in the columnar format "
+                             '("inputs")')
+        if len({len(array) for array in outputs.values()}) > 1:
+            sizes = ", ".join(f"{name!r} {len(array)}" for name, array in outputs.items())
+            raise BadRequest(f"the outputs have different batch sizes ({sizes}): ask in the "
+                             'columnar format ("inputs")')
     values = {name: json_values(name, array) for name, array in outputs.items()}
     if columnar:
         return {"outputs": next(iter(values.values())) if len(values) == 1 else values}

@@ -44,6 +44,12 @@ def pipeline(**changes: object) -> PipelineArgs:
     ({"outputs": {"scores": "scores"}}, "'scores' is not a tensor reference"),
     ({"scores_output": "probabilities"},
      "scores_output 'probabilities' is not one of its outputs (scores, box)"),
+    ({"steps": [{"model": "detector"}, {"model": "classifier",
+                                        "inputs": {"image": "request.image"}}], "outputs": None},
+     "steps ['detector'] feed no later step and no output"),
+    ({"steps": [{"model": "det.v2"}]}, "model 'det.v2' has a dot in its name, which step "
+                                       "references cannot hold: give the step a name"),
+    ({"steps": [{"model": "detector", "inputs": {}}]}, "at least 1 item"),
 ])
 def test_wiring_errors_are_named_as_the_config_is_parsed(changes: dict, message: str):
     with pytest.raises(ValidationError, match=re.escape(message)):
@@ -83,7 +89,7 @@ CLASSIFIER = ModelMetadata(
 
 
 def test_metadata_is_composed_from_the_models():
-    meta = Plan.from_args(pipeline()).metadata({"detector": DETECTOR,
+    meta = Plan.from_args(pipeline()).metadata({"detect": DETECTOR,
                                                 "classifier": CLASSIFIER})
     assert (meta.name, meta.version, meta.max_batch_size) == ("reader", 1, 16)
     assert meta.inputs == (spec("image", 40, 40, 1),)  # typed by the detector's input
@@ -98,7 +104,7 @@ def test_metadata_is_composed_from_the_models():
 
 def test_outputs_not_from_a_models_scores_are_labelled_by_index():
     plan = Plan.from_args(pipeline(outputs={"logits": "classifier.logits"}))
-    meta = plan.metadata({"detector": DETECTOR, "classifier": CLASSIFIER})
+    meta = plan.metadata({"detect": DETECTOR, "classifier": CLASSIFIER})
     assert (meta.scores_output, meta.labels) == ("logits", tuple("0123456789"))
 
 
@@ -111,7 +117,7 @@ def test_outputs_not_from_a_models_scores_are_labelled_by_index():
      "step 'classifier' feeds ['pixels'], but model 'classifier' takes 'image': "
      "float32[N, 28, 28, 1]"),
     ({"steps": [{"model": "detector", "name": "detect"},
-                {"model": "classifier", "inputs": {"image": "request.image"}}], "outputs": None},
+                {"model": "classifier", "inputs": {"image": "request.image"}}]},
      "request input 'image' is float32[N, 40, 40, 1], but it feeds a model input of "
      "float32[N, 28, 28, 1]"),
     ({"steps": [{"model": "classifier", "inputs": {"image": "request.photo"},
@@ -125,7 +131,7 @@ def test_outputs_not_from_a_models_scores_are_labelled_by_index():
 def test_wiring_that_does_not_fit_the_models_is_named(changes: dict, message: str):
     plan = Plan.from_args(pipeline(**changes))
     with pytest.raises(PipelineMisconfigured, match=re.escape(message)):
-        plan.metadata({"detector": DETECTOR, "classifier": CLASSIFIER})
+        plan.metadata({"detect": DETECTOR, "classifier": CLASSIFIER})
 
 
 def crop(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -164,16 +170,57 @@ def test_a_step_answers_each_request_on_its_own():
 
 
 def test_inputs_a_step_built_wrong_are_the_pipelines_fault():
-    step = Step("reader", "read", "classifier", (("image", "request", "image"),))
-    request = [{"image": np.ones((1, 40, 40, 1), np.float32)}]
+    step = Step("reader", "read", "classifier", (("image", "detect", "crop"),))
+    crops = [{"crop": np.ones((1, 40, 40, 1), np.float32)}]
 
     async def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise AssertionError("not run")
 
-    (answer,) = asyncio.run(run_step(step, request, [], CLASSIFIER, infer))
+    (answer,) = asyncio.run(run_step(step, [], [crops], CLASSIFIER, infer))
     assert isinstance(answer, ServeError) and answer.status == 500
     assert answer.message.startswith("pipeline 'reader' step 'read': input 'image' has shape "
                                       "[1, 40, 40, 1], expected float32[N, 28, 28, 1]")
+    # The same inputs straight from the request are the client's to fix.
+    direct = Step("reader", "read", "classifier", (("image", "request", "image"),))
+    (answer,) = asyncio.run(run_step(direct, [{"image": crops[0]["crop"]}], [], CLASSIFIER,
+                                     infer))
+    assert isinstance(answer, BadRequest) and answer.status == 400
+
+
+def test_a_request_left_without_rows_answers_empty_outputs_unrun():
+    step = Step("reader", "read", "classifier", (("image", "detect", "crop"),))
+    crops = [{"crop": np.zeros((0, 28, 28, 1), np.float32)}]
+
+    async def infer(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise AssertionError("not run")
+
+    (answer,) = asyncio.run(run_step(step, [], [crops], CLASSIFIER, infer))
+    assert {n: a.shape for n, a in answer.items()} == {"scores": (0, 10), "logits": (0, 10)}
+
+
+def test_side_outputs_are_merged_by_the_ingress_not_waited_for_by_the_last_step():
+    plan = Plan.from_args(PipelineArgs.model_validate({"name": "both", "steps": [
+        {"name": "a", "model": "classifier", "inputs": {"image": "request.image"}},
+        {"name": "b", "model": "classifier", "inputs": {"image": "request.image"}}],
+        "outputs": {"first": "a.scores", "second": "b.scores"}}))
+    b = plan.steps[1]
+    assert b.upstream == () and b.outputs == (("second", "b", "scores"),)
+    assert plan.answering == ("b", "a")
+    merged = plan.merge({"b": [{"second": np.ones(1)}, ModelFailed("b failed")],
+                         "a": [{"scores": np.zeros(1)}, {"scores": np.zeros(1)}]})
+    assert sorted(merged[0]) == ["first", "second"]
+    assert isinstance(merged[1], ModelFailed)
+    meta = plan.metadata({"a": CLASSIFIER, "b": CLASSIFIER})
+    assert [o.name for o in meta.outputs] == ["first", "second"]
+
+
+def test_an_earlier_output_must_fit_the_input_it_feeds():
+    plan = Plan.from_args(pipeline(steps=[
+        {"model": "detector", "name": "detect"},
+        {"model": "classifier", "inputs": {"image": "detect.box"}}], outputs=None))
+    with pytest.raises(PipelineMisconfigured, match=re.escape(
+            "feeds 'box' (float32[N, 4]) to input 'image' of float32[N, 28, 28, 1]")):
+        plan.metadata({"detect": DETECTOR, "classifier": CLASSIFIER})
 
 
 def test_request_inputs_only_a_transform_reads_are_declared():

@@ -141,3 +141,11 @@ def test_classify_and_regress_answer_in_tf_servings_shapes():
         "results": [1.5, 2.0]}
     with pytest.raises(ModelFailed, match=r"shaped \[2, 2\]"):
         encode_regress_response({"outputs": scores})
+
+
+def test_outputs_of_different_batch_sizes_need_the_columnar_format():
+    outputs = {"box": np.zeros((1, 4)), "crops": np.zeros((3, 10))}
+    with pytest.raises(BadRequest, match=r"different batch sizes \('box' 1, 'crops' 3\)"):
+        encode_predict_response(outputs, columnar=False)
+    assert encode_predict_response(outputs, columnar=True)["outputs"]["crops"] == \
+        np.zeros((3, 10)).tolist()
