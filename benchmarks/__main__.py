@@ -5,8 +5,10 @@ Python handle, coalescing on and off, with and without Serve's fast-path
 switches) on the same model, machine and client; a near-free GPU stand-in
 model against Ray's own floor and the ingress's in-process decode rate; a
 text encoder on sequences of mixed lengths against raw TensorFlow on the same
-mix; plus the zero-copy handoff, autoscaling under a step load and replica
-memory over a long run. Writes benchmarks/results/<timestamp>.json and .png."""
+mix; the example pipeline (locator → crop → digits) against its stages in
+process, and where its time goes; plus the zero-copy handoff, autoscaling
+under a step load and replica memory over a long run. Writes
+benchmarks/results/<timestamp>.json and .png."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from ray import serve
 
-from benchmarks import bodies, sequence
+from benchmarks import bodies, pipeline, sequence
 from benchmarks.cluster_probes import ReplicaCounter
 from benchmarks.decode_rate import decode_rate
 from benchmarks.floor import floor_app
@@ -50,8 +52,8 @@ from models.build_benchmark import (
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_SIZES = [1, 2, 4, 8, 16, 32]
-SECTIONS = ["systems", "coalescing", "standin", "sequence", "plain", "kserve", "handoff",
-            "memory", "autoscaling"]
+SECTIONS = ["systems", "coalescing", "standin", "sequence", "pipeline", "plain", "kserve",
+            "handoff", "memory", "autoscaling"]
 STANDIN_APP = "standin"
 SHAPE = (1, 224, 224, 3)
 
@@ -254,9 +256,14 @@ def main() -> None:
                         help="batch_wait_timeout_s while the model is idle, in ms")
     parser.add_argument("--server-env", type=Path, default=ROOT / "configs" / "server.env",
                         help="environment file of the cluster's processes")
-    parser.add_argument("--skip", nargs="*", default=[], choices=SECTIONS,
-                        help="sections to leave out")
+    selection = parser.add_mutually_exclusive_group()
+    selection.add_argument("--skip", nargs="*", default=[], choices=SECTIONS,
+                           help="sections to leave out")
+    selection.add_argument("--only", nargs="+", choices=SECTIONS,
+                           help="the sections to run (raw TF, the limit, always runs)")
     args = parser.parse_args()
+    if args.only:
+        args.skip = [s for s in SECTIONS if s not in args.only]
     seconds = 15.0 if args.full else 6.0
     levels = [1, 8, 16, 32] if args.full else [1, 16, 32]
 
@@ -274,6 +281,9 @@ def main() -> None:
             build_sequence(SEQUENCE_OUT)
         sequences = mix(256, VOCABULARY)
         sequence_raw = raw_rates(SEQUENCE_OUT / "1", sequences, 16, seconds / 2)
+    if "pipeline" not in args.skip:  # its stages in process, on the machine alone too
+        canvases, boxes = pipeline.canvases(64)
+        stages = pipeline.in_process(canvases, [1, 8, 32], seconds / 2)
     best = max(raw, key=lambda b: raw[b]["images_per_s"])
     max_batch = args.max_batch_size if args.max_batch_size == "auto" else int(
         args.max_batch_size)
@@ -303,6 +313,10 @@ def main() -> None:
             results["sequence"] = {
                 **measure_sequence(server, config, overrides, sequences, seconds),
                 "raw_rows_per_s": sequence_raw}
+        if "pipeline" not in args.skip:
+            results["pipeline"] = {
+                **pipeline.served(server, config, canvases, boxes, levels, seconds),
+                "in_process": stages}
         if "handoff" not in args.skip:
             results["handoff"] = measure_handoff([1, 10, 100, 400], 5 if args.full else 3)
         if "memory" not in args.skip:

@@ -1,7 +1,7 @@
 """One PNG per run: throughput and latency by concurrency per system, raw TF by
 batch size, the GPU stand-in against Ray's floor, plain `serve run` against
 the fast path, the batches formed, the handoff by size, the autoscaling
-timeline and replica memory."""
+timeline, replica memory, sequences and the pipeline."""
 
 from __future__ import annotations
 
@@ -144,6 +144,54 @@ def _sequence(ax, seq: dict, results: dict) -> None:
     ax.set(ylabel="rows / s", xlabel=f"lengths {seq['lengths']}, one row per request")
 
 
+def _pipeline(ax, pipe: dict, results: dict) -> None:
+    bars, colors = {}, []
+    for protocol, by_clients in pipe["served"].items():
+        for clients, s in by_clients.items():
+            bars[f"{protocol.split()[-1]}\n{clients} clients"] = s["images_per_s"]
+            colors.append("#1f77b4" if protocol.startswith("TF") else "#ff7f0e")
+    for batch, r in pipe["in_process"].items():
+        bars[f"in process\nbatch {batch}"] = r["canvases_per_s"]
+        colors.append("#7f7f7f")
+    ax.bar(list(bars), list(bars.values()), color=colors)
+    ax.tick_params(axis="x", labelsize=6)
+    ax.set(ylabel="canvases / s", yscale="log",
+           xlabel="served (TF Serving JSON, V2 binary) vs the stages in process")
+
+
+# A call's time by step and part; a stage in process takes the colour of the
+# part it matches (the crop runs in the read step's feed).
+SEGMENTS = {("locate", "feed"): ("locate: feed", "#aec7e8"),
+            ("locate", "model"): ("locate: model", "#1f77b4"),
+            ("read", "feed"): ("read: feed (crop)", "#ffbb78"),
+            ("read", "model"): ("read: model", "#ff7f0e")}
+IN_PROCESS = {"locate": ("locate", "model"), "crop": ("read", "feed"),
+              "read": ("read", "model")}
+
+
+def _pipeline_steps(ax, pipe: dict, results: dict) -> None:
+    rows: dict[str, dict[tuple[str, str], float]] = {}
+    for protocol, by_clients in pipe["served"].items():
+        for clients, s in by_clients.items():
+            batching = " / ".join(f"{c['requests_per_call']:.1f}" for c in s["steps"].values())
+            rows[f"{protocol.split()[-1]}, {clients} clients\n({batching} requests/call)"] = {
+                (step, part): c[f"{part}_ms_per_call"]
+                for step, c in s["steps"].items() for part in ("feed", "model")}
+    for batch, r in pipe["in_process"].items():
+        rows[f"in process, batch {batch}"] = {IN_PROCESS[k]: v
+                                              for k, v in r["ms_per_batch"].items()}
+    y = np.arange(len(rows))
+    left = np.zeros(len(rows))
+    for segment, (label, color) in SEGMENTS.items():
+        widths = np.array([row.get(segment, 0.0) for row in rows.values()])
+        ax.barh(y, widths, left=left, color=color, label=label)
+        left += widths
+    ax.set_yticks(y, list(rows), fontsize=6)
+    ax.invert_yaxis()
+    ax.set(xlabel="ms per step call (served, on the replicas) or per batch (in process)")
+    ax.legend(fontsize=6)
+
+
 # The panels after the first row: the results' section each draws, its title.
 PANELS = [
     ("standin", "GPU stand-in (clients c, ingress replicas i, coalescing on/off)", _standin),
@@ -153,6 +201,8 @@ PANELS = [
     ("autoscaling", "Autoscaling under a step load", _autoscaling),
     ("memory", "Memory over a long run", _memory),
     ("sequence", "Sequences of mixed lengths vs raw TF on the mix", _sequence),
+    ("pipeline", "Pipeline (locator → crop → digits) vs its stages in process", _pipeline),
+    ("pipeline", "Pipeline: where a call's time goes", _pipeline_steps),
 ]
 
 

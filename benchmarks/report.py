@@ -56,6 +56,35 @@ def _standin_ratios(standin: dict) -> dict:
     return out
 
 
+def _pipeline_ratios(pipe: dict) -> dict:
+    """Served (the best protocol) against in process; one client's latency
+    against the two models served alone (a client chaining them itself, less
+    its own crop); the part of it outside the steps' replicas; and the
+    hand-off, what the read step adds beyond its own time on its replica
+    (the pipeline's latency less the locator's alone and the read step's)."""
+    served, stages = pipe["served"]["TF Serving JSON"], pipe["in_process"]
+    alone = pipe["stages_alone_1_client"]
+    one = served["1"]
+    read = one["steps"]["read"]
+    out = {
+        "pipeline_best_vs_in_process_best":
+            max(s["images_per_s"] for runs in pipe["served"].values() for s in runs.values())
+            / max(r["canvases_per_s"] for r in stages.values()),
+        "pipeline_1_client_vs_in_process_batch_1":
+            one["images_per_s"] / stages["1"]["canvases_per_s"],
+        "pipeline_1_client_p50_vs_stages_alone_sum":
+            one["p50_ms"] / (alone["locator"]["p50_ms"] + alone["digits"]["p50_ms"]),
+        "pipeline_1_client_p50_outside_steps_ms": one["p50_ms"] - sum(
+            s["feed_ms_per_call"] + s["model_ms_per_call"] for s in one["steps"].values()),
+        "pipeline_1_client_handoff_ms": one["p50_ms"] - alone["locator"]["p50_ms"]
+            - read["feed_ms_per_call"] - read["model_ms_per_call"],
+    }
+    for clients, binary in pipe["served"].get("V2 binary", {}).items():
+        out[f"pipeline_{clients}_clients_v2_binary_vs_json"] = (
+            binary["images_per_s"] / served[clients]["images_per_s"])
+    return out
+
+
 def ratios(results: dict) -> dict:
     """Every target's figure the run has the sections for."""
     out: dict = {}
@@ -72,6 +101,8 @@ def ratios(results: dict) -> dict:
         out["sequence_16_clients_vs_raw_by_length"] = served / grouped
         out["sequence_16_clients_vs_raw_padded"] = served / padded
         out["sequence_raw_padding_cost"] = grouped / padded
+    if "pipeline" in results:
+        out.update(_pipeline_ratios(results["pipeline"]))
     if "plain" in results:
         plain = results["plain"]
         fast = results.get("systems", {}).get(OURS, {})
@@ -122,6 +153,26 @@ def _throughput_ratios(results: dict) -> dict:
     return out
 
 
+def _pipeline_report(pipe: dict) -> None:
+    """Each run with its steps' accounting, the stages in process, each model alone."""
+    print("pipeline digit_reader (locator → crop → digits), one canvas a request:")
+    for protocol, by_clients in pipe["served"].items():
+        for clients, s in by_clients.items():
+            print(f"  {protocol}, {clients:>2} clients: {s['images_per_s']:6.1f} canvases/s "
+                  f"p50 {s['p50_ms']:6.1f} ms, errors {s['errors'] or 0}")
+            for step, c in s["steps"].items():
+                print(f"    {step:>6}: {c['requests_per_call']:4.1f} requests/call, feed "
+                      f"{c['feed_ms_per_call']:5.1f} ms, model {c['model_ms_per_call']:5.1f} "
+                      f"ms per call; rows per TF call {c['batch_rows']}")
+    for batch, r in pipe["in_process"].items():
+        split = ", ".join(f"{k} {v:.1f}" for k, v in r["ms_per_batch"].items())
+        print(f"  in process, batch {batch:>2}: {r['canvases_per_s']:7.1f} canvases/s "
+              f"(ms per batch: {split})")
+    alone = ", ".join(f"{m} {s['p50_ms']:.1f} ms"
+                      for m, s in pipe["stages_alone_1_client"].items())
+    print(f"  each model alone, 1 client, p50: {alone}")
+
+
 def report(results: dict) -> None:
     raw = results["raw_tf"]
     low, high = raw["best_images_per_s_spread"]
@@ -158,9 +209,12 @@ def report(results: dict) -> None:
               f"p50 {served['p50_ms']:.1f} ms; rows per TF call: {seq['batch_rows']}")
         for name, rate in seq["raw_rows_per_s"].items():
             print(f"  raw TF, {name}: {rate:.1f} rows/s")
+    if "pipeline" in results:
+        _pipeline_report(results["pipeline"])
     for h in results.get("handoff", []):
         print(f"handoff {h['mb']:4d} MB: {h['handoff_ms']:7.1f} ms vs np.copy "
               f"{h['copy_ms']:7.1f} ms ({h['handoff_vs_copy']:.2f}x)")
     for name, value in results["ratios"].items():
         shown = f"{value:.2f}" if isinstance(value, float) and np.isfinite(value) else value
         print(f"  {name}: {shown}")
+
