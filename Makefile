@@ -39,8 +39,10 @@ $(LOCATOR_MODEL): models/build_locator.py | $(STAMP)
 model: $(MODEL) $(LINEAR_MODEL) $(TEST_MODELS) $(LOCATOR_MODEL)
 
 # configs/server.env: Serve's faster serving path (HAProxy ingress, throughput mode).
+# SERVE_CONFIG: another app to serve, e.g. make serve SERVE_CONFIG=examples/digit_reader/config.yaml
+SERVE_CONFIG ?= configs/config.yaml
 serve: $(STAMP) model
-	set -a && . ./configs/server.env && set +a && $(BIN)/serve run configs/config.yaml
+	set -a && . ./configs/server.env && set +a && $(BIN)/serve run $(SERVE_CONFIG)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
