@@ -10,60 +10,40 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from benchmarks import bodies
 from benchmarks.load import run_load
-from benchmarks.server import ROOT, Server
+from benchmarks.server import Server
 from harness.cluster import replica_stats, running_replicas
+from harness.reader import locator_model, reader_app, reader_stages
 
 APP = "reader"
 PIPELINE = "digit_reader"
 STEPS = {"locate": "locator", "read": "digits"}  # each step's model
-CONFIG = ROOT / "examples" / "digit_reader" / "config.yaml"
-LOCATOR = ROOT / "models" / "locator"
 JSON, BINARY = "TF Serving JSON", "V2 binary"
 
 
 def canvases(count: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """``count`` canvases ``[N, 40, 40, 1]`` with a digit each and their
     true boxes (models/build_locator.py; the locator is built if missing)."""
-    if not (LOCATOR / "1" / "saved_model.pb").exists():
-        subprocess.run([sys.executable, "-m", "models.build_locator"], cwd=ROOT, check=True)
+    locator_model()
     from models.build_locator import canvases as draw
 
     images, boxes, _ = draw(count, seed)
     return images[..., None], boxes
 
 
-def _app() -> dict:
-    """The example's application, its model paths made absolute."""
-    (app,) = yaml.safe_load(CONFIG.read_text())["applications"]
-    for model in app["args"]["models"]:
-        for key in ("path", "labels_path"):
-            if key in model:
-                model[key] = str(ROOT / model[key])
-    return app
-
-
 def in_process(images: np.ndarray, batches: list[int], seconds: float) -> dict[str, dict]:
     """The stages one after the other in this process, by batch size:
     canvases per second and each stage's milliseconds per batch."""
-    from deployments.config import AppArgs
-    from deployments.runner import SavedModelRunner
     from examples.digit_reader.crop import crop_digits
 
-    locator, digits = (m.resolved() for m in AppArgs.model_validate(_app()["args"]).models)
-    locate = SavedModelRunner(locator, 1, Path(locator.path) / "1", "/CPU:0")
-    read = SavedModelRunner(digits, 1, Path(digits.path) / "1", "/CPU:0")
+    locate, read = reader_stages()
     rates = {}
     for batch in tqdm(batches, desc="pipeline stages in process", unit="batch size"):
         chunk = images[:batch]
@@ -127,7 +107,7 @@ def served(server: Server, main_config: dict, images: np.ndarray, boxes: np.ndar
     its steps counted; then each stage's model alone, one client."""
     from examples.digit_reader.crop import crop_digits
 
-    app = _app()
+    app = reader_app()
     app.update(name=APP, route_prefix=f"/{APP}")
     server.deploy({**main_config, "applications": [*main_config["applications"], app]}, APP)
     base = f"{server.url}/{APP}"

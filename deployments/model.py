@@ -32,7 +32,7 @@ from deployments.pipeline import Step, StepLog, run_step
 from deployments.served import BatchSettings, ServedVersion, answer_each
 from deployments.shipping import ShippedModel, receive
 from deployments.signature import Inputs, ModelMetadata, by_name, check_inputs
-from deployments.user_code import Processor
+from deployments.user_code import load_transforms
 from deployments.versions import VersionStatus
 
 logger = logging.getLogger("ray.serve")
@@ -54,8 +54,7 @@ class ModelDeployment:
                  shipped: ShippedModel | None = None, transforms: tuple[str, ...] = ()) -> None:
         """``transforms``: the pipeline steps' code this model's replicas run,
         imported now so that a path that does not import fails the deploy."""
-        self._transforms = {path: Processor.load(model.name, "transform", path)
-                            for path in transforms}
+        self._transforms = load_transforms(model.name, transforms)
         self._steps = StepLog(PipelineMetrics())
         context = ray.get_runtime_context()
         resources = context.get_assigned_resources()
@@ -197,8 +196,7 @@ class ModelDeployment:
         async with self._versions.using(step.version) as served:
             return await run_step(step, parts, upstream, served.runner.metadata,
                                   served.run_alone if isolated else served.infer,
-                                  self._transforms[step.transform] if step.transform else None,
-                                  self._steps)
+                                  self._transforms, self._steps)
 
 
 async def _parts(local: list[Inputs] | None, forwarded: list[dict[str, ray.ObjectRef]]

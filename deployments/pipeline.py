@@ -292,7 +292,7 @@ class StepLog:
 
 async def run_step(step: Step, request: Answers, upstream: Sequence[Answers],
                    meta: ModelMetadata, infer: Callable[[Inputs], Awaitable[Outputs]],
-                   transform: Processor | None = None,
+                   transforms: Mapping[str, Processor] | None = None,
                    log: StepLog | None = None) -> list[Outputs | ServeError]:
     """One step for each request of a call: its inputs picked from the
     request and the earlier steps' answers (an error there answers it
@@ -300,8 +300,10 @@ async def run_step(step: Step, request: Answers, upstream: Sequence[Answers],
     answers with the pipeline's outputs. Inputs the pipeline built that the
     model refuses are its fault (a 500 naming the step); a transform's own
     errors are answered as user code's are. A request left with no rows (a
-    detector that found nothing to crop) answers empty outputs, unrun."""
+    detector that found nothing to crop) answers empty outputs, unrun.
+    ``transforms``: the replica's loaded transforms, by import path."""
     started = time.perf_counter()
+    transform = (transforms or {})[step.transform] if step.transform else None
     sources: dict[str, Answers] = dict(zip(step.upstream, upstream, strict=True))
     if step.reads_request:
         sources[REQUEST] = request

@@ -126,7 +126,6 @@ class Processor:
                                  "numpy arrays by name")
         return result
 
-
     def _log(self, exc: Exception) -> None:
         """The traceback, unless one of this type was logged within a minute."""
         kind, now = type(exc).__name__, time.monotonic()
@@ -165,6 +164,12 @@ def code_paths(models: Iterable[ModelArgs | PipelineArgs]) -> dict[str, CodePath
     """The import paths of the models (and pipelines) that name any code."""
     return {m.name: CodePaths(m.preprocess, m.postprocess) for m in models
             if m.preprocess or m.postprocess}
+
+
+def load_transforms(model: str, paths: Iterable[str]) -> dict[str, Processor]:
+    """The pipeline transforms a model's replicas run, by import path,
+    imported now (a failure names the model and the path)."""
+    return {path: Processor.load(model, "transform", path) for path in paths}
 
 
 def load_processors(paths: Mapping[str, CodePaths]) -> dict[str, Processors]:

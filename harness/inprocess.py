@@ -22,7 +22,7 @@ from deployments.registry import ModelRegistry
 from deployments.runner import SavedModelRunner
 from deployments.served import answer_each
 from deployments.signature import Inputs, ModelMetadata
-from deployments.user_code import Processor, code_paths, load_processors
+from deployments.user_code import code_paths, load_processors, load_transforms
 from deployments.versions import Routing, VersionStatus
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class InProcessModel:
         model = model.resolved()
         self._runners = {version: SavedModelRunner(model, version, path, "/CPU:0")
                          for version, path in model.version_dirs().items()}
-        self._transforms = {p: Processor.load(model.name, "transform", p) for p in transforms}
+        self._transforms = load_transforms(model.name, transforms)
         self.calls: list[int] = []  # parts per call, for tests of coalescing
 
     async def metadata(self) -> dict[int, ModelMetadata]:
@@ -61,8 +61,7 @@ class InProcessModel:
         runner = self._runners.get(version)
         if runner is None:  # as a model replica answers
             raise NotFound(f"model version {version} is not served")
-        return await answer_each(local, runner.metadata,
-                                 lambda batch: asyncio.to_thread(runner.run, batch))
+        return await answer_each(local, runner.metadata, _on_a_thread(runner))
 
     @staticmethod
     def put(local: list[Inputs]) -> list[Inputs]:
@@ -79,13 +78,17 @@ class InProcessModel:
                     upstream: tuple[asyncio.Future[list[Outputs | ServeError]], ...]
                     ) -> list[Outputs | ServeError]:
         runner = self._runners[step.version or max(self._runners)]
-        transform = self._transforms[step.transform] if step.transform else None
         return await run_step(step, request, await asyncio.gather(*upstream), runner.metadata,
-                              lambda batch: asyncio.to_thread(runner.run, batch), transform)
+                              _on_a_thread(runner), self._transforms)
 
     @staticmethod
     async def retrying(send: Callable[[], Awaitable[T]], name: str | None = None) -> T:
         return await send()
+
+
+def _on_a_thread(runner: SavedModelRunner) -> Callable[[Inputs], Awaitable[Outputs]]:
+    """``runner`` called off the event loop, as a replica's model thread calls it."""
+    return lambda batch: asyncio.to_thread(runner.run, batch)
 
 
 def in_process_registry(args: AppArgs, metrics: IngressMetrics,

@@ -35,41 +35,14 @@ def signature_models() -> Path:
     return TEST_MODELS
 
 
-# The pipeline example: the locator (models/build_locator.py) before the digits.
-READER_CONFIG = ROOT / "examples" / "digit_reader" / "config.yaml"
-LOCATOR = ROOT / "models" / "locator"
-
-
-def locator_model() -> Path:
-    """models/locator, built first if `make model` has not (some 20 s)."""
-    if not (LOCATOR / "1" / "saved_model.pb").exists():
-        subprocess.run([sys.executable, "-m", "models.build_locator"], cwd=ROOT, check=True)
-    return LOCATOR
-
-
-def reader_args() -> dict:
-    """The example's app ``args``, model paths made absolute."""
-    import yaml
-
-    (app,) = yaml.safe_load(READER_CONFIG.read_text())["applications"]
-    args = app["args"]
-    for model in args["models"]:
-        for key in ("path", "labels_path"):
-            if key in model:
-                model[key] = str(ROOT / model[key])
-    return args
-
 
 def read_in_process(canvases: np.ndarray) -> dict[str, np.ndarray]:
     """The example pipeline's stages called one after the other in this
     process: the reference every protocol's answer is compared with."""
-    from deployments.config import AppArgs
-    from deployments.runner import SavedModelRunner
     from examples.digit_reader.crop import crop_digits
+    from harness.reader import reader_stages
 
-    locator, digits = (m.resolved() for m in AppArgs.model_validate(reader_args()).models)
-    box = SavedModelRunner(locator, 1, Path(locator.path) / "1", "/CPU:0").run(
-        {"image": canvases})["box"]
-    crops = crop_digits({"image": canvases, "box": box})
-    scores = SavedModelRunner(digits, 1, Path(digits.path) / "1", "/CPU:0").run(crops)
+    locate, read = reader_stages()
+    box = locate.run({"image": canvases})["box"]
+    scores = read.run(crop_digits({"image": canvases, "box": box}))
     return {"box": box, "probabilities": scores["probabilities"]}

@@ -13,13 +13,14 @@ import pytest
 from sklearn.datasets import load_digits
 from starlette.testclient import TestClient
 
+from harness.reader import locator_model, reader_app
 from models.build_locator import canvases
 from tests.app.conftest import build_app, config_args
 from tests.app.user_code import tokenize
-from tests.common import locator_model, read_in_process, reader_args, signature_models
+from tests.common import read_in_process, signature_models
 
 CODE = "tests.app.user_code"
-READER = reader_args()["pipelines"][0]
+READER = reader_app()["args"]["pipelines"][0]
 
 
 def reader_with(name: str, transform: str) -> dict:
@@ -31,7 +32,7 @@ def reader_with(name: str, transform: str) -> dict:
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     locator_model()
-    args = reader_args()
+    args = reader_app()["args"]
     args["models"] += [config_args().models[1].model_dump(exclude_unset=True),
                        {"name": "sequence", "path": str(signature_models() / "sequence")}]
     args["pipelines"] += [

@@ -31,8 +31,9 @@ from harness.cluster import (
     wait_app_running,
     wait_until,
 )
+from harness.reader import READER_CONFIG, locator_model
 from models.build_locator import canvases
-from tests.common import CONFIG, READER_CONFIG, locator_model, read_in_process
+from tests.common import CONFIG, read_in_process
 from tests.integration.conftest import deploy_config
 
 APP = "reader"

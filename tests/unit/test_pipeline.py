@@ -155,9 +155,8 @@ def test_a_step_answers_each_request_on_its_own():
         return {"scores": np.repeat(mean[:, None], 10, 1), "logits": np.zeros((len(mean), 10))}
 
     log = StepLog()
-    answers = asyncio.run(run_step(last, request, [boxes], CLASSIFIER, infer,
-                                   Processor.load("classifier", "transform",
-                                                  f"{__name__}:crop"), log))
+    transforms = {last.transform: Processor.load("classifier", "transform", f"{__name__}:crop")}
+    answers = asyncio.run(run_step(last, request, [boxes], CLASSIFIER, infer, transforms, log))
     assert seen == [1, 2]
     assert sorted(answers[0]) == ["box", "scores"]
     np.testing.assert_allclose(answers[0]["scores"], 0.5)
