@@ -6,6 +6,12 @@ SavedModel) with a fingerprint of each one's files: a version whose files
 are still being written changes fingerprint between polls, so the watcher
 (``deployments.lifecycle``) takes a version only once two polls agree.
 
+Version directories are named as TF Serving reads them (:func:`version_of`):
+ASCII digits within an int64, leading zeros allowed (``path/00000123`` is
+version 123, read from that directory). Any other name is ignored, and said
+so once in the log. Two directories naming one version (``7`` and ``007``)
+list it, but loading it fails with :class:`AmbiguousVersion`.
+
 A remote version is downloaded once per node into :class:`Cache` (replicas
 on one node share the copy), checked against the listing it was taken from,
 and kept until the cache needs room for another one.
@@ -16,6 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 import posixpath
 import re
 from collections.abc import Iterable
@@ -25,6 +32,7 @@ from typing import Any, Protocol
 
 import fsspec
 
+from deployments.codecs.numbers import MAX_VERSION, version_number
 from deployments.shipping import build_once, last_used, local_root, mark_used, remove_copy
 
 # The URL schemes of object storage, each through its fsspec filesystem (s3fs, gcsfs).
@@ -32,6 +40,25 @@ SCHEMES = ("s3", "gs")
 
 # An object's listing entry, as its fsspec filesystem reports it.
 Info = dict[str, Any]
+
+logger = logging.getLogger("ray.serve")
+
+
+def version_of(name: str) -> int | None:
+    """The version a directory ``name`` holds, as TF Serving reads it: ASCII
+    digits, leading zeros allowed (``"00000123"`` is 123), from 0 to 2**63-1;
+    ``None`` for any other name (``"-1"``, ``"1a"``, fullwidth ``"８"``, 20 digits)."""
+    return version_number(name)
+
+
+class AmbiguousVersion(ValueError):
+    """Two (or more) directories name one version (``7`` and ``007``): which
+    one to load is the owner's choice, not ours."""
+
+    def __init__(self, version: int, names: Iterable[str], base: str) -> None:
+        *rest, last = sorted(names)
+        super().__init__(f"version {version} is in {len(rest) + 1} directories under {base}: "
+                         f"{', '.join(rest)} and {last}; remove all but one")
 
 
 class VersionSource(Protocol):
@@ -57,6 +84,7 @@ class LocalSource:
 
     def __init__(self, base: Path) -> None:
         self.base = base
+        self._ignored: set[str] = set()  # names logged as no version
 
     def __str__(self) -> str:
         return str(self.base)
@@ -64,15 +92,27 @@ class LocalSource:
     def listing(self) -> dict[int, str]:
         if (self.base / "saved_model.pb").is_file():
             return {1: _fingerprint(self.base)}
-        if not self.base.is_dir():
-            return {}
-        return {int(d.name): _fingerprint(d) for d in self.base.iterdir()
-                if d.name.isdecimal() and (d / "saved_model.pb").is_file()}
+        return {version: _combined({d.name: _fingerprint(d) for d in dirs})
+                for version, dirs in self._version_dirs().items()
+                if any((d / "saved_model.pb").is_file() for d in dirs)}
 
     def local_dir(self, version: int) -> Path:
         if (self.base / "saved_model.pb").is_file():
             return self.base
-        return self.base / str(version)
+        dirs = self._version_dirs().get(version)
+        if not dirs:
+            raise FileNotFoundError(f"no version {version} directory in {self.base}")
+        if len(dirs) > 1:
+            raise AmbiguousVersion(version, (d.name for d in dirs), str(self.base))
+        return dirs[0]
+
+    def _version_dirs(self) -> dict[int, list[Path]]:
+        """The directories in ``base`` by the version their name holds."""
+        if not self.base.is_dir():
+            return {}
+        names = _by_version((d.name for d in self.base.iterdir() if d.is_dir()), self._ignored,
+                            str(self.base))
+        return {version: [self.base / name for name in names[version]] for version in names}
 
     def why_empty(self) -> str:
         if not self.base.exists():
@@ -167,21 +207,32 @@ class RemoteSource:
         self.url = url.rstrip("/")
         self.fs, self._path = _filesystem(self.url)
         self.cache = cache or Cache()
-        self._versions: dict[int, dict[str, Info]] = {}  # the last listing: files by version
+        # The last listing: each version's directories (their names), each one's files.
+        self._versions: dict[int, dict[str, dict[str, Info]]] = {}
+        self._ignored: set[str] = set()  # names logged as no version
 
     def __str__(self) -> str:
         return self.url
 
     def listing(self) -> dict[int, str]:
-        versions: dict[str, dict[str, Info]] = {}
+        dirs: dict[str, dict[str, Info]] = {}  # each directory's files, by its name
         for name, info in self.fs.find(self._path, detail=True).items():
-            top, _, relative = name.removeprefix(f"{self._path}/").partition("/")
+            if not name.startswith(f"{self._path}/"):
+                continue
+            top, slash, relative = name.removeprefix(f"{self._path}/").partition("/")
+            if not slash:  # an object beside the versions (a labels file)
+                continue
+            files = dirs.setdefault(top, {})
             parts = relative.split("/")  # "" in folder marks ("1/variables/"), ".." out of it
-            if top.isdecimal() and not {"", ".", ".."} & set(parts):
-                versions.setdefault(top, {})[relative] = info
-        self._versions = {int(top): files for top, files in versions.items()
-                          if "saved_model.pb" in files}
-        return {version: _remote_fingerprint(files) for version, files in self._versions.items()}
+            if not {"", ".", ".."} & set(parts):
+                files[relative] = info
+        names = _by_version(dirs, self._ignored, self.url)
+        self._versions = {version: {name: dirs[name] for name in names[version]}
+                          for version in names
+                          if any("saved_model.pb" in dirs[name] for name in names[version])}
+        return {version: _combined({name: _remote_fingerprint(files)
+                                    for name, files in by_name.items()})
+                for version, by_name in self._versions.items()}
 
     def why_empty(self) -> str:
         return "no numbered version with a saved_model.pb under it"
@@ -191,11 +242,14 @@ class RemoteSource:
         show it), downloaded once per node."""
         if version not in self._versions:
             self.listing()
-        files = self._versions.get(version)
-        if files is None:
+        dirs = self._versions.get(version)
+        if dirs is None:
             raise FileNotFoundError(f"no version {version} with a saved_model.pb at {self.url}")
+        if len(dirs) > 1:
+            raise AmbiguousVersion(version, dirs, self.url)
+        ((directory, files),) = dirs.items()
         name = f"{_url_key(self.url)}-{version}-{_remote_fingerprint(files)[:16]}"
-        return self.cache.fetch(self.fs, files, name, f"{self.url}/{version}")
+        return self.cache.fetch(self.fs, files, name, f"{self.url}/{directory}")
 
 
 def fetch_file(url: str, cache: Cache | None = None) -> Path:
@@ -234,6 +288,29 @@ def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         raise ValueError(f"{url!r}: object storage URLs are s3://bucket/prefix or "
                          f"gs://bucket/prefix, not {scheme}://")
     return fsspec.core.url_to_fs(url, use_listings_cache=False)
+
+
+def _by_version(names: Iterable[str], ignored: set[str], base: str) -> dict[int, list[str]]:
+    """Directory ``names`` by the version each holds (sorted); a name that
+    holds none is logged, once: ``ignored`` keeps the names logged."""
+    versions: dict[int, list[str]] = {}
+    for name in names:
+        version = version_of(name)
+        if version is not None:
+            versions.setdefault(version, []).append(name)
+        elif name not in ignored:
+            ignored.add(name)
+            logger.warning("%s: ignoring directory %r: a version directory is named with "
+                           "ASCII digits, 0 to %d", base, name, MAX_VERSION)
+    return {version: sorted(dirs) for version, dirs in versions.items()}
+
+
+def _combined(fingerprints: dict[str, str]) -> str:
+    """One version's fingerprint from its directories' (by name): the
+    directory's own if it has one, else one that changes with any of them."""
+    if len(fingerprints) == 1:
+        return next(iter(fingerprints.values()))
+    return _digest((name, 0, fingerprint) for name, fingerprint in fingerprints.items())
 
 
 def _digest(entries: Iterable[tuple[str, int, object]]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import socket
 import threading
@@ -18,7 +19,9 @@ import pytest
 import s3fs
 from moto.server import ThreadedMotoServer
 
+from deployments.codecs.numbers import decimal_count, version_number
 from deployments.storage import (
+    AmbiguousVersion,
     Cache,
     CacheTooSmall,
     DownloadError,
@@ -27,10 +30,19 @@ from deployments.storage import (
     _md5,
     fetch_file,
     open_source,
+    version_of,
 )
 from tests.common import ROOT
 
 DIGITS = ROOT / "models" / "digits"
+
+INT64_MAX = 2**63 - 1
+
+# Directory names TF Serving takes for no version: other scripts' digits
+# (fullwidth 8, Arabic-Indic 7, Devanagari 3), a sign, a letter, spaces, and
+# a number past int64.
+NO_VERSIONS = ("\uff18", "\u0667", "\u0969", "-1", "+1", "1a", " 1", "1 ",
+               "99999999999999999999", "9223372036854775808")
 
 Put = Callable[[str, bytes], None]
 
@@ -272,3 +284,124 @@ def test_other_url_schemes_are_refused():
     with pytest.raises(ValueError, match=r"'https://host/m': object storage URLs are "
                                          r"s3://bucket/prefix or gs://bucket/prefix"):
         open_source("https://host/m")
+
+
+def graph(directory: Path, data: bytes = b"graph") -> Path:
+    """A SavedModel's graph file in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "saved_model.pb").write_bytes(data)
+    return directory
+
+
+def ignored(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The names logged as no version directory."""
+    return [r.args[1] for r in caplog.records
+            if r.name == "ray.serve" and "ignoring directory" in r.msg]
+
+
+def test_a_version_number_is_an_int64_in_ascii_digits():
+    assert version_number("0") == version_of("0") == 0  # TF Serving's safe_strto64 reads it
+    assert version_number("00000123") == version_of("00000123") == 123
+    assert version_number("9223372036854775807") == INT64_MAX
+    assert version_number("0" * 5000 + "7") == 7  # leading zeros: no 4,300-digit error
+    for name in (*NO_VERSIONS, "", "1" * 5000, "0x10", "1_000", "1.0"):
+        assert version_number(name) is None and version_of(name) is None, repr(name)
+    assert decimal_count("9223372036854775807") is None  # counts stay at 18 digits
+
+
+def test_a_local_version_with_leading_zeros_loads_from_its_own_name(tmp_path):
+    graph(tmp_path / "00000123")
+    source = LocalSource(tmp_path)
+    assert source.listing().keys() == {123}
+    assert source.local_dir(123) == tmp_path / "00000123"
+    with pytest.raises(FileNotFoundError, match=r"no version 124 directory in "):
+        source.local_dir(124)
+
+
+def test_two_local_directories_for_one_version_fail_to_load(tmp_path):
+    graph(tmp_path / "7")
+    graph(tmp_path / "07")
+    graph(tmp_path / "8")
+    source = LocalSource(tmp_path)
+    first = source.listing()
+    assert first.keys() == {7, 8}  # listed, so its failure is reported
+    with pytest.raises(AmbiguousVersion, match=rf"^version 7 is in 2 directories under "
+                                               rf"{tmp_path}: 07 and 7; remove all but one$"):
+        source.local_dir(7)
+    assert source.local_dir(8) == tmp_path / "8"
+    graph(tmp_path / "07", b"a new graph")  # a change to either directory is seen
+    second = source.listing()
+    assert second[7] != first[7] and second[8] == first[8]
+    graph(tmp_path / "7", b"another graph")
+    assert source.listing()[7] != second[7]
+    (tmp_path / "07" / "saved_model.pb").unlink()  # one left with no graph: still two
+    (tmp_path / "007").mkdir()
+    with pytest.raises(AmbiguousVersion, match=r": 007, 07 and 7; remove all but one$"):
+        source.local_dir(7)
+    for name in ("07", "007"):
+        (tmp_path / name).rmdir()
+    assert source.listing()[7] != second[7]
+    assert source.local_dir(7) == tmp_path / "7"
+
+
+def test_a_local_listing_ignores_names_that_are_no_version(tmp_path, caplog):
+    for name in (*NO_VERSIONS, str(INT64_MAX)):
+        graph(tmp_path / name)
+    (tmp_path / "README").write_text("a file, not a directory")
+    source = LocalSource(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        assert source.listing().keys() == {INT64_MAX}
+        assert source.local_dir(INT64_MAX) == tmp_path / str(INT64_MAX)
+        assert sorted(ignored(caplog)) == sorted(NO_VERSIONS)  # each once
+        caplog.clear()
+        source.listing()  # the next poll: nothing new to say
+        assert ignored(caplog) == []
+        LocalSource(tmp_path).listing()  # another source (replica) says it again
+    assert sorted(ignored(caplog)) == sorted(NO_VERSIONS)
+
+
+def test_a_remote_version_with_leading_zeros_downloads_from_its_own_name(bucket, put, tmp_path):
+    put("m/00000123/saved_model.pb", b"graph")
+    put("m/00000123/variables/variables.index", b"index")
+    put("m/0124/saved_model.pb", bytes(2000))
+    source = RemoteSource(f"s3://{bucket}/m", Cache(tmp_path, max_bytes=1000))
+    assert source.listing().keys() == {123, 124}
+    assert files(source.local_dir(123)) == {"saved_model.pb": b"graph",
+                                            "variables/variables.index": b"index"}
+    with pytest.raises(CacheTooSmall, match=rf"^s3://{bucket}/m/0124 is 2000 bytes"):
+        source.local_dir(124)
+
+
+def test_two_remote_directories_for_one_version_fail_to_load(s3, bucket, put, cache):
+    put("m/7/saved_model.pb", b"graph")
+    put("m/07/saved_model.pb", b"graph")
+    put("m/8/saved_model.pb", b"graph")
+    source = RemoteSource(f"s3://{bucket}/m", cache)
+    first = source.listing()
+    assert first.keys() == {7, 8}
+    with pytest.raises(AmbiguousVersion, match=rf"^version 7 is in 2 directories under "
+                                               rf"s3://{bucket}/m: 07 and 7; remove all but one$"):
+        source.local_dir(7)
+    assert not cache.root.exists()  # nothing downloaded
+    put("m/07/variables/variables.index", b"index")  # a change to either directory is seen
+    second = source.listing()
+    assert second[7] != first[7] and second[8] == first[8]
+    put("m/7/saved_model.pb", b"GRAPH")
+    assert source.listing()[7] != second[7]
+    s3.rm(f"{bucket}/m/07", recursive=True)
+    assert source.listing()[7] != second[7]
+    assert files(source.local_dir(7)) == {"saved_model.pb": b"GRAPH"}
+
+
+def test_a_remote_listing_ignores_names_that_are_no_version(bucket, put, cache, caplog):
+    for name in (*NO_VERSIONS, str(INT64_MAX)):
+        put(f"m/{name}/saved_model.pb", b"graph")
+    put("m/labels.txt", b"an object beside the versions, no directory")
+    source = RemoteSource(f"s3://{bucket}/m", cache)
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        assert source.listing().keys() == {INT64_MAX}
+        assert files(source.local_dir(INT64_MAX)) == {"saved_model.pb": b"graph"}
+        assert sorted(ignored(caplog)) == sorted(NO_VERSIONS)
+        caplog.clear()
+        source.listing()
+        assert ignored(caplog) == []
