@@ -46,8 +46,10 @@ def bucket_for(rows: int, buckets: Sequence[int]) -> int:
 
 
 def rows_of(inputs: Inputs) -> int:
-    """The rows of a request (every input has as many)."""
-    return len(next(iter(inputs.values())))
+    """The rows of a request (every input has as many; one for a request
+    without a batch dimension, which runs alone)."""
+    first = next(iter(inputs.values()), None)
+    return len(first) if first is not None and first.ndim else 1
 
 
 def chunk_rows(inputs: Inputs, max_rows: int) -> list[Inputs]:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,7 @@ class ModelDeployment:
         version. (Async: it starts the version watcher on the event loop,
         since the ingress asks every second.)"""
         self._versions.watch()
-        return {v: replace(served.runner.metadata, max_batch_size=served.max_batch_size)
+        return {v: served.runner.metadata.with_batch_size(served.max_batch_size)
                 for v, served in self._versions.served.items()}
 
     def statuses(self) -> list[VersionStatus]:
@@ -158,17 +158,20 @@ class ModelDeployment:
         }
 
     async def __call__(self, inputs: np.ndarray | dict[str, np.ndarray],
-                       version: int | None = None) -> Outputs:
-        """Run a batch of any size on a version (default: the highest): every
-        input by name (or the one input's array); returns every output by name."""
+                       version: int | None = None, signature: str | None = None) -> Outputs:
+        """Run a batch of any size on a version (default: the highest) and
+        signature (default: the configured one): every input by name (or the
+        one input's array); returns every output by name."""
         async with self._versions.using(version) as served:
-            meta = served.runner.metadata
-            return await served.infer(check_inputs(by_name(inputs, meta), meta))
+            meta = served.signature(signature)
+            return await served.infer(check_inputs(by_name(inputs, meta), meta),
+                                      meta.named_signature)
 
     async def infer_parts(self, local: list[Inputs] | None,
                           forwarded: list[dict[str, ray.ObjectRef]],
                           version: int | None = None,
-                          isolated: bool = False) -> list[Outputs | ServeError]:
+                          isolated: bool = False,
+                          signature: str | None = None) -> list[Outputs | ServeError]:
         """The ingress's coalesced call: several requests' inputs, each answered
         on its own (its outputs, or the error that applies to it alone).
 
@@ -178,12 +181,13 @@ class ModelDeployment:
         place. Each part joins the version's batch queue by itself, so the
         parts of one call share batches with each other and with other
         callers' requests; ``isolated`` parts (re-sent after a crash) run in
-        TensorFlow calls of their own instead.
+        TensorFlow calls of their own instead. ``signature``: which one of
+        the version's signatures (default: the configured one).
         """
         async with self._versions.using(version) as served:
             run = served.run_alone if isolated else served.infer
-            return await answer_each(await _parts(local, forwarded), served.runner.metadata,
-                                     run)
+            return await answer_each(await _parts(local, forwarded), served.signature(signature),
+                                     partial(run, signature=signature))
 
     async def infer_step(self, step: Step, isolated: bool, request: list[Inputs] | None,
                          forwarded: list[dict[str, ray.ObjectRef]],

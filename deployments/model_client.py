@@ -86,13 +86,14 @@ class RayModelClient:
 
     async def call(self, version: int, local: list[Inputs],
                    forwarded: list[dict[str, ray.ObjectRef]],
-                   isolated: bool = False) -> list[Outputs | ServeError]:
+                   isolated: bool = False,
+                   signature: str | None = None) -> list[Outputs | ServeError]:
         """One model call: ``local`` arrays put as one object, ``forwarded``
         objects passed on; each part's answer, local ones first (sent again
         as :meth:`retrying` says)."""
         local_ref = self.put(local)
         return await self.retrying(lambda: self._handle.infer_parts.remote(
-            local_ref, forwarded, version, isolated))
+            local_ref, forwarded, version, isolated, signature))
 
     @staticmethod
     def put(local: list[Inputs]) -> ray.ObjectRef | None:

@@ -418,9 +418,11 @@ class PipelineClient:
 
     async def call(self, version: int, local: list[Inputs],
                    forwarded: list[dict[str, ray.ObjectRef]],
-                   isolated: bool = False) -> list[Outputs | ServeError]:
+                   isolated: bool = False,
+                   signature: str | None = None) -> list[Outputs | ServeError]:
         """Every step issued at once; each request's outputs (the request's
-        arrays put once, read by each step that needs them)."""
+        arrays put once, read by each step that needs them). A pipeline has
+        one signature: ``signature`` is always none."""
         if version != PIPELINE_VERSION:
             raise NotFound(f"pipeline {self.plan.name!r} has no version "
                            f"{clip(str(version))!r} (it serves: {PIPELINE_VERSION})")

@@ -33,7 +33,7 @@ from deployments.codecs.errors import (
     clip,
 )
 from deployments.codecs.image import decode_images
-from deployments.codecs.numbers import decimal_count
+from deployments.codecs.numbers import version_number
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics, arrival_time
 from deployments.objects import read_objects
@@ -77,10 +77,12 @@ class ModelClient(Protocol):
 
     async def call(self, version: int, local: list[Inputs],
                    forwarded: list[dict[str, ray.ObjectRef]],
-                   isolated: bool = False) -> list[Outputs | ServeError]:
-        """Run each part (``local`` ones first), answering each on its own
-        (``isolated``: each in TensorFlow calls of its own, outside the batch
-        queue); ``ReplicaDied`` when the replica died holding the call."""
+                   isolated: bool = False,
+                   signature: str | None = None) -> list[Outputs | ServeError]:
+        """Run each part (``local`` ones first) on ``signature`` (none: the
+        default), answering each on its own (``isolated``: each in TensorFlow
+        calls of its own, outside the batch queue); ``ReplicaDied`` when the
+        replica died holding the call."""
         ...
 
 
@@ -129,7 +131,8 @@ class ModelEndpoint:
         self._probe: asyncio.Task[dict[int, ModelMetadata]] | None = None
         self._probed_at = -math.inf
         self._coalesce = CoalesceSettings()
-        self._coalescers: dict[int, Coalescer[_Part, Outputs]] = {}
+        # One per version and signature (none: the default) in use.
+        self._coalescers: dict[tuple[int, str | None], Coalescer[_Part, Outputs]] = {}
         self._forwarded = 0
 
     async def versions(self) -> dict[int, ModelMetadata]:
@@ -206,7 +209,7 @@ class ModelEndpoint:
         versions = await self.versions()
         if version is None:
             return versions[max(versions)]
-        number = version if isinstance(version, int) else decimal_count(version)
+        number = version if isinstance(version, int) else version_number(version)
         if number not in versions:
             raise NotFound(f"model {self.name!r} has no version {clip(str(version))!r} (it serves: "
                            f"{', '.join(map(str, sorted(versions)))})")
@@ -271,10 +274,11 @@ class ModelEndpoint:
         return self._coalesce.max_calls_in_flight if self._coalesce.enabled else None
 
     def _coalescer(self, meta: ModelMetadata) -> Coalescer[_Part, Outputs]:
-        coalescer = self._coalescers.get(meta.version)
+        key = (meta.version, meta.named_signature)
+        coalescer = self._coalescers.get(key)
         if coalescer is None:
-            coalescer = Coalescer(partial(self._call, meta.version), 1, self._max_calls())
-            self._coalescers[meta.version] = coalescer
+            coalescer = Coalescer(partial(self._call, *key), 1, self._max_calls())
+            self._coalescers[key] = coalescer
         # The model's batch limit may be retuned live: follow it.
         coalescer.max_rows = (self._coalesce.max_rows or meta.max_batch_size
                               or _DEFAULT_COALESCE_ROWS)
@@ -282,17 +286,18 @@ class ModelEndpoint:
 
     def _prune(self) -> None:
         """Versions a redeploy dropped keep no coalescer once it is idle."""
-        for version in [v for v, c in self._coalescers.items()
-                        if v not in (self._versions or {}) and c.idle]:
-            del self._coalescers[version]
+        for key in [k for k, c in self._coalescers.items()
+                    if k[0] not in (self._versions or {}) and c.idle]:
+            del self._coalescers[key]
 
     def stats(self) -> dict[str, Any]:
         """The model calls formed per served version (calls, requests, rows
         per call), and how many callers' objects were forwarded as they were."""
         self._prune()
         return {"forwarded": self._forwarded,
-                "versions": {str(v): c.stats.as_dict()
-                             for v, c in sorted(self._coalescers.items())}}
+                "versions": {str(v) if s is None else f"{v}:{s}": c.stats.as_dict()
+                             for (v, s), c in sorted(self._coalescers.items(),
+                                                     key=lambda kc: (kc[0][0], kc[0][1] or ""))}}
 
     async def infer(self, meta: ModelMetadata, inputs: dict[str, np.ndarray | ray.ObjectRef],
                     pinned: bool = True, timeout_s: float | None = None) -> Answer:
@@ -333,8 +338,9 @@ class ModelEndpoint:
         """The model's answer from the version ``pinned`` names, or from
         whichever one serves a request that named none."""
         tried: set[int] = set()
+        signature = meta.named_signature
         if not pinned:
-            meta = await self._split(meta)
+            meta = (await self._split(meta)).signature(signature)
         while True:
             part = await self._part(meta, inputs)
             try:
@@ -346,7 +352,7 @@ class ModelEndpoint:
                 await asyncio.sleep(_FOLLOW_POLL_S)
                 continue
             tried.add(meta.version)
-            meta = await self._another(tried)
+            meta = (await self._another(tried)).signature(signature)
 
     async def _split(self, meta: ModelMetadata) -> ModelMetadata:
         """The version a traffic split sends a request that named none to
@@ -368,7 +374,8 @@ class ModelEndpoint:
             return _Part(rows, refs=refs, arrived=arrival_time())
         return _Part(rows, inputs=checked, arrived=arrival_time())
 
-    async def _call(self, version: int, parts: list[_Part]) -> list[Outputs | ServeError]:
+    async def _call(self, version: int, signature: str | None,
+                    parts: list[_Part]) -> list[Outputs | ServeError]:
         """One model call for ``parts``, each part's answer in order.
 
         When the replica died while it held the call (``ReplicaDied``), a part
@@ -382,27 +389,27 @@ class ModelEndpoint:
         for part in parts:
             self._metrics.preprocessed(self.name, part.arrived)
         try:
-            return await self._send(version, parts)
+            return await self._send(version, signature, parts)
         except ReplicaDied:
             pass
         answers: list[Outputs | ServeError] = []
         for part in parts:
             try:
-                answers += await self._send(version, [part], isolated=True)
+                answers += await self._send(version, signature, [part], isolated=True)
             except ReplicaDied:
                 answers.append(_died_alone(self.name))
             except ServeError as exc:
                 answers.append(exc)
         return answers
 
-    async def _send(self, version: int, parts: list[_Part],
+    async def _send(self, version: int, signature: str | None, parts: list[_Part],
                     isolated: bool = False) -> list[Outputs | ServeError]:
         local = [p.inputs for p in parts if p.inputs is not None]
         forwarded = [p.refs for p in parts if p.refs is not None]
         if not isolated:  # (a re-send forwards the same objects again)
             self._forwarded += len(forwarded)
         with self._metrics.inference(self.name):
-            answers = await self._client.call(version, local, forwarded, isolated)
+            answers = await self._client.call(version, local, forwarded, isolated, signature)
         from_local, from_forwarded = iter(answers[:len(local)]), iter(answers[len(local):])
         return [next(from_forwarded if p.refs is not None else from_local) for p in parts]
 

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,7 +33,7 @@ from deployments.batching import (
 )
 from deployments.codecs.errors import BadRequest, ModelFailed, ServeError
 from deployments.metrics import ModelMetrics
-from deployments.signature import STRING, Inputs, ModelMetadata, check_inputs
+from deployments.signature import STRING, Inputs, ModelMetadata, check_inputs, fits_batch
 
 if TYPE_CHECKING:
     from deployments.runner import SavedModelRunner
@@ -62,11 +62,17 @@ def _total_rows(parts: list[Inputs]) -> int:
     return sum(rows_of(p) for p in parts)
 
 
-class ServedVersion:
-    """One loaded version of the model with its own batch queue.
+BatchQueue = Callable[[Inputs], Awaitable["Outputs | Exception"]]
 
-    Each version gets its own ``serve.batch`` queue (the decorator keeps one
-    queue per decorated function), so a batch never mixes versions.
+
+class ServedVersion:
+    """One loaded version of the model with a batch queue per signature.
+
+    Each (version, signature) gets its own ``serve.batch`` queue (the
+    decorator keeps one queue per decorated function), so a batch never mixes
+    versions or signatures. A request the signature cannot batch (no batch
+    dimension, or tensors of other shapes than declared, fed as TF Serving
+    feeds them) runs in a TensorFlow call of its own.
     """
 
     def __init__(self, runner: SavedModelRunner, executor: ThreadPoolExecutor,
@@ -78,7 +84,7 @@ class ServedVersion:
         self.batch_rows: Counter[int] = Counter()
         self.buckets: list[int] = []
         self.sizing: BatchSizing | None = None  # measured when max_batch_size is auto
-        self._batch = serve.batch(batch_size_fn=_total_rows)(self._run_batch)
+        self._batches: dict[str | None, Any] = {}  # serve.batch queues by signature
         self._metrics = ModelMetrics(runner.metadata.name, runner.metadata.version)
         self._waiting: set[int] = set()  # ids of the chunks queued for a batch
 
@@ -99,12 +105,28 @@ class ServedVersion:
                                 else np.zeros(shape, dtype=spec.dtype))
         return batch
 
+    def _queue_for(self, signature: str | None) -> Any:
+        """The batch queue of ``signature`` (none: the default), made on first use."""
+        batch = self._batches.get(signature)
+        if batch is None:
+            async def run(parts: list[Inputs]) -> list[Outputs | Exception]:
+                return await self._run_batch(signature, parts)
+
+            batch = serve.batch(batch_size_fn=_total_rows)(run)
+            batch.set_max_batch_size(self.max_batch_size)
+            batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
+            self._batches[signature] = batch
+        return batch
+
     def warm_up(self, sizes: list[int]) -> None:
         """One call per batch size, then a timed warm call for the busy wait.
 
         Runs on the model's executor thread, which runs every batch: TF's
-        per-thread state is ready before the first real request.
+        per-thread state is ready before the first real request. A default
+        signature that cannot batch is not warmed up (no shape to make up).
         """
+        if not self.runner.metadata.batchable:
+            return
         try:
             for rows in [*sizes, sizes[0]]:
                 started = time.perf_counter()
@@ -126,6 +148,9 @@ class ServedVersion:
         executor thread) and pick the smallest within a few percent of the best
         throughput; larger sizes are tried only while they still gain."""
         rates: dict[int, float] = {}
+        if not self.runner.metadata.batchable:
+            self.sizing = BatchSizing.unmeasured()
+            return self.sizing
         try:
             for size in bucket_sizes(MAX_BATCH_SIZE):
                 batch = self._zeros(size)
@@ -156,31 +181,50 @@ class ServedVersion:
         # Buckets only grow: a batch formed under an earlier, larger limit
         # still finds its (already warm) bucket.
         self.buckets = sorted({*self.buckets, *bucket_sizes(self.max_batch_size)})
-        self._batch.set_max_batch_size(self.max_batch_size)
-        self._batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        for batch in self._batches.values():
+            batch.set_max_batch_size(self.max_batch_size)
+            batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
-    async def infer(self, inputs: Inputs) -> Outputs:
-        """Any number of rows, in chunks of at most ``max_batch_size``."""
+    def signature(self, name: str | None) -> ModelMetadata:
+        return self.runner.metadata.signature(name)
+
+    async def infer(self, inputs: Inputs, signature: str | None = None) -> Outputs:
+        """Any number of rows, in chunks of at most ``max_batch_size``; a
+        request its signature cannot batch, in a call of its own."""
+        if not fits_batch(inputs, self.signature(signature)):
+            return await self._run_unbatched(inputs, signature)
         chunks = chunk_rows(inputs, self.max_batch_size)
-        return concat_outputs(await asyncio.gather(*(self._infer_chunk(c) for c in chunks)))
+        return concat_outputs(await asyncio.gather(
+            *(self._infer_chunk(c, signature) for c in chunks)))
 
-    async def run_alone(self, inputs: Inputs) -> Outputs:
+    async def run_alone(self, inputs: Inputs, signature: str | None = None) -> Outputs:
         """``inputs`` in TensorFlow calls of their own, outside the batch queue:
         a request sent again after a crash shares a batch with no one."""
-        return concat_outputs([(await self._run_group([chunk]))[0]
+        if not fits_batch(inputs, self.signature(signature)):
+            return await self._run_unbatched(inputs, signature)
+        return concat_outputs([(await self._run_group(signature, [chunk]))[0]
                                for chunk in chunk_rows(inputs, self.max_batch_size)])
 
-    async def _infer_chunk(self, chunk: Inputs) -> Outputs:
+    async def _run_unbatched(self, inputs: Inputs, signature: str | None) -> Outputs:
+        """One TensorFlow call on ``inputs`` as they are (TF Serving's way)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outputs = await loop.run_in_executor(self._executor, self.runner.run, inputs,
+                                             signature)
+        self._metrics.batch(1, loop.time() - started)
+        return outputs
+
+    async def _infer_chunk(self, chunk: Inputs, signature: str | None) -> Outputs:
         self._queue(add=[chunk])
         try:
-            answer = await self._batch(chunk)
+            answer = await self._queue_for(signature)(chunk)
         except RuntimeError:
             # Serve's batcher refuses an item over max_batch_size: it was
             # lowered live after this chunk was cut. Cut it again.
             if rows_of(chunk) <= self.max_batch_size:
                 raise
             self._queue(remove=[chunk])  # its pieces queue instead
-            return await self.infer(chunk)
+            return await self.infer(chunk, signature)
         finally:
             self._queue(remove=[chunk])  # also if cancelled while queued
         if isinstance(answer, Exception):  # its shape group's TensorFlow call failed
@@ -192,7 +236,8 @@ class ServedVersion:
         self._waiting.difference_update(id(a) for a in remove)
         self._metrics.queue_length(len(self._waiting))
 
-    async def _run_batch(self, parts: list[Inputs]) -> list[Outputs | Exception]:
+    async def _run_batch(self, signature: str | None,
+                         parts: list[Inputs]) -> list[Outputs | Exception]:
         """One TensorFlow call per combination of inner shapes among ``parts``
         (a model with a variable dimension, a sequence length say, gets
         requests that cannot share one tensor: they are batched with their
@@ -209,33 +254,38 @@ class ServedVersion:
         # While the model is busy, wait as long as a batch takes instead, so
         # the next one fills with what arrives meanwhile (like Triton's and TF
         # Serving's batchers, which form a batch when the model is free).
-        self._batch.set_batch_wait_timeout_s(
+        batch = self._queue_for(signature)
+        batch.set_batch_wait_timeout_s(
             max(self._settings.batch_wait_timeout_s, self._batch_seconds))
         try:
             for indices in groups.values():
                 group = [parts[i] for i in indices]
                 try:
-                    answers: list[Outputs | Exception] = list(await self._run_group(group))
-                except BadRequest as exc:  # refused values: whose?
-                    answers = [exc] if len(group) == 1 else [
-                        await self._alone(part) for part in group]
+                    answers: list[Outputs | Exception] = list(
+                        await self._run_group(signature, group))
+                except (BadRequest, _Unsplittable) as exc:  # refused values: whose?
+                    answers = [exc if isinstance(exc, BadRequest) else exc.outputs] \
+                        if len(group) == 1 else [
+                        await self._alone(signature, part) for part in group]
                 except Exception as exc:  # this group's callers hear of it
                     answers = [exc] * len(group)
                 for i, answer in zip(indices, answers, strict=True):
                     results[i] = answer
         finally:
-            self._batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
+            batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
         return results
 
-    async def _alone(self, part: Inputs) -> Outputs | Exception:
+    async def _alone(self, signature: str | None, part: Inputs) -> Outputs | Exception:
         """``part`` run in a call of its own, so a request whose values the
         model refuses fails alone, not with the batch it came in."""
         try:
-            return (await self._run_group([part]))[0]
+            return (await self._run_group(signature, [part]))[0]
+        except _Unsplittable as exc:
+            return exc.outputs
         except Exception as exc:
             return exc
 
-    async def _run_group(self, parts: list[Inputs]) -> list[Outputs]:
+    async def _run_group(self, signature: str | None, parts: list[Inputs]) -> list[Outputs]:
         counts = [rows_of(p) for p in parts]
         rows = sum(counts)
         self.batch_rows[rows] += 1
@@ -243,11 +293,26 @@ class ServedVersion:
         merged = merge_rows(parts, padded)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        outputs = await loop.run_in_executor(self._executor, self.runner.run, merged)
+        outputs = await loop.run_in_executor(self._executor, self.runner.run, merged,
+                                             signature)
         seconds = loop.time() - started
         self._metrics.batch(rows, seconds)
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
+        if any(a.ndim == 0 or len(a) != padded for a in outputs.values()):
+            # An output not one row per input row (the graph disagrees with
+            # its SignatureDef): its rows cannot be told apart.
+            raise _Unsplittable(outputs if len(parts) == 1 and padded == rows else None)
         return split_rows(outputs, counts)
+
+
+class _Unsplittable(Exception):
+    """A batch's outputs that cannot be split per request: run each request
+    alone (``outputs``: a lone request's own, answered as they are)."""
+
+    def __init__(self, outputs: Outputs | None) -> None:
+        super().__init__("outputs without one row per input row")
+        self.outputs: Outputs | Exception = outputs if outputs is not None else ModelFailed(
+            "the model's outputs do not have one row per input row, as its signature says")
 
 
 async def answer_each(parts: Sequence[Inputs | ServeError], meta: ModelMetadata,

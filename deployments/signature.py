@@ -7,12 +7,13 @@ tensors before anything is put in the object store.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge
+from deployments.codecs.errors import BadRequest, PayloadTooLarge, clip
 from deployments.preprocessing import DEFAULT, ImagePreprocessing
 
 # Which numpy kinds may be cast to which target kinds without surprises:
@@ -31,14 +32,19 @@ STRING = "string"
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One named tensor of a signature; ``shape[0]`` is the batch dimension."""
+    """One named tensor of a signature; ``shape[0]`` is the batch dimension
+    when it is left open (``None``). A SignatureDef may also declare a tensor
+    of unknown rank (``unknown_rank``: any shape; ``shape`` is then empty)."""
 
     name: str
     dtype: str  # a numpy dtype name, or STRING
     shape: Shape
+    unknown_rank: bool = False
 
     def describe(self) -> str:
-        dims = ", ".join("N" if i == 0 else ("?" if d is None else str(d))
+        if self.unknown_rank:
+            return f"{self.dtype}[any shape]"
+        dims = ", ".join("N" if i == 0 and d is None else ("?" if d is None else str(d))
                          for i, d in enumerate(self.shape))
         return f"{self.dtype}[{dims}]"
 
@@ -46,6 +52,18 @@ class TensorSpec:
     def variable(self) -> bool:
         """Whether a dimension after the batch is left open (a sequence length, say)."""
         return None in self.shape[1:]
+
+    @property
+    def batched(self) -> bool:
+        """Whether the first dimension is an open batch dimension."""
+        return not self.unknown_rank and len(self.shape) > 0 and self.shape[0] is None
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether an array of ``shape`` has this spec's rank and fixed sizes."""
+        if self.unknown_rank:
+            return True
+        return len(shape) == len(self.shape) and all(
+            d is None or d == a for d, a in zip(self.shape, shape, strict=True))
 
 
 @dataclass(frozen=True)
@@ -86,10 +104,52 @@ class ModelMetadata:
     max_batch_size: int = field(default=0, compare=False)
     # How encoded images become the image input's values (the model's config).
     preprocessing: ImagePreprocessing = DEFAULT
+    # False where the graph decides which shapes it takes (a TF1 SavedModel,
+    # run in a session as TF Serving runs it): tensors of other shapes than
+    # the SignatureDef's are fed as they are, outside cross-request batches.
+    strict_shapes: bool = True
+    # The version's other signatures by name, on the default signature's
+    # metadata (the config's ``signature_name``); each is a view like this one.
+    others: Mapping[str, ModelMetadata] = field(default_factory=dict, compare=False)
+    # Whether this is one of ``others`` (requests name it; the default is not named).
+    other_signature: bool = False
 
     @property
     def takes_images(self) -> bool:
         return self.image_input is not None
+
+    @property
+    def batchable(self) -> bool:
+        """Whether requests' rows may be merged into one call: every input
+        and output has an open batch dimension (else each request runs alone)."""
+        return all(s.batched for s in (*self.inputs, *self.outputs))
+
+    @property
+    def signature_names(self) -> list[str]:
+        """Every signature this version serves, the default first."""
+        return [self.signature_name, *self.others]
+
+    @property
+    def named_signature(self) -> str | None:
+        """The signature a call names to the model replica (none: the default)."""
+        return self.signature_name if self.other_signature else None
+
+    def signature(self, name: str | None) -> ModelMetadata:
+        """The metadata of signature ``name`` (none or empty: the default), or
+        TF Serving's 400 for one the SavedModel lacks."""
+        if name in (None, "", self.signature_name):
+            return self
+        view = self.others.get(name)
+        if view is None:
+            raise BadRequest(f"Serving signature name: \"{clip(name)}\" not found in signature "
+                             f"def (model {self.name!r} version {self.version} has: "
+                             f"{', '.join(map(repr, self.signature_names))})")
+        return view
+
+    def with_batch_size(self, rows: int) -> ModelMetadata:
+        """These metadata (and every other signature's) with ``max_batch_size`` set."""
+        return replace(self, max_batch_size=rows, others={
+            name: replace(view, max_batch_size=rows) for name, view in self.others.items()})
 
     def spec(self, name: str) -> TensorSpec | None:
         return next((s for s in self.inputs if s.name == name), None)
@@ -155,31 +215,36 @@ def check_inputs(inputs: dict[str, Any], meta: ModelMetadata, max_rows: int | No
     """Every input of ``meta``'s signature, each checked against its spec and
     cast to its dtype if needed (else not copied); all with the same rows."""
     check_input_names(inputs, meta, "the request")
-    checked = {spec.name: check_tensor(inputs[spec.name], spec) for spec in meta.inputs}
-    rows = {name: len(array) for name, array in checked.items()}
-    if len(set(rows.values())) > 1:
+    checked = {spec.name: check_tensor(inputs[spec.name], spec, meta.strict_shapes)
+               for spec in meta.inputs}
+    rows = {name: len(array) if array.ndim else 1 for name, array in checked.items()}
+    if len(set(rows.values())) > 1 and fits_batch(checked, meta):
         counts = ", ".join(f"{name!r} {n}" for name, n in rows.items())
         raise BadRequest(f"the inputs have different numbers of rows: {counts}")
-    first = meta.inputs[0]
-    check_size(first, rows[first.name], sum(a.size for a in checked.values()), max_rows,
-               max_elements)
+    if meta.inputs:
+        first = meta.inputs[0]
+        check_size(first, max(rows.values()), sum(a.size for a in checked.values()),
+                   max_rows, max_elements)
     return checked
 
 
-def check_tensor(array: Any, spec: TensorSpec) -> np.ndarray:
-    """One input checked against ``spec``: rank, fixed dimensions, and values
-    its dtype can hold (no silent wrap of an int64 into an int32, no NaN)."""
+def fits_batch(inputs: Inputs, meta: ModelMetadata) -> bool:
+    """Whether checked ``inputs`` may share a call with other requests' rows:
+    the signature batches, and each array has its input's declared shape."""
+    return meta.batchable and all(spec.fits(inputs[spec.name].shape) for spec in meta.inputs)
+
+
+def check_tensor(array: Any, spec: TensorSpec, strict_shapes: bool = True) -> np.ndarray:
+    """One input checked against ``spec``: rank, fixed dimensions (unless the
+    graph decides: ``strict_shapes`` false), and values its dtype can hold
+    (no silent wrap of an int64 into an int32, no NaN)."""
     if not isinstance(array, np.ndarray):
         raise BadRequest(f"expected a numpy array for {spec.name!r}, got {type(array).__name__}")
-    rows_ok = array.ndim == len(spec.shape)
-    if rows_ok:
-        pairs = zip(spec.shape[1:], array.shape[1:], strict=True)
-        rows_ok = all(d is None or d == a for d, a in pairs)
-    if not rows_ok:
+    if strict_shapes and not spec.fits(array.shape):
         raise BadRequest(
             f"input {spec.name!r} has shape {list(array.shape)}, expected {spec.describe()}"
         )
-    if array.shape[0] == 0:
+    if spec.batched and spec.fits(array.shape) and array.shape[0] == 0:
         raise BadRequest(f"input {spec.name!r} is an empty batch")
     if spec.dtype == STRING:
         return _strings(array, spec)

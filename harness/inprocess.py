@@ -54,14 +54,16 @@ class InProcessModel:
 
     async def call(self, version: int, local: list[Inputs],
                    forwarded: list[dict[str, ray.ObjectRef]],
-                   isolated: bool = False) -> list[Outputs | ServeError]:
+                   isolated: bool = False,
+                   signature: str | None = None) -> list[Outputs | ServeError]:
         if forwarded:
             raise ValueError("no object store in process: nothing can be forwarded")
         self.calls.append(len(local))
         runner = self._runners.get(version)
         if runner is None:  # as a model replica answers
             raise NotFound(f"model version {version} is not served")
-        return await answer_each(local, runner.metadata, _on_a_thread(runner))
+        return await answer_each(local, runner.metadata.signature(signature),
+                                 _on_a_thread(runner, signature))
 
     @staticmethod
     def put(local: list[Inputs]) -> list[Inputs]:
@@ -86,9 +88,10 @@ class InProcessModel:
         return await send()
 
 
-def _on_a_thread(runner: SavedModelRunner) -> Callable[[Inputs], Awaitable[Outputs]]:
+def _on_a_thread(runner: SavedModelRunner, signature: str | None = None
+                 ) -> Callable[[Inputs], Awaitable[Outputs]]:
     """``runner`` called off the event loop, as a replica's model thread calls it."""
-    return lambda batch: asyncio.to_thread(runner.run, batch)
+    return lambda batch: asyncio.to_thread(runner.run, batch, signature)
 
 
 def in_process_registry(args: AppArgs, metrics: IngressMetrics,

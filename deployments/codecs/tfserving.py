@@ -27,23 +27,22 @@ from deployments.codecs.tensor import (
     rows_by_input,
 )
 from deployments.codecs.tf_example import serialize_examples
-from deployments.signature import CLASSIFY, REGRESS, ModelMetadata
+from deployments.signature import STRING, ModelMetadata
 from deployments.versions import VersionStatus
 
 
 @dataclass(frozen=True)
 class PredictRequest:
-    """A ``:predict`` body: which signature, which format, and the inputs."""
+    """A ``:predict`` body: which format, and the inputs."""
 
-    signature_name: str | None
     columnar: bool
     inputs: JsonInputs
 
 
 def parse_predict_request(document: Any, meta: ModelMetadata, max_rows: int) -> PredictRequest:
-    """A ``:predict`` body → every input of ``meta``'s signature; the rows are
-    counted against ``max_rows`` before any is read."""
-    signature = _signature_name(document)
+    """A ``:predict`` body → every input of ``meta``'s signature (the one the
+    body names: :func:`signature_name`); the rows are counted against
+    ``max_rows`` before any is read."""
     has_rows, has_columns = "instances" in document, "inputs" in document
     if has_rows == has_columns:
         raise BadRequest('the request must have exactly one of "instances" (row format) '
@@ -54,10 +53,11 @@ def parse_predict_request(document: Any, meta: ModelMetadata, max_rows: int) -> 
     else:
         values = columns_by_input(document["inputs"], meta, max_rows)
         what = '"inputs"'
-    return PredictRequest(signature, not has_rows, json_inputs(values, meta, what))
+    return PredictRequest(not has_rows, json_inputs(values, meta, what))
 
 
-def _signature_name(document: Any) -> str | None:
+def signature_name(document: Any) -> str | None:
+    """The signature a body names (none: the model's default)."""
     if not isinstance(document, dict):
         raise BadRequest("the request must be a JSON object")
     signature = document.get("signature_name")
@@ -66,52 +66,53 @@ def _signature_name(document: Any) -> str | None:
     return signature
 
 
-# The verbs a signature's method answers, and the tensors TF Serving's
-# classification and regression signatures name (tf.saved_model.*_signature_def).
-VERBS = {CLASSIFY: "classify", REGRESS: "regress"}
-EXAMPLES_INPUT = "inputs"
+# The tensors TF Serving's classification and regression signatures name
+# (tf.saved_model.*_signature_def).
 CLASSES, SCORES, REGRESSION = "classes", "scores", "outputs"
 
 
-@dataclass(frozen=True)
-class ExamplesRequest:
-    """A ``:classify`` or ``:regress`` body: which signature, and the
-    examples serialized as ``tf.Example`` protos."""
-
-    signature_name: str | None
-    inputs: dict[str, np.ndarray]
-
-
 def parse_examples_request(document: Any, meta: ModelMetadata, verb: str,
-                           max_rows: int) -> ExamplesRequest:
+                           max_rows: int) -> dict[str, np.ndarray]:
     """A ``:classify``/``:regress`` body → the signature's examples input
-    (a 400 unless ``meta``'s method is that verb's); the examples are counted
-    against ``max_rows`` before any is read."""
-    signature = _signature_name(document)
+    (a 400 unless ``meta``'s signature fits that verb); the examples are
+    counted against ``max_rows`` before any is read."""
     check_verb(meta, verb)
     examples = document.get("examples")
     if not isinstance(examples, list) or not examples:
         raise BadRequest('"examples" must be a non-empty list of objects (tf.Example '
                          "features by name)")
     check_rows(len(examples), max_rows, '"examples"')
-    return ExamplesRequest(signature,
-                           examples_input(serialize_examples(examples, document.get("context"))))
+    return examples_input(meta, serialize_examples(examples, document.get("context")))
 
 
 def check_verb(meta: ModelMetadata, verb: str) -> None:
-    """A 400 unless ``meta``'s signature is made for ``verb`` (classify, regress)."""
-    if VERBS.get(meta.method_name) != verb:
-        raise BadRequest(f"model {meta.name!r} serves signature {meta.signature_name!r}, "
-                         f"whose method is {meta.method_name!r}, not a {verb} signature: "
-                         "use :predict, or serve a signature made for :" + verb)
+    """A 400 unless ``meta``'s signature fits ``verb`` as TF Serving checks
+    it: one string input (serialized examples) and the outputs of a
+    classification (``classes`` and/or ``scores``) or a regression
+    (``outputs``). Its method name is not checked: TF2 SavedModels write
+    every signature as a predict one (TF Serving's
+    ``--enable_signature_method_name_check`` is off by default)."""
+    where = (f"signature {meta.signature_name!r} of model {meta.name!r} takes "
+             f"{meta.describe_inputs() or 'nothing'} and outputs "
+             f"{', '.join(repr(o.name) for o in meta.outputs)}: not a {verb} signature")
+    if len(meta.inputs) != 1:
+        raise BadRequest(f"Expected one input Tensor. ({where})")
+    if meta.inputs[0].dtype != STRING:
+        raise BadRequest(f"{where} (it takes no serialized tf.Example protos); use :predict")
+    names = {o.name for o in meta.outputs}
+    if verb == "classify" and (len(names) > 2 or not names & {CLASSES, SCORES}):
+        raise BadRequest('Expected classification signature outputs to contain at least one '
+                         f'of "classes" or "scores" (and at most two outputs). ({where})')
+    if verb == "regress" and names != {REGRESSION}:
+        raise BadRequest(f"Expected one output Tensor named {REGRESSION!r}. ({where})")
 
 
-def examples_input(serialized: list[bytes]) -> dict[str, np.ndarray]:
-    """Serialized ``tf.Example`` protos as the examples input of a classify or
-    regress signature."""
+def examples_input(meta: ModelMetadata, serialized: list[bytes]) -> dict[str, np.ndarray]:
+    """Serialized ``tf.Example`` protos as the one input of ``meta``'s
+    classify or regress signature (checked by :func:`check_verb`)."""
     array = np.empty(len(serialized), dtype=object)
     array[:] = serialized
-    return {EXAMPLES_INPUT: array}
+    return {meta.inputs[0].name: array}
 
 
 def _floats(array: np.ndarray) -> list[Any]:
@@ -156,14 +157,18 @@ def encode_predict_response(outputs: dict[str, np.ndarray], columnar: bool) -> d
     """``{"predictions": [...]}`` per row, or ``{"outputs": ...}`` per output;
     a single output is given bare, several by name, as TF Serving does.
     Non-finite floats stay NaN/Infinity, as TF Serving writes them."""
-    if not columnar:
-        if any(array.ndim == 0 for array in outputs.values()):
-            raise BadRequest("an output has no batch dimension: ask in the columnar format "
-                             '("inputs")')
-        if len({len(array) for array in outputs.values()}) > 1:
-            sizes = ", ".join(f"{name!r} {len(array)}" for name, array in outputs.items())
-            raise BadRequest(f"the outputs have different batch sizes ({sizes}): ask in the "
-                             'columnar format ("inputs")')
+    if not columnar:  # TF Serving's words, and our advice
+        first = None
+        for name, array in outputs.items():
+            if array.ndim == 0:
+                raise BadRequest(f"Tensor name: {name} has no shape information (ask in "
+                                 'the columnar format, "inputs", for outputs without a batch '
+                                 "dimension)")
+            if first is not None and len(array) != first:
+                raise BadRequest(f"Tensor name: {name} has inconsistent batch size: "
+                                 f"{len(array)} expecting: {first} (ask in the columnar "
+                                 'format, "inputs")')
+            first = len(array)
     values = {name: json_values(name, array) for name, array in outputs.items()}
     if columnar:
         return {"outputs": next(iter(values.values())) if len(values) == 1 else values}

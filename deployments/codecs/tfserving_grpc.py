@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import json_format
 
-from deployments.codecs.errors import BadRequest, ModelFailed, PayloadTooLarge
+from deployments.codecs.errors import BadRequest, ModelFailed, PayloadTooLarge, clip
 from deployments.codecs.tensor import check_rows
 from deployments.codecs.tfserving import (
     check_verb,
@@ -34,6 +34,7 @@ from deployments.codecs.tfserving_protos import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     input_pb2,
     meta_graph_pb2,
     model_pb2,
@@ -44,7 +45,7 @@ from deployments.codecs.tfserving_protos import (
     types_pb2,
 )
 from deployments.codecs.v2_tensor import as_bytes, check_shape, element_count
-from deployments.signature import STRING, ModelMetadata, TensorSpec
+from deployments.signature import CLASSIFY, REGRESS, STRING, ModelMetadata, TensorSpec
 from deployments.versions import VersionStatus
 
 # The dtypes TF Serving's REST API takes, with the typed field that holds each
@@ -192,8 +193,9 @@ def parse_predict_request(message: predict_pb2.PredictRequest, max_rows: int,
 
 
 def tensor_proto(array: np.ndarray, what: str) -> tensor_pb2.TensorProto:
-    """An array as a ``TensorProto``: numbers as ``tensor_content``, strings
-    as ``string_val``."""
+    """An array as a ``TensorProto`` the way TF Serving answers (TensorFlow's
+    ``Tensor::AsProtoField``): every value in its dtype's typed field
+    (``float_val``, ``int_val``, float16 bit patterns in ``half_val``...)."""
     proto = tensor_pb2.TensorProto()
     proto.tensor_shape.dim.extend(
         tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape)
@@ -206,7 +208,11 @@ def tensor_proto(array: np.ndarray, what: str) -> tensor_pb2.TensorProto:
         raise ModelFailed(f"{what} is {array.dtype}, which the TF Serving API here does not "
                           "carry")
     proto.dtype = enum
-    proto.tensor_content = np.ascontiguousarray(array, _DTYPES[enum][0]).tobytes()
+    _, field, stored = _DTYPES[enum]
+    flat = np.ascontiguousarray(array).reshape(-1)
+    if field == "half_val":
+        flat = flat.view(np.uint16)
+    getattr(proto, field).extend(flat.astype(stored, copy=False).tolist())
     return proto
 
 
@@ -223,12 +229,14 @@ def encode_predict_response(meta: ModelMetadata, outputs: dict[str, np.ndarray],
                             output_filter: Sequence[str] = ()) -> predict_pb2.PredictResponse:
     """Every output, or those ``output_filter`` names (a 400 for one the
     signature lacks or names twice, as TF Serving)."""
-    unknown = sorted(set(output_filter) - set(outputs))
-    if unknown or len(set(output_filter)) != len(output_filter):
-        problem = (f"has no output {', '.join(map(repr, unknown))}" if unknown
-                   else "names an output twice")
-        raise BadRequest(f"output_filter {problem}: model {meta.name!r} outputs "
-                         f"{', '.join(map(repr, outputs))}")
+    seen: set[str] = set()
+    for alias in output_filter:  # TF Serving's words
+        if alias not in outputs:
+            raise BadRequest(f"output tensor alias not found in signature: {clip(alias)} "
+                             f"Outputs expected to be in the set {{{','.join(sorted(outputs))}}}.")
+        if alias in seen:
+            raise BadRequest(f"duplicate output tensor alias: {clip(alias)}")
+        seen.add(alias)
     response = predict_pb2.PredictResponse(model_spec=model_spec(meta))
     for name in output_filter or outputs:
         response.outputs[name].CopyFrom(tensor_proto(outputs[name], f"output {name!r}"))
@@ -238,10 +246,17 @@ def encode_predict_response(meta: ModelMetadata, outputs: dict[str, np.ndarray],
 def parse_examples(message: input_pb2.Input, meta: ModelMetadata, verb: str,
                    max_rows: int) -> dict[str, np.ndarray]:
     """A ``Classify``/``Regress`` request's ``tensorflow.serving.Input`` →
-    the signature's examples input (a 400 unless ``meta``'s method is that
-    verb's). With a context, each example is serialized after it (protobuf
-    merges the two; the example's own features win), as TF Serving does."""
+    the signature's examples input (a 400 unless ``meta``'s signature fits
+    that verb). With a context, each example is serialized after it
+    (protobuf merges the two; the example's own features win), as TF
+    Serving does."""
     check_verb(meta, verb)
+    return examples_input(meta, _checked_examples(message, max_rows))
+
+
+def _checked_examples(message: input_pb2.Input, max_rows: int) -> list[bytes]:
+    """The examples of ``message`` serialized, once there are some and no
+    more than ``max_rows``."""
     kind = message.WhichOneof("kind")
     if kind is None:
         raise BadRequest("the request's input has neither example_list nor "
@@ -250,8 +265,18 @@ def parse_examples(message: input_pb2.Input, meta: ModelMetadata, verb: str,
     if not listed.examples:
         raise BadRequest(f"the request's {kind} has no examples")
     check_rows(len(listed.examples), max_rows, f"{kind}.examples")
+    return serialized_examples(message)
+
+
+def serialized_examples(message: input_pb2.Input) -> list[bytes]:
+    """Each example of ``message`` serialized, after its context if it has
+    one (protobuf merges the two; the example's own features win)."""
+    kind = message.WhichOneof("kind")
+    if kind is None:
+        return []
+    listed = getattr(message, kind)
     context = listed.context.SerializeToString() if kind == "example_list_with_context" else b""
-    return examples_input([context + e.SerializeToString() for e in listed.examples])
+    return [context + e.SerializeToString() for e in listed.examples]
 
 
 def examples_bytes(message: input_pb2.Input) -> int:
@@ -265,21 +290,81 @@ def examples_bytes(message: input_pb2.Input) -> int:
     return listed.ByteSize() + len(listed.examples) * context
 
 
-def encode_classify_response(meta: ModelMetadata, outputs: dict[str, np.ndarray]
-                             ) -> classification_pb2.ClassificationResponse:
-    result = classification_pb2.ClassificationResult(classifications=[
+def _classification_result(outputs: dict[str, np.ndarray]
+                           ) -> classification_pb2.ClassificationResult:
+    return classification_pb2.ClassificationResult(classifications=[
         classification_pb2.Classifications(classes=[
             classification_pb2.Class(label=label, score=score) for label, score in example])
         for example in classifications(outputs)])
+
+
+def _regression_result(outputs: dict[str, np.ndarray]) -> regression_pb2.RegressionResult:
+    return regression_pb2.RegressionResult(
+        regressions=[regression_pb2.Regression(value=v) for v in regressions(outputs)])
+
+
+def encode_classify_response(meta: ModelMetadata, outputs: dict[str, np.ndarray]
+                             ) -> classification_pb2.ClassificationResponse:
     return classification_pb2.ClassificationResponse(model_spec=model_spec(meta),
-                                                      result=result)
+                                                      result=_classification_result(outputs))
 
 
 def encode_regress_response(meta: ModelMetadata, outputs: dict[str, np.ndarray]
                             ) -> regression_pb2.RegressionResponse:
-    result = regression_pb2.RegressionResult(
-        regressions=[regression_pb2.Regression(value=v) for v in regressions(outputs)])
-    return regression_pb2.RegressionResponse(model_spec=model_spec(meta), result=result)
+    return regression_pb2.RegressionResponse(model_spec=model_spec(meta),
+                                             result=_regression_result(outputs))
+
+
+# MultiInference tasks' methods, as TF Serving names them, and our verbs.
+TASK_VERBS = {CLASSIFY: "classify", REGRESS: "regress"}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of a ``MultiInference`` call: a signature, its verb, its examples."""
+
+    meta: ModelMetadata
+    verb: str
+    inputs: dict[str, np.ndarray]
+
+
+def parse_multi_inference(message: inference_pb2.MultiInferenceRequest, meta: ModelMetadata,
+                          max_rows: int) -> list[Task]:
+    """Each task of ``message`` on ``meta``'s version (the first task's model
+    spec names it), checked as TF Serving checks them: one model, distinct
+    signatures, classify or regress methods; the examples serialized once
+    for all of them."""
+    if len({t.model_spec.name for t in message.tasks}) > 1:
+        raise BadRequest("All ModelSpecs in a MultiInferenceRequest must access the same "
+                         "model name")
+    views, seen = [], set()
+    for task in message.tasks:
+        view = meta.signature(task.model_spec.signature_name)
+        if view.signature_name in seen:
+            raise BadRequest(f"Duplicate evaluation of signature: {view.signature_name}")
+        seen.add(view.signature_name)
+        verb = TASK_VERBS.get(task.method_name)
+        if verb is None:
+            raise BadRequest(f"Unsupported signature method_name: {clip(task.method_name)}")
+        check_verb(view, verb)
+        views.append((view, verb))
+    serialized = _checked_examples(message.input, max_rows)
+    return [Task(view, verb, examples_input(view, serialized)) for view, verb in views]
+
+
+def encode_multi_inference_response(answers: Sequence[tuple[Task, ModelMetadata,
+                                                            dict[str, np.ndarray]]]
+                                    ) -> inference_pb2.MultiInferenceResponse:
+    """One result per task, in the request's order, each with the model spec
+    (name, version and signature) that gave it."""
+    response = inference_pb2.MultiInferenceResponse()
+    for task, meta, outputs in answers:
+        result = response.results.add(model_spec=model_spec(meta))
+        if task.verb == "classify":
+            result.classification_result.CopyFrom(_classification_result(outputs))
+        else:
+            result.regression_result.CopyFrom(_regression_result(outputs))
+    return response
 
 
 SIGNATURE_DEF = "signature_def"

@@ -90,7 +90,11 @@ def parse_infer_request(message: pb.ModelInferRequest, max_rows: int,
             if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
                 raise BadRequest(f"output {out.name!r}: classification must be a class count")
             outputs.append(RequestedOutput(out.name, classification=classes))
-    return InferRequest(inputs=inputs, outputs=outputs, id=message.id or None)
+    signature = _parameter(message.parameters, "signature_name")
+    if signature is not None and not isinstance(signature, str):
+        raise BadRequest("the signature_name parameter must be a string")
+    return InferRequest(inputs=inputs, outputs=outputs, id=message.id or None,
+                        signature_name=signature)
 
 
 def encode_infer_response(meta: ModelMetadata, request_id: str | None,

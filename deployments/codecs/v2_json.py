@@ -74,6 +74,8 @@ class OutputRequest(_Header):
 
 class RequestParameters(_Header):
     binary_data_output: bool = False
+    signature_name: str | None = Field(
+        None, description="another signature of the SavedModel than the model's default")
 
 
 class InferRequestHeader(_Header):
@@ -202,7 +204,8 @@ def parse_infer_request(body: bytes, header_length: str | None, max_rows: int,
         RequestedOutput(o.name, o.parameters.binary_data, o.parameters.classification)
         for o in request.outputs]
     return InferRequest(inputs=inputs, outputs=outputs, id=request.id,
-                        binary_output=request.parameters.binary_data_output)
+                        binary_output=request.parameters.binary_data_output,
+                        signature_name=request.parameters.signature_name)
 
 
 def encode_infer_response(meta: ModelMetadata, request_id: str | None,

@@ -66,6 +66,9 @@ class InferRequest:
     outputs: list[RequestedOutput] | None = None  # None: every output
     id: str | None = None
     binary_output: bool = False  # the request's default for outputs
+    # Another signature of the SavedModel than the model's default (the
+    # request's ``signature_name`` parameter, as TF Serving names it).
+    signature_name: str | None = None
 
 
 @dataclass

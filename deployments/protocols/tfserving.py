@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deployments.codecs.errors import BadRequest, NotFound, clip
-from deployments.codecs.numbers import decimal_count
+from deployments.codecs.numbers import version_number
 from deployments.codecs.tfserving import (
     encode_classify_response,
     encode_predict_response,
@@ -26,6 +26,7 @@ from deployments.codecs.tfserving import (
     model_status,
     parse_examples_request,
     parse_predict_request,
+    signature_name,
 )
 from deployments.config import InputLimits
 from deployments.protocols.http import (
@@ -84,7 +85,6 @@ class TFServingApi:
         endpoint, meta, document = await self._read(request)
         parsed = await asyncio.to_thread(parse_predict_request, document, meta,
                                          self._limits.max_rows)
-        check_signature(parsed.signature_name, meta)
         inputs = await with_images(endpoint, meta, parsed.inputs)
         answer = await endpoint.infer(meta, inputs, pinned(request),
                                       request_timeout(request, self._limits))
@@ -100,17 +100,18 @@ class TFServingApi:
         """A ``:classify``/``:regress`` call: its examples serialized (off the
         event loop) and run like any request, batched with others."""
         endpoint, meta, document = await self._read(request)
-        parsed = await asyncio.to_thread(parse_examples_request, document, meta, verb,
+        inputs = await asyncio.to_thread(parse_examples_request, document, meta, verb,
                                          self._limits.max_rows)
-        check_signature(parsed.signature_name, meta)
-        answer = await endpoint.infer(meta, parsed.inputs, pinned(request),
+        answer = await endpoint.infer(meta, inputs, pinned(request),
                                       request_timeout(request, self._limits))
         return answer.outputs
 
     async def _read(self, request: Request) -> tuple[ModelEndpoint, ModelMetadata, Any]:
+        """The model, the version and signature the path and body name, and the body."""
         endpoint, meta = await resolve(self._registry, request)
         body = await read_body(request, self._limits.max_body_bytes, self._registry.budget)
-        return endpoint, meta, await parse_json_body(body, self._registry.budget)
+        document = await parse_json_body(body, self._registry.budget)
+        return endpoint, meta.signature(signature_name(document)), document
 
 
 async def version_statuses(endpoint: ModelEndpoint, version: str | int | None = None,
@@ -121,7 +122,7 @@ async def version_statuses(endpoint: ModelEndpoint, version: str | int | None = 
     if label is not None:
         wanted, named = endpoint.labeled(label), label
     elif version is not None:
-        wanted = version if isinstance(version, int) else decimal_count(version)
+        wanted = version if isinstance(version, int) else version_number(version)
         named = str(version)
     else:
         return statuses
@@ -130,13 +131,3 @@ async def version_statuses(endpoint: ModelEndpoint, version: str | int | None = 
         raise NotFound(f"model {endpoint.name!r} has no version {clip(named)!r} (its "
                        f"versions: {', '.join(str(s.version) for s in statuses) or 'none'})")
     return picked
-
-
-def check_signature(asked: str | None, meta: ModelMetadata) -> None:
-    """A 400 when the body names a signature other than the one served (one
-    model entry serves one signature: another is another entry's)."""
-    if asked not in (None, "", meta.signature_name):
-        raise BadRequest(f"Serving signature name: {asked!r} not found in signature def "
-                         f"(model {meta.name!r} serves {meta.signature_name!r}; to serve "
-                         "another signature of the same SavedModel, add a model entry with "
-                         "its signature_name)")

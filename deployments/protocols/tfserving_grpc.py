@@ -1,6 +1,6 @@
 """TensorFlow Serving's gRPC API through Ray Serve's gRPC proxy, beside
 KServe V2's: ``tensorflow.serving.PredictionService`` (``Predict``,
-``Classify``, ``Regress``, ``GetModelMetadata``) and
+``Classify``, ``Regress``, ``MultiInference``, ``GetModelMetadata``) and
 ``tensorflow.serving.ModelService`` (``GetModelStatus``), so TF Serving's
 own stubs speak to the app unmodified. The config enables it with
 :func:`add_servicer` in ``grpc_options.grpc_servicer_functions``.
@@ -20,15 +20,17 @@ import grpc
 import numpy as np
 from ray.serve.grpc_util import RayServegRPCContext
 
-from deployments.codecs.errors import Unimplemented
+from deployments.codecs.errors import BadRequest, Unimplemented
 from deployments.codecs.tfserving_grpc import (
     encode_classify_response,
+    encode_multi_inference_response,
     encode_predict_response,
     encode_regress_response,
     examples_bytes,
     model_metadata_response,
     model_status_response,
     parse_examples,
+    parse_multi_inference,
     parse_predict_request,
 )
 from deployments.codecs.tfserving_protos import (
@@ -43,7 +45,7 @@ from deployments.codecs.tfserving_protos import (
     regression_pb2,
 )
 from deployments.protocols.grpc import GrpcService, rpc
-from deployments.protocols.tfserving import check_signature, version_statuses
+from deployments.protocols.tfserving import version_statuses
 from deployments.protocols.v2 import decode_image_tensor
 from deployments.registry import Answer, ModelEndpoint
 from deployments.signature import ModelMetadata
@@ -79,8 +81,10 @@ class TFServingGrpcService(GrpcService):
 
     async def _resolve(self, spec: model_pb2.ModelSpec
                        ) -> tuple[ModelEndpoint, ModelMetadata]:
-        return await self._registry.resolve(spec.name, _version(spec),
-                                            label=spec.version_label or None)
+        """The model and version ``spec`` names, and its signature (none: the default)."""
+        endpoint, meta = await self._registry.resolve(spec.name, _version(spec),
+                                                      label=spec.version_label or None)
+        return endpoint, meta.signature(spec.signature_name)
 
     @_status
     async def Predict(self, request: predict_pb2.PredictRequest,
@@ -89,7 +93,6 @@ class TFServingGrpcService(GrpcService):
         endpoint, meta = await self._resolve(request.model_spec)
         limits = self._limits
         parsed = parse_predict_request(request, limits.max_rows, limits.max_elements)
-        check_signature(parsed.signature_name, meta)
         self._registry.budget.take(parsed.decoded_bytes, "decoding the request's tensors")
         inputs = await asyncio.to_thread(parsed.decode)  # off the event loop, as HTTP bodies
         image = meta.image_input
@@ -116,7 +119,6 @@ class TFServingGrpcService(GrpcService):
         event loop) for the signature's examples input, run like any request."""
         self._take_message(request)
         endpoint, meta = await self._resolve(request.model_spec)
-        check_signature(request.model_spec.signature_name, meta)
         self._registry.budget.take(examples_bytes(request.input), "the serialized examples")
         inputs: dict[str, np.ndarray] = await asyncio.to_thread(
             parse_examples, request.input, meta, verb, self._limits.max_rows)
@@ -140,9 +142,24 @@ class TFServingGrpcService(GrpcService):
 
     @_status
     async def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
-                             grpc_context: RayServegRPCContext) -> None:
-        raise Unimplemented("MultiInference is not served here: send each task as its own "
-                            "Classify or Regress call")
+                             grpc_context: RayServegRPCContext
+                             ) -> inference_pb2.MultiInferenceResponse:
+        """Several classify/regress tasks on the same examples: each runs as its
+        own signature's request (batched with others), one answer each."""
+        self._take_message(request)
+        if not request.tasks:
+            raise BadRequest("MultiInferenceRequest must have at least one task")
+        spec = request.tasks[0].model_spec
+        endpoint, meta = await self._registry.resolve(spec.name, _version(spec),
+                                                      label=spec.version_label or None)
+        self._registry.budget.take(examples_bytes(request.input), "the serialized examples")
+        tasks = await asyncio.to_thread(parse_multi_inference, request, meta,
+                                        self._limits.max_rows)
+        answers = await asyncio.gather(*(endpoint.infer(task.meta, task.inputs,
+                                                        _pinned(spec)) for task in tasks))
+        return encode_multi_inference_response(
+            [(task, answer.meta, answer.outputs)
+             for task, answer in zip(tasks, answers, strict=True)])
 
     @_status
     async def HandleReloadConfigRequest(self, request: Any,

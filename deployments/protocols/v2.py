@@ -62,6 +62,7 @@ async def infer(registry: ModelRegistry, name: str, version: str | None,
     image input, strings for string inputs), the model run, the outputs
     selected."""
     endpoint, meta = await registry.resolve(name, version or None)
+    meta = meta.signature(request.signature_name)
     names = [tensor.name for tensor in request.inputs]
     if len(set(names)) != len(names):
         raise BadRequest(f"an input is given twice: {', '.join(map(repr, names))}")

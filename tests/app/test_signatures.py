@@ -227,7 +227,7 @@ def test_classify_and_regress_answer_as_tf_serving(client: TestClient):
          "refused the input: .*Key: x"),
         ("/v1/models/examples:classify", {"signature_name": "regress",
                                           "examples": [{"x": [1.0, 2.0]}]}, 400,
-         "add a model entry with its signature_name"),
+         "Expected classification signature outputs.*not a classify signature"),
         ("/v1/models/examples:explain", {}, 400, "unknown verb :explain"),
         ("/v1/models/nope:classify", {"examples": [{}]}, 404, "nope"),
         ("/models/tabular/predict", {"instances": [[1.0]]}, 400, "must name every input"),

@@ -85,7 +85,8 @@ def test_status_and_metadata(client: httpx.Client):
         ("POST", "/v1/models/digits_linear:predict", {"instances": [{"x": [0] * 64}]}, 400,
          "names inputs the model does not take (missing 'pixels'; unknown 'x')"),
         ("POST", "/v1/models/digits_linear:predict",
-         {"signature_name": "other", "instances": [[0] * 64]}, 400, "'other' not found"),
+         {"signature_name": "other", "instances": [[0] * 64]}, 400,
+         'Serving signature name: "other" not found in signature def'),
         ("POST", "/v1/models/digits:predict", {"instances": [{"b64": "***"}]}, 400,
          "not valid base64"),
         ("POST", "/v1/models/digits_linear:predict", {"instances": [{"b64": "AAAA"}]}, 400,
@@ -93,7 +94,7 @@ def test_status_and_metadata(client: httpx.Client):
         ("POST", "/v1/models/digits:predict", {"instances": [{"b64": "AAAA"}]}, 400,
          "cannot decode image"),
         ("POST", "/v1/models/digits_linear:classify", {"examples": []}, 400,
-         "whose method is 'tensorflow/serving/predict', not a classify signature"),
+         "not a classify signature (it takes no serialized tf.Example protos)"),
         ("POST", "/v1/models/nope:regress", {"examples": []}, 404, "no model named 'nope'"),
     ],
 )

@@ -220,7 +220,7 @@ def test_metadata_and_status_are_the_rest_documents_as_protos(app: App):
         ("Predict", predict_request("digits_linear", pixels=np.array([[b"x"] * 64])),
          "INVALID_ARGUMENT", r"'pixels' has dtype object, expected float32\[N, 64\]"),
         ("Predict", predict_request("digits_linear", signature="other", pixels=ROWS),
-         "INVALID_ARGUMENT", "Serving signature name: 'other' not found"),
+         "INVALID_ARGUMENT", 'Serving signature name: "other" not found'),
         ("Predict", predict_request("digits_linear", x=ROWS), "INVALID_ARGUMENT",
          "missing 'pixels'; unknown 'x'"),
         ("Predict", predict_request("digits_linear", pixels=np.zeros((300, 64), np.float32)),
@@ -232,8 +232,8 @@ def test_metadata_and_status_are_the_rest_documents_as_protos(app: App):
         ("GetModelStatus", get_model_status_pb2.GetModelStatusRequest(
             model_spec={"name": "digits", "version": {"value": 3}}), "NOT_FOUND",
          "has no version '3'"),
-        ("MultiInference", inference_pb2.MultiInferenceRequest(), "UNIMPLEMENTED",
-         "MultiInference is not served here"),
+        ("MultiInference", inference_pb2.MultiInferenceRequest(), "INVALID_ARGUMENT",
+         "must have at least one task"),
     ],
 )
 def test_errors_carry_tf_servings_status_codes(app: App, method, request_, code, message):

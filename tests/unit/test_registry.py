@@ -41,7 +41,7 @@ class FakeModel:
         await asyncio.sleep(0.01)
         return {v: meta(v) for v in self.versions}
 
-    async def call(self, version, local, forwarded, isolated=False):
+    async def call(self, version, local, forwarded, isolated=False, signature=None):
         self.calls.append(len(local))
         self.isolated.append(isolated)
         if self.gate is not None:
@@ -105,7 +105,7 @@ def test_a_request_alone_in_a_call_that_died_is_sent_once_more_outside_any_batch
         version = await endpoint.version()
         dies_once = model.call
 
-        async def call(version, local, forwarded, isolated=False):
+        async def call(version, local, forwarded, isolated=False, signature=None):
             if not isolated:  # another ingress's poisoned request in its batch
                 model.calls.append(len(local))
                 raise ReplicaDied("the replica died")

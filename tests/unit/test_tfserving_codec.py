@@ -11,6 +11,7 @@ from deployments.codecs.tfserving import (
     model_status,
     parse_examples_request,
     parse_predict_request,
+    signature_name,
 )
 from deployments.signature import CLASSIFY, ModelMetadata, TensorSpec
 from deployments.versions import VersionStatus
@@ -36,7 +37,6 @@ def test_b64_values_of_the_image_input_are_encoded_images():
 @pytest.mark.parametrize(
     ("document", "message"),
     [
-        ([], "must be a JSON object"),
         ({}, "exactly one of"),
         ({"instances": [], "inputs": []}, "exactly one of"),
         ({"instances": {}}, "non-empty list"),
@@ -45,12 +45,20 @@ def test_b64_values_of_the_image_input_are_encoded_images():
         ({"instances": [{"b64": "AA=="}, [1, 2]]}, "mix of"),
         ({"instances": [{"b64": 5}]}, "must be a base64 string"),
         ({"instances": [{"b64": "@@"}]}, "not valid base64"),
-        ({"signature_name": 1, "instances": [[1, 2]]}, "must be a string"),
     ],
 )
 def test_bad_requests(document, message):
     with pytest.raises(BadRequest, match=message):
         parse_predict_request(document, IMAGES, 256)
+
+
+def test_the_signature_is_read_before_the_inputs():
+    assert signature_name({"signature_name": "sig", "instances": []}) == "sig"
+    assert signature_name({"instances": []}) is None
+    with pytest.raises(BadRequest, match="must be a JSON object"):
+        signature_name([])
+    with pytest.raises(BadRequest, match="must be a string"):
+        signature_name({"signature_name": 1, "instances": [[1, 2]]})
 
 
 def test_rows_are_counted_before_any_is_read():
@@ -94,21 +102,20 @@ def test_non_finite_outputs_render_as_tf_serving_writes_them():
 
 
 def test_scalar_outputs_need_the_columnar_format():
-    with pytest.raises(BadRequest, match="no batch dimension"):
+    with pytest.raises(BadRequest, match="Tensor name: y has no shape information"):
         encode_predict_response({"y": np.array(1.0)}, columnar=False)
     assert encode_predict_response({"y": np.array(1.0)}, columnar=True) == {"outputs": 1.0}
 
 
 CLASSIFIER = ModelMetadata("c", 1, "serving_default", (TensorSpec("inputs", "string", (None,)),),
-                           (), "scores", (), method_name=CLASSIFY)
+                           (TensorSpec("scores", "float32", (None, 2)),), "scores", (),
+                           method_name=CLASSIFY)
 
 
 def test_examples_become_the_signatures_serialized_input():
-    request = parse_examples_request({"examples": [{"x": 1.0}, {"x": 2.0}],
-                                      "signature_name": "serving_default"},
-                                     CLASSIFIER, "classify", 256)
-    assert request.signature_name == "serving_default"
-    (examples,) = request.inputs.values()
+    inputs = parse_examples_request({"examples": [{"x": 1.0}, {"x": 2.0}]},
+                                    CLASSIFIER, "classify", 256)
+    (examples,) = inputs.values()
     assert examples.dtype == object and examples.shape == (2,)
     assert all(isinstance(e, bytes) and b"x" in e for e in examples)
 
@@ -116,8 +123,8 @@ def test_examples_become_the_signatures_serialized_input():
 @pytest.mark.parametrize(
     ("document", "verb", "error", "message"),
     [
-        ({"examples": [{}]}, "regress", BadRequest, "whose method is 'tensorflow/serving/"
-                                                    "classify', not a regress signature"),
+        ({"examples": [{}]}, "regress", BadRequest, "Expected one output Tensor named "
+                                                    "'outputs'.*not a regress signature"),
         ({"examples": []}, "classify", BadRequest, "non-empty list"),
         ({"instances": [1]}, "classify", BadRequest, '"examples" must be'),
         ({"examples": [{}] * 300}, "classify", PayloadTooLarge, "300 rows, the limit is 256"),
@@ -145,7 +152,8 @@ def test_classify_and_regress_answer_in_tf_servings_shapes():
 
 def test_outputs_of_different_batch_sizes_need_the_columnar_format():
     outputs = {"box": np.zeros((1, 4)), "crops": np.zeros((3, 10))}
-    with pytest.raises(BadRequest, match=r"different batch sizes \('box' 1, 'crops' 3\)"):
+    with pytest.raises(BadRequest, match=r"Tensor name: crops has inconsistent batch size: 3 "
+                                         r"expecting: 1"):
         encode_predict_response(outputs, columnar=False)
     assert encode_predict_response(outputs, columnar=True)["outputs"]["crops"] == \
         np.zeros((3, 10)).tolist()

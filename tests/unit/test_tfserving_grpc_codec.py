@@ -138,9 +138,13 @@ def test_outputs_tensorflow_reads_back():
         np.testing.assert_array_equal(tf.make_ndarray(response.outputs[name]), array)
     only = encode_predict_response(meta, outputs, ["s"])
     assert list(only.outputs) == ["s"]
-    with pytest.raises(BadRequest, match="output_filter has no output 'q'"):
+    assert list(response.outputs["p"].float_val) == [0.25, 0.75]  # typed, as TF Serving
+    assert list(response.outputs["n"].int64_val) == [3]
+    assert not response.outputs["p"].tensor_content
+    with pytest.raises(BadRequest, match=r"output tensor alias not found in signature: q "
+                                         r"Outputs expected to be in the set \{n,p,s\}\."):
         encode_predict_response(meta, outputs, ["q"])
-    with pytest.raises(BadRequest, match="names an output twice"):
+    with pytest.raises(BadRequest, match="duplicate output tensor alias: p"):
         encode_predict_response(meta, outputs, ["p", "p"])
     with pytest.raises(ModelFailed, match="complex64"):
         tensor_proto(np.zeros(1, np.complex64), "output 'c'")
@@ -224,7 +228,8 @@ def test_limits_are_checked_before_a_value_is_read():
 
 
 EXAMPLES = ModelMetadata("ex", 1, "serving_default", (TensorSpec("inputs", "string", (None,)),),
-                         (), "scores", (), method_name=CLASSIFY)
+                         (TensorSpec("scores", "float32", (None, 2)),), "scores", (),
+                         method_name=CLASSIFY)
 
 
 def example(**features: list[float]) -> tf.train.Example:
