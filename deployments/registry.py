@@ -26,6 +26,7 @@ from deployments.batching import Outputs, rows_of
 from deployments.budget import MemoryBudget
 from deployments.coalescing import Coalescer, CoalesceSettings
 from deployments.codecs.errors import (
+    BadRequest,
     ModelFailed,
     NotFound,
     ServeError,
@@ -211,17 +212,19 @@ class ModelEndpoint:
             return versions[max(versions)]
         number = version if isinstance(version, int) else version_number(version)
         if number not in versions:
-            raise NotFound(f"model {self.name!r} has no version {clip(str(version))!r} (it serves: "
+            raise NotFound(f"Servable not found for request: Specific({self.name}, "
+                           f"{clip(str(version))}): model {self.name!r} has no version "
+                           f"{clip(str(version))!r} (it serves: "
                            f"{', '.join(map(str, sorted(versions)))})")
         return versions[number]
 
     def labeled(self, label: str) -> int:
-        """The version ``label`` names, or a 404 listing the labels."""
+        """The version ``label`` names, or TF Serving's 400 (ours lists the labels)."""
         labels = self.routing.labels
         if label not in labels:
             known = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
-            raise NotFound(f"model {self.name!r} has no label {clip(label)!r} (its labels: "
-                           f"{known})")
+            raise BadRequest(f"Unrecognized servable version label: {clip(label)} (model "
+                             f"{self.name!r} has labels: {known})")
         return labels[label]
 
     async def statuses(self) -> list[VersionStatus]:
@@ -477,7 +480,8 @@ class ModelRegistry:
         """A model by name (default: the first configured), or a 404."""
         model = self._models.get(self.default if name is None else name)
         if model is None:
-            raise NotFound(f"no model named {clip(str(name))!r} (served: "
+            raise NotFound(f"Servable not found for request: Latest({clip(str(name))}): "
+                           f"no model named {clip(str(name))!r} (served: "
                            f"{', '.join(self._models)})")
         return model
 

@@ -30,7 +30,8 @@ def test_native_routes_address_models_by_name(client: httpx.Client):
         wrong_kind.json()["error"]
     unknown = client.post("/models/nope/predict", **image)
     assert unknown.status_code == 404
-    assert unknown.json() == {"error": "no model named 'nope' (served: digits, digits_linear)"}
+    assert unknown.json() == {"error": "Servable not found for request: Latest(nope): no model "
+                                      "named 'nope' (served: digits, digits_linear)"}
 
 
 def test_unknown_routes_and_methods_answer_json(client: httpx.Client):

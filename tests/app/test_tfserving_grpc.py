@@ -211,8 +211,9 @@ def test_metadata_and_status_are_the_rest_documents_as_protos(app: App):
         ("Predict", predict_request("nope", pixels=ROWS), "NOT_FOUND", "no model named 'nope'"),
         ("Predict", predict_request("digits_linear", version=7, pixels=ROWS), "NOT_FOUND",
          "has no version '7'"),
-        ("Predict", predict_request("digits_linear", label="canary", pixels=ROWS), "NOT_FOUND",
-         "no label 'canary' .its labels: stable=1"),
+        ("Predict", predict_request("digits_linear", label="canary", pixels=ROWS),
+         "INVALID_ARGUMENT", "Unrecognized servable version label: canary .model "
+                             "'digits_linear' has labels: stable=1"),
         ("Predict", predict_request("digits_linear", pixels=ROWS[:, :63]), "INVALID_ARGUMENT",
          r"shape \[6, 63\], expected float32\[N, 64\]"),
         ("Predict", predict_request("digits_linear", pixels=ROWS.astype(np.complex64)),

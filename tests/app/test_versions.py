@@ -74,16 +74,19 @@ def test_a_v2_version_may_be_a_label(client: TestClient):
     assert client.get("/v2/models/linear/versions/stable/ready").status_code == 200
 
 
-@pytest.mark.parametrize(("method", "path", "message"), [
-    ("POST", "/v1/models/linear/labels/beta:predict",
-     "model 'linear' has no label 'beta' (its labels: canary=2, stable=1)"),
-    ("GET", "/v1/models/linear/labels/beta", "has no label 'beta'"),
-    ("POST", "/v1/models/linear/versions/3:predict", "has no version '3'"),
-    ("GET", "/v1/models/linear/versions/3", "has no version '3'"),
-    ("POST", "/v2/models/linear/versions/beta/infer", "has no version 'beta'"),
+@pytest.mark.parametrize(("method", "path", "status", "message"), [
+    ("POST", "/v1/models/linear/labels/beta:predict", 400,  # TF Serving's status and words
+     "Unrecognized servable version label: beta (model 'linear' has labels: canary=2, "
+     "stable=1)"),
+    ("GET", "/v1/models/linear/labels/beta", 400, "Unrecognized servable version label: beta"),
+    ("POST", "/v1/models/linear/versions/3:predict", 404,
+     "Servable not found for request: Specific(linear, 3): model 'linear' has no version '3'"),
+    ("GET", "/v1/models/linear/versions/3", 404, "has no version '3'"),
+    ("POST", "/v2/models/linear/versions/beta/infer", 404, "has no version 'beta'"),
 ])
-def test_unknown_labels_and_unserved_versions_are_a_404(client, method, path, message):
+def test_unknown_labels_and_unserved_versions_are_refused(client, method, path, status,
+                                                          message):
     body = v2_body() if path.startswith("/v2") else {"instances": rows()}
     response = client.request(method, path, json=body)
-    assert response.status_code == 404
+    assert response.status_code == status
     assert message in response.json()["error"]

@@ -61,7 +61,8 @@ def test_versions_are_served_side_by_side(versions_url: str):
         assert r.status_code == 200 and r.json()["model_version"] == "1"
         missing = c.get("/v2/models/digits/versions/3")
         assert missing.status_code == 404
-        assert missing.json()["error"] == "model 'digits' has no version '3' (it serves: 1, 2)"
+        assert missing.json()["error"] == ("Servable not found for request: Specific(digits, 3): "
+                                           "model 'digits' has no version '3' (it serves: 1, 2)")
 
 
 def test_handle_callers_choose_model_and_version(versions_url: str):

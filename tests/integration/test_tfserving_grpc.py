@@ -177,7 +177,7 @@ def test_metadata_and_status(prediction, channel: grpc.Channel, client: httpx.Cl
         (predict_request("no_such_model", pixels=np.zeros((1, 64), np.float32)),
          grpc.StatusCode.NOT_FOUND, "no model named 'no_such_model'"),
         (predict_request("digits_linear", label="canary", pixels=np.zeros((1, 64), np.float32)),
-         grpc.StatusCode.NOT_FOUND, "has no label 'canary'"),
+         grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized servable version label: canary"),
         (predict_request("digits_linear", pixels=np.zeros((1, 63), np.float32)),
          grpc.StatusCode.INVALID_ARGUMENT, "shape [1, 63], expected float32[N, 64]"),
         (predict_request("digits_linear", pixels=np.zeros((1, 64), np.complex64)),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deployments.coalescing import CoalesceSettings
-from deployments.codecs.errors import ModelFailed, NotFound, ServiceUnavailable
+from deployments.codecs.errors import BadRequest, ModelFailed, NotFound, ServiceUnavailable
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics
 from deployments.registry import ModelRegistry, ReplicaDied
@@ -210,14 +210,15 @@ def test_a_request_that_named_no_version_moves_on_when_a_replica_lacks_it():
     asyncio.run(scenario())
 
 
-def test_labels_name_versions_and_unknown_ones_are_a_404():
+def test_labels_name_versions_and_unknown_ones_are_refused():
     async def scenario():
         model = FakeModel(versions=(1, 2))
         r = ModelRegistry({"m": model}, InputLimits(), IngressMetrics(["m"]),
                           {"m": Routing(labels={"stable": 1, "canary": 2})})
         assert (await r.resolve("m", label="stable"))[1].version == 1
         assert (await r.resolve("m", "canary"))[1].version == 2  # V2: a version string
-        with pytest.raises(NotFound, match=r"no label 'beta' \(its labels: canary=2, stable=1\)"):
+        with pytest.raises(BadRequest, match=r"Unrecognized servable version label: beta "
+                                             r"\(model 'm' has labels: canary=2, stable=1\)"):
             await r.resolve("m", label="beta")
         with pytest.raises(NotFound, match="no version 'beta'"):
             await r.resolve("m", "beta")
