@@ -182,6 +182,9 @@ class ModelArgs(_Strict):
         None, description="your code on each request's outputs before they are encoded: "
                           "module.path:function, dict[str, ndarray] -> dict[str, ndarray]")
     jit_compile: bool = Field(False, description="compile with XLA (batches padded to buckets)")
+    warmup: bool = Field(
+        True, description="replay a version's assets.extra/tf_serving_warmup_requests before "
+                          "it serves, as TF Serving's --enable_model_warmup (on by default)")
     storage: StorageArgs = StorageArgs()
     ship: bool = Field(
         False, description="pack the served versions and labels into the object store; "

@@ -82,6 +82,8 @@ class ModelDeployment:
         def load(version: int, path: Path) -> ServedVersion:
             runner = SavedModelRunner(model, version, path, plan.device)
             served = ServedVersion(runner, self._executor, self._settings)
+            if model.warmup:
+                self._executor.submit(served.replay_warmup).result()
             self._executor.submit(self._prepare, served, self._settings).result()
             served.apply(self._settings)
             logger.info("model %r version %d loaded from %s on %s",
@@ -151,6 +153,8 @@ class ModelDeployment:
             "batch_wait_timeout_s": self._settings.batch_wait_timeout_s,
             "versions": sorted(self._versions.served),
             "path": str(served.runner.path),
+            "warmup": served.warmup,
+            "signatures": served.runner.metadata.signature_names,
             "buckets": served.buckets,
             "traces": served.runner.traces,
             "batch_rows": dict(sorted(served.batch_rows.items())),

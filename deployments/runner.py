@@ -182,7 +182,7 @@ class _FunctionEngine:
     def run(self, signature: str, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
         with tf.device(self._device):
             result = self._calls[signature](*arrays)
-        return {name: tensor.numpy() for name, tensor in result.items()}
+        return {name: np.asarray(tensor.numpy()) for name, tensor in result.items()}
 
 
 class _SessionEngine:

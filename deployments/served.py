@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
@@ -32,8 +33,10 @@ from deployments.batching import (
     split_rows,
 )
 from deployments.codecs.errors import BadRequest, ModelFailed, ServeError
+from deployments.codecs.tfserving import check_verb, examples_input
 from deployments.metrics import ModelMetrics
 from deployments.signature import STRING, Inputs, ModelMetadata, check_inputs, fits_batch
+from deployments.warmup import WarmupCall, read_warmup, replay
 
 if TYPE_CHECKING:
     from deployments.runner import SavedModelRunner
@@ -87,6 +90,19 @@ class ServedVersion:
         self._batches: dict[str | None, Any] = {}  # serve.batch queues by signature
         self._metrics = ModelMetrics(runner.metadata.name, runner.metadata.version)
         self._waiting: set[int] = set()  # ids of the chunks queued for a batch
+        self.warmup: dict[str, float] | None = None  # TF Serving's warm-up records replayed
+
+    def replay_warmup(self) -> None:
+        """TF Serving's warm-up records of this version, if it has any
+        (``deployments.warmup``), replayed before it serves: a record that
+        fails fails the load. On the model's thread, like every batch."""
+        calls = read_warmup(self.runner.path)
+        if calls:
+            seconds = replay(calls, partial(warm_call, self.runner))
+            self.warmup = {"records": calls[-1].record + 1, "seconds": round(seconds, 3)}
+            meta = self.runner.metadata
+            logger.info("model %r version %d: %d warm-up records replayed in %.3f s",
+                        meta.name, meta.version, self.warmup["records"], seconds)
 
     @property
     def max_batch_size(self) -> int:
@@ -313,6 +329,17 @@ class _Unsplittable(Exception):
         super().__init__("outputs without one row per input row")
         self.outputs: Outputs | Exception = outputs if outputs is not None else ModelFailed(
             "the model's outputs do not have one row per input row, as its signature says")
+
+
+def warm_call(runner: SavedModelRunner, call: WarmupCall) -> None:
+    """One warm-up request run as the protocol it was logged from would run it."""
+    meta = runner.metadata.signature(call.signature_name)
+    if call.kind == "predict":
+        inputs = check_inputs(call.inputs, meta)
+    else:
+        check_verb(meta, call.kind)
+        inputs = examples_input(meta, list(call.inputs[""]))
+    runner.run(inputs, meta.named_signature)
 
 
 async def answer_each(parts: Sequence[Inputs | ServeError], meta: ModelMetadata,

@@ -16,6 +16,8 @@ SAMPLES = sorted((ROOT / "models" / "samples").iterdir())
 TEST_MODELS = ROOT / "models" / "test"
 APP_NAME = "ray-tf-serve"  # as named in configs/config.yaml
 MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg"}
+# TF Serving's own test models and golden answers, beside the project (../shared).
+TFSERVING_TESTDATA = ROOT.parent / "shared" / "tfserving-testdata"
 
 
 def sample_label(path: Path) -> str:

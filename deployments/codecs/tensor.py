@@ -101,14 +101,15 @@ def _value_of(row: Any, name: str, meta: ModelMetadata, where: str) -> Any:
 
 def columns_by_input(columns: Any, meta: ModelMetadata, max_rows: int,
                      what: str = '"inputs"') -> dict[str, Any]:
-    """The columnar format: ``{input: all its rows}``, or (one input) the rows
-    themselves."""
+    """The columnar format: ``{input: its whole tensor}``, or (one input) the
+    tensor itself; a bare value is a tensor of rank 0, as TF Serving takes it."""
     if not isinstance(columns, dict) or is_b64(columns):
         columns = {meta.single_input.name: columns}
     for name, rows in columns.items():
-        if not isinstance(rows, list) or not rows:
-            raise BadRequest(f'{what} must hold a non-empty list for {name!r}')
-        check_rows(len(rows), max_rows, f"{what}[{name!r}]")
+        if (isinstance(rows, list) and not rows) or (isinstance(rows, dict) and not is_b64(rows)):
+            raise BadRequest(f'{what} must hold a non-empty list or a value for {name!r}')
+        if isinstance(rows, list):
+            check_rows(len(rows), max_rows, f"{what}[{name!r}]")
     return columns
 
 

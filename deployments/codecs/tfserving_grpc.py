@@ -336,7 +336,7 @@ def parse_multi_inference(message: inference_pb2.MultiInferenceRequest, meta: Mo
     for all of them."""
     if len({t.model_spec.name for t in message.tasks}) > 1:
         raise BadRequest("All ModelSpecs in a MultiInferenceRequest must access the same "
-                         "model name")
+                         "model name.")
     views, seen = [], set()
     for task in message.tasks:
         view = meta.signature(task.model_spec.signature_name)

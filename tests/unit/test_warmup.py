@@ -1,0 +1,308 @@
+"""TF Serving's model warm-up: ``assets.extra/tf_serving_warmup_requests``
+read as TF Serving reads it (TFRecords of real ``PredictionLog`` protos,
+CRCs checked, at most 1000 records, predict/classify/regress/multi-inference
+only) and replayed in order, each record ``iterations`` times, with errors
+that name the record and the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    classification_pb2,
+    inference_pb2,
+    input_pb2,
+    model_pb2,
+    predict_pb2,
+    prediction_log_pb2,
+    regression_pb2,
+)
+
+from deployments.codecs.errors import BadRequest
+from deployments.codecs.tfserving_protos import example_pb2, tensor_pb2, types_pb2
+from deployments.warmup import (
+    MAX_RECORDS,
+    WARMUP_FILE,
+    WarmupCall,
+    WarmupError,
+    WarmupKind,
+    read_warmup,
+    replay,
+)
+
+CLASSIFY = "tensorflow/serving/classify"
+REGRESS = "tensorflow/serving/regress"
+
+
+def example(**features: float) -> example_pb2.Example:
+    ex = example_pb2.Example()
+    for name, value in features.items():
+        ex.features.feature[name].float_list.value.append(value)
+    return ex
+
+
+def spec(signature: str) -> model_pb2.ModelSpec:
+    return model_pb2.ModelSpec(name="m", signature_name=signature)
+
+
+def examples_input(*examples: example_pb2.Example) -> input_pb2.Input:
+    return input_pb2.Input(example_list=input_pb2.ExampleList(examples=examples))
+
+
+def predict_log(signature: str = "serving_default", **inputs: tensor_pb2.TensorProto
+                ) -> prediction_log_pb2.PredictionLog:
+    request = predict_pb2.PredictRequest(model_spec=spec(signature), output_filter=["y"])
+    for name, proto in inputs.items():
+        request.inputs[name].CopyFrom(proto)
+    return prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request))
+
+
+def float_tensor(*values: float, shape: tuple[int, ...] = (1,)) -> tensor_pb2.TensorProto:
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=values)
+    for size in shape:
+        proto.tensor_shape.dim.add(size=size)
+    return proto
+
+
+def classify_log(signature: str, request_input: input_pb2.Input
+                 ) -> prediction_log_pb2.PredictionLog:
+    request = classification_pb2.ClassificationRequest(model_spec=spec(signature),
+                                                       input=request_input)
+    return prediction_log_pb2.PredictionLog(
+        classify_log=prediction_log_pb2.ClassifyLog(request=request))
+
+
+def regress_log(signature: str, request_input: input_pb2.Input
+                ) -> prediction_log_pb2.PredictionLog:
+    request = regression_pb2.RegressionRequest(model_spec=spec(signature), input=request_input)
+    return prediction_log_pb2.PredictionLog(
+        regress_log=prediction_log_pb2.RegressLog(request=request))
+
+
+def multi_log(request_input: input_pb2.Input, *tasks: tuple[str, str]
+              ) -> prediction_log_pb2.PredictionLog:
+    request = inference_pb2.MultiInferenceRequest(input=request_input, tasks=[
+        inference_pb2.InferenceTask(model_spec=spec(signature), method_name=method)
+        for signature, method in tasks])
+    return prediction_log_pb2.PredictionLog(
+        multi_inference_log=prediction_log_pb2.MultiInferenceLog(request=request))
+
+
+def write(version_dir: Path, *records: prediction_log_pb2.PredictionLog | bytes) -> Path:
+    path = version_dir / WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record if isinstance(record, bytes) else record.SerializeToString())
+    return path
+
+
+def test_every_supported_log_type_is_read_as_its_calls(tmp_path: Path) -> None:
+    ex = example(x=2.0)
+    context = example(c=1.0)
+    with_context = input_pb2.Input(example_list_with_context=input_pb2.ExampleListWithContext(
+        examples=[ex], context=context))
+    write(tmp_path,
+          predict_log(x=float_tensor(2.0)),
+          classify_log("classify_x", examples_input(ex)),
+          regress_log("regress_x", examples_input(ex)),
+          regress_log("", with_context),
+          multi_log(examples_input(ex, ex), ("regress_x", REGRESS), ("classify_x", CLASSIFY)))
+
+    calls = read_warmup(tmp_path)
+
+    assert [(c.record, c.kind, c.signature_name) for c in calls] == [
+        (0, "predict", "serving_default"), (1, "classify", "classify_x"),
+        (2, "regress", "regress_x"), (3, "regress", ""),
+        (4, "regress", "regress_x"), (4, "classify", "classify_x")]
+    predict = calls[0]
+    assert list(predict.inputs) == ["x"]
+    assert predict.inputs["x"].dtype == np.float32
+    np.testing.assert_array_equal(predict.inputs["x"], np.array([2.0], np.float32))
+    assert predict.output_filter == ("y",)
+    for call in calls[1:3]:
+        assert list(call.inputs) == [""]
+        assert call.output_filter == ()
+        examples = call.inputs[""]
+        assert examples.dtype == object and examples.shape == (1,)
+        assert examples[0] == ex.SerializeToString()
+    # The context is serialized before the example; parsed, the two merge.
+    merged = calls[3].inputs[""][0]
+    assert merged == context.SerializeToString() + ex.SerializeToString()
+    assert set(example_pb2.Example.FromString(merged).features.feature) == {"c", "x"}
+    for call in calls[4:]:
+        assert call.inputs[""].tolist() == [ex.SerializeToString()] * 2
+
+
+def test_no_warmup_file_means_no_calls(tmp_path: Path) -> None:
+    (tmp_path / "assets.extra").mkdir()
+    assert read_warmup(tmp_path) == []
+
+
+def test_a_corrupted_file_names_the_file_and_the_record(tmp_path: Path) -> None:
+    first = predict_log(x=float_tensor(2.0))
+    path = write(tmp_path, first, predict_log(x=float_tensor(3.0)))
+    data = bytearray(path.read_bytes())
+    # A record: length (8 bytes), its CRC (4), the data, the data's CRC (4).
+    second_data = 16 + len(first.SerializeToString()) + 12
+    data[second_data + 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(WarmupError) as failed:
+        read_warmup(tmp_path)
+    assert failed.value.message == str(failed.value)
+    assert str(path) in failed.value.message
+    assert "warmup record 1 of" in failed.value.message
+    assert "Please verify your warmup data is in TFRecord format." in failed.value.message
+
+
+def test_a_file_that_is_not_tfrecords_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / WARMUP_FILE
+    path.parent.mkdir()
+    path.write_bytes(b"predict_log { request { } }\n")
+    with pytest.raises(WarmupError, match=r"warmup record 0 of .*tf_serving_warmup_requests.*"
+                                          r"TFRecord format"):
+        read_warmup(tmp_path)
+
+
+def test_a_record_that_is_not_a_prediction_log_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, predict_log(x=float_tensor(2.0)), b"\xff\xff\xff\xff")
+    with pytest.raises(WarmupError, match="Failed to parse warmup record 1 of") as failed:
+        read_warmup(tmp_path)
+    assert str(path) in failed.value.message
+
+
+@pytest.mark.parametrize(("log", "named"), [
+    (prediction_log_pb2.PredictionLog(session_run_log=prediction_log_pb2.SessionRunLog()),
+     "session_run_log"),
+    (prediction_log_pb2.PredictionLog(
+        predict_streamed_log=prediction_log_pb2.PredictStreamedLog()), "predict_streamed_log"),
+])
+def test_an_unsupported_log_names_its_record(tmp_path: Path,
+                                             log: prediction_log_pb2.PredictionLog,
+                                             named: str) -> None:
+    path = write(tmp_path, predict_log(x=float_tensor(2.0)), log)
+    with pytest.raises(WarmupError) as failed:
+        read_warmup(tmp_path)
+    assert failed.value.message == (f"warmup record 1 of {path}: Unsupported log_type for "
+                                    f"warmup: {named}")
+
+
+def test_a_record_with_no_log_is_skipped_as_tf_serving_skips_it(tmp_path: Path) -> None:
+    write(tmp_path, prediction_log_pb2.PredictionLog(), predict_log(x=float_tensor(2.0)))
+    assert [(call.kind, call.record) for call in read_warmup(tmp_path)] == [("predict", 1)]
+
+
+def test_a_multi_inference_task_must_classify_or_regress(tmp_path: Path) -> None:
+    write(tmp_path, multi_log(examples_input(example(x=2.0)), ("regress_x", REGRESS),
+                              ("serving_default", "tensorflow/serving/predict")))
+    with pytest.raises(WarmupError, match=r"warmup record 0 of .*: Unsupported signature "
+                                          r"method_name: tensorflow/serving/predict$"):
+        read_warmup(tmp_path)
+
+
+def test_a_tensor_that_does_not_decode_names_its_record(tmp_path: Path) -> None:
+    write(tmp_path, predict_log(x=float_tensor(2.0)),
+          predict_log(x=float_tensor(1.0, 2.0, 3.0, shape=(2,))))
+    with pytest.raises(WarmupError, match=r"warmup record 1 of .*: input 'x': 3 values in "
+                                          r"float_val for shape \[2\]"):
+        read_warmup(tmp_path)
+
+
+def test_examples_must_be_there(tmp_path: Path) -> None:
+    write(tmp_path, classify_log("classify_x", input_pb2.Input()))
+    with pytest.raises(WarmupError, match=r"warmup record 0 of .*: Input is empty\.$"):
+        read_warmup(tmp_path)
+
+
+def test_at_most_max_records(tmp_path: Path) -> None:
+    assert MAX_RECORDS == 1000  # TF Serving's WarmupConsts::kMaxNumRecords
+    log = predict_log()  # no inputs: small and quick to read
+    write(tmp_path, *[log] * MAX_RECORDS)
+    assert len(read_warmup(tmp_path)) == MAX_RECORDS
+
+    path = write(tmp_path, *[log] * (MAX_RECORDS + 1))
+    with pytest.raises(WarmupError) as failed:
+        read_warmup(tmp_path)
+    assert failed.value.message == (f"Number of warmup records exceeds the maximum "
+                                    f"({MAX_RECORDS}) at {path}")
+
+
+def call(record: int, kind: WarmupKind = "predict", signature: str = "serving_default"
+         ) -> WarmupCall:
+    return WarmupCall(kind, signature, {}, record)
+
+
+def test_replay_names_the_record_that_failed() -> None:
+    ran: list[int] = []
+
+    def run(c: WarmupCall) -> None:
+        ran.append(c.record)
+        if len(ran) == 2:
+            raise BadRequest("input 'x' is missing")
+
+    with pytest.raises(WarmupError) as failed:
+        replay([call(0), call(1, "regress", ""), call(2)], run)
+    assert failed.value.message == ("warmup record 1 (regress, the default signature) failed: "
+                                    "input 'x' is missing")
+    assert isinstance(failed.value.__cause__, BadRequest)
+    assert ran == [0, 1]
+
+    def crash(c: WarmupCall) -> None:
+        raise RuntimeError("no kernel")
+
+    with pytest.raises(WarmupError, match=r"^warmup record 3 \(predict, signature "
+                                          r"'serving_default'\) failed: no kernel$"):
+        replay([call(3)], crash)
+
+
+def test_replay_runs_each_record_its_iterations_before_the_next() -> None:
+    ran: list[tuple[int, str]] = []
+    calls = [call(0), call(1, "regress", "r"), call(1, "classify", "c")]
+    seconds = replay(calls, lambda c: ran.append((c.record, c.kind)), iterations=3)
+    assert ran == [(0, "predict")] * 3 + [(1, "regress"), (1, "classify")] * 3
+    assert seconds >= 0.0
+
+    ran.clear()
+    replay(calls, lambda c: ran.append((c.record, c.kind)))
+    assert ran == [(0, "predict"), (1, "regress"), (1, "classify")]
+
+
+class HalfPlusTwo(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": x / 2 + 2}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def regress(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        x = tf.io.parse_example(examples, {"x": tf.io.FixedLenFeature([], tf.float32)})["x"]
+        return {"outputs": x / 2 + 2}
+
+
+def test_the_calls_run_on_a_real_saved_model(tmp_path: Path) -> None:
+    module = HalfPlusTwo()
+    tf.saved_model.save(module, str(tmp_path), signatures={
+        "serving_default": module.predict, "regress_x": module.regress})
+    context = input_pb2.Input(example_list_with_context=input_pb2.ExampleListWithContext(
+        examples=[example(x=2.0), example()], context=example(x=6.0)))
+    write(tmp_path, predict_log(x=float_tensor(2.0, 4.0, shape=(2,))),
+          regress_log("regress_x", context))
+    loaded = tf.saved_model.load(str(tmp_path))
+    results: list[np.ndarray] = []
+
+    def run(c: WarmupCall) -> None:
+        signature = loaded.signatures[c.signature_name or "serving_default"]
+        if c.kind == "predict":
+            results.append(signature(**{k: tf.constant(v) for k, v in c.inputs.items()})["y"])
+        else:  # "" is the signature's one input
+            (name,) = signature.structured_input_signature[1]
+            results.append(signature(**{name: tf.constant(c.inputs[""])})["outputs"])
+
+    replay(read_warmup(tmp_path), run)
+    np.testing.assert_allclose(results[0], [3.0, 4.0])
+    # The example's own x wins over the context's; without one, the context's.
+    np.testing.assert_allclose(results[1], [3.0, 5.0])
