@@ -6,6 +6,8 @@ that name the record and the file."""
 
 from __future__ import annotations
 
+import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,9 @@ from tensorflow_serving.apis import (
 
 from deployments.codecs.errors import BadRequest
 from deployments.codecs.tfserving_protos import example_pb2, tensor_pb2, types_pb2
+from deployments.config import ModelArgs
+from deployments.runner import SavedModelRunner
+from deployments.served import warm_call
 from deployments.warmup import (
     MAX_RECORDS,
     WARMUP_FILE,
@@ -32,6 +37,7 @@ from deployments.warmup import (
     read_warmup,
     replay,
 )
+from tests.common import TFSERVING_TESTDATA
 
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"
@@ -272,37 +278,28 @@ def test_replay_runs_each_record_its_iterations_before_the_next() -> None:
     assert ran == [(0, "predict"), (1, "regress"), (1, "classify")]
 
 
-class HalfPlusTwo(tf.Module):
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
-    def predict(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"y": x / 2 + 2}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def regress(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
-        x = tf.io.parse_example(examples, {"x": tf.io.FixedLenFeature([], tf.float32)})["x"]
-        return {"outputs": x / 2 + 2}
-
-
-def test_the_calls_run_on_a_real_saved_model(tmp_path: Path) -> None:
-    module = HalfPlusTwo()
-    tf.saved_model.save(module, str(tmp_path), signatures={
-        "serving_default": module.predict, "regress_x": module.regress})
-    context = input_pb2.Input(example_list_with_context=input_pb2.ExampleListWithContext(
-        examples=[example(x=2.0), example()], context=example(x=6.0)))
-    write(tmp_path, predict_log(x=float_tensor(2.0, 4.0, shape=(2,))),
-          regress_log("regress_x", context))
-    loaded = tf.saved_model.load(str(tmp_path))
-    results: list[np.ndarray] = []
-
-    def run(c: WarmupCall) -> None:
-        signature = loaded.signatures[c.signature_name or "serving_default"]
-        if c.kind == "predict":
-            results.append(signature(**{k: tf.constant(v) for k, v in c.inputs.items()})["y"])
-        else:  # "" is the signature's one input
-            (name,) = signature.structured_input_signature[1]
-            results.append(signature(**{name: tf.constant(c.inputs[""])})["outputs"])
-
-    replay(read_warmup(tmp_path), run)
-    np.testing.assert_allclose(results[0], [3.0, 4.0])
-    # The example's own x wins over the context's; without one, the context's.
-    np.testing.assert_allclose(results[1], [3.0, 5.0])
+def test_tf_servings_records_replay_on_its_test_model(tmp_path: Path) -> None:
+    """What the model replica runs at load (``served.warm_call``) on TF
+    Serving's TF1 half_plus_two: every kind of record, each as its protocol
+    runs it; a record the model refuses fails the replay, naming it."""
+    version = tmp_path / "00000123"
+    shutil.copytree(TFSERVING_TESTDATA / "saved_model_half_plus_two_cpu" / "00000123", version)
+    runner = SavedModelRunner(ModelArgs(name="default", path=str(tmp_path)), 123, version,
+                              "/CPU:0")
+    examples = examples_input(example(x=2.0))
+    write(version, predict_log("", x=float_tensor(2.0, 4.0, shape=(2,))),
+          classify_log("classify_x_to_y", examples), regress_log("regress_x_to_y", examples),
+          multi_log(examples, ("regress_x_to_y", REGRESS), ("classify_x_to_y", CLASSIFY)))
+    ran: list[tuple[str, str]] = []
+    calls = read_warmup(version)
+    replay(calls, lambda call: (warm_call(runner, call),
+                                ran.append((call.kind, call.signature_name))))
+    assert ran == [("predict", ""), ("classify", "classify_x_to_y"),
+                   ("regress", "regress_x_to_y"), ("regress", "regress_x_to_y"),
+                   ("classify", "classify_x_to_y")]
+    bad = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[b"two"])
+    bad.tensor_shape.dim.add(size=1)
+    write(version, predict_log("", x=float_tensor(2.0)), predict_log("", x=bad))
+    with pytest.raises(WarmupError, match=r"warmup record 1 \(predict, the default "
+                                          r"signature\) failed: input 'x' has dtype object"):
+        replay(read_warmup(version), partial(warm_call, runner))
