@@ -88,16 +88,19 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
         self, inputs: np.ndarray | dict[str, np.ndarray | ObjectRef],
         top_k: int | str | None = None, scores: bool | str = False,
         model: str | None = None, version: int | str | None = None,
+        signature_name: str | None = None,
     ) -> dict[str, Any]:
         """The Python handle API: a batch in the model's input shape (default:
-        the first configured model, its highest version) → the top classes per
-        row. Ray resolves an ``ObjectRef`` passed as ``inputs`` itself; one
-        passed by input name (``{"image": ref}``) reaches the app unresolved,
-        is checked in place and forwarded to the model replica uncopied."""
+        the first configured model, its highest version, the signature its
+        config names) → the top classes per row. Ray resolves an ``ObjectRef``
+        passed as ``inputs`` itself; one passed by input name (``{"image":
+        ref}``) reaches the app unresolved, is checked in place and forwarded
+        to the model replica uncopied."""
         with self._metrics.handle_call(model), self._registry.budget.request():
             if isinstance(inputs, np.ndarray):  # sent by value: held here while it runs
                 self._registry.budget.take(inputs.nbytes, "the input array")
-            return await self._native.predict(inputs, top_k, scores, model, version)
+            return await self._native.predict(inputs, top_k, scores, model, version,
+                                              signature_name)
 
     async def metadata(self, model: str | None = None,
                        version: int | str | None = None) -> ModelMetadata:

@@ -62,10 +62,13 @@ class NativeApi:
         self, inputs: np.ndarray | dict[str, np.ndarray | ObjectRef],
         top_k: int | str | None = None, scores: bool | str = False,
         model: str | None = None, version: int | str | None = None,
+        signature_name: str | None = None,
     ) -> dict[str, Any]:
         """Predict a batch in the model's input shape, bare or by input name
-        (an array or an ``ObjectRef``): the top classes per row."""
+        (an array or an ``ObjectRef``): the top classes per row (of the
+        model's default signature, or ``signature_name``)."""
         endpoint, meta = await self._registry.resolve(model, version)
+        meta = meta.signature(signature_name)
         return await self._predict(endpoint, meta, by_name(inputs, meta), top_k, scores,
                                    pinned=version is not None)
 
