@@ -15,6 +15,7 @@ tensors ``inputs``/``output_0``, not ``x``/``y`` as that test expects).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ HALF_PLUS_TWO_TF2 = TFSERVING_TESTDATA / "saved_model_half_plus_two_tf2_cpu"
 HALF_PLUS_THREE = TFSERVING_TESTDATA / "saved_model_half_plus_three"
 TWO_VERSIONS = TFSERVING_TESTDATA / "saved_model_half_plus_two_2_versions"
 VERSION = 123  # every test model's version directory is 00000123
+LARGEST = 2**63 - 1  # the largest version TF Serving reads (int64)
 
 
 def build_unknown_rank(base: Path) -> Path:
@@ -100,6 +102,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     built = tmp_path_factory.mktemp("tfserving")
+    shutil.copytree(HALF_PLUS_TWO / "00000123", built / "largest" / str(LARGEST))
     models = [
         {"name": "default", "path": str(HALF_PLUS_TWO)},
         {"name": "half_plus_three", "path": str(HALF_PLUS_THREE)},
@@ -108,6 +111,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
          "version_policy": "all"},
         {"name": "unknown_rank", "path": str(build_unknown_rank(built / "unknown_rank"))},
         {"name": "two_signatures", "path": str(build_two_signatures(built / "two"))},
+        {"name": "largest", "path": str(built / "largest")},
     ]
     args = AppArgs.model_validate({"models": models})
     metrics = IngressMetrics([m["name"] for m in models])
@@ -387,3 +391,16 @@ def test_requests_run_alone_where_the_graph_decides_the_shape(server: Server):
     rows = np.array([[2.0], [4.0]], np.float32)
     answer = server.rest("/v1/models/default:predict", {"inputs": rows.tolist()})
     assert answer == {"outputs": [[3.0], [4.0]]}
+
+
+def test_the_largest_version_is_reachable_on_every_route(server: Server):
+    path = f"/v1/models/largest/versions/{LARGEST}"
+    assert server.rest(f"{path}:predict", {"instances": [2.0]}) == {"predictions": [3.0]}
+    assert server.rest(path)["model_version_status"][0]["version"] == str(LARGEST)
+    assert server.rest(f"{path}/metadata")["model_spec"]["version"] == str(LARGEST)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [2.0]}]}
+    v2 = server.http.post(f"/v2/models/largest/versions/{LARGEST}/infer", json=body).json()
+    assert v2["model_version"] == str(LARGEST) and v2["outputs"][0]["data"] == [3.0]
+    request = predict_request("largest")
+    request.model_spec.version.value = LARGEST
+    assert server.grpc("Predict", request).model_spec.version.value == LARGEST
