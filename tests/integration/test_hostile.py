@@ -35,10 +35,11 @@ POISON = 13.0  # a first value that crashes the replica, as a bad kernel might
 class Crashing(ModelDeployment.func_or_class):
     """The real model deployment, whose process dies on a poisoned batch."""
 
-    async def infer_parts(self, local, forwarded, version=None, isolated=False):
+    async def infer_parts(self, local, forwarded, version=None, isolated=False,
+                          signature=None):
         if any(part["pixels"].flat[0] == POISON for part in local or ()):
             os._exit(1)  # no exception, no cleanup: the process is gone
-        return await super().infer_parts(local, forwarded, version, isolated)
+        return await super().infer_parts(local, forwarded, version, isolated, signature)
 
 
 @pytest.fixture(scope="module")

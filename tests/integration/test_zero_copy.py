@@ -32,12 +32,12 @@ class InputProbe(ModelDeployment.func_or_class):
         (served,) = self._versions.served.values()
         run = served.runner.run
 
-        def recording_run(batch: dict[str, np.ndarray]):
+        def recording_run(batch: dict[str, np.ndarray], signature: str | None = None):
             self.seen = {name: {"address": array.ctypes.data,
                                 "writeable": bool(array.flags.writeable),
                                 "in_object_store": in_object_store(array.ctypes.data)}
                          for name, array in batch.items()}
-            return run(batch)
+            return run(batch, signature)
 
         served.runner.run = recording_run
 
@@ -84,9 +84,10 @@ class ForwardProbe(ModelDeployment.func_or_class):
         super().__init__(*args, **kwargs)
         self.forwarded: list[str] = []
 
-    async def infer_parts(self, local, forwarded, version=None, isolated=False):
+    async def infer_parts(self, local, forwarded, version=None, isolated=False,
+                          signature=None):
         self.forwarded += [ref.hex() for refs in forwarded for ref in refs.values()]
-        return await super().infer_parts(local, forwarded, version, isolated)
+        return await super().infer_parts(local, forwarded, version, isolated, signature)
 
     def seen(self) -> list[str]:
         return self.forwarded
