@@ -34,12 +34,11 @@ from tensorflow_serving.apis import (
 )
 
 from deployments.asgi import build_asgi
-from deployments.codecs.errors import ServeError
 from deployments.config import AppArgs
 from deployments.metrics import IngressMetrics
 from deployments.versions import Routing
 from harness.inprocess import in_process_registry
-from tests.app.test_tfserving_grpc import Context, Service
+from tests.app.test_tfserving_grpc import App, Service
 from tests.common import TFSERVING_TESTDATA
 
 if not TFSERVING_TESTDATA.is_dir():
@@ -76,21 +75,9 @@ def build_two_signatures(base: Path) -> Path:
     return base
 
 
-class Server:
-    """The app in process: REST through a test client, gRPC through the
-    ingress's TF Serving mixin."""
-
-    def __init__(self, service: Service, http: TestClient) -> None:
-        self.service, self.http = service, http
-
-    def grpc(self, method: str, request: Any) -> Any:
-        return self.http.portal.call(getattr(self.service, method), request, Context())
-
-    def grpc_fails(self, method: str, request: Any) -> Context:
-        context = Context()
-        with pytest.raises(ServeError):
-            self.http.portal.call(getattr(self.service, method), request, context)
-        return context
+class Server(App):
+    """The app in process: gRPC through the ingress's TF Serving mixin
+    (``call``, ``fails``), REST through a test client."""
 
     def rest(self, path: str, body: Any = None) -> Any:
         response = (self.http.get(path) if body is None
@@ -118,7 +105,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     registry = in_process_registry(args, metrics, {"default": Routing(labels={"stable": 123})})
     with TestClient(build_asgi(registry, args.limits, metrics, args.top_k),
                     raise_server_exceptions=False) as http:
-        yield Server(Service(registry, args, metrics), http)
+        yield Server(Service(registry, args, metrics), http, [])
 
 
 def sorted_object(value: Any) -> Any:
@@ -148,7 +135,7 @@ def predict_request(model: str = "default", signature: str = "", output_filter: 
 
 def verify_predict(server: Server, expected: float, model: str = "default",
                    signature: str = "", **options: bool) -> None:
-    result = server.grpc("Predict", predict_request(model, signature, **options))
+    result = server.call("Predict", predict_request(model, signature, **options))
     assert "y" in result.outputs
     assert result.outputs["y"].dtype == tf.float32.as_datatype_enum
     assert len(result.outputs["y"].float_val) == 1
@@ -190,7 +177,7 @@ def test_predict_with_several_signatures(server: Server):
 def test_classify(server: Server, model: str):
     request = example_input(classification_pb2.ClassificationRequest())
     request.model_spec.name, request.model_spec.signature_name = model, "classify_x_to_y"
-    result = server.grpc("Classify", request)
+    result = server.call("Classify", request)
     assert len(result.result.classifications) == 1
     assert len(result.result.classifications[0].classes) == 1
     assert result.result.classifications[0].classes[0].score == 3.0
@@ -202,7 +189,7 @@ def test_classify(server: Server, model: str):
 def test_regress(server: Server, model: str):
     request = example_input(regression_pb2.RegressionRequest())
     request.model_spec.name, request.model_spec.signature_name = model, "regress_x_to_y"
-    result = server.grpc("Regress", request)
+    result = server.call("Regress", request)
     assert len(result.result.regressions) == 1
     assert result.result.regressions[0].value == 3.0
     assert (result.model_spec.name, result.model_spec.signature_name,
@@ -217,7 +204,7 @@ def test_multi_inference(server: Server, model: str):
         task = request.tasks.add()
         task.model_spec.name, task.model_spec.signature_name = model, signature
         task.method_name = method
-    result = server.grpc("MultiInference", request)
+    result = server.call("MultiInference", request)
     assert len(result.results) == 2
     assert result.results[0].regression_result.regressions[0].value == 3.0
     assert result.results[1].classification_result.classifications[0].classes[0].score == 3.0
@@ -233,21 +220,21 @@ def test_multi_inference_refuses_what_tf_serving_refuses(server: Server):
                                     ("default", "regress_x_to_y", "tensorflow/serving/regress")):
         task = request.tasks.add(method_name=method)
         task.model_spec.name, task.model_spec.signature_name = name, signature
-    assert server.grpc_fails("MultiInference", request).details == \
+    assert server.fails("MultiInference", request).details == \
         "Duplicate evaluation of signature: regress_x_to_y"
     request.tasks[1].model_spec.signature_name = "classify_x_to_y"
     request.tasks[1].method_name = "tensorflow/serving/predict"
-    assert server.grpc_fails("MultiInference", request).details == \
+    assert server.fails("MultiInference", request).details == \
         "Unsupported signature method_name: tensorflow/serving/predict"
     request.tasks[1].model_spec.name = "tf2"
-    assert server.grpc_fails("MultiInference", request).details == \
+    assert server.fails("MultiInference", request).details == \
         "All ModelSpecs in a MultiInferenceRequest must access the same model name."
 
 
 def test_get_model_status(server: Server):
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = "default"
-    result = server.grpc("GetModelStatus", request)
+    result = server.call("GetModelStatus", request)
     assert len(result.model_version_status) == 1
     assert result.model_version_status[0].version == VERSION
     assert result.model_version_status[0].status.error_code == 0
@@ -256,7 +243,7 @@ def test_get_model_status(server: Server):
 def test_get_model_metadata(server: Server):
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     request.model_spec.name = "default"
-    result = server.grpc("GetModelMetadata", request)
+    result = server.call("GetModelMetadata", request)
     assert (result.model_spec.name, result.model_spec.version.value) == ("default", VERSION)
     assert len(result.metadata) == 1 and "signature_def" in result.metadata
     defs = get_model_metadata_pb2.SignatureDefMap()
@@ -267,7 +254,7 @@ def test_get_model_metadata(server: Server):
 
 
 def test_a_missing_model_says_servable_as_tf_servings_readiness_wait_expects(server: Server):
-    context = server.grpc_fails("Predict", predict_request("intentionally_missing_model"))
+    context = server.fails("Predict", predict_request("intentionally_missing_model"))
     assert "Servable" in context.details and context.code.name == "NOT_FOUND"
 
 
@@ -343,7 +330,7 @@ def test_version_labels_rest_and_grpc(server: Server):
         {"predictions": [3.0]}
     request = predict_request()
     request.model_spec.version_label = "stable"
-    assert server.grpc("Predict", request).outputs["y"].float_val[0] == 3.0
+    assert server.call("Predict", request).outputs["y"].float_val[0] == 3.0
     unknown = server.http.post("/v1/models/default/labels/beta:predict",
                                content=json.dumps({"instances": [2.0]}))
     assert unknown.status_code == 400
@@ -403,4 +390,4 @@ def test_the_largest_version_is_reachable_on_every_route(server: Server):
     assert v2["model_version"] == str(LARGEST) and v2["outputs"][0]["data"] == [3.0]
     request = predict_request("largest")
     request.model_spec.version.value = LARGEST
-    assert server.grpc("Predict", request).model_spec.version.value == LARGEST
+    assert server.call("Predict", request).model_spec.version.value == LARGEST
