@@ -191,8 +191,25 @@ def test_errors_carry_tf_servings_status_codes(prediction, request_, code, messa
     assert message in failed.value.details()
 
 
-def test_multi_inference_is_unimplemented(prediction):
+def test_multi_inference_answers_each_task_as_its_own_call(models_app, prediction):
+    request = inference_pb2.MultiInferenceRequest()
+    examples(request.input.example_list)
+    for signature, method in (("regress", "tensorflow/serving/regress"),
+                              ("serving_default", "tensorflow/serving/classify")):
+        task = request.tasks.add(method_name=method)
+        task.model_spec.name, task.model_spec.signature_name = "examples", signature
+    response = prediction.MultiInference(request, metadata=MODELS, timeout=60)
+    regressed, classified = response.results
+    assert [r.value for r in regressed.regression_result.regressions] == pytest.approx(
+        [1.0 + 2.0 + 2.0, 0.5 - 1.5 + 1.0])
+    alone = classification_pb2.ClassificationRequest()
+    alone.model_spec.name = "examples"
+    examples(alone.input.example_list)
+    assert classified.classification_result == prediction.Classify(
+        alone, metadata=MODELS, timeout=60).result
+    assert [(r.model_spec.name, r.model_spec.signature_name) for r in response.results] == [
+        ("examples", "regress"), ("examples", "serving_default")]
     with pytest.raises(grpc.RpcError) as failed:
         prediction.MultiInference(inference_pb2.MultiInferenceRequest(), metadata=MAIN,
                                   timeout=60)
-    assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -217,6 +217,7 @@ def test_replay_runs_each_record_its_iterations_before_the_next() -> None:
     assert ran == [(0, "predict"), (1, "regress"), (1, "classify")]
 
 
+@pytest.mark.skipif(not TFSERVING_TESTDATA.is_dir(), reason="no TF Serving test data beside us")
 def test_tf_servings_records_replay_on_its_test_model(tmp_path: Path) -> None:
     """What the model replica runs at load (``served.warm_call``) on TF
     Serving's TF1 half_plus_two: every kind of record, each as its protocol
