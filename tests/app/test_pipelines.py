@@ -140,6 +140,16 @@ def test_faults_of_the_pipeline_are_500s_that_name_it(client: TestClient, sample
     assert client.post("/v1/models/digit_reader:predict", json=body).status_code == 200
 
 
+def test_a_canvas_the_locator_finds_no_box_in_is_the_clients_400(client: TestClient):
+    """Finite float32 values that huge overflow the locator to a NaN box."""
+    huge = np.full((1, 40, 40, 1), 3e38, np.float32)
+    answer = client.post("/v1/models/digit_reader:predict",
+                         json={"inputs": {"image": huge.tolist()}})
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "no digit found in image 0 (the locator found no box: "
+                                      "pixels are expected from 0 to 1)"}
+
+
 def test_a_transform_takes_inputs_the_model_does_not(client: TestClient):
     """A tokenizer before a model of token ids: the pipeline takes text."""
     texts = ["a short one", "and a longer text", "x"]
