@@ -23,7 +23,7 @@ from ray import serve
 
 from deployments.batching import Outputs
 from deployments.codecs.errors import BadRequest, ServeError
-from deployments.config import DeviceArgs, ModelArgs
+from deployments.config import DeviceArgs, InputLimits, ModelArgs
 from deployments.device import apply_device_plan, plan_device
 from deployments.lifecycle import VersionManager
 from deployments.metrics import PipelineMetrics
@@ -51,10 +51,13 @@ class ModelDeployment:
     """Every configured version of one model; the app names it after the model."""
 
     def __init__(self, model: ModelArgs, device: DeviceArgs,
-                 shipped: ShippedModel | None = None, transforms: tuple[str, ...] = ()) -> None:
+                 shipped: ShippedModel | None = None, transforms: tuple[str, ...] = (),
+                 limits: InputLimits | None = None) -> None:
         """``transforms``: the pipeline steps' code this model's replicas run,
-        imported now so that a path that does not import fails the deploy."""
+        imported now so that a path that does not import fails the deploy;
+        ``limits``: the app's, which the inputs those steps build are held to."""
         self._transforms = load_transforms(model.name, transforms)
+        self._limits = limits or InputLimits()
         self._steps = StepLog(PipelineMetrics())
         context = ray.get_runtime_context()
         resources = context.get_assigned_resources()
@@ -204,7 +207,7 @@ class ModelDeployment:
         async with self._versions.using(step.version) as served:
             return await run_step(step, parts, upstream, served.runner.metadata,
                                   served.run_alone if isolated else served.infer,
-                                  self._transforms, self._steps)
+                                  self._transforms, self._steps, self._limits)
 
 
 async def _parts(local: list[Inputs] | None, forwarded: list[dict[str, ray.ObjectRef]]

@@ -78,6 +78,14 @@ def crop_or_refuse(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return crop_digits(inputs)
 
 
+def crop_many(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The example's crop, each made 100 times over (a transform that fans
+    out on the data, as one making several crops per image does)."""
+    from examples.digit_reader.crop import crop_digits
+
+    return {"image": np.repeat(crop_digits(inputs)["image"], 100, axis=0)}
+
+
 def crop_badly(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Crops of the wrong size: the pipeline's fault, not the client's."""
     return {"image": np.zeros((len(inputs["image"]), 20, 20, 1), np.float32)}
