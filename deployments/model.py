@@ -32,7 +32,7 @@ from deployments.pipeline import Step, StepLog, run_step
 from deployments.served import BatchSettings, ServedVersion, answer_each
 from deployments.shipping import ShippedModel, receive
 from deployments.signature import Inputs, ModelMetadata, by_name, check_inputs
-from deployments.user_code import load_transforms
+from deployments.user_code import Watchdog, load_transforms
 from deployments.versions import VersionStatus
 
 logger = logging.getLogger("ray.serve")
@@ -58,6 +58,7 @@ class ModelDeployment:
         ``limits``: the app's, which the inputs those steps build are held to."""
         self._transforms = load_transforms(model.name, transforms)
         self._limits = limits or InputLimits()
+        self._watchdog = Watchdog(self._transforms.values(), self._limits.request_timeout_s)
         self._steps = StepLog(PipelineMetrics())
         context = ray.get_runtime_context()
         resources = context.get_assigned_resources()
@@ -116,8 +117,11 @@ class ModelDeployment:
 
     async def check_health(self) -> None:
         """Serve asks every few seconds: a replica that takes no calls still
-        follows its base path."""
+        follows its base path. Fails once every thread of a pipeline
+        transform is held by a call that hung, so Serve replaces the replica
+        (``deployments.user_code.Watchdog``)."""
         self._versions.watch()
+        self._watchdog.check()
 
     @staticmethod
     def _prepare(served: ServedVersion, settings: BatchSettings) -> None:

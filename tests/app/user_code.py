@@ -3,6 +3,8 @@ user's own module would be (``tests.app.user_code:to_counts``)."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from deployments.codecs.errors import BadRequest
@@ -66,6 +68,16 @@ def _plain(fn):  # a decorator that hides the coroutine function behind a plain 
 @_plain
 async def hidden_async(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: array + 1 for name, array in inputs.items()}
+
+
+# Set to let every call of ``hang`` return (the tests clear it first).
+RELEASE = threading.Event()
+
+
+def hang(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Code that hangs (on some inputs, say) until the test releases it."""
+    RELEASE.wait()
+    return inputs
 
 
 def crop_or_refuse(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
