@@ -31,7 +31,7 @@ def build_app(args: dict[str, Any]) -> Application:
         resolved = model.resolved()
         shipped = ship(Path(resolved.path), resolved.shipped_files()) if model.ship else None
         models[model.name] = ModelDeployment.options(name=model.name).bind(
-            resolved, config.device, shipped, transforms.get(model.name, ()))
+            resolved, config.device, shipped, transforms.get(model.name, ()), config.limits)
     pipelines = tuple(Plan.from_args(p) for p in config.pipelines)
     code = code_paths([*config.models, *config.pipelines])
     return Preprocessor.bind(models, config.top_k, config.limits, code, pipelines)

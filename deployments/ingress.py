@@ -32,7 +32,7 @@ from deployments.protocols.tfserving_grpc import TFServingGrpcService
 from deployments.protocols.v2_grpc import V2GrpcService
 from deployments.registry import ModelRegistry
 from deployments.signature import ModelMetadata
-from deployments.user_code import CodePaths, load_processors
+from deployments.user_code import CodePaths, Watchdog, load_processors
 from deployments.versions import Routing
 
 
@@ -57,6 +57,8 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
         (the message, naming model and path, shows in ``serve status``);
         ``pipelines``: served as models, each step on its model's deployment."""
         processors = load_processors(code or {})
+        self._watchdog = Watchdog([p for ps in processors.values() for p in ps.loaded()],
+                                  limits.request_timeout_s)
         self._metrics = IngressMetrics([*models, *(p.name for p in pipelines)])
         clients = {name: RayModelClient(name, handle) for name, handle in models.items()}
         self._registry = ModelRegistry(clients, limits, self._metrics, processors=processors,
@@ -69,6 +71,12 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
 
     def __serve_build_asgi_app__(self) -> Starlette:
         return self._asgi
+
+    def check_health(self) -> None:
+        """Serve asks every few seconds: fails once every thread of a model's
+        own sync code is held by a call that hung, so Serve replaces this
+        replica (``deployments.user_code.Watchdog``)."""
+        self._watchdog.check()
 
     def reconfigure(self, user_config: dict) -> None:
         """Retune coalescing, move labels and the traffic split, live (Serve

@@ -14,6 +14,10 @@ Serve's own ``deployment``, ``replica`` and ``application`` tags added.
     ray_tfserve_pipeline_step_seconds{pipeline, step, phase}  model replica: one call of a
                                                             pipeline step: feed (inputs
                                                             gathered, transform), model
+    ray_tfserve_user_code_stuck{stage, callable}            ingress (preprocess,
+                                                            postprocess), model replica
+                                                            (transform): calls of sync code
+                                                            that hung, at each health check
 
 Label values are bounded: a model name that is not served counts as
 ``"unknown"``, so a client cannot grow the series without limit.
@@ -209,3 +213,18 @@ class PipelineMetrics:
         for phase, seconds in (("feed", feed_s), ("model", model_s)):
             self._seconds.observe(seconds, tags={"pipeline": pipeline, "step": step,
                                                  "phase": phase})
+
+
+class UserCodeMetrics:
+    """What a replica's health check finds of its sync user code (``user_code.Watchdog``)."""
+
+    def __init__(self) -> None:
+        self._stuck = Gauge(
+            "tfserve_user_code_stuck",
+            "Calls of a sync preprocess, postprocess or transform callable that have run "
+            "past twice the request timeout (hung), by its import path; set at each health "
+            "check. All of a callable's threads stuck: the replica fails its health check.",
+            tag_keys=("stage", "callable"))
+
+    def stuck_calls(self, stage: str, path: str, calls: int) -> None:
+        self._stuck.set(calls, tags={"stage": stage, "callable": path})

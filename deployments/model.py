@@ -23,7 +23,7 @@ from ray import serve
 
 from deployments.batching import Outputs
 from deployments.codecs.errors import BadRequest, ServeError
-from deployments.config import DeviceArgs, ModelArgs
+from deployments.config import DeviceArgs, InputLimits, ModelArgs
 from deployments.device import apply_device_plan, plan_device
 from deployments.lifecycle import VersionManager
 from deployments.metrics import PipelineMetrics
@@ -32,7 +32,7 @@ from deployments.pipeline import Step, StepLog, run_step
 from deployments.served import BatchSettings, ServedVersion, answer_each
 from deployments.shipping import ShippedModel, receive
 from deployments.signature import Inputs, ModelMetadata, by_name, check_inputs
-from deployments.user_code import load_transforms
+from deployments.user_code import Watchdog, load_transforms
 from deployments.versions import VersionStatus
 
 logger = logging.getLogger("ray.serve")
@@ -51,10 +51,14 @@ class ModelDeployment:
     """Every configured version of one model; the app names it after the model."""
 
     def __init__(self, model: ModelArgs, device: DeviceArgs,
-                 shipped: ShippedModel | None = None, transforms: tuple[str, ...] = ()) -> None:
+                 shipped: ShippedModel | None = None, transforms: tuple[str, ...] = (),
+                 limits: InputLimits | None = None) -> None:
         """``transforms``: the pipeline steps' code this model's replicas run,
-        imported now so that a path that does not import fails the deploy."""
+        imported now so that a path that does not import fails the deploy;
+        ``limits``: the app's, which the inputs those steps build are held to."""
         self._transforms = load_transforms(model.name, transforms)
+        self._limits = limits or InputLimits()
+        self._watchdog = Watchdog(self._transforms.values(), self._limits.request_timeout_s)
         self._steps = StepLog(PipelineMetrics())
         context = ray.get_runtime_context()
         resources = context.get_assigned_resources()
@@ -113,8 +117,11 @@ class ModelDeployment:
 
     async def check_health(self) -> None:
         """Serve asks every few seconds: a replica that takes no calls still
-        follows its base path."""
+        follows its base path. Fails once every thread of a pipeline
+        transform is held by a call that hung, so Serve replaces the replica
+        (``deployments.user_code.Watchdog``)."""
         self._versions.watch()
+        self._watchdog.check()
 
     @staticmethod
     def _prepare(served: ServedVersion, settings: BatchSettings) -> None:
@@ -204,7 +211,7 @@ class ModelDeployment:
         async with self._versions.using(step.version) as served:
             return await run_step(step, parts, upstream, served.runner.metadata,
                                   served.run_alone if isolated else served.infer,
-                                  self._transforms, self._steps)
+                                  self._transforms, self._steps, self._limits)
 
 
 async def _parts(local: list[Inputs] | None, forwarded: list[dict[str, ray.ObjectRef]]

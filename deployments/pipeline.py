@@ -27,7 +27,7 @@ import ray
 from deployments.batching import Outputs
 from deployments.codecs.errors import NotFound, ServeError, clip
 from deployments.codecs.tfserving_grpc import signature_def
-from deployments.config import REQUEST, PipelineArgs, split_ref
+from deployments.config import REQUEST, InputLimits, PipelineArgs, split_ref
 from deployments.metrics import PipelineMetrics
 from deployments.served import answer_each
 from deployments.signature import (
@@ -293,12 +293,14 @@ class StepLog:
 async def run_step(step: Step, request: Answers, upstream: Sequence[Answers],
                    meta: ModelMetadata, infer: Callable[[Inputs], Awaitable[Outputs]],
                    transforms: Mapping[str, Processor] | None = None,
-                   log: StepLog | None = None) -> list[Outputs | ServeError]:
+                   log: StepLog | None = None,
+                   limits: InputLimits | None = None) -> list[Outputs | ServeError]:
     """One step for each request of a call: its inputs picked from the
     request and the earlier steps' answers (an error there answers it
     unchanged), the transform run on them, the model's answer; the last step
     answers with the pipeline's outputs. Inputs the pipeline built that the
-    model refuses are its fault (a 500 naming the step); a transform's own
+    model refuses, or beyond the app's ``limits`` (a transform that fans out
+    on the data), are its fault (a 500 naming the step); a transform's own
     errors are answered as user code's are. A request left with no rows (a
     detector that found nothing to crop) answers empty outputs, unrun.
     ``transforms``: the replica's loaded transforms, by import path."""
@@ -324,7 +326,8 @@ async def run_step(step: Step, request: Answers, upstream: Sequence[Answers],
     fed = time.perf_counter()
     empty = [i for i, part in enumerate(parts) if _no_rows(part)]
     answers = await answer_each([p for i, p in enumerate(parts) if i not in empty], meta,
-                                infer, blame=str(step) if step.built else None)
+                                infer, blame=str(step) if step.built else None,
+                                limits=limits)
     for i in empty:
         answers.insert(i, {o.name: _empty(o) for o in meta.outputs})
     if log is not None:

@@ -32,8 +32,9 @@ from deployments.batching import (
     rows_of,
     split_rows,
 )
-from deployments.codecs.errors import BadRequest, ModelFailed, ServeError
+from deployments.codecs.errors import BadRequest, ModelFailed, PayloadTooLarge, ServeError
 from deployments.codecs.tfserving import check_verb, examples_input
+from deployments.config import InputLimits
 from deployments.metrics import ModelMetrics
 from deployments.signature import STRING, Inputs, ModelMetadata, check_inputs, fits_batch
 from deployments.warmup import WarmupCall, read_warmup, replay
@@ -344,7 +345,8 @@ def warm_call(runner: SavedModelRunner, call: WarmupCall) -> None:
 
 async def answer_each(parts: Sequence[Inputs | ServeError], meta: ModelMetadata,
                       infer: Callable[[Inputs], Awaitable[Outputs]],
-                      blame: str | None = None) -> list[Outputs | ServeError]:
+                      blame: str | None = None,
+                      limits: InputLimits | None = None) -> list[Outputs | ServeError]:
     """Each part of a coalesced call checked and run on its own: its outputs,
     or the error that applies to it alone (a part that is already an error,
     such as an input that could not be read, is answered with it; a model
@@ -352,14 +354,18 @@ async def answer_each(parts: Sequence[Inputs | ServeError], meta: ModelMetadata,
 
     ``blame``: who built the inputs when the client did not (a pipeline's
     step): inputs that do not fit the signature, or whose values the model
-    refuses, are then that one's fault, a 500 naming it, not the client's 400."""
+    refuses, are then that one's fault, a 500 naming it, not the client's 400;
+    so are inputs beyond ``limits`` (rows and numbers; none: unchecked), a
+    fan-out of the data it built rather than what the client sent."""
+    max_rows, max_elements = (limits.max_rows, limits.max_elements) if limits else (None, None)
 
     async def answer(part: Inputs | ServeError) -> Outputs | ServeError:
         if isinstance(part, ServeError):
             return part
         try:
-            return await infer(check_inputs(part, meta))
-        except BadRequest as exc:  # the inputs do not fit, or the model refused their values
+            return await infer(check_inputs(part, meta, max_rows, max_elements))
+        # the inputs do not fit or are too large, or the model refused their values
+        except (BadRequest, PayloadTooLarge) as exc:
             return exc if blame is None else ModelFailed(f"{blame}: {exc.message}")
         except ServeError as exc:
             return exc

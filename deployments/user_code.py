@@ -14,6 +14,7 @@ fails the deploy, naming the model and the path. At request time a
 :class:`ServeError` the code raises is the client's answer (a ``BadRequest``
 is a 400 with its message); anything else is a 500 naming the callable and
 the exception's type, logged with its traceback (once a minute per type).
+Sync code that hangs is found by the replica's health check (:class:`Watchdog`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import itertools
 import logging
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from deployments.codecs.errors import ServeError
+from deployments.metrics import UserCodeMetrics
 
 if TYPE_CHECKING:
     from deployments.config import ModelArgs, PipelineArgs
@@ -79,6 +83,37 @@ _THREADS = 4
 # A callable's failures are logged with their traceback once a minute per
 # exception type (each one still answers its request).
 _LOG_EVERY_S = 60.0
+# A sync call is stuck once it has run this many times the request timeout:
+# its caller gave up long before, and slow code has had time to finish.
+STUCK_AFTER = 2
+
+
+class Running:
+    """The calls of one sync callable on its threads, by when each started.
+    A call its caller gave up on (a timeout cancels the wait, not the
+    thread) counts until it returns."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._started: dict[int, float] = {}
+
+    def call(self, fn: Callable[[Arrays], Any], arrays: Arrays) -> Any:
+        """``fn(arrays)``, counted while it runs (on one of the callable's threads)."""
+        with self._lock:
+            key = next(self._ids)
+            self._started[key] = time.monotonic()
+        try:
+            return fn(arrays)
+        finally:
+            with self._lock:
+                del self._started[key]
+
+    def longer_than(self, seconds: float) -> int:
+        """How many calls have run longer than ``seconds``."""
+        now = time.monotonic()
+        with self._lock:
+            return sum(now - started > seconds for started in self._started.values())
 
 
 @dataclass(frozen=True)
@@ -88,6 +123,8 @@ class Processor:
     stage: str  # "preprocess", "postprocess" or "transform" (a pipeline step's)
     path: str
     run: Callable[[Arrays], Awaitable[Any]]
+    threads: int = 0  # of its own, for sync code (async code runs on the event loop)
+    _running: Running = field(default_factory=Running, compare=False)
     _logged: dict[str, float] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -105,9 +142,17 @@ class Processor:
         is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
         if is_async:
             return cls(stage, path, fn)
-        threads = ThreadPoolExecutor(_THREADS, thread_name_prefix=stage)
+        threads, running = ThreadPoolExecutor(_THREADS, thread_name_prefix=stage), Running()
         return cls(stage, path, lambda arrays: asyncio.get_running_loop().run_in_executor(
-            threads, fn, arrays))
+            threads, running.call, fn, arrays), _THREADS, running)
+
+    def running(self) -> int:
+        """Calls of sync code on its threads now (async code's are not counted)."""
+        return self._running.longer_than(-math.inf)
+
+    def stuck(self, deadline_s: float) -> int:
+        """Calls of sync code that have run ``STUCK_AFTER`` times ``deadline_s``."""
+        return self._running.longer_than(STUCK_AFTER * deadline_s)
 
     async def __call__(self, arrays: Arrays) -> Arrays:
         """The callable's answer for ``arrays``, checked to be arrays by name."""
@@ -135,6 +180,46 @@ class Processor:
                          kind, exc_info=exc)
 
 
+class Watchdog:
+    """A replica's health verdict on its sync callables, asked by its
+    ``check_health``: it fails once every thread of one callable holds a call
+    that has run ``STUCK_AFTER`` times ``deadline_s`` (the request timeout).
+
+    Python cannot stop a thread, so a hung call cannot be abandoned: it holds
+    its thread until the process ends. Running the code in a process of its
+    own would make it killable, at the cost of copying every array both ways
+    and of the code's state (a loaded model, a cache) per process. Instead,
+    while a callable has a thread left it still serves, and so does the
+    replica, whose other requests (every model's, on the ingress) a restart
+    would cost; once none is left, every request that needs it waits out its
+    timeout, and only a new process helps: the failed check makes Serve
+    replace the replica. Async code is not watched: it runs on the event loop,
+    where a caller's timeout cancels it (code that blocks the loop blocks the
+    health check too, which Serve's own timeout fails). Each check sets the
+    stuck calls' gauge by callable, so the metrics say which one hung.
+    """
+
+    def __init__(self, processors: Iterable[Processor], deadline_s: float,
+                 metrics: UserCodeMetrics | None = None) -> None:
+        self._processors = [p for p in processors if p.threads]
+        self._deadline_s = deadline_s
+        self._metrics = metrics or UserCodeMetrics()
+
+    def check(self) -> None:
+        """``RuntimeError`` naming each callable whose threads are all stuck."""
+        hung = []
+        for processor in self._processors:
+            stuck = processor.stuck(self._deadline_s)
+            self._metrics.stuck_calls(processor.stage, processor.path, stuck)
+            if stuck >= processor.threads:
+                hung.append(f"{processor.stage} {processor.path}: all {processor.threads} of "
+                            f"its threads have run one call for over "
+                            f"{STUCK_AFTER * self._deadline_s:g} s ({STUCK_AFTER} × the "
+                            "request timeout)")
+        if hung:
+            raise RuntimeError(f"{'; '.join(hung)}; restart to free them")
+
+
 def _not_arrays(value: object) -> str | None:
     """What is wrong with ``value`` as arrays by name (None: nothing)."""
     if not isinstance(value, dict):
@@ -158,6 +243,9 @@ class Processors:
     def load(cls, model: str, paths: CodePaths) -> Processors:
         return cls(*(Processor.load(model, stage, path) if path else None
                      for stage, path in zip(CodePaths._fields, paths, strict=True)))
+
+    def loaded(self) -> tuple[Processor, ...]:
+        return tuple(p for p in (self.pre, self.post) if p is not None)
 
 
 def code_paths(models: Iterable[ModelArgs | PipelineArgs]) -> dict[str, CodePaths]:

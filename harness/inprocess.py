@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from deployments.batching import Outputs
 from deployments.codecs.errors import NotFound, ServeError
-from deployments.config import AppArgs, ModelArgs
+from deployments.config import AppArgs, InputLimits, ModelArgs
 from deployments.metrics import IngressMetrics
 from deployments.pipeline import Plan, Step, run_step
 from deployments.registry import ModelRegistry
@@ -37,9 +37,12 @@ REPORTED_BATCH_SIZE = 32
 class InProcessModel:
     """Every version of one model, loaded here on the CPU."""
 
-    def __init__(self, model: ModelArgs, transforms: tuple[str, ...] = ()) -> None:
-        """``transforms``: the pipeline steps' code run on this model."""
+    def __init__(self, model: ModelArgs, transforms: tuple[str, ...] = (),
+                 limits: InputLimits | None = None) -> None:
+        """``transforms``: the pipeline steps' code run on this model, the
+        inputs they build held to ``limits``."""
         model = model.resolved()
+        self._limits = limits
         self._runners = {version: SavedModelRunner(model, version, path, "/CPU:0")
                          for version, path in model.version_dirs().items()}
         self._transforms = load_transforms(model.name, transforms)
@@ -81,7 +84,7 @@ class InProcessModel:
                     ) -> list[Outputs | ServeError]:
         runner = self._runners[step.version or max(self._runners)]
         return await run_step(step, request, await asyncio.gather(*upstream), runner.metadata,
-                              _on_a_thread(runner), self._transforms)
+                              _on_a_thread(runner), self._transforms, limits=self._limits)
 
     @staticmethod
     async def retrying(send: Callable[[], Awaitable[T]], name: str | None = None) -> T:
@@ -99,7 +102,8 @@ def in_process_registry(args: AppArgs, metrics: IngressMetrics,
     """The registry the Preprocessor builds for ``args``, its models (and the
     pipelines over them) run in this process, with the code they name."""
     transforms = args.transforms()
-    clients = {m.name: InProcessModel(m, transforms.get(m.name, ())) for m in args.models}
+    clients = {m.name: InProcessModel(m, transforms.get(m.name, ()), args.limits)
+               for m in args.models}
     code = load_processors(code_paths([*args.models, *args.pipelines]))
     return ModelRegistry(clients, args.limits, metrics, routing, code,
                          tuple(Plan.from_args(p) for p in args.pipelines))

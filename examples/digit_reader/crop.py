@@ -23,6 +23,9 @@ def crop_digits(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     _, height, width, _ = images.shape
     crops = np.empty((len(images), SIZE, SIZE, 1), np.float32)
     for i, (image, box) in enumerate(zip(images, boxes, strict=True)):
+        if not np.isfinite(box).all():  # values too large for the locator's arithmetic
+            raise BadRequest(f"no digit found in image {i} (the locator found no box: "
+                             "pixels are expected from 0 to 1)")
         top, left, bottom, right = np.clip(box, 0.0, 1.0) * (height, width, height, width)
         if min(bottom - top, right - left) < MIN_SIDE_PX:
             raise BadRequest(f"no digit found in image {i} (the box found is "

@@ -43,6 +43,7 @@ def client() -> Iterator[TestClient]:
         reader_with("picky", f"{CODE}:crop_or_refuse"),
         reader_with("sloppy", f"{CODE}:crop_badly"),
         reader_with("crashing", f"{CODE}:crash"),
+        reader_with("fanning", f"{CODE}:crop_many"),
         {**READER, "name": "miswired", "outputs": {"box": "locate.boxes"}},
         {"name": "texts", "inputs": {"text": {"dtype": "string", "shape": [-1]}},
          "steps": [{"model": "sequence", "inputs": {"text": "request.text"},
@@ -138,6 +139,30 @@ def test_faults_of_the_pipeline_are_500s_that_name_it(client: TestClient, sample
         "pipeline 'miswired' step 'read' reads 'boxes' from model 'locator', which has no "
         "such output (it has: box)")
     assert client.post("/v1/models/digit_reader:predict", json=body).status_code == 200
+
+
+def test_inputs_a_transform_builds_are_held_to_the_limits(client: TestClient, sample):
+    """100 crops per canvas: two canvases are 200 rows, three beyond
+    ``max_rows`` (256), which the pipeline, not the client, went past."""
+    images = sample[0]
+    two = client.post("/v1/models/fanning:predict", json={"inputs": {"image": images[:2].tolist()}})
+    assert two.status_code == 200, two.text
+    assert np.shape(two.json()["outputs"]["probabilities"]) == (200, 10)
+    three = client.post("/v1/models/fanning:predict",
+                        json={"inputs": {"image": images[:3].tolist()}})
+    assert three.status_code == 500
+    assert three.json() == {"error": "pipeline 'fanning' step 'read': input 'image' has 300 "
+                                     "rows, the limit is 256"}
+
+
+def test_a_canvas_the_locator_finds_no_box_in_is_the_clients_400(client: TestClient):
+    """Finite float32 values that huge overflow the locator to a NaN box."""
+    huge = np.full((1, 40, 40, 1), 3e38, np.float32)
+    answer = client.post("/v1/models/digit_reader:predict",
+                         json={"inputs": {"image": huge.tolist()}})
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "no digit found in image 0 (the locator found no box: "
+                                      "pixels are expected from 0 to 1)"}
 
 
 def test_a_transform_takes_inputs_the_model_does_not(client: TestClient):

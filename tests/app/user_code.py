@@ -3,6 +3,8 @@ user's own module would be (``tests.app.user_code:to_counts``)."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from deployments.codecs.errors import BadRequest
@@ -68,6 +70,16 @@ async def hidden_async(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: array + 1 for name, array in inputs.items()}
 
 
+# Set to let every call of ``hang`` return (the tests clear it first).
+RELEASE = threading.Event()
+
+
+def hang(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Code that hangs (on some inputs, say) until the test releases it."""
+    RELEASE.wait()
+    return inputs
+
+
 def crop_or_refuse(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The example's crop, refusing canvases whose first pixel is lit (a
     pipeline transform's own 400)."""
@@ -76,6 +88,14 @@ def crop_or_refuse(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if (inputs["image"][:, 0, 0] > 0.5).any():
         raise BadRequest("a lit corner: not a canvas this reader takes")
     return crop_digits(inputs)
+
+
+def crop_many(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The example's crop, each made 100 times over (a transform that fans
+    out on the data, as one making several crops per image does)."""
+    from examples.digit_reader.crop import crop_digits
+
+    return {"image": np.repeat(crop_digits(inputs)["image"], 100, axis=0)}
 
 
 def crop_badly(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
