@@ -139,9 +139,7 @@ class Gate:
 
     def _admit(self, header: Callable[[str], str | None], exempt: bool) -> bool:
         """Whether the caller showed a valid token (``header``: its value by
-        lower-case name); a 401 unless it did, auth is off or ``exempt``."""
-        if not self.args.enabled:
-            return False
+        lower-case name); a 401 unless it did or ``exempt`` (auth on)."""
         scheme, _, bearer = (header("authorization") or "").strip().partition(" ")
         shown = [bearer.strip() if scheme.lower() == "bearer" else "",
                  (header("x-api-key") or "").strip() if self.args.api_key_header else ""]
@@ -173,8 +171,8 @@ class Gate:
                 await app(scope, receive, send)
                 return
             try:
-                authenticated = self._admit(Headers(scope=scope).get,
-                                            self.args.exempts(get_route_path(scope)))
+                authenticated = self.args.enabled and self._admit(
+                    Headers(scope=scope).get, self.args.exempts(get_route_path(scope)))
             except Unauthenticated as exc:
                 await render_error(Request(scope), exc)(scope, receive, send)
                 return
