@@ -34,4 +34,5 @@ def build_app(args: dict[str, Any]) -> Application:
             resolved, config.device, shipped, transforms.get(model.name, ()), config.limits)
     pipelines = tuple(Plan.from_args(p) for p in config.pipelines)
     code = code_paths([*config.models, *config.pipelines])
-    return Preprocessor.bind(models, config.top_k, config.limits, code, pipelines)
+    return Preprocessor.bind(models, config.top_k, config.limits, code, pipelines,
+                             config.auth, config.cors)

@@ -1,18 +1,21 @@
 """The app's HTTP side as a plain value: :func:`build_asgi` turns a model
-registry into a Starlette app with every route, codec, limit and error. The
-Preprocessor deployment serves it; the tests drive it in-process, no Ray."""
+registry into a Starlette app with every route, codec, limit, error and the
+auth gate. The Preprocessor deployment serves it; the tests drive it
+in-process, no Ray."""
 
 from __future__ import annotations
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
+from deployments.auth import Gate
 from deployments.codecs.errors import ServeError
-from deployments.config import InputLimits
+from deployments.config import AuthArgs, CorsArgs, InputLimits
 from deployments.metrics import IngressMetrics
 from deployments.openapi import openapi_document
 from deployments.protocols import ui
@@ -24,10 +27,12 @@ from deployments.protocols.v2 import V2Api
 from deployments.registry import ModelRegistry
 
 
-def api_routes(registry: ModelRegistry, limits: InputLimits, top_k: int) -> list[ApiRoute]:
+def api_routes(registry: ModelRegistry, limits: InputLimits, top_k: int,
+               auth: AuthArgs | None = None) -> list[ApiRoute]:
     """The API's routing table, in matching order: health, the three
-    protocols, and the OpenAPI document made from this same table. (Making
-    the table asks nothing of the registry yet.)"""
+    protocols, and the OpenAPI document made from this same table (with
+    ``auth``'s security scheme). (Making the table asks nothing of the
+    registry yet.)"""
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "alive"})
@@ -38,7 +43,7 @@ def api_routes(registry: ModelRegistry, limits: InputLimits, top_k: int) -> list
         return JSONResponse({"status": "ready", "models": [m.name for m in metas]})
 
     async def openapi(request: Request) -> JSONResponse:
-        return JSONResponse(openapi_document(routes, registry.names))
+        return JSONResponse(openapi_document(routes, registry.names, auth))
 
     routes = [
         ApiRoute("/healthz", healthz, "GET", "healthz", "other"),
@@ -52,10 +57,16 @@ def api_routes(registry: ModelRegistry, limits: InputLimits, top_k: int) -> list
 
 
 def build_asgi(registry: ModelRegistry, limits: InputLimits, metrics: IngressMetrics,
-               top_k: int) -> Starlette:
+               top_k: int, gate: Gate | None = None, cors: CorsArgs | None = None
+               ) -> Starlette:
     """The app: the API's routes and the demo page, every error rendered as
-    JSON, every request counted."""
-    routes: list[BaseRoute] = [*api_routes(registry, limits, top_k), *ui.routes()]
+    JSON, every request counted (401s too), behind ``gate`` (none: open), and
+    CORS answered first (preflights need no token) when ``cors`` lists origins."""
+    gate = gate or Gate(AuthArgs())
+    routes: list[BaseRoute] = [*api_routes(registry, limits, top_k, gate.args), *ui.routes()]
     handlers = {ServeError: render_error, HTTPException: render_error, Exception: render_error}
-    return Starlette(routes=routes, exception_handlers=handlers,
-                     middleware=[Middleware(metrics.asgi), Middleware(registry.budget.asgi)])
+    middleware = [Middleware(metrics.asgi), Middleware(gate.asgi),
+                  Middleware(registry.budget.asgi)]
+    if cors is not None and cors.allow_origins:
+        middleware.insert(0, Middleware(CORSMiddleware, **cors.model_dump()))
+    return Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)

@@ -390,12 +390,108 @@ class PipelineArgs(_Strict):
                                  f"step (it may name: {', '.join(known)})")
 
 
+# Where a secret's value goes by mistake: the YAML only says where secrets are.
+_SECRET_FIELDS = frozenset({"token", "tokens", "api_key", "api_keys", "key", "secret",
+                            "password", "bearer"})
+
+
+def _env_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", value):
+        raise ValueError("auth.tokens_env names an environment variable (upper-case letters, "
+                         "digits, _: RAY_TF_SERVE_TOKENS), never a token itself")
+    return value
+
+
+def _secret_file(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("auth.tokens_file is the absolute path of a file holding the "
+                         "tokens, never a token itself")
+    return value
+
+
+def _exempt_path(value: str) -> str:
+    if not re.fullmatch(r"/[^*\s]*\*?", value):
+        raise ValueError(f"auth.exempt: {value!r} is not a path (/healthz) or a path prefix "
+                         "ending in * (/v2/health/*)")
+    return value
+
+
+class AuthArgs(_Strict):
+    """Tokens every HTTP and gRPC call must show (``Authorization: Bearer``),
+    but health probes: on once ``tokens_env`` or ``tokens_file`` says where
+    they are (both: either's tokens). The YAML never holds a token."""
+
+    tokens_env: Annotated[str, AfterValidator(_env_name)] | None = Field(
+        None, description="the ingress replicas' environment variable holding the tokens "
+                          "(several: separated by commas or whitespace), read at start")
+    tokens_file: Annotated[str, AfterValidator(_secret_file)] | None = Field(
+        None, description="a file on the ingress replicas' nodes holding the tokens, read "
+                          "at start and again when it changes")
+    api_key_header: bool = Field(
+        False, description="also take a token as X-API-Key (HTTP header, gRPC metadata)")
+    exempt: tuple[Annotated[str, AfterValidator(_exempt_path)], ...] = Field(
+        ("/healthz", "/readyz", "/v2/health/*"),
+        description="HTTP paths open without a token (a trailing * takes a prefix); gRPC "
+                    "ServerLive and ServerReady are open while /v2/health/live and ready are")
+    status_detail: Literal["redacted", "full"] = Field(
+        "redacted", description="a version's load error as callers without a token read it "
+                                "in status routes: paths and URLs removed, or in full")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (literal := sorted(_SECRET_FIELDS & set(data))):
+            raise ValueError(f"auth.{literal[0]}: the YAML never holds a token: put the "
+                             "tokens in an environment variable or a file and name it in "
+                             "tokens_env or tokens_file")
+        return data
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens_env or self.tokens_file)
+
+    def exempts(self, path: str) -> bool:
+        """Whether ``path`` (a request's, or a route's template) is open without a token."""
+        return any(path == p or (p.endswith("*") and path.startswith(p[:-1]))
+                   for p in self.exempt)
+
+
+def _origin(value: str) -> str:
+    if not re.fullmatch(r"\*|https?://[^/\s]+", value):
+        raise ValueError(f"cors.allow_origins: {value!r} is not * or an origin "
+                         "(https://host[:port])")
+    return value
+
+
+class CorsArgs(_Strict):
+    """Browsers' cross-origin calls (Starlette's CORSMiddleware): off unless
+    ``allow_origins`` lists some. Preflight requests are answered without a
+    token."""
+
+    allow_origins: tuple[Annotated[str, AfterValidator(_origin)], ...] = Field(
+        (), description="origins whose pages may call the API (https://app.example.com), or *")
+    allow_methods: tuple[str, ...] = ("GET", "POST")
+    allow_headers: tuple[str, ...] = Field(
+        ("Authorization", "X-API-Key", "Content-Encoding", "Inference-Header-Content-Length",
+         "X-Request-Timeout-Seconds"),
+        description="request headers pages may send besides the CORS-safelisted ones")
+    expose_headers: tuple[str, ...] = Field(
+        ("Inference-Header-Content-Length", "Retry-After"),
+        description="response headers pages may read")
+    max_age: int = Field(600, ge=0, description="seconds browsers may keep a preflight's answer")
+
+
 class AppArgs(_Strict):
+    # Errors never echo what was given: a token put where it does not belong stays unshown.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
     models: tuple[ModelArgs, ...] = Field(min_length=1)
     pipelines: tuple[PipelineArgs, ...] = ()
     top_k: int = Field(5, ge=1, description="default number of classes per prediction")
     limits: InputLimits = InputLimits()
     device: DeviceArgs = DeviceArgs()
+    auth: AuthArgs = AuthArgs()
+    cors: CorsArgs = CorsArgs()
 
     @model_validator(mode="after")
     def _unique_names(self) -> AppArgs:

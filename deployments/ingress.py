@@ -22,8 +22,9 @@ from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
 from deployments.asgi import build_asgi
+from deployments.auth import Gate
 from deployments.coalescing import CoalesceSettings
-from deployments.config import InputLimits
+from deployments.config import AuthArgs, CorsArgs, InputLimits
 from deployments.metrics import IngressMetrics
 from deployments.model_client import RayModelClient
 from deployments.pipeline import Plan
@@ -51,11 +52,16 @@ class IngressSettings(BaseModel):
 class Preprocessor(V2GrpcService, TFServingGrpcService):
     def __init__(self, models: dict[str, DeploymentHandle], top_k: int,
                  limits: InputLimits, code: dict[str, CodePaths] | None = None,
-                 pipelines: tuple[Plan, ...] = ()) -> None:
+                 pipelines: tuple[Plan, ...] = (), auth: AuthArgs | None = None,
+                 cors: CorsArgs | None = None) -> None:
         """``code``: the models' own pre/postprocessing callables by import
         path, imported here so that one that does not import fails the deploy
         (the message, naming model and path, shows in ``serve status``);
-        ``pipelines``: served as models, each step on its model's deployment."""
+        ``pipelines``: served as models, each step on its model's deployment;
+        ``auth``: the tokens read here (none readable fails the deploy, naming
+        the variable or file), asked of HTTP and gRPC callers; ``cors``: for
+        browsers."""
+        self._gate = Gate(auth or AuthArgs())
         processors = load_processors(code or {})
         self._watchdog = Watchdog([p for ps in processors.values() for p in ps.loaded()],
                                   limits.request_timeout_s)
@@ -66,7 +72,7 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
         self._limits = limits
         self._settings = IngressSettings()
         self._native = NativeApi(self._registry, limits, top_k)
-        self._asgi = build_asgi(self._registry, limits, self._metrics, top_k)
+        self._asgi = build_asgi(self._registry, limits, self._metrics, top_k, self._gate, cors)
         Image.preinit()  # load Pillow's common decoders now, not in the first request
 
     def __serve_build_asgi_app__(self) -> Starlette:
@@ -98,9 +104,10 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
         model: str | None = None, version: int | str | None = None,
         signature_name: str | None = None,
     ) -> dict[str, Any]:
-        """The Python handle API: a batch in the model's input shape (default:
-        the first configured model, its highest version, the signature its
-        config names) → the top classes per row. Ray resolves an ``ObjectRef``
+        """The Python handle API (inside Ray's trust boundary: no token): a
+        batch in the model's input shape (default: the first configured
+        model, its highest version, the signature its config names) → the
+        top classes per row. Ray resolves an ``ObjectRef``
         passed as ``inputs`` itself; one passed by input name (``{"image":
         ref}``) reaches the app unresolved, is checked in place and forwarded
         to the model replica uncopied."""

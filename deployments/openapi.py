@@ -14,6 +14,7 @@ from typing import Any
 
 from deployments.codecs.v2_json import InferRequestHeader
 from deployments.codecs.v2_tensor import BYTES, DATATYPES
+from deployments.config import AuthArgs
 from deployments.protocols.routes import ApiRoute
 
 Schema = dict[str, Any]
@@ -159,19 +160,40 @@ def _operations() -> dict[str, dict[str, Any] | None]:
 OPERATIONS = _operations()
 
 
-def openapi_document(routes: Sequence[ApiRoute], model_names: list[str]) -> dict[str, Any]:
+def _security(auth: AuthArgs) -> tuple[Schema, list[Schema]]:
+    """The schemes a token may come by, and the requirement (any one of them)."""
+    schemes: Schema = {"bearer": {"type": "http", "scheme": "bearer"}}
+    if auth.api_key_header:
+        schemes["apiKey"] = {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    return schemes, [{name: []} for name in schemes]
+
+
+def _secured(operation: dict[str, Any], exempt: bool) -> dict[str, Any]:
+    """An operation with auth on: open (no requirement), or one more answer, the 401."""
+    if exempt:
+        return {**operation, "security": []}
+    return {**operation, "responses": {**operation["responses"], "401": {
+        "description": "no valid token", "content": _json(_ERROR)}}}
+
+
+def openapi_document(routes: Sequence[ApiRoute], model_names: list[str],
+                     auth: AuthArgs | None = None) -> dict[str, Any]:
     """The document of ``routes`` (the app's routing table); model names are
-    the served ones."""
+    the served ones; with ``auth`` on, its token schemes, which every
+    operation but the exempt ones requires."""
+    secure = auth if auth is not None and auth.enabled else None
     paths: dict[str, Any] = {}
     for route in routes:
         operation = OPERATIONS[route.name]
         if operation is None:
             continue
         params = [_path_param(name, model_names) for name in route.param_convertors]
+        operation = {**operation, "parameters": params + operation.get("parameters", [])}
+        if secure:
+            operation = _secured(operation, secure.exempts(route.path))
         for method in sorted(route.methods - {"HEAD"}):
-            paths.setdefault(route.path, {})[method.lower()] = {
-                **operation, "parameters": params + operation.get("parameters", [])}
-    return {
+            paths.setdefault(route.path, {})[method.lower()] = operation
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "ray-tf-serve", "version": package_version("ray-tf-serve"),
                  "description": "TensorFlow SavedModels on Ray Serve: a native image API, "
@@ -179,3 +201,6 @@ def openapi_document(routes: Sequence[ApiRoute], model_names: list[str]) -> dict
         "paths": paths,
         "components": {"schemas": _COMPONENTS},
     }
+    if secure:
+        document["components"]["securitySchemes"], document["security"] = _security(secure)
+    return document

@@ -31,6 +31,14 @@ class BadRequest(ServeError):
     status = 400
 
 
+class Unauthenticated(ServeError):
+    """No valid token (gRPC UNAUTHENTICATED); RFC 6750's challenge tells
+    HTTP clients the scheme."""
+
+    status = 401
+    headers = {"WWW-Authenticate": 'Bearer realm="ray-tf-serve"'}  # noqa: RUF012
+
+
 class NotFound(ServeError):
     status = 404
 

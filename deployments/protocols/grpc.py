@@ -16,6 +16,7 @@ import grpc
 from google.protobuf.message import Message
 from ray.serve.grpc_util import RayServegRPCContext
 
+from deployments.auth import Gate
 from deployments.codecs.errors import PayloadTooLarge, ServeError
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics, arrival
@@ -23,7 +24,8 @@ from deployments.registry import ModelRegistry
 
 logger = logging.getLogger("ray.serve")
 
-STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+                403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
                 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
                 415: grpc.StatusCode.INVALID_ARGUMENT, 501: grpc.StatusCode.UNIMPLEMENTED,
                 503: grpc.StatusCode.UNAVAILABLE}
@@ -35,6 +37,7 @@ class GrpcService:
     _registry: ModelRegistry
     _limits: InputLimits
     _metrics: IngressMetrics
+    _gate: Gate
 
     def _take_message(self, message: Message) -> None:
         """A 413 for a message over ``max_body_bytes`` (as an HTTP body), else
@@ -53,8 +56,9 @@ Rpc = Callable[[Any, Any, RayServegRPCContext], Awaitable[Any]]
 def rpc(protocol: str, model_of: Callable[[Any], str]) -> Callable[[Rpc], Rpc]:
     """An RPC method that turns our errors into gRPC status codes with their
     message and counts the call under ``protocol``, for the model
-    ``model_of(request)`` names. (Serve passes ``grpc_context`` to methods
-    whose signature names it.)"""
+    ``model_of(request)`` names; a call without a valid token (when auth is
+    on) is refused first. (Serve passes ``grpc_context`` to methods whose
+    signature names it.)"""
 
     def decorate(method: Rpc) -> Rpc:
         @functools.wraps(method)
@@ -62,7 +66,8 @@ def rpc(protocol: str, model_of: Callable[[Any], str]) -> Callable[[Rpc], Rpc]:
                        grpc_context: RayServegRPCContext) -> Any:
             code = grpc.StatusCode.INTERNAL
             try:
-                with arrival(), self._registry.budget.request():
+                with arrival(), self._gate.rpc(method.__name__, grpc_context), \
+                        self._registry.budget.request():
                     answer = await method(self, request, grpc_context)
                 code = grpc.StatusCode.OK
                 return answer

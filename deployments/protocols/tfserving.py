@@ -10,12 +10,14 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from deployments.auth import load_error
 from deployments.codecs.errors import BadRequest, NotFound, clip
 from deployments.codecs.numbers import version_number
 from deployments.codecs.tfserving import (
@@ -117,8 +119,9 @@ class TFServingApi:
 async def version_statuses(endpoint: ModelEndpoint, version: str | int | None = None,
                            label: str | None = None) -> list[VersionStatus]:
     """Every version's state; with a version or label, that version's (TF
-    Serving answers 404 for one it has never heard of)."""
-    statuses = await endpoint.statuses()
+    Serving answers 404 for one it has never heard of). A load error is as
+    the caller may read it (:func:`deployments.auth.load_error`)."""
+    statuses = [replace(s, error=load_error(s.error)) for s in await endpoint.statuses()]
     if label is not None:
         wanted, named = endpoint.labeled(label), label
     elif version is not None:

@@ -29,6 +29,7 @@ from tensorflow_serving.apis import (
 )
 
 from deployments.asgi import build_asgi
+from deployments.auth import Gate
 from deployments.codecs.errors import ServeError
 from deployments.config import AppArgs
 from deployments.metrics import IngressMetrics
@@ -46,14 +47,20 @@ class Service(TFServingGrpcService):
     def __init__(self, registry: ModelRegistry, args: AppArgs,
                  metrics: IngressMetrics) -> None:
         self._registry, self._limits, self._metrics = registry, args.limits, metrics
+        self._gate = Gate(args.auth)
 
 
 @dataclass
 class Context:
-    """What the methods set on Serve's ``RayServegRPCContext``."""
+    """What the methods read (the client's metadata) and set on Serve's
+    ``RayServegRPCContext``."""
 
+    metadata: tuple[tuple[str, str], ...] = ()
     code: grpc.StatusCode | None = None
     details: str = ""
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return list(self.metadata)
 
     def set_code(self, code: grpc.StatusCode) -> None:
         self.code = code

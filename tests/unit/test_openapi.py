@@ -5,7 +5,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from deployments.asgi import api_routes
-from deployments.config import InputLimits
+from deployments.config import AuthArgs, InputLimits
 from deployments.openapi import OPERATIONS, openapi_document
 
 ROUTES = api_routes(None, InputLimits(), 3)
@@ -46,3 +46,16 @@ def test_model_names_come_from_the_config():
 ])
 def test_each_route_knows_its_protocol(path, protocol):
     assert {r.protocol for r in ROUTES if r.path == path} == {protocol}
+
+
+def test_with_auth_every_operation_but_the_probes_needs_a_token():
+    auth = AuthArgs(tokens_env="RAY_TF_SERVE_TOKENS", api_key_header=True)
+    document = openapi_document(ROUTES, ["digits"], auth)
+    validate(document)
+    assert document["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert set(document["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    open_paths = {path for path, item in document["paths"].items()
+                  if item["get" if "get" in item else "post"].get("security") == []}
+    assert open_paths == {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
+    assert "401" in document["paths"]["/v2/models/{name}/infer"]["post"]["responses"]
+    assert "security" not in openapi_document(ROUTES, ["digits"], AuthArgs())
