@@ -198,7 +198,7 @@ class VersionManager(Generic[Served]):
     async def poll(self) -> None:
         """One look at the source: load newly picked versions, drop old ones."""
         loop = asyncio.get_running_loop()
-        listing = await loop.run_in_executor(self._loader, self._source.listing)
+        listing = await loop.run_in_executor(self._loader, self._look, set(self.served))
         steady = {v for v, fp in listing.items() if self._last.get(v) == fp}
         self._last = listing
         async with self.changing:
@@ -216,6 +216,23 @@ class VersionManager(Generic[Served]):
             if any(v in self.served for v in picked):  # availability first
                 for version in sorted(set(self.served) - picked):
                     self._unload(version)
+
+    def _look(self, served: set[int]) -> dict[int, str]:
+        """The fingerprints of the versions present that the policy could
+        pick: the version names are listed, then only the versions it picks
+        among those served, steady or not looked at yet, until it picks none
+        of the last kind (a new version's files are looked at on each poll
+        until they are steady, the ones below only while no higher counts)."""
+        present = self._source.versions()
+        listing: dict[int, str] = {}
+        while True:
+            counts = {v for v, fp in listing.items() if v in served or self._last.get(v) == fp}
+            todo = self._policy.select(counts | (present - set(listing))) - set(listing)
+            if not todo:
+                return listing
+            found = self._source.fingerprints(todo)
+            listing |= found
+            present -= todo - set(found)  # no saved_model.pb: no version
 
     def _unload(self, version: int) -> None:
         """No new requests for ``version``; dropped once those it has finish."""

@@ -276,3 +276,43 @@ def test_a_served_version_whose_files_change_is_reloaded_and_swapped_in(tmp_path
         assert status.state == "AVAILABLE" and "a truncated vocab file" in status.error
 
     asyncio.run(scenario())
+
+
+class Counting(LocalSource):
+    """A base path whose versions' files are looked at: which, each time."""
+
+    def __init__(self, base: Path) -> None:
+        super().__init__(base)
+        self.looked: list[set[int]] = []
+
+    def fingerprints(self, versions):
+        self.looked.append(set(versions))
+        return super().fingerprints(versions)
+
+
+def test_a_poll_looks_only_at_the_files_of_versions_the_policy_could_pick(tmp_path):
+    async def scenario():
+        for v in range(1, 6):
+            add_version(tmp_path, v)
+        source = Counting(tmp_path)
+        versions = manager(tmp_path, source=source)
+        versions.start()
+        source.looked.clear()
+        await versions.poll()
+        assert source.looked == [{5}]  # served and steady: versions 1 to 4 are not listed
+        add_version(tmp_path, 6)
+        source.looked.clear()
+        await versions.poll()  # 6 seen once, not steady: 5 still counts
+        assert source.looked == [{6}, {5}] and sorted(versions.served) == [5]
+        (tmp_path / "7").mkdir()  # no saved_model.pb yet: no version
+        source.looked.clear()
+        await versions.poll()
+        assert source.looked == [{7}, {6}] and sorted(versions.served) == [6]
+        shutil.rmtree(tmp_path / "6")  # rolled back: 5 is looked at again, loaded once steady
+        shutil.rmtree(tmp_path / "7")
+        for _ in range(2):
+            await versions.poll()
+        assert sorted(versions.served) == [5]
+        await until(lambda: states(versions) == {6: "END", 5: "AVAILABLE"})
+
+    asyncio.run(scenario())
