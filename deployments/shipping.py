@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import time
@@ -48,9 +49,44 @@ logger = logging.getLogger("ray.serve")
 
 
 def local_root() -> Path:
-    """``$RAY_TF_SERVE_MODEL_DIR``, else ``<tmp>/ray-tf-serve/models``."""
-    default = Path(tempfile.gettempdir()) / "ray-tf-serve" / "models"
+    """``$RAY_TF_SERVE_MODEL_DIR``, else ``<tmp>/ray-tf-serve-<uid>/models``
+    (made and checked by :func:`private_dir` where it is used)."""
+    default = Path(tempfile.gettempdir()) / f"ray-tf-serve-{os.geteuid()}" / "models"
     return Path(os.environ.get(MODEL_DIR_ENV) or default)
+
+
+class UnsafeDirectory(PermissionError):
+    """A directory of model copies that another user could write to."""
+
+
+def private_dir(path: Path) -> Path:
+    """``path``, a directory only this user can change: what is missing of it
+    is made 0700; refused if it is not this user's or others may write to it,
+    or if a directory above it lets another user swap it (one not this user's
+    or root's, or writable by others without the sticky bit, as ``/tmp`` has).
+
+    Replicas load what is under it: in a shared temp dir anyone could
+    otherwise plant a directory there first and have their files served.
+    """
+    for missing in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        missing.mkdir(mode=0o700, exist_ok=True)
+    real = path.resolve()
+    for directory in (real, *real.parents):
+        info = directory.stat()
+        others_write = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if directory == real:
+            bad = (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid()
+                   or others_write)
+        else:
+            bad = info.st_uid not in (0, os.geteuid()) or (
+                others_write and not info.st_mode & stat.S_ISVTX)
+        if bad:
+            raise UnsafeDirectory(
+                f"{directory} (owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)}) "
+                f"lets another user change the model copies in {path}: make it this user's "
+                f"(uid {os.geteuid()}) and not writable by others, or set {MODEL_DIR_ENV} to "
+                "such a directory")
+    return path
 
 
 @dataclass(frozen=True)
@@ -177,7 +213,7 @@ def receive(shipped: ShippedModel) -> Path:
     is used only if its files still give the shipped digest (else it is
     fetched and unpacked again). Copies unused for ``MODEL_TTL_DAYS`` are
     removed on the way."""
-    root = local_root()
+    root = private_dir(local_root())
     target = root / shipped.digest
     _mark_used(root, shipped.digest)  # first, so no other replica's sweep takes it meanwhile
     if target.is_dir() and digest(target, [target]) != shipped.digest:

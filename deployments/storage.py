@@ -14,32 +14,48 @@ list it, but loading it fails with :class:`AmbiguousVersion`.
 
 A remote version is downloaded once per node into :class:`Cache` (replicas
 on one node share the copy), checked against the listing it was taken from,
-and kept until the cache needs room for another one.
+checked again each time it is reused, and kept until the cache needs room
+for another one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import logging
+import math
 import posixpath
 import re
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import fsspec
+import fsspec.asyn
 
 from deployments.codecs.numbers import MAX_VERSION, version_number
-from deployments.shipping import build_once, last_used, local_root, mark_used, remove_copy
+from deployments.shipping import (
+    build_once,
+    last_used,
+    local_root,
+    mark_used,
+    private_dir,
+    remove_copy,
+)
 
 # The URL schemes of object storage, each through its fsspec filesystem (s3fs, gcsfs).
 SCHEMES = ("s3", "gs")
 
 # An object's listing entry, as its fsspec filesystem reports it.
 Info = dict[str, Any]
+
+# In each cached copy: its files as downloaded and checked (size, change mark, SHA-256).
+MANIFEST = ".ray-tf-serve-manifest.json"
 
 logger = logging.getLogger("ray.serve")
 
@@ -64,9 +80,18 @@ class AmbiguousVersion(ValueError):
 class VersionSource(Protocol):
     """A model's base path, listed and read."""
 
+    def versions(self) -> set[int]:
+        """The versions the base path names (its version directories'
+        names only, not their files)."""
+        ...
+
+    def fingerprints(self, versions: Iterable[int]) -> dict[int, str]:
+        """Those of ``versions`` holding a ``saved_model.pb``, by version: a
+        fingerprint of all its files (names, sizes and change marks)."""
+        ...
+
     def listing(self) -> dict[int, str]:
-        """Each numbered version holding a ``saved_model.pb``, by version: a
-        fingerprint of its files (names, sizes and change marks)."""
+        """:meth:`fingerprints` of every version there is."""
         ...
 
     def local_dir(self, version: int) -> Path:
@@ -89,12 +114,21 @@ class LocalSource:
     def __str__(self) -> str:
         return str(self.base)
 
-    def listing(self) -> dict[int, str]:
+    def versions(self) -> set[int]:
         if (self.base / "saved_model.pb").is_file():
-            return {1: _fingerprint(self.base)}
+            return {1}
+        return set(self._version_dirs())
+
+    def fingerprints(self, versions: Iterable[int]) -> dict[int, str]:
+        if (self.base / "saved_model.pb").is_file():
+            return {1: _fingerprint(self.base)} if 1 in versions else {}
+        present = self._version_dirs()
         return {version: _combined({d.name: _fingerprint(d) for d in dirs})
-                for version, dirs in self._version_dirs().items()
-                if any((d / "saved_model.pb").is_file() for d in dirs)}
+                for version in versions if (dirs := present.get(version))
+                and any((d / "saved_model.pb").is_file() for d in dirs)}
+
+    def listing(self) -> dict[int, str]:
+        return self.fingerprints(self.versions())
 
     def local_dir(self, version: int) -> Path:
         if (self.base / "saved_model.pb").is_file():
@@ -138,9 +172,16 @@ class Cache:
     least recently are removed until it fits. A copy being loaded elsewhere
     on the node may go too if the cache is too small for every version in
     use; size it above them. ``verify_md5`` checks each file against the MD5
-    its store reports (an S3 ETag that is a plain MD5, a GCS ``md5Hash``);
-    turn it off for S3 buckets encrypted with SSE-KMS or SSE-C, whose ETags
-    are no MD5.
+    its store reports (an S3 ETag that is a plain MD5, a GCS ``md5Hash``, or
+    an S3 multipart ETag: the MD5 of its parts' MD5s, the part size read from
+    the store); turn it off for S3 buckets encrypted with SSE-KMS or SSE-C,
+    whose ETags are no MD5.
+
+    Each copy keeps a manifest of its files as checked (size, change mark,
+    SHA-256): a copy is reused only if it holds exactly those files, as the
+    listing still shows them, with those sizes and SHA-256s; else (cut
+    short, changed on disk, made by an older release) it is fetched again.
+    ``root`` must be this user's alone (:func:`private_dir`).
     """
 
     root: Path = field(default_factory=lambda: local_root() / "remote")
@@ -150,18 +191,24 @@ class Cache:
     def fetch(self, fs: fsspec.AbstractFileSystem, files: dict[str, Info], name: str,
               url: str) -> Path:
         """``files`` of ``url`` (relative name → its listing) downloaded into
-        ``root/name`` once per node, each checked against its listing."""
+        ``root/name`` once per node, each checked against its listing; a
+        copy there is reused only once checked against its manifest."""
+        private_dir(self.root)
         mark_used(self.root, name)  # first, so no other process's eviction takes it
         target = self.root / name
         if target.is_dir():
-            return target
+            if (why := _unlike(target, files)) is None:
+                return target
+            logger.warning("cached copy %s of %s %s: fetching it again", target, url, why)
+            shutil.rmtree(target, ignore_errors=True)
         self._make_room(name, sum(info["size"] for info in files.values()), url)
 
         def download(staging: Path) -> None:
             names = sorted(files)
             fs.get([files[n]["name"] for n in names], [str(staging / n) for n in names])
-            for n in names:
-                self._check(staging / n, files[n])
+            manifest = {n: {"size": files[n]["size"], "mark": _mark(files[n]),
+                            "sha256": self._check(fs, staging / n, files[n])} for n in names}
+            (staging / MANIFEST).write_text(json.dumps(manifest))
 
         return build_once(target, download)
 
@@ -181,58 +228,90 @@ class Cache:
             remove_copy(self.root, old)
             total -= copies[old]
 
-    def _check(self, path: Path, info: Info) -> None:
+    def _check(self, fs: fsspec.AbstractFileSystem, path: Path, info: Info) -> str:
+        """A downloaded file checked against its listing: its SHA-256."""
         size = path.stat().st_size
         if size != info["size"]:
             raise DownloadError(f"{info['name']}: {size} bytes downloaded, "
                                 f"the store lists {info['size']}")
-        expected = _md5(info) if self.verify_md5 else None
-        if expected is not None:
-            with path.open("rb") as file:
-                got = hashlib.file_digest(file, "md5").hexdigest()
-            if got != expected:
-                raise DownloadError(f"{info['name']}: MD5 {got} downloaded, "
-                                    f"the store lists {expected}")
+        md5 = _md5(info) if self.verify_md5 else None
+        multipart = _multipart(info) if self.verify_md5 else None
+        part_sizes = _part_sizes(fs, info, multipart[1]) if multipart else []
+        if multipart and not part_sizes:
+            logger.warning("%s: no part sizes for its multipart ETag: its MD5 is not checked "
+                           "(its size is)", info["name"])
+        if part_sizes and sum(part_sizes) != size:
+            raise DownloadError(f"{info['name']}: its parts add up to {sum(part_sizes)} bytes, "
+                                f"the store lists {size}")
+        sha256, got_md5, got_multipart = _hashes(path, md5 is not None, part_sizes)
+        if md5 is not None and got_md5 != md5:
+            raise DownloadError(f"{info['name']}: MD5 {got_md5} downloaded, "
+                                f"the store lists {md5}")
+        if multipart and part_sizes and got_multipart != "-".join(map(str, multipart)):
+            raise DownloadError(f"{info['name']}: multipart ETag {got_multipart} downloaded, "
+                                f"the store lists {'-'.join(map(str, multipart))}")
+        return sha256
 
 
 class RemoteSource:
     """Numbered versions under ``s3://bucket/prefix`` or ``gs://bucket/prefix``.
 
-    Every :meth:`listing` asks the store (one recursive listing, never
-    fsspec's listings cache), so a version uploaded since shows up on the
-    next poll; :meth:`local_dir` downloads a version as that listing showed it.
+    Every listing asks the store, never fsspec's listings cache, so a
+    version uploaded since shows up on the next poll: :meth:`versions` lists
+    the version directories' names only (one shallow listing),
+    :meth:`fingerprints` each version asked for recursively.
+    :meth:`local_dir` downloads a version as its last fingerprint showed it.
     """
 
     def __init__(self, url: str, cache: Cache | None = None) -> None:
         self.url = url.rstrip("/")
         self.fs, self._path = _filesystem(self.url)
         self.cache = cache or Cache()
-        # The last listing: each version's directories (their names), each one's files.
+        self._names: dict[int, list[str]] = {}  # the last names listed, by version
+        # Each version last fingerprinted: its directories (their names), each one's files.
         self._versions: dict[int, dict[str, dict[str, Info]]] = {}
         self._ignored: set[str] = set()  # names logged as no version
 
     def __str__(self) -> str:
         return self.url
 
+    def versions(self) -> set[int]:
+        try:
+            entries = self.fs.ls(self._path, detail=True)
+        except FileNotFoundError:
+            entries = []
+        names = (posixpath.basename(e["name"].rstrip("/")) for e in entries
+                 if e["type"] == "directory")  # objects beside the versions (a labels file)
+        self._names = _by_version(names, self._ignored, self.url)
+        return set(self._names)
+
+    def fingerprints(self, versions: Iterable[int]) -> dict[int, str]:
+        """Of the versions the last :meth:`versions` named: one recursive
+        listing of each one's directories."""
+        found = {}
+        for version in versions:
+            dirs = {name: self._files(name) for name in self._names.get(version, [])}
+            if any("saved_model.pb" in files for files in dirs.values()):
+                self._versions[version] = dirs
+                found[version] = _combined({name: _remote_fingerprint(files)
+                                            for name, files in dirs.items()})
+            else:
+                self._versions.pop(version, None)
+        return found
+
     def listing(self) -> dict[int, str]:
-        dirs: dict[str, dict[str, Info]] = {}  # each directory's files, by its name
-        for name, info in self.fs.find(self._path, detail=True).items():
-            if not name.startswith(f"{self._path}/"):
-                continue
-            top, slash, relative = name.removeprefix(f"{self._path}/").partition("/")
-            if not slash:  # an object beside the versions (a labels file)
-                continue
-            files = dirs.setdefault(top, {})
+        return self.fingerprints(self.versions())
+
+    def _files(self, name: str) -> dict[str, Info]:
+        """The files under directory ``name``, by their name relative to it."""
+        base = f"{self._path}/{name}"
+        files = {}
+        for key, info in self.fs.find(base, detail=True).items():
+            relative = key.removeprefix(f"{base}/")
             parts = relative.split("/")  # "" in folder marks ("1/variables/"), ".." out of it
-            if not {"", ".", ".."} & set(parts):
+            if key.startswith(f"{base}/") and not {"", ".", ".."} & set(parts):
                 files[relative] = info
-        names = _by_version(dirs, self._ignored, self.url)
-        self._versions = {version: {name: dirs[name] for name in names[version]}
-                          for version in names
-                          if any("saved_model.pb" in dirs[name] for name in names[version])}
-        return {version: _combined({name: _remote_fingerprint(files)
-                                    for name, files in by_name.items()})
-                for version, by_name in self._versions.items()}
+        return files
 
     def why_empty(self) -> str:
         return "no numbered version with a saved_model.pb under it"
@@ -241,7 +320,8 @@ class RemoteSource:
         """``version`` as the last listing showed it (listed now if it did not
         show it), downloaded once per node."""
         if version not in self._versions:
-            self.listing()
+            self.versions()
+            self.fingerprints([version])
         dirs = self._versions.get(version)
         if dirs is None:
             raise FileNotFoundError(f"no version {version} with a saved_model.pb at {self.url}")
@@ -327,10 +407,13 @@ def _fingerprint(directory: Path) -> str:
                    for p in files)
 
 
+def _mark(info: Info) -> object:
+    """What the store changes on every write of an object: S3's ETag, GCS's generation."""
+    return info.get("ETag") or info.get("generation")
+
+
 def _remote_fingerprint(files: dict[str, Info]) -> str:
-    """Marked by what the store changes on every write: S3's ETag, GCS's generation."""
-    return _digest((name, info["size"], info.get("ETag") or info.get("generation"))
-                   for name, info in files.items())
+    return _digest((name, info["size"], _mark(info)) for name, info in files.items())
 
 
 def _md5(info: Info) -> str | None:
@@ -341,6 +424,78 @@ def _md5(info: Info) -> str | None:
         return etag
     if md5 := info.get("md5Hash"):
         return base64.b64decode(md5).hex()
+    return None
+
+
+def _multipart(info: Info) -> tuple[str, int] | None:
+    """An S3 multipart ETag, ``"<md5 of the parts' md5s>-<parts>"``, split."""
+    etag = str(info.get("ETag", "")).strip('"').lower()
+    if match := re.fullmatch(r"([0-9a-f]{32})-([1-9][0-9]{0,4})", etag):
+        return match[1], int(match[2])
+    return None
+
+
+def _part_sizes(fs: fsspec.AbstractFileSystem, info: Info, parts: int) -> list[int]:
+    """The sizes of the ``parts`` an S3 object was uploaded in, as the store
+    reports each (clients choose them freely: s3fs uploads what it buffered),
+    asked at once; ``[]`` off S3."""
+    if not hasattr(fs, "_call_s3"):
+        return []
+    bucket, key, version = fs.split_path(info["name"])
+    pinned = {"VersionId": version} if version else {}
+
+    async def heads() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(
+            fs._call_s3("head_object", Bucket=bucket, Key=key, PartNumber=n, **pinned)
+            for n in range(1, parts + 1)))
+
+    return [int(head["ContentLength"]) for head in fsspec.asyn.sync(fs.loop, heads)]
+
+
+def _hashes(path: Path, md5: bool, part_sizes: list[int]) -> tuple[str, str, str]:
+    """A file's SHA-256; its MD5 if ``md5``; its S3 multipart ETag for parts
+    of ``part_sizes`` (adding up to its size) if any; ``""`` for those not
+    asked for. One read."""
+    sha256, whole, digests = hashlib.sha256(), hashlib.md5(), []
+    with path.open("rb") as file:
+        for size in part_sizes or [math.inf]:
+            part = hashlib.md5()
+            while block := file.read(min(2**20, size)):
+                sha256.update(block)
+                if md5:
+                    whole.update(block)
+                if part_sizes:
+                    part.update(block)
+                size -= len(block)
+            digests.append(part.digest())
+    multipart = f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+    return sha256.hexdigest(), whole.hexdigest() if md5 else "", multipart if part_sizes else ""
+
+
+def _unlike(copy: Path, files: dict[str, Info]) -> str | None:
+    """How a cached ``copy`` differs from ``files`` as listed, or ``None``:
+    its manifest must list them as listed, and it must hold exactly those
+    files with the manifest's sizes and SHA-256s."""
+    try:
+        manifest = json.loads((copy / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return "has no manifest"
+    made_from = {name: (entry["size"], entry["mark"]) for name, entry in manifest.items()}
+    if made_from != {name: (info["size"], _mark(info)) for name, info in files.items()}:
+        return "was made from other files"
+    try:
+        present = {str(p.relative_to(copy)) for p in copy.rglob("*") if not p.is_dir()}
+        if extra := sorted(present - set(manifest) - {MANIFEST}):
+            return f"holds files it was not made with ({', '.join(extra[:3])})"
+        for name, entry in manifest.items():
+            path = copy / name
+            if path.is_symlink() or path.stat().st_size != entry["size"]:
+                return f"has {name} cut short or replaced"
+            with path.open("rb") as file:
+                if hashlib.file_digest(file, "sha256").hexdigest() != entry["sha256"]:
+                    return f"has {name} changed on disk"
+    except FileNotFoundError as exc:
+        return f"lost {exc.filename}"
     return None
 
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import os
 import socket
+import stat
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +23,9 @@ import s3fs
 from moto.server import ThreadedMotoServer
 
 from deployments.codecs.numbers import decimal_count, version_number
+from deployments.shipping import MODEL_DIR_ENV, UnsafeDirectory
 from deployments.storage import (
+    MANIFEST,
     AmbiguousVersion,
     Cache,
     CacheTooSmall,
@@ -89,7 +94,9 @@ def put_digits(put: Put, version: int) -> None:
 
 
 def files(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    """A copy's files (not its manifest)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*")
+            if p.is_file() and p.name != MANIFEST}
 
 
 def copies(cache: Cache) -> list[str]:
@@ -258,8 +265,10 @@ def test_a_remote_file_is_fetched_once_until_it_changes(bucket, put, cache):
     url = f"s3://{bucket}/m/labels.txt"
     labels = fetch_file(url, cache)
     assert labels.name == "labels.txt" and labels.read_bytes() == b"zero\none\n"
-    (labels.parent / "kept").touch()
-    assert fetch_file(url, cache) == labels and (labels.parent / "kept").exists()
+    made = labels.stat()
+    again = fetch_file(url, cache)
+    assert again == labels and (again.stat().st_ino, again.stat().st_mtime_ns) == (
+        made.st_ino, made.st_mtime_ns)  # not fetched again
     put("m/labels.txt", b"nought\none\n")
     changed = fetch_file(url, cache)
     assert changed != labels and changed.read_bytes() == b"nought\none\n"
@@ -405,3 +414,112 @@ def test_a_remote_listing_ignores_names_that_are_no_version(bucket, put, cache, 
         caplog.clear()
         source.listing()
         assert ignored(caplog) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "same size", "added", "removed"])
+def test_a_cached_copy_is_checked_each_time_it_is_reused(bucket, put, cache, damage):
+    """A copy cut short, changed or added to on disk is fetched again."""
+    put("m/1/saved_model.pb", b"graph")
+    put("m/1/variables/variables.index", b"index")
+    source = RemoteSource(f"s3://{bucket}/m", cache)
+    source.listing()
+    local = source.local_dir(1)
+    index = local / "variables" / "variables.index"
+    if damage == "truncated":
+        index.write_bytes(b"ind")
+    elif damage == "same size":
+        index.write_bytes(b"INDEX")
+    elif damage == "added":  # a warm-up file the model was not uploaded with
+        (local / "assets.extra").mkdir()
+        (local / "assets.extra" / "tf_serving_warmup_requests").write_bytes(b"records")
+    else:
+        index.unlink()
+    assert source.local_dir(1) == local
+    assert files(local) == {"saved_model.pb": b"graph", "variables/variables.index": b"index"}
+
+
+def test_a_copy_from_other_files_or_without_manifest_is_fetched_again(bucket, put, cache):
+    put("m/1/saved_model.pb", b"graph")
+    source = RemoteSource(f"s3://{bucket}/m", cache)
+    source.listing()
+    local = source.local_dir(1)
+    manifest = local / MANIFEST
+    entry = json.loads(manifest.read_text())
+    entry["saved_model.pb"]["mark"] = '"another etag"'
+    manifest.write_text(json.dumps(entry))
+    (local / "saved_model.pb").write_bytes(b"GRAPH")
+    assert files(source.local_dir(1)) == {"saved_model.pb": b"graph"}
+    manifest.unlink()  # a copy an older release made
+    (local / "saved_model.pb").write_bytes(b"GRAPH")
+    assert files(source.local_dir(1)) == {"saved_model.pb": b"graph"}
+
+
+def test_the_cache_root_is_this_users_alone(bucket, put, tmp_path, monkeypatch):
+    put("m/1/saved_model.pb", b"graph")
+    monkeypatch.delenv(MODEL_DIR_ENV, raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    source = RemoteSource(f"s3://{bucket}/m")  # the default cache
+    source.listing()
+    local = source.local_dir(1)
+    user = tmp_path / f"ray-tf-serve-{os.geteuid()}"
+    assert local.parent == user / "models" / "remote"
+    for directory in (user, user / "models", user / "models" / "remote"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # a directory anyone could have made first
+    with pytest.raises(UnsafeDirectory, match=rf"{shared} \(owner uid \d+, mode drwxrwxrwx\) "
+                                              rf"lets another user change the model copies"):
+        RemoteSource(f"s3://{bucket}/m", Cache(shared)).local_dir(1)
+    assert list(shared.iterdir()) == []
+    shared.chmod(0o700)
+    monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 4242)  # another user's
+    with pytest.raises(UnsafeDirectory, match=rf"^{shared}/remote \(owner uid {os.getuid()}, "):
+        RemoteSource(f"s3://{bucket}/m", Cache(shared / "remote")).local_dir(1)
+
+
+def test_a_multipart_upload_is_checked_against_its_etag(s3, bucket, cache):
+    """An S3 multipart ETag is the MD5 of its parts' MD5s: checked with each
+    part's size as the store reports it (here 5 MiB, 5 MiB + 3000, 10 bytes)."""
+    part = 5 * 2**20  # S3's smallest
+    weights = np.random.default_rng(0).bytes(2 * part + 3010)
+
+    def upload(data: bytes) -> None:
+        with s3.open(f"{bucket}/m/1/variables/variables.data", "wb", block_size=part) as file:
+            for start, end in ((0, part), (part, 2 * part + 3000), (2 * part + 3000, None)):
+                file.write(data[start:end])
+                file.flush()  # a part of what it holds
+
+    s3.pipe(f"{bucket}/m/1/saved_model.pb", b"graph")
+    upload(weights)
+    source = RemoteSource(f"s3://{bucket}/m", cache)
+    source.listing()
+    assert str(source._versions[1]["1"]["variables/variables.data"]["ETag"]).endswith('-3"')
+    assert files(source.local_dir(1))["variables/variables.data"] == weights
+    upload(weights[::-1])  # the same size, changed after the listing
+    source.listing()
+    upload(weights)
+    with pytest.raises(DownloadError, match=r"variables\.data: multipart ETag [0-9a-f]{32}-3 "
+                                            r"downloaded, the store lists [0-9a-f]{32}-3"):
+        source.local_dir(1)
+
+
+def test_a_poll_lists_version_names_then_only_the_versions_asked_for(bucket, put, cache):
+    for version in (1, 2, 3):
+        put(f"m/{version}/saved_model.pb", b"graph")
+        put(f"m/{version}/variables/variables.index", b"index")
+    put("m/4/variables/variables.index", b"no graph yet")
+    put("m/labels.txt", b"beside the versions")
+    source = RemoteSource(f"s3://{bucket}/m", cache)
+    found: list[str] = []
+    find = source.fs.find
+
+    def spy(path: str, **kwargs: object) -> dict:
+        found.append(path)
+        return find(path, **kwargs)
+
+    source.fs.find = spy  # type: ignore[method-assign]
+    assert source.versions() == {1, 2, 3, 4} and found == []  # names only: no recursion
+    assert source.fingerprints([3, 4]).keys() == {3}
+    assert found == [f"{bucket}/m/3", f"{bucket}/m/4"]
+    assert source.fingerprints([3]) == {3: source.listing()[3]}
