@@ -27,4 +27,5 @@ ENV RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
     RAY_SERVE_HAPROXY_RETRIES=1
 
 EXPOSE 8000 9000 8265 8080
-CMD ["serve", "run", "configs/config.yaml"]
+# `serve run` supervised (deployments/run.py): `docker stop` leaves no HAProxy behind.
+CMD ["python", "-m", "deployments.run", "configs/config.yaml"]

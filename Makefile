@@ -40,9 +40,10 @@ model: $(MODEL) $(LINEAR_MODEL) $(TEST_MODELS) $(LOCATOR_MODEL)
 
 # configs/server.env: Serve's faster serving path (HAProxy ingress, throughput mode).
 # SERVE_CONFIG: another app to serve, e.g. make serve SERVE_CONFIG=examples/digit_reader/config.yaml
+# deployments.run supervises `serve run`: however it is stopped, nothing it started is left.
 SERVE_CONFIG ?= configs/config.yaml
 serve: $(STAMP) model
-	set -a && . ./configs/server.env && set +a && $(BIN)/serve run $(SERVE_CONFIG)
+	set -a && . ./configs/server.env && set +a && exec $(BIN)/python -m deployments.run $(SERVE_CONFIG)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

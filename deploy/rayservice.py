@@ -2,6 +2,7 @@
 
     python -m deploy.rayservice           # `make kuberay`: write deploy/kuberay/*.yaml
     python -m deploy.rayservice --check   # exit 1 if a manifest is out of date
+    python -m deploy.rayservice --operator-namespace kuberay-system  # where KubeRay runs
 
 ``serveConfigV2`` is each config file verbatim, so the YAML a user runs with
 ``serve run`` is the one the cluster runs: edit ``configs/``, never the
@@ -13,7 +14,8 @@ manifests. The image is the repository's ``Dockerfile``.
 
 Each file also holds a ``NetworkPolicy``: from outside the cluster's pods, only
 the serving ports are reachable; Ray's own (GCS, dashboard) are for the
-cluster and the KubeRay operator, and require Ray's token besides.
+cluster and the KubeRay operator in its namespace, and require Ray's token
+besides.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ OUT = ROOT / "deploy" / "kuberay"
 IMAGE = "ray-tf-serve:0.1.0"  # `docker build -t ray-tf-serve:0.1.0 .`
 WORKDIR = "/home/ray/app"  # the Dockerfile's; the configs' relative paths start here
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 9000, 8080
+# Where the KubeRay operator runs: its Helm chart's and kustomization's default.
+OPERATOR_NAMESPACE = "default"
+# The operator's pods: the label both KubeRay's Helm chart and its kustomization
+# give them (their app.kubernetes.io/name differs: kuberay-operator, kuberay).
+OPERATOR_POD = {"app.kubernetes.io/component": "kuberay-operator"}
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,21 @@ def _ready_when_the_app_answers() -> dict:
             "timeoutSeconds": 3, "failureThreshold": 3}
 
 
+def pod_labels(target: Target) -> dict[str, str]:
+    """The labels of this RayService's pods that its pod templates set (KubeRay
+    copies a template's labels onto its pods, beside its own)."""
+    return {"app.kubernetes.io/instance": target.name}
+
+
+def cluster_pods(target: Target) -> dict[str, str]:
+    """A selector of this RayService's Ray pods, head and workers. Not
+    ``ray.io/cluster`` alone: a RayService's RayCluster is named
+    ``<name>-<5 random characters>``, renamed at each zero-downtime upgrade, so
+    no manifest knows its value; ``ray.io/is-ray-node`` is KubeRay's own mark
+    of a Ray pod, the instance label this RayService's templates give them."""
+    return {"ray.io/is-ray-node": "yes", **pod_labels(target)}
+
+
 def render(target: Target) -> dict:
     config_text = target.config.read_text()
     workers = target.workers
@@ -144,7 +166,8 @@ def render(target: Target) -> dict:
                 "enableInTreeAutoscaling": True,  # Serve's autoscaling asks; pods follow
                 "headGroupSpec": {
                     "rayStartParams": head_params,
-                    "template": {"spec": {"containers": [head]}},
+                    "template": {"metadata": {"labels": pod_labels(target)},
+                                 "spec": {"containers": [head]}},
                 },
                 "workerGroupSpecs": [{
                     "groupName": workers.group,
@@ -152,18 +175,21 @@ def render(target: Target) -> dict:
                     "minReplicas": 1,
                     "maxReplicas": pods,
                     "rayStartParams": worker_params,
-                    "template": {"spec": {"containers": [worker]}},
+                    "template": {"metadata": {"labels": pod_labels(target)},
+                                 "spec": {"containers": [worker]}},
                 }],
             },
         },
     }
 
 
-def network_policy(target: Target) -> dict:
+def network_policy(target: Target, operator_namespace: str = OPERATOR_NAMESPACE) -> dict:
     """Only the serving ports from anywhere; Ray's own ports (GCS, dashboard,
     workers, object transfers, metrics) only from the same cluster's pods, the
-    KubeRay operator and the namespace's monitoring."""
-    cluster = {"ray.io/originated-from-cr-name": target.name}
+    KubeRay operator in ``operator_namespace`` and the namespace's monitoring."""
+    cluster = cluster_pods(target)
+    # Kubernetes labels every namespace with its name; no one else can set it.
+    operator_ns = {"kubernetes.io/metadata.name": operator_namespace}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -175,9 +201,8 @@ def network_policy(target: Target) -> dict:
                 {"ports": [{"port": HTTP_PORT, "protocol": "TCP"},
                            {"port": GRPC_PORT, "protocol": "TCP"}]},
                 {"from": [{"podSelector": {"matchLabels": cluster}}]},
-                {"from": [{"namespaceSelector": {},
-                           "podSelector": {"matchLabels": {
-                               "app.kubernetes.io/name": "kuberay-operator"}}}],
+                {"from": [{"namespaceSelector": {"matchLabels": operator_ns},
+                           "podSelector": {"matchLabels": OPERATOR_POD}}],
                  "ports": [{"port": 8265, "protocol": "TCP"}, {"port": 6379, "protocol": "TCP"}]},
                 {"from": [{"podSelector": {}}],
                  "ports": [{"port": METRICS_PORT, "protocol": "TCP"}]},
@@ -199,20 +224,23 @@ _Dumper.add_representer(
         "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
 
 
-def manifest_text(target: Target) -> str:
+def manifest_text(target: Target, operator_namespace: str = OPERATOR_NAMESPACE) -> str:
     header = (f"# Generated by `make kuberay` from {target.config.relative_to(ROOT)}: "
               "edit that file, not this one.\n")
-    return header + yaml.dump_all([render(target), network_policy(target)], Dumper=_Dumper,
-                                  sort_keys=False, width=100)
+    return header + yaml.dump_all([render(target), network_policy(target, operator_namespace)],
+                                  Dumper=_Dumper, sort_keys=False, width=100)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="fail if a manifest is stale")
-    check = parser.parse_args().check
+    parser.add_argument("--operator-namespace", default=OPERATOR_NAMESPACE,
+                        help="the namespace the KubeRay operator runs in (default: %(default)s)")
+    args = parser.parse_args()
+    check = args.check
     stale = []
     for target in TARGETS:
-        text = manifest_text(target)
+        text = manifest_text(target, args.operator_namespace)
         if check:
             if not target.manifest.is_file() or target.manifest.read_text() != text:
                 stale.append(str(target.manifest.relative_to(ROOT)))

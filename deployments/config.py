@@ -16,12 +16,11 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
-    PositiveInt,
     model_validator,
 )
 
+from deployments.bounds import STRICT, Bytes, Count, Dim, Seconds, Version
 from deployments.device import GpuMemoryMode
 from deployments.preprocessing import ImagePreprocessing
 from deployments.storage import (
@@ -35,24 +34,24 @@ from deployments.storage import (
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
 
 class InputLimits(_Strict):
     """Bounds on what one request may carry (beyond them a 413) and on what an
     ingress replica takes on at once (past them a 503)."""
 
-    max_body_bytes: int = Field(16 * 2**20, gt=0)
-    max_image_pixels: int = Field(4096 * 4096, gt=0)
-    max_rows: int = Field(256, gt=0, description="images or instances per request")
-    max_elements: int = Field(2**26, gt=0, description="numbers per request once decoded")
-    max_decoded_bytes: int = Field(
-        512 * 2**20, gt=0, description="what one request's images may allocate while they "
+    max_body_bytes: Bytes = 16 * 2**20
+    max_image_pixels: Count = 4096 * 4096
+    max_rows: Count = Field(256, description="images or instances per request")
+    max_elements: Count = Field(2**26, description="numbers per request once decoded")
+    max_decoded_bytes: Bytes = Field(
+        512 * 2**20, description="what one request's images may allocate while they "
                                        "decode, counted from their headers before any is")
-    max_inflight_bytes: int = Field(
-        2**30, gt=0, description="what one ingress replica holds for all requests in flight "
+    max_inflight_bytes: Bytes = Field(
+        2**30, description="what one ingress replica holds for all requests in flight "
                                  "(bodies, parsed JSON, decoded batches); beyond: a 503")
-    request_timeout_s: float = Field(
+    request_timeout_s: Seconds = Field(
         30.0, gt=0, description="how long a request may wait for its model before a 503; "
                                 "a client's x-request-timeout-seconds header may shorten it")
     decode_threads: int = Field(
@@ -64,7 +63,7 @@ class DeviceArgs(_Strict):
     """How a model replica uses its hardware (see ``deployments.device``)."""
 
     gpu_memory: GpuMemoryMode = "growth"
-    gpu_total_memory_mb: int | None = Field(None, gt=0)
+    gpu_total_memory_mb: int | None = Field(None, gt=0, le=2**20)
 
     @model_validator(mode="after")
     def _limit_needs_total(self) -> DeviceArgs:
@@ -82,7 +81,7 @@ RESERVED_NAMES = frozenset({"Preprocessor"})
 class StorageArgs(_Strict):
     """How a model in object storage is cached on each node."""
 
-    cache_max_bytes: PositiveInt = Field(
+    cache_max_bytes: Bytes = Field(
         20 * 2**30, description="the node's cache of downloaded versions; least recently "
                                 "used copies go first")
     verify_md5: bool = Field(True, description="check files against the MD5 the store "
@@ -92,7 +91,7 @@ class StorageArgs(_Strict):
 class Latest(_Strict):
     """Serve the ``latest`` highest versions present (TF Serving's default: 1)."""
 
-    latest: PositiveInt = 1
+    latest: Count = 1
 
     def select(self, present: Iterable[int]) -> set[int]:
         return set(sorted(present)[-self.latest:])
@@ -101,7 +100,7 @@ class Latest(_Strict):
 class Specific(_Strict):
     """Serve exactly these versions, as they appear."""
 
-    specific: tuple[PositiveInt, ...] = Field(min_length=1)
+    specific: tuple[Version, ...] = Field(min_length=1)
 
     def select(self, present: Iterable[int]) -> set[int]:
         return set(present) & set(self.specific)
@@ -157,10 +156,10 @@ class ModelArgs(_Strict):
     version_policy: Annotated[VersionPolicy, BeforeValidator(_policy)] = Field(
         default_factory=Latest,
         description="{latest: N} (default 1), {specific: [versions]} or all")
-    versions: tuple[PositiveInt, ...] | None = Field(
+    versions: tuple[Version, ...] | None = Field(
         None, min_length=1, description="shorthand for version_policy: {specific: versions}")
-    poll_interval_s: float = Field(
-        1.0, ge=0, description="how often replicas look for new versions; 0: only at start")
+    poll_interval_s: Seconds = Field(
+        1.0, description="how often replicas look for new versions; 0: only at start")
     input: InputKind = Field(
         "tensor", description="image: encoded images are decoded to the image input"
     )
@@ -291,7 +290,7 @@ class StepArgs(_Strict):
     transform: ImportPath | None = Field(
         None, description="your code in the model's replica turning ``inputs`` into the "
                           "model's inputs: dict[str, ndarray] -> dict[str, ndarray]")
-    version: PositiveInt | None = Field(None, description="the model's version this step "
+    version: Version | None = Field(None, description="the model's version this step "
                                                           "runs; default: its highest")
 
     @model_validator(mode="after")
@@ -314,7 +313,7 @@ class TensorArgs(_Strict):
     """A request input's type, for one that only a transform reads."""
 
     dtype: TensorDtype
-    shape: tuple[int | None, ...] = Field(
+    shape: tuple[Dim | None, ...] = Field(
         min_length=1, description="with the batch dimension first: [-1, 64]; -1 (or null) "
                                   "for any size")
 
@@ -487,7 +486,7 @@ class AppArgs(_Strict):
 
     models: tuple[ModelArgs, ...] = Field(min_length=1)
     pipelines: tuple[PipelineArgs, ...] = ()
-    top_k: int = Field(5, ge=1, description="default number of classes per prediction")
+    top_k: Count = Field(5, description="default number of classes per prediction")
     limits: InputLimits = InputLimits()
     device: DeviceArgs = DeviceArgs()
     auth: AuthArgs = AuthArgs()

@@ -13,7 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
+
+from deployments.bounds import STRICT, Side
 
 if TYPE_CHECKING:  # signature.py carries these settings in ModelMetadata
     from deployments.signature import ImageGeometry
@@ -57,16 +59,16 @@ class ShorterSide(BaseModel):
     """Resize the shorter side to ``shorter_side`` keeping the aspect ratio,
     then take the model's height × width from the centre."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
-    shorter_side: PositiveInt
+    shorter_side: Side
     crop: Literal["center"] = "center"
 
 
 class ImagePreprocessing(BaseModel):
     """A model's image preprocessing (docs/configuration.md, "Image preprocessing")."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     preset: Preset | None = Field(
         None, description="a Keras application family's preprocess_input; fields given "
@@ -115,7 +117,21 @@ class ImagePreprocessing(BaseModel):
             raise ValueError(f"std {list(self.std)}: every value must be above 0")
         if self.pad_value not in (0, (0, 0, 0)) and self.resize != "letterbox":
             raise ValueError("pad_value is for resize: letterbox")
+        self._fits_float32()
         return self
+
+    def _fits_float32(self) -> None:
+        """Every pixel value maps to a finite float32 (each field finite may
+        still overflow: ``range: [-1e300, 1e300]``, ``std: 1e-300``)."""
+        channels = max(len(self.mean), len(self.std))
+        if {len(self.mean), len(self.std)} - {1, channels}:
+            return  # refused by ``check`` once the model's channels are known
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            scale, offset = self.affine(channels)
+            ends = np.stack([offset, np.float32(255) * scale + offset])
+        if not np.isfinite(ends).all():
+            raise ValueError("range, scale, offset, mean and std map pixel values beyond "
+                             "float32's range")
 
     def check(self, geometry: ImageGeometry) -> None:
         """A ValueError unless these settings fit images of ``geometry`` (known

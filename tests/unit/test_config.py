@@ -4,6 +4,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from deployments import config, preprocessing
 from deployments.config import AppArgs, ModelArgs
 from deployments.versions import Routing
 
@@ -83,6 +84,85 @@ def test_a_savedmodel_directory_is_version_1(tmp_path):
 def test_bad_args_are_refused(bad):
     with pytest.raises(ValidationError):
         AppArgs.model_validate(bad)
+
+
+def _model(fields: str, image: bool = False) -> str:
+    kind = ", input: image" if image else ""
+    return f"models: [{{name: m, path: x{kind}, {fields}}}]"
+
+
+def _app(fields: str) -> str:
+    return f"models: [{{name: m, path: x}}]\n{fields}"
+
+
+def _pipeline(fields: str) -> str:
+    return _app(f"pipelines: [{{name: p, {fields}}}]")
+
+
+# An operator's mistakes as YAML reads them, and the field the error must name.
+MISTAKES = [
+    (_model("preprocessing: {range: [0, .inf]}", image=True), "models.0.preprocessing.range.1"),
+    (_model("preprocessing: {scale: .inf}", image=True), "models.0.preprocessing.scale"),
+    (_model("preprocessing: {scale: 1, offset: -.inf}", image=True),
+     "models.0.preprocessing.offset"),
+    (_model("preprocessing: {mean: .nan}", image=True), "models.0.preprocessing.mean.0"),
+    (_model("preprocessing: {std: [1, .nan, 1]}", image=True), "models.0.preprocessing.std.1"),
+    (_model("preprocessing: {range: [-1.0e+300, 1.0e+300]}", image=True),
+     "models.0.preprocessing"),
+    (_model("preprocessing: {std: 1.0e-300}", image=True), "models.0.preprocessing"),
+    (_model(f"preprocessing: {{resize: {{shorter_side: {10**400}}}}}", image=True),
+     "models.0.preprocessing.resize.ShorterSide.shorter_side"),
+    (_model("poll_interval_s: .inf"), "models.0.poll_interval_s"),
+    (_model("poll_interval_s: 1.0e+300"), "models.0.poll_interval_s"),
+    (_model(f"versions: [{2**63}]"), "models.0.versions.0"),
+    (_model(f"version_policy: {{latest: {10**400}}}"), "models.0.version_policy.Latest.latest"),
+    (_model(f"storage: {{cache_max_bytes: {10**400}}}"), "models.0.storage.cache_max_bytes"),
+    (_app("limits: {request_timeout_s: .inf}"), "limits.request_timeout_s"),
+    (_app("limits: {request_timeout_s: .nan}"), "limits.request_timeout_s"),
+    (_app("limits: {request_timeout_s: 1.0e+9}"), "limits.request_timeout_s"),
+    (_app(f"limits: {{max_body_bytes: {10**400}}}"), "limits.max_body_bytes"),
+    (_app(f"limits: {{max_rows: {2**31}}}"), "limits.max_rows"),
+    (_app(f"limits: {{max_elements: {10**400}}}"), "limits.max_elements"),
+    (_app("limits: {max_inflight_bytes: .inf}"), "limits.max_inflight_bytes"),
+    (_app(f"device: {{gpu_total_memory_mb: {10**400}}}"), "device.gpu_total_memory_mb"),
+    (_app(f"top_k: {10**400}"), "top_k"),
+    (_pipeline(f"steps: [{{model: m, version: {2**63}}}]"), "pipelines.0.steps.0.version"),
+    (_pipeline("steps: [{model: m, inputs: {t: request.t}}], "
+               f"inputs: {{t: {{dtype: string, shape: [-1, {2**63}]}}}}"),
+     "pipelines.0.inputs.t.shape.1"),
+]
+
+
+@pytest.mark.parametrize(("text", "field"), MISTAKES, ids=[field for _, field in MISTAKES])
+def test_non_finite_and_absurd_numbers_are_refused_naming_the_field(text, field):
+    with pytest.raises(ValidationError) as refused:
+        AppArgs.model_validate(yaml.safe_load(text))
+    assert field in {".".join(map(str, e["loc"])) for e in refused.value.errors()}
+    assert f"\n{field}\n" in str(refused.value)  # as the operator reads it
+
+
+def _numbers(schema: object, path: str = "") -> list[tuple[str, dict]]:
+    """Every integer and number in a JSON schema, by where it is."""
+    if isinstance(schema, list):
+        return [n for i, s in enumerate(schema) for n in _numbers(s, f"{path}/{i}")]
+    if not isinstance(schema, dict):
+        return []
+    own = [(path, schema)] if schema.get("type") in ("integer", "number") else []
+    return own + [n for k, s in schema.items() for n in _numbers(s, f"{path}/{k}")]
+
+
+def test_every_number_of_the_config_is_finite_and_bounded():
+    schema = AppArgs.model_json_schema()
+    for name in schema["$defs"]:  # .inf and .nan refused in every model's float fields
+        model = getattr(config, name, None) or getattr(preprocessing, name)
+        assert model.model_config.get("allow_inf_nan") is False, name
+    # Preprocessing's floats are checked together: the map they fold into fits float32.
+    numbers = [(path, node) for path, node in _numbers(schema)
+               if not path.startswith("/$defs/ImagePreprocessing/properties/") or
+               node["type"] == "integer"]
+    assert len(numbers) > 20
+    unbounded = [path for path, node in numbers if "maximum" not in node]
+    assert unbounded == []
 
 
 def test_version_settings_must_agree():

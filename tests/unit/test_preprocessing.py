@@ -65,6 +65,8 @@ def test_resize_policies_parse():
     ({"range": [1, -1]}, "low must be below high"),
     ({"scale": 0}, "scale 0"),
     ({"std": [1, 0, 1]}, "every value must be above 0"),
+    ({"std": [1e-300]}, "beyond float32's range"),
+    ({"range": [0, float("inf")]}, "finite number"),
     ({"mean": [1, 2, 3, 4]}, "at most 3 items"),
     ({"pad_value": 3}, "pad_value is for resize: letterbox"),
     ({"resize": "letterbox", "pad_value": 256}, "less than or equal to 255"),
