@@ -16,6 +16,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     model_validator,
 )
@@ -477,12 +478,13 @@ class CorsArgs(_Strict):
     expose_headers: tuple[str, ...] = Field(
         ("Inference-Header-Content-Length", "Retry-After"),
         description="response headers pages may read")
-    max_age: int = Field(600, ge=0, description="seconds browsers may keep a preflight's answer")
+    max_age: int = Field(600, ge=0, le=86400,
+                         description="seconds browsers may keep a preflight's answer")
 
 
 class AppArgs(_Strict):
     # Errors never echo what was given: a token put where it does not belong stays unshown.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = STRICT | ConfigDict(hide_input_in_errors=True)
 
     models: tuple[ModelArgs, ...] = Field(min_length=1)
     pipelines: tuple[PipelineArgs, ...] = ()
