@@ -16,7 +16,7 @@ from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics
 from deployments.openapi import openapi_document
 from deployments.protocols import ui
-from deployments.protocols.http import render_error
+from deployments.protocols.http import deadlines, render_error
 from deployments.protocols.native import NativeApi
 from deployments.protocols.routes import ApiRoute
 from deployments.protocols.tfserving import TFServingApi
@@ -54,8 +54,9 @@ def api_routes(registry: ModelRegistry, limits: InputLimits, top_k: int) -> list
 def build_asgi(registry: ModelRegistry, limits: InputLimits, metrics: IngressMetrics,
                top_k: int) -> Starlette:
     """The app: the API's routes and the demo page, every error rendered as
-    JSON, every request counted."""
+    JSON, every request counted and bounded by its deadline."""
     routes: list[BaseRoute] = [*api_routes(registry, limits, top_k), *ui.routes()]
     handlers = {ServeError: render_error, HTTPException: render_error, Exception: render_error}
     return Starlette(routes=routes, exception_handlers=handlers,
-                     middleware=[Middleware(metrics.asgi), Middleware(registry.budget.asgi)])
+                     middleware=[Middleware(metrics.asgi), Middleware(registry.budget.asgi),
+                                 Middleware(deadlines, limits=limits)])

@@ -51,10 +51,14 @@ class Service(TFServingGrpcService):
 
 @dataclass
 class Context:
-    """What the methods set on Serve's ``RayServegRPCContext``."""
+    """What the methods read and set on Serve's ``RayServegRPCContext``."""
 
     code: grpc.StatusCode | None = None
     details: str = ""
+    metadata: tuple[tuple[str, str], ...] = ()  # the client's
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        return list(self.metadata)
 
     def set_code(self, code: grpc.StatusCode) -> None:
         self.code = code
