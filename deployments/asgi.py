@@ -19,7 +19,7 @@ from deployments.config import AuthArgs, CorsArgs, InputLimits
 from deployments.metrics import IngressMetrics
 from deployments.openapi import openapi_document
 from deployments.protocols import ui
-from deployments.protocols.http import render_error
+from deployments.protocols.http import deadlines, render_error
 from deployments.protocols.native import NativeApi
 from deployments.protocols.routes import ApiRoute
 from deployments.protocols.tfserving import TFServingApi
@@ -60,13 +60,14 @@ def build_asgi(registry: ModelRegistry, limits: InputLimits, metrics: IngressMet
                top_k: int, gate: Gate | None = None, cors: CorsArgs | None = None
                ) -> Starlette:
     """The app: the API's routes and the demo page, every error rendered as
-    JSON, every request counted (401s too), behind ``gate`` (none: open), and
-    CORS answered first (preflights need no token) when ``cors`` lists origins."""
+    JSON, every request counted (401s too) and bounded by its deadline, behind
+    ``gate`` (none: open), and CORS answered first (preflights need no token)
+    when ``cors`` lists origins."""
     gate = gate or Gate(AuthArgs())
     routes: list[BaseRoute] = [*api_routes(registry, limits, top_k, gate.args), *ui.routes()]
     handlers = {ServeError: render_error, HTTPException: render_error, Exception: render_error}
     middleware = [Middleware(metrics.asgi), Middleware(gate.asgi),
-                  Middleware(registry.budget.asgi)]
+                  Middleware(registry.budget.asgi), Middleware(deadlines, limits=limits)]
     if cors is not None and cors.allow_origins:
         middleware.insert(0, Middleware(CORSMiddleware, **cors.model_dump()))
     return Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)

@@ -11,10 +11,12 @@ object store, callers' own ``ObjectRef`` forwarded as they are).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple, Protocol
@@ -57,6 +59,57 @@ _FOLLOW_POLL_S = 0.2
 
 # Rows per coalesced call while the model's own max_batch_size is not known.
 _DEFAULT_COALESCE_ROWS = 32
+
+
+class DeadlinePassed(ServiceUnavailable):
+    """A request not answered within its deadline: a 503 (over gRPC,
+    ``DEADLINE_EXCEEDED`` when the deadline was the client's)."""
+
+    def __init__(self, timeout_s: float, clients: bool) -> None:
+        super().__init__(f"the request was not answered within {timeout_s:g} s"
+                         f"{' (its deadline)' if clients else ''}; retry")
+        self.clients = clients
+
+
+@dataclass(frozen=True)
+class _Deadline:
+    when: float  # on the event loop's clock
+    timeout_s: float
+    clients: bool  # the client asked for it (else the config's request_timeout_s)
+
+
+# The deadline of the HTTP or gRPC request being handled (None: a handle call).
+_deadline: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar(
+    "deadline", default=None)
+
+
+@asynccontextmanager
+async def deadline(timeout_s: float, clients: bool = False) -> AsyncIterator[asyncio.Timeout]:
+    """A request's deadline, from its arrival to its answer: everything inside
+    (reading the body, parsing, waiting for a decode thread, the model) is
+    cancelled ``timeout_s`` from now, a :class:`DeadlinePassed`; a request
+    past it is not sent to its model. (The ``Timeout`` may be rescheduled:
+    an HTTP answer being sent is not cut off.)"""
+    when = asyncio.get_running_loop().time() + timeout_s
+    token = _deadline.set(_Deadline(when, timeout_s, clients))
+    timeout = asyncio.timeout_at(when)
+    try:
+        async with timeout:
+            yield timeout
+    except TimeoutError:
+        if not timeout.expired():
+            raise
+        raise DeadlinePassed(timeout_s, clients) from None
+    finally:
+        _deadline.reset(token)
+
+
+def _check_deadline() -> None:
+    """A :class:`DeadlinePassed` once the request's deadline has passed (work
+    done without yielding to the event loop may overrun it)."""
+    current = _deadline.get()
+    if current is not None and asyncio.get_running_loop().time() >= current.when:
+        raise DeadlinePassed(current.timeout_s, current.clients)
 
 
 class ReplicaDied(Exception):
@@ -318,12 +371,15 @@ class ModelEndpoint:
         serves it: a pinned request is sent again while a replica lists the
         version (else it is a 404); one that named none moves to another
         version (see ``_another``). Without an answer within
-        ``timeout_s`` (default: the limits' ``request_timeout_s``), a 503.
+        ``timeout_s`` (default: the limits' ``request_timeout_s``), a 503;
+        within an HTTP or gRPC request, its :func:`deadline` bounds it instead
+        (unless ``timeout_s`` is given).
         """
+        bounded = timeout_s is not None or _deadline.get() is None
         timeout_s = self._limits.request_timeout_s if timeout_s is None else timeout_s
         pre, post = self._processors.pre, self._processors.post
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(timeout_s if bounded else None):
                 if pre is not None:
                     inputs = await pre({**inputs, **await read_objects(_refs(inputs))})
                     self._budget.take(_nbytes(inputs), f"{pre.path}'s inputs")
@@ -346,6 +402,7 @@ class ModelEndpoint:
             meta = (await self._split(meta)).signature(signature)
         while True:
             part = await self._part(meta, inputs)
+            _check_deadline()
             try:
                 return Answer(meta, await self._coalescer(meta).submit(part, part.rows))
             except NotFound:

@@ -13,6 +13,7 @@ which is TF Serving's JSON mapping of the same protos.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,8 +68,10 @@ _DTYPES: dict[int, tuple[np.dtype | str, str, np.dtype | str]] = {
 }
 _ENUM_OF = {dtype if dtype == STRING else dtype.name: enum
             for enum, (dtype, _, _) in _DTYPES.items()}
-# An object array's slot: what a string element costs beyond its bytes.
-_POINTER_BYTES = 8
+# What a string the message holds costs beyond its bytes and its slot in the
+# tensor: its slot in the list read from the message and in the array numpy
+# makes of that list, and the bytes object's header.
+_STRING_OVERHEAD = 2 * 8 + sys.getsizeof(b"")
 
 
 def _dtype_name(enum: int) -> str:
@@ -93,12 +96,21 @@ class TensorInput:
 
     @property
     def decoded_bytes(self) -> int:
-        """What reading the values allocates: nothing for ``tensor_content``
-        (a view of the message), the whole shape for typed fields."""
+        """The peak of :meth:`decode`: nothing for ``tensor_content`` (a view
+        of the message); for a typed field, the values read plus the array of
+        the whole shape they are padded into; for strings, also each one's
+        bytes object (together at most the tensor's message size)."""
         if self.proto.tensor_content:
             return 0
-        itemsize = _POINTER_BYTES if self.dtype == STRING else self.dtype.itemsize
-        return element_count(self.shape) * itemsize
+        count, given = element_count(self.shape), self.given
+        if self.dtype == STRING:
+            return count * 8 + given * _STRING_OVERHEAD + self.proto.ByteSize()
+        return count * self.dtype.itemsize + given * _DTYPES[self.proto.dtype][2].itemsize
+
+    @property
+    def given(self) -> int:
+        """How many values the typed field holds (without reading them)."""
+        return len(getattr(self.proto, _DTYPES[self.proto.dtype][1]))
 
     def decode(self) -> np.ndarray:
         """The values as an array of ``shape`` (strings: an object array of bytes)."""
@@ -119,9 +131,7 @@ class TensorInput:
             raise BadRequest(f"{self.what}: {len(given)} values in {field} for shape "
                              f"{list(self.shape)} ({count} elements)")
         if self.dtype == STRING:
-            values = np.empty(len(given), dtype=object)
-            values[:] = list(given)
-            return _filled(values, count, b"").reshape(self.shape)
+            return _filled(list(given), np.dtype(object), count, b"").reshape(self.shape)
         values = np.fromiter(given, dtype=stored, count=len(given))
         target = np.dtype(np.uint16) if field == "half_val" else self.dtype
         if target.kind in "iu" and values.size and values.dtype != target:
@@ -130,17 +140,18 @@ class TensorInput:
                 raise BadRequest(f"{self.what}: {field} holds values out of range for "
                                  f"{_dtype_name(self.proto.dtype)} ({info.min} to "
                                  f"{info.max})")
-        values = _filled(values.astype(target, copy=False), count, 0)
-        return values.view(self.dtype).reshape(self.shape)
+        return _filled(values, target, count, 0).view(self.dtype).reshape(self.shape)
 
 
-def _filled(values: np.ndarray, count: int, zero: object) -> np.ndarray:
-    """``values`` padded to ``count`` elements as TensorFlow pads a typed
-    field: with its last value, or with zeros when it has none."""
-    if len(values) == count:
-        return values
-    fill = values[-1] if len(values) else zero
-    return np.concatenate([values, np.full(count - len(values), fill, dtype=values.dtype)])
+def _filled(values: Sequence[object] | np.ndarray, dtype: np.dtype, count: int,
+            zero: object) -> np.ndarray:
+    """``values`` as ``count`` elements of ``dtype``, padded as TensorFlow pads
+    a typed field: with its last value, or with zeros when it has none (one
+    array allocated, the values cast as they are copied in)."""
+    out = np.empty(count, dtype)
+    out[:len(values)] = values
+    out[len(values):] = values[-1] if len(values) else zero
+    return out
 
 
 def tensor_input(name: str, proto: tensor_pb2.TensorProto) -> TensorInput:
@@ -163,10 +174,7 @@ class PredictRequest:
     signature_name: str
     output_filter: tuple[str, ...]
     inputs: list[TensorInput]
-
-    @property
-    def decoded_bytes(self) -> int:
-        return sum(t.decoded_bytes for t in self.inputs)
+    decoded_bytes: int  # the peak of decode (counted with the checks, off the event loop)
 
     def decode(self) -> dict[str, np.ndarray]:
         """Every input's values, by name (checked against the signature later,
@@ -176,20 +184,24 @@ class PredictRequest:
 
 def parse_predict_request(message: predict_pb2.PredictRequest, max_rows: int,
                           max_elements: int) -> PredictRequest:
-    """Each input's declared rows and the elements of all of them checked
-    against the limits (a 413) before any value is read: a typed field's
-    single value may declare a shape of any size."""
+    """Each input's declared rows, its strings (as a V2 BYTES tensor, at most
+    ``max_rows``: each becomes a Python object, walked one by one) and the
+    elements of all of them checked against the limits (a 413) before any
+    value is read: a typed field's single value may declare a shape of any size."""
     if not message.inputs:
         raise BadRequest("the request has no inputs")
     inputs = [tensor_input(name, proto) for name, proto in sorted(message.inputs.items())]
     for tensor in inputs:
         check_rows(tensor.shape[0] if tensor.shape else 1, max_rows, tensor.what)
+        if tensor.dtype == STRING and (count := element_count(tensor.shape)) > max_rows:
+            raise PayloadTooLarge(f"{tensor.what} has {count} DT_STRING elements, the limit "
+                                  f"is {max_rows} (max_rows)")
     elements = sum(element_count(t.shape) for t in inputs)
     if elements > max_elements:
         raise PayloadTooLarge(f"the inputs have {elements} elements, the limit is "
                               f"{max_elements}")
     return PredictRequest(message.model_spec.signature_name, tuple(message.output_filter),
-                          inputs)
+                          inputs, sum(t.decoded_bytes for t in inputs))
 
 
 def tensor_proto(array: np.ndarray, what: str) -> tensor_pb2.TensorProto:

@@ -2,6 +2,11 @@
 Serve's gRPC proxy: the proxy calls the ingress deployment's method named
 after the RPC with the request message. Errors set a gRPC status code and
 our message on the call's context; every call is counted by its code.
+
+A call is bounded by ``request_timeout_s``, or by less when the client sends
+``x-request-timeout-seconds`` metadata: the proxy passes the client's gRPC
+deadline on only by cancelling the call once it passes (gRPC consumes the
+``grpc-timeout`` header, and Serve's context carries no deadline).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from deployments.auth import Gate
 from deployments.codecs.errors import PayloadTooLarge, ServeError
 from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics, arrival
-from deployments.registry import ModelRegistry
+from deployments.protocols.http import TIMEOUT_HEADER, request_timeout
+from deployments.registry import DeadlinePassed, ModelRegistry, deadline
 
 logger = logging.getLogger("ray.serve")
 
@@ -54,8 +60,9 @@ Rpc = Callable[[Any, Any, RayServegRPCContext], Awaitable[Any]]
 
 
 def rpc(protocol: str, model_of: Callable[[Any], str]) -> Callable[[Rpc], Rpc]:
-    """An RPC method that turns our errors into gRPC status codes with their
-    message and counts the call under ``protocol``, for the model
+    """An RPC method bounded by its deadline, that turns our errors into gRPC
+    status codes with their message (``DEADLINE_EXCEEDED`` past the client's
+    deadline) and counts the call under ``protocol``, for the model
     ``model_of(request)`` names; a call without a valid token (when auth is
     on) is refused first. (Serve passes ``grpc_context`` to methods whose
     signature names it.)"""
@@ -65,17 +72,21 @@ def rpc(protocol: str, model_of: Callable[[Any], str]) -> Callable[[Rpc], Rpc]:
         async def call(self: GrpcService, request: Any,
                        grpc_context: RayServegRPCContext) -> Any:
             code = grpc.StatusCode.INTERNAL
+            asked = dict(grpc_context.invocation_metadata()).get(TIMEOUT_HEADER)
             try:
                 with arrival(), self._gate.rpc(method.__name__, grpc_context), \
                         self._registry.budget.request():
-                    answer = await method(self, request, grpc_context)
+                    async with deadline(*request_timeout(asked, self._limits)):
+                        answer = await method(self, request, grpc_context)
                 code = grpc.StatusCode.OK
                 return answer
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
             except ServeError as exc:
-                code = STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL)
+                code = (grpc.StatusCode.DEADLINE_EXCEEDED
+                        if isinstance(exc, DeadlinePassed) and exc.clients
+                        else STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL))
                 grpc_context.set_code(code)
                 grpc_context.set_details(exc.message)
                 raise

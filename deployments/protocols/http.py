@@ -11,9 +11,11 @@ import zlib
 from typing import Any
 
 import numpy as np
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.budget import JSON_EXPANSION, MemoryBudget
 from deployments.codecs.errors import (
@@ -25,7 +27,7 @@ from deployments.codecs.errors import (
 from deployments.codecs.numbers import decimal_count
 from deployments.codecs.tensor import JsonInputs, parse_json
 from deployments.config import InputLimits
-from deployments.registry import ModelEndpoint, ModelRegistry
+from deployments.registry import DeadlinePassed, ModelEndpoint, ModelRegistry, deadline
 from deployments.signature import ModelMetadata
 
 logger = logging.getLogger("ray.serve")
@@ -56,18 +58,47 @@ async def resolve(registry: ModelRegistry, request: Request
                                   params.get("label"))
 
 
-# Serve's header for a client's own deadline (it applies it too, where it can).
+# Serve's header for a client's own deadline (it applies it too, where it can);
+# gRPC clients may send it as metadata.
 TIMEOUT_HEADER = "x-request-timeout-seconds"
 
 
-def request_timeout(request: Request, limits: InputLimits) -> float:
-    """How long this request may wait for its model: the configured
-    ``request_timeout_s``, or less when the client's header asks for less."""
+def request_timeout(asked: str | None, limits: InputLimits) -> tuple[float, bool]:
+    """How long a request may take from arrival to answer: the configured
+    ``request_timeout_s``, or less when the client ``asked`` for less (its
+    :data:`TIMEOUT_HEADER`); and whether that is the client's deadline."""
     try:
-        asked = float(request.headers.get(TIMEOUT_HEADER, "inf"))
+        seconds = float(asked) if asked is not None else math.inf
     except ValueError:
-        asked = math.inf
-    return min(asked, limits.request_timeout_s) if asked > 0 else limits.request_timeout_s
+        seconds = math.inf
+    if 0 < seconds < limits.request_timeout_s:
+        return seconds, True
+    return limits.request_timeout_s, False
+
+
+def deadlines(app: ASGIApp, limits: InputLimits) -> ASGIApp:
+    """``app`` with every HTTP request bounded by its deadline (see
+    :func:`request_timeout`) from arrival until its answer starts: the body
+    read, parsing and decoding included; past it, a 503 (Starlette middleware)."""
+
+    async def bounded(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+
+        async def answer(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                timeout.reschedule(None)  # an answer being sent is not cut off
+            await send(message)
+
+        timeout_s, clients = request_timeout(Headers(scope=scope).get(TIMEOUT_HEADER), limits)
+        try:
+            async with deadline(timeout_s, clients) as timeout:
+                await app(scope, receive, answer)
+        except DeadlinePassed as exc:  # (the timeout's, before any answer started)
+            await render_error(Request(scope), exc)(scope, receive, send)
+
+    return bounded
 
 
 def pinned(request: Request) -> bool:

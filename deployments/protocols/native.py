@@ -32,7 +32,6 @@ from deployments.protocols.http import (
     parse_json_body,
     pinned,
     read_body,
-    request_timeout,
     resolve,
     with_images,
 )
@@ -74,13 +73,12 @@ class NativeApi:
 
     async def _predict(self, endpoint: ModelEndpoint, meta: ModelMetadata,
                        inputs: dict[str, np.ndarray | ObjectRef], top_k: int | str | None,
-                       scores: bool | str, pinned: bool,
-                       timeout_s: float | None = None) -> dict[str, Any]:
+                       scores: bool | str, pinned: bool) -> dict[str, Any]:
         include_scores = parse_flag(scores, "scores")  # the query is checked before the
         if meta.labels:                                 # model runs
             parse_top_k(top_k, self._default_top_k, len(meta.labels))
         # The version that answered (it may have followed a redeploy) labels it.
-        meta, outputs = await endpoint.infer(meta, inputs, pinned, timeout_s)
+        meta, outputs = await endpoint.infer(meta, inputs, pinned)
         answer: dict[str, Any] = {"model": meta.name, "version": meta.version}
         scores_given = outputs.get(meta.scores_output)
         # A classifier: the best classes of its scores (unless postprocess
@@ -137,7 +135,7 @@ class NativeApi:
         params = request.query_params
         return PortableJSON(
             await self._predict(endpoint, meta, inputs, params.get("top_k"), params.get("scores"),
-                                pinned(request), request_timeout(request, self._limits))
+                                pinned(request))
         )
 
     async def _decode_image(self, request: Request, body: bytes, endpoint: ModelEndpoint,

@@ -36,7 +36,6 @@ from deployments.protocols.http import (
     parse_json_body,
     pinned,
     read_body,
-    request_timeout,
     resolve,
     with_images,
 )
@@ -88,8 +87,7 @@ class TFServingApi:
         parsed = await asyncio.to_thread(parse_predict_request, document, meta,
                                          self._limits.max_rows)
         inputs = await with_images(endpoint, meta, parsed.inputs)
-        answer = await endpoint.infer(meta, inputs, pinned(request),
-                                      request_timeout(request, self._limits))
+        answer = await endpoint.infer(meta, inputs, pinned(request))
         return JSONWithNaN(encode_predict_response(answer.outputs, parsed.columnar))
 
     async def classify(self, request: Request) -> JSONResponse:
@@ -104,8 +102,7 @@ class TFServingApi:
         endpoint, meta, document = await self._read(request)
         inputs = await asyncio.to_thread(parse_examples_request, document, meta, verb,
                                          self._limits.max_rows)
-        answer = await endpoint.infer(meta, inputs, pinned(request),
-                                      request_timeout(request, self._limits))
+        answer = await endpoint.infer(meta, inputs, pinned(request))
         return answer.outputs
 
     async def _read(self, request: Request) -> tuple[ModelEndpoint, ModelMetadata, Any]:

@@ -92,9 +92,11 @@ class TFServingGrpcService(GrpcService):
         self._take_message(request)
         endpoint, meta = await self._resolve(request.model_spec)
         limits = self._limits
-        parsed = parse_predict_request(request, limits.max_rows, limits.max_elements)
+        # Off the event loop, as HTTP bodies: a message may hold many inputs.
+        parsed = await asyncio.to_thread(parse_predict_request, request, limits.max_rows,
+                                         limits.max_elements)
         self._registry.budget.take(parsed.decoded_bytes, "decoding the request's tensors")
-        inputs = await asyncio.to_thread(parsed.decode)  # off the event loop, as HTTP bodies
+        inputs = await asyncio.to_thread(parsed.decode)
         image = meta.image_input
         if image in inputs and inputs[image].dtype == object:  # DT_STRING: encoded images
             inputs[image] = await decode_image_tensor(endpoint, meta, inputs[image].shape,

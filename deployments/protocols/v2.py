@@ -32,7 +32,7 @@ from deployments.codecs.v2_tensor import (
     select_outputs,
 )
 from deployments.config import InputLimits
-from deployments.protocols.http import read_body, request_timeout, resolve
+from deployments.protocols.http import read_body, resolve
 from deployments.protocols.routes import ApiRoute, model_routes
 from deployments.registry import ModelEndpoint, ModelRegistry
 from deployments.signature import STRING, ModelMetadata, check_input_names
@@ -56,8 +56,7 @@ async def decode_image_tensor(endpoint: ModelEndpoint, meta: ModelMetadata,
 
 
 async def infer(registry: ModelRegistry, name: str, version: str | None,
-                request: InferRequest, timeout_s: float | None = None
-                ) -> tuple[ModelMetadata, list[OutputTensor]]:
+                request: InferRequest) -> tuple[ModelMetadata, list[OutputTensor]]:
     """One V2 inference: every input by name (BYTES are encoded images for the
     image input, strings for string inputs), the model run, the outputs
     selected."""
@@ -81,7 +80,7 @@ async def infer(registry: ModelRegistry, name: str, version: str | None,
         else:
             meta.image_spec()  # a 400 naming the inputs when the model takes no images
             raise BadRequest(f"input {tensor.name!r} is {spec.describe()}, not BYTES")
-    meta, outputs = await endpoint.infer(meta, inputs, bool(version), timeout_s)
+    meta, outputs = await endpoint.infer(meta, inputs, bool(version))
     return meta, select_outputs(request, meta, outputs)  # as the version that answered
 
 
@@ -129,8 +128,7 @@ class V2Api:
         parsed = await asyncio.to_thread(parse_infer_request, body, header_length,
                                          limits.max_rows, limits.max_elements)
         meta, outputs = await infer(self._registry, request.path_params["name"],
-                                    request.path_params.get("version"), parsed,
-                                    request_timeout(request, limits))
+                                    request.path_params.get("version"), parsed)
         content, header_length = await asyncio.to_thread(
             encode_infer_response, meta, parsed.id, outputs)
         if header_length is None:

@@ -59,7 +59,7 @@ class App:
 
     def rpc(self, method: str, request: Any, *metadata: tuple[str, str]) -> Context:
         """The call's context: the code it set (None: OK)."""
-        context = Context(metadata)
+        context = Context(metadata=metadata)
         try:  # on the test client's event loop, which the registry's tasks live on
             self.http.portal.call(getattr(self.service, method), request, context)
         except ServeError:
@@ -212,7 +212,7 @@ def test_a_load_error_in_full_only_to_callers_with_a_token(auth, headers, shown)
             [shown, ""]
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = "broken"
-        context = Context(tuple((k.lower(), v) for k, v in headers.items()))
+        context = Context(metadata=tuple((k.lower(), v) for k, v in headers.items()))
         if "exempt" in auth:  # HTTP paths open no gRPC method but the health ones
             assert app.rpc("GetModelStatus", request).code is \
                 grpc.StatusCode.UNAUTHENTICATED

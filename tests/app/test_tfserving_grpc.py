@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -55,9 +56,9 @@ class Context:
     """What the methods read (the client's metadata) and set on Serve's
     ``RayServegRPCContext``."""
 
-    metadata: tuple[tuple[str, str], ...] = ()
     code: grpc.StatusCode | None = None
     details: str = ""
+    metadata: tuple[tuple[str, str], ...] = ()  # the client's
 
     def invocation_metadata(self) -> list[tuple[str, str]]:
         return list(self.metadata)
@@ -249,3 +250,23 @@ def test_errors_carry_tf_servings_status_codes(app: App, method, request_, code,
     assert context.code == getattr(grpc.StatusCode, code)
     assert re.search(message, context.details), context.details
     assert app.counted[-1][1:] == ("tfserving-grpc", code)
+
+
+def test_a_tiny_message_declaring_millions_of_strings_is_refused_before_any_is_made(app: App):
+    request = predict_request("digits")
+    image = request.inputs["image"]
+    image.dtype = tf.string.as_datatype_enum
+    image.tensor_shape.dim.add(size=1)
+    image.tensor_shape.dim.add(size=4_000_000)
+    image.string_val.append(b"x")
+    assert request.ByteSize() < 40
+    tracemalloc.start()
+    try:
+        context = app.fails("Predict", request)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert context.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert context.details == ("input 'image' has 4000000 DT_STRING elements, the limit is "
+                               "256 (max_rows)")
+    assert peak < 2**20  # a 4M-element array of pointers alone is 32 MB

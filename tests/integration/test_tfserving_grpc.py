@@ -213,3 +213,17 @@ def test_multi_inference_answers_each_task_as_its_own_call(models_app, predictio
         prediction.MultiInference(inference_pb2.MultiInferenceRequest(), metadata=MAIN,
                                   timeout=60)
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_deadline_sent_as_metadata_reaches_the_ingress(prediction):
+    """Serve's proxy passes no gRPC deadline on (gRPC consumes ``grpc-timeout``):
+    the client's ``x-request-timeout-seconds`` metadata does, and past it the
+    call ends with DEADLINE_EXCEEDED, our words."""
+    request = predict_request("digits_linear", pixels=digit_rows())
+    with pytest.raises(grpc.RpcError) as failed:
+        prediction.Predict(request, metadata=(*MAIN, ("x-request-timeout-seconds", "1e-6")),
+                           timeout=60)
+    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "not answered within 1e-06 s (its deadline)" in failed.value.details()
+    assert prediction.Predict(request, metadata=(*MAIN, ("x-request-timeout-seconds", "30")),
+                              timeout=60).outputs["probabilities"].float_val

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tracemalloc
 from functools import partial
 
 import numpy as np
@@ -221,10 +222,36 @@ def test_limits_are_checked_before_a_value_is_read():
     huge = tf.make_tensor_proto([0.5], shape=[2, 2**40])  # a 20-byte message
     with pytest.raises(PayloadTooLarge, match=r"the inputs have 2199023255552 elements"):
         parse(request(x=huge))
+    strings = tf.make_tensor_proto([b"z"], shape=[1, 257])  # strings as V2 BYTES: max_rows
+    with pytest.raises(PayloadTooLarge, match=r"input 'x' has 257 DT_STRING elements, the "
+                                              r"limit is 256 \(max_rows\)"):
+        parse(request(x=strings))
     ok = parse(request(x=tf.make_tensor_proto([0.5], shape=[4, 1000])))
-    assert ok.decoded_bytes == 4 * 1000 * 4  # what the budget is charged before decoding
+    assert ok.decoded_bytes == 4 * 1000 * 4 + 4  # the budget's charge: the array, the value
     assert parse(request(x=tf.make_tensor_proto(np.zeros((4, 1000), np.float32)))
                  ).decoded_bytes == 0  # tensor_content: a view
+
+
+@pytest.mark.parametrize(
+    "proto",
+    [
+        tf.make_tensor_proto([0.5], shape=[4, 250_000]),  # one value fills a 4 MB tensor
+        tf.make_tensor_proto(np.arange(1000) % 100, dtype=tf.int8, shape=[4, 250_000]),
+        tf.make_tensor_proto(np.ones(1000, np.float16), shape=[4, 250_000]),
+        tf.make_tensor_proto([b"x" * 100_000, b"y" * 1000], shape=[2, 128]),
+    ],
+    ids=["float", "int8", "half", "strings"],
+)
+def test_decoding_takes_no_more_than_the_budget_is_charged(proto):
+    parsed = parse(request(x=proto))
+    tracemalloc.start()
+    try:
+        decoded = parsed.decode()["x"]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert decoded.shape == tuple(d.size for d in proto.tensor_shape.dim)
+    assert decoded.nbytes <= peak <= parsed.decoded_bytes + 4096  # + objects' headers
 
 
 EXAMPLES = ModelMetadata("ex", 1, "serving_default", (TensorSpec("inputs", "string", (None,)),),
