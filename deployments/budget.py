@@ -4,14 +4,21 @@ bodies, what parsing JSON makes of them, their decoded batches) stays under
 pass it gets a 503 at once, before it allocates.
 
 Each request (HTTP, gRPC or a handle call) opens a ledger; what it takes is
-given back when it ends, however it ends.
+given back when it ends, however it ends, but not before the threads it
+handed work to (:func:`off_loop`) have finished: a request its deadline or
+its client ended leaves a thread parsing or decoding, whose memory still
+counts until it returns.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -21,7 +28,33 @@ from deployments.codecs.errors import ServiceUnavailable
 # (a number written in two bytes becomes a float object and a list slot).
 JSON_EXPANSION = 16
 
-_ledger: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+T = TypeVar("T")
+
+# The threads requests hand parsing and encoding to (decoding has its own pool).
+_POOL = ThreadPoolExecutor(thread_name_prefix="parse")
+
+
+class _Ledger:
+    """What one request holds, and the threads still working for it."""
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self.budget = budget
+        self.held = 0
+        self.threads = 0
+        self.open = True
+
+    def release(self) -> None:
+        """Give back what it holds once the request ended and its threads did."""
+        if not self.open and not self.threads:
+            self.budget.used -= self.held
+            self.held = 0
+
+    def thread_done(self) -> None:
+        self.threads -= 1
+        self.release()
+
+
+_ledger: contextvars.ContextVar[_Ledger | None] = contextvars.ContextVar(
     "ledger", default=None)
 
 
@@ -32,14 +65,16 @@ class MemoryBudget:
 
     @contextmanager
     def request(self) -> Iterator[None]:
-        """A request's ledger: everything it takes is given back on exit."""
-        ledger = [0]
+        """A request's ledger: everything it takes is given back on exit (or
+        once the threads it handed work to end, if later)."""
+        ledger = _Ledger(self)
         token = _ledger.set(ledger)
         try:
             yield
         finally:
             _ledger.reset(token)
-            self.used -= ledger[0]
+            ledger.open = False
+            ledger.release()
 
     def take(self, nbytes: int, what: str) -> None:
         """Hold ``nbytes`` for the current request, or a 503 if that would
@@ -52,7 +87,7 @@ class MemoryBudget:
                 f"the ingress holds {self.used} bytes for requests in flight; {what} "
                 f"({nbytes} bytes) would pass its budget of {self.limit}: retry shortly")
         self.used += nbytes
-        ledger[0] += nbytes
+        ledger.held += nbytes
 
     def asgi(self, app: ASGIApp) -> ASGIApp:
         """``app`` with a ledger around every HTTP request (Starlette middleware)."""
@@ -65,3 +100,23 @@ class MemoryBudget:
                 await app(scope, receive, send)
 
         return budgeted
+
+
+async def off_loop(fn: Callable[..., T], *args: Any, executor: Executor | None = None) -> T:
+    """``fn(*args)`` on a thread (``executor``, else the parsing pool), the
+    event loop free meanwhile. Python cannot stop a thread: if the request
+    ends first (its deadline, its client gone), what it holds stays counted
+    until the thread returns, so a flood of abandoned requests cannot hold
+    memory the budget no longer sees."""
+    loop = asyncio.get_running_loop()
+    ledger = _ledger.get()
+    done: Future[T] = (executor or _POOL).submit(contextvars.copy_context().run, fn, *args)
+    if ledger is not None:
+        ledger.threads += 1
+
+        def finished(_: Future[T]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nothing to count
+                loop.call_soon_threadsafe(ledger.thread_done)
+
+        done.add_done_callback(finished)
+    return await asyncio.wrap_future(done)

@@ -25,7 +25,7 @@ import numpy as np
 import ray
 
 from deployments.batching import Outputs, rows_of
-from deployments.budget import MemoryBudget
+from deployments.budget import MemoryBudget, off_loop
 from deployments.coalescing import Coalescer, CoalesceSettings
 from deployments.codecs.errors import (
     BadRequest,
@@ -316,9 +316,9 @@ class ModelEndpoint:
                    self._limits.max_elements)
         limits = self._limits
         self._budget.take(per_image * 4 * len(blobs), f"decoding {len(blobs)} images")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._decoder, decode_images, blobs, geometry, limits.max_image_pixels,
-            limits.max_decoded_bytes, meta.preprocessing)
+        return await off_loop(decode_images, blobs, geometry, limits.max_image_pixels,
+                              limits.max_decoded_bytes, meta.preprocessing,
+                              executor=self._decoder)
 
     def retune(self, settings: CoalesceSettings) -> None:
         """New coalescing settings, for requests from now on."""

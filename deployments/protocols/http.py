@@ -3,7 +3,6 @@ and the one error renderer."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -17,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deployments.budget import JSON_EXPANSION, MemoryBudget
+from deployments.budget import JSON_EXPANSION, MemoryBudget, off_loop
 from deployments.codecs.errors import (
     BadRequest,
     PayloadTooLarge,
@@ -146,7 +145,7 @@ async def read_body(request: Request, max_bytes: int, budget: MemoryBudget) -> b
 async def parse_json_body(body: bytes, budget: MemoryBudget) -> Any:
     """A JSON body parsed off the event loop, what the parse holds counted first."""
     budget.take(len(body) * JSON_EXPANSION, "parsing the JSON body")
-    return await asyncio.to_thread(parse_json, body)
+    return await off_loop(parse_json, body)
 
 
 # Content-Encoding → zlib's wbits: gzip, or zlib-wrapped deflate (what HTTP

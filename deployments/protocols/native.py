@@ -8,7 +8,6 @@ top classes back. Also what Python handle callers use (:meth:`NativeApi.predict`
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from deployments.budget import off_loop
 from deployments.codecs.errors import (
     BadRequest,
     PayloadTooLarge,
@@ -148,7 +148,7 @@ class NativeApi:
         document = await parse_json_body(body, self._registry.budget)
         if not isinstance(document, dict) or "instances" not in document:
             raise BadRequest('expected a JSON object with an "instances" list')
-        parsed = await asyncio.to_thread(
+        parsed = await off_loop(
             lambda: json_inputs(rows_by_input(document["instances"], meta,
                                               self._limits.max_rows), meta, '"instances"'))
         return await with_images(endpoint, meta, parsed)

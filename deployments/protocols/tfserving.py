@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deployments.auth import load_error
+from deployments.budget import off_loop
 from deployments.codecs.errors import BadRequest, NotFound, clip
 from deployments.codecs.numbers import version_number
 from deployments.codecs.tfserving import (
@@ -84,7 +84,7 @@ class TFServingApi:
 
     async def predict(self, request: Request) -> JSONResponse:
         endpoint, meta, document = await self._read(request)
-        parsed = await asyncio.to_thread(parse_predict_request, document, meta,
+        parsed = await off_loop(parse_predict_request, document, meta,
                                          self._limits.max_rows)
         inputs = await with_images(endpoint, meta, parsed.inputs)
         answer = await endpoint.infer(meta, inputs, pinned(request))
@@ -100,7 +100,7 @@ class TFServingApi:
         """A ``:classify``/``:regress`` call: its examples serialized (off the
         event loop) and run like any request, batched with others."""
         endpoint, meta, document = await self._read(request)
-        inputs = await asyncio.to_thread(parse_examples_request, document, meta, verb,
+        inputs = await off_loop(parse_examples_request, document, meta, verb,
                                          self._limits.max_rows)
         answer = await endpoint.infer(meta, inputs, pinned(request))
         return answer.outputs

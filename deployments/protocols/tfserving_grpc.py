@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 from ray.serve.grpc_util import RayServegRPCContext
 
+from deployments.budget import off_loop
 from deployments.codecs.errors import BadRequest, Unimplemented
 from deployments.codecs.tfserving_grpc import (
     encode_classify_response,
@@ -93,16 +94,16 @@ class TFServingGrpcService(GrpcService):
         endpoint, meta = await self._resolve(request.model_spec)
         limits = self._limits
         # Off the event loop, as HTTP bodies: a message may hold many inputs.
-        parsed = await asyncio.to_thread(parse_predict_request, request, limits.max_rows,
+        parsed = await off_loop(parse_predict_request, request, limits.max_rows,
                                          limits.max_elements)
         self._registry.budget.take(parsed.decoded_bytes, "decoding the request's tensors")
-        inputs = await asyncio.to_thread(parsed.decode)
+        inputs = await off_loop(parsed.decode)
         image = meta.image_input
         if image in inputs and inputs[image].dtype == object:  # DT_STRING: encoded images
             inputs[image] = await decode_image_tensor(endpoint, meta, inputs[image].shape,
                                                       list(inputs[image].reshape(-1)))
         answer = await endpoint.infer(meta, inputs, _pinned(request.model_spec))
-        return await asyncio.to_thread(encode_predict_response, answer.meta, answer.outputs,
+        return await off_loop(encode_predict_response, answer.meta, answer.outputs,
                                        parsed.output_filter)
 
     @_status
@@ -122,7 +123,7 @@ class TFServingGrpcService(GrpcService):
         self._take_message(request)
         endpoint, meta = await self._resolve(request.model_spec)
         self._registry.budget.take(examples_bytes(request.input), "the serialized examples")
-        inputs: dict[str, np.ndarray] = await asyncio.to_thread(
+        inputs: dict[str, np.ndarray] = await off_loop(
             parse_examples, request.input, meta, verb, self._limits.max_rows)
         return await endpoint.infer(meta, inputs, _pinned(request.model_spec))
 
@@ -155,7 +156,7 @@ class TFServingGrpcService(GrpcService):
         endpoint, meta = await self._registry.resolve(spec.name, _version(spec),
                                                       label=spec.version_label or None)
         self._registry.budget.take(examples_bytes(request.input), "the serialized examples")
-        tasks = await asyncio.to_thread(parse_multi_inference, request, meta,
+        tasks = await off_loop(parse_multi_inference, request, meta,
                                         self._limits.max_rows)
         answers = await asyncio.gather(*(endpoint.infer(task.meta, task.inputs,
                                                         _pinned(spec)) for task in tasks))

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from importlib.metadata import version as package_version
 
@@ -19,7 +18,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from deployments.budget import JSON_EXPANSION
+from deployments.budget import JSON_EXPANSION, off_loop
 from deployments.codecs.errors import BadRequest
 from deployments.codecs.numbers import decimal_count
 from deployments.codecs.v2_json import HEADER_LENGTH, encode_infer_response, parse_infer_request
@@ -125,11 +124,11 @@ class V2Api:
         header_length = request.headers.get(HEADER_LENGTH)
         json_bytes = min(decimal_count(header_length or "") or len(body), len(body))
         budget.take(json_bytes * JSON_EXPANSION, "parsing the JSON header")
-        parsed = await asyncio.to_thread(parse_infer_request, body, header_length,
+        parsed = await off_loop(parse_infer_request, body, header_length,
                                          limits.max_rows, limits.max_elements)
         meta, outputs = await infer(self._registry, request.path_params["name"],
                                     request.path_params.get("version"), parsed)
-        content, header_length = await asyncio.to_thread(
+        content, header_length = await off_loop(
             encode_infer_response, meta, parsed.id, outputs)
         if header_length is None:
             return Response(content, media_type="application/json")

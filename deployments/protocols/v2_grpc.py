@@ -9,7 +9,6 @@ on the call's context, the way ``tritonclient.grpc`` reports them.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any
 
@@ -19,6 +18,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc.service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 
+from deployments.budget import off_loop
 from deployments.codecs.errors import ServiceUnavailable
 from deployments.codecs.v2_grpc import (
     encode_infer_response,
@@ -96,8 +96,8 @@ class V2GrpcService(GrpcService):
         limits = self._limits
         self._take_message(request)
         # Parsing and encoding run off the event loop, as HTTP bodies do.
-        parsed = await asyncio.to_thread(parse_infer_request, request, limits.max_rows,
+        parsed = await off_loop(parse_infer_request, request, limits.max_rows,
                                          limits.max_elements)
         meta, outputs = await v2.infer(self._registry, request.model_name,
                                        request.model_version, parsed)
-        return await asyncio.to_thread(encode_infer_response, meta, parsed.id, outputs)
+        return await off_loop(encode_infer_response, meta, parsed.id, outputs)
