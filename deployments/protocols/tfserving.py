@@ -22,6 +22,7 @@ from deployments.codecs.tfserving import (
     encode_classify_response,
     encode_predict_response,
     encode_regress_response,
+    examples_input,
     model_metadata,
     model_status,
     parse_examples_request,
@@ -100,8 +101,10 @@ class TFServingApi:
         """A ``:classify``/``:regress`` call: its examples serialized (off the
         event loop) and run like any request, batched with others."""
         endpoint, meta, document = await self._read(request)
-        inputs = await asyncio.to_thread(parse_examples_request, document, meta, verb,
-                                         self._limits.max_rows)
+        limits = self._limits
+        examples = await asyncio.to_thread(parse_examples_request, document, meta, verb,
+                                           limits.max_rows, limits.max_elements)
+        inputs = examples_input(meta, await asyncio.to_thread(examples.joined))
         answer = await endpoint.infer(meta, inputs, pinned(request),
                                       request_timeout(request, self._limits))
         return answer.outputs
