@@ -99,11 +99,14 @@ class TFServingApi:
 
     async def _examples(self, request: Request, verb: str) -> dict[str, np.ndarray]:
         """A ``:classify``/``:regress`` call: its examples serialized (off the
-        event loop) and run like any request, batched with others."""
+        event loop), each one's copy of the context charged to the budget
+        before it is made (as gRPC's), and run like any request, batched
+        with others."""
         endpoint, meta, document = await self._read(request)
         limits = self._limits
         examples = await asyncio.to_thread(parse_examples_request, document, meta, verb,
                                            limits.max_rows, limits.max_elements)
+        self._registry.budget.take(examples.nbytes, "the serialized examples")
         inputs = examples_input(meta, await asyncio.to_thread(examples.joined))
         answer = await endpoint.infer(meta, inputs, pinned(request),
                                       request_timeout(request, self._limits))

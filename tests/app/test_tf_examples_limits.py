@@ -1,8 +1,11 @@
 """What a REST ``:classify``/``:regress`` body may make the ingress build:
-every feature value counts against ``max_elements``."""
+the context copied into every example is charged to the memory budget
+before any copy is made, and every feature value counts against
+``max_elements``."""
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Iterator
 
 import pytest
@@ -25,6 +28,27 @@ def client() -> Iterator[TestClient]:
 
 
 EXAMPLE = {"x": [1.0, 2.0]}
+
+
+def test_a_context_copied_into_every_example_is_refused_before_it_is_copied(
+        client: TestClient):
+    # 256 examples of a 200 KB context: ~200 KB of JSON, 51 MB of examples.
+    body = {"examples": [EXAMPLE] * 256, "context": {"pad": "x" * 200_000}}
+    tracemalloc.start()
+    try:
+        r = client.post("/v1/models/examples:classify", json=body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert r.status_code == 503, r.text[:200]
+    assert "the serialized examples" in r.json()["error"]
+    assert f"would pass its budget of {BUDGET}" in r.json()["error"]
+    assert peak < 16 * 2**20, f"{peak} bytes allocated for a refused request"
+    # Nothing was held after it: the same examples with a small context fit.
+    small = client.post("/v1/models/examples:classify",
+                        json={**body, "context": {"pad": "x" * 1_000}})
+    assert small.status_code == 200, small.text[:200]
+    assert len(small.json()["results"]) == 256
 
 
 def test_every_feature_value_counts_against_max_elements(client: TestClient):

@@ -139,6 +139,14 @@ def test_bad_examples_requests(document, verb, error, message):
         parse_examples_request(document, CLASSIFIER, verb, 256, 1000)
 
 
+def test_the_contexts_copies_are_counted_before_they_are_made():
+    context = {"pad": "x" * 100_000}
+    encoded = parse_examples_request({"examples": [{}] * 256, "context": context},
+                                     CLASSIFIER, "classify", 256, 2**26)
+    assert encoded.nbytes > 256 * 100_000  # what joining them will allocate...
+    assert len(encoded.context) + sum(map(len, encoded.own)) < 101_000  # ...not done yet
+
+
 def test_classify_and_regress_answer_in_tf_servings_shapes():
     classes = np.array([[b"no", b"yes"]] * 2, dtype=object)
     scores = np.array([[0.25, 0.75], [1.0, 0.0]], dtype=np.float32)
