@@ -26,7 +26,7 @@ from deployments.codecs.tensor import (
     json_inputs,
     rows_by_input,
 )
-from deployments.codecs.tf_example import serialize_examples
+from deployments.codecs.tf_example import EncodedExamples, encode_examples
 from deployments.signature import STRING, ModelMetadata
 from deployments.versions import VersionStatus
 
@@ -71,18 +71,20 @@ def signature_name(document: Any) -> str | None:
 CLASSES, SCORES, REGRESSION = "classes", "scores", "outputs"
 
 
-def parse_examples_request(document: Any, meta: ModelMetadata, verb: str,
-                           max_rows: int) -> dict[str, np.ndarray]:
-    """A ``:classify``/``:regress`` body → the signature's examples input
-    (a 400 unless ``meta``'s signature fits that verb); the examples are
-    counted against ``max_rows`` before any is read."""
+def parse_examples_request(document: Any, meta: ModelMetadata, verb: str, max_rows: int,
+                           max_elements: int) -> EncodedExamples:
+    """A ``:classify``/``:regress`` body → its examples encoded (a 400 unless
+    ``meta``'s signature fits that verb), not yet joined with the context
+    (:func:`examples_input` of their ``joined()``, once their ``nbytes`` is
+    charged); the examples are counted against ``max_rows`` and their values
+    against ``max_elements`` before any is read."""
     check_verb(meta, verb)
     examples = document.get("examples")
     if not isinstance(examples, list) or not examples:
         raise BadRequest('"examples" must be a non-empty list of objects (tf.Example '
                          "features by name)")
     check_rows(len(examples), max_rows, '"examples"')
-    return examples_input(meta, serialize_examples(examples, document.get("context")))
+    return encode_examples(examples, document.get("context"), max_elements)
 
 
 def check_verb(meta: ModelMetadata, verb: str) -> None:

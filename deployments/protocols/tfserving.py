@@ -24,6 +24,7 @@ from deployments.codecs.tfserving import (
     encode_classify_response,
     encode_predict_response,
     encode_regress_response,
+    examples_input,
     model_metadata,
     model_status,
     parse_examples_request,
@@ -98,10 +99,15 @@ class TFServingApi:
 
     async def _examples(self, request: Request, verb: str) -> dict[str, np.ndarray]:
         """A ``:classify``/``:regress`` call: its examples serialized (off the
-        event loop) and run like any request, batched with others."""
+        event loop), each one's copy of the context charged to the budget
+        before it is made (as gRPC's), and run like any request, batched
+        with others."""
         endpoint, meta, document = await self._read(request)
-        inputs = await off_loop(parse_examples_request, document, meta, verb,
-                                         self._limits.max_rows)
+        limits = self._limits
+        examples = await off_loop(parse_examples_request, document, meta, verb,
+                                  limits.max_rows, limits.max_elements)
+        self._registry.budget.take(examples.nbytes, "the serialized examples")
+        inputs = examples_input(meta, await off_loop(examples.joined))
         answer = await endpoint.infer(meta, inputs, pinned(request))
         return answer.outputs
 

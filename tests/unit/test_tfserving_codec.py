@@ -8,6 +8,7 @@ from deployments.codecs.tfserving import (
     encode_classify_response,
     encode_predict_response,
     encode_regress_response,
+    examples_input,
     model_status,
     parse_examples_request,
     parse_predict_request,
@@ -114,9 +115,9 @@ CLASSIFIER = ModelMetadata("c", 1, "serving_default", (TensorSpec("inputs", "str
 
 
 def test_examples_become_the_signatures_serialized_input():
-    inputs = parse_examples_request({"examples": [{"x": 1.0}, {"x": 2.0}]},
-                                    CLASSIFIER, "classify", 256)
-    (examples,) = inputs.values()
+    encoded = parse_examples_request({"examples": [{"x": 1.0}, {"x": 2.0}]},
+                                     CLASSIFIER, "classify", 256, 2**26)
+    (examples,) = examples_input(CLASSIFIER, encoded.joined()).values()
     assert examples.dtype == object and examples.shape == (2,)
     assert all(isinstance(e, bytes) and b"x" in e for e in examples)
 
@@ -129,11 +130,21 @@ def test_examples_become_the_signatures_serialized_input():
         ({"examples": []}, "classify", BadRequest, "non-empty list"),
         ({"instances": [1]}, "classify", BadRequest, '"examples" must be'),
         ({"examples": [{}] * 300}, "classify", PayloadTooLarge, "300 rows, the limit is 256"),
+        ({"examples": [{"x": [1.0] * 600}, {"x": [1.0] * 500}]}, "classify", PayloadTooLarge,
+         "1100 feature values .*, the limit is 1000"),
     ],
 )
 def test_bad_examples_requests(document, verb, error, message):
     with pytest.raises(error, match=message):
-        parse_examples_request(document, CLASSIFIER, verb, 256)
+        parse_examples_request(document, CLASSIFIER, verb, 256, 1000)
+
+
+def test_the_contexts_copies_are_counted_before_they_are_made():
+    context = {"pad": "x" * 100_000}
+    encoded = parse_examples_request({"examples": [{}] * 256, "context": context},
+                                     CLASSIFIER, "classify", 256, 2**26)
+    assert encoded.nbytes > 256 * 100_000  # what joining them will allocate...
+    assert len(encoded.context) + sum(map(len, encoded.own)) < 101_000  # ...not done yet
 
 
 def test_classify_and_regress_answer_in_tf_servings_shapes():
