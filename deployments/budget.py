@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from deployments.codecs.errors import ServiceUnavailable
+from deployments.codecs.errors import PayloadTooLarge, ServiceUnavailable
 
 # What parsing a JSON body may hold in Python objects, per byte of the body
 # (a number written in two bytes becomes a float object and a list slot).
@@ -82,6 +82,9 @@ class MemoryBudget:
         ledger = _ledger.get()
         if ledger is None:
             return
+        if nbytes > self.limit:  # it could never fit: retrying will not help
+            raise PayloadTooLarge(f"{what} ({nbytes} bytes) is more than this server holds for "
+                                  f"all requests at once ({self.limit} bytes)")
         if self.used + nbytes > self.limit:
             raise ServiceUnavailable(
                 f"the ingress holds {self.used} bytes for requests in flight; {what} "

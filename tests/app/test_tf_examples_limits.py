@@ -40,9 +40,9 @@ def test_a_context_copied_into_every_example_is_refused_before_it_is_copied(
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert r.status_code == 503, r.text[:200]
+    assert r.status_code == 413, r.text[:200]  # more than the whole budget: never fits
     assert "the serialized examples" in r.json()["error"]
-    assert f"would pass its budget of {BUDGET}" in r.json()["error"]
+    assert f"all requests at once ({BUDGET} bytes)" in r.json()["error"]
     assert peak < 16 * 2**20, f"{peak} bytes allocated for a refused request"
     # Nothing was held after it: the same examples with a small context fit.
     small = client.post("/v1/models/examples:classify",

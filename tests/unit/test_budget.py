@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from deployments.budget import MemoryBudget, off_loop
-from deployments.codecs.errors import ServiceUnavailable
+from deployments.codecs.errors import PayloadTooLarge, ServiceUnavailable
 
 
 def test_what_a_request_takes_is_given_back_when_it_ends():
@@ -19,6 +19,15 @@ def test_what_a_request_takes_is_given_back_when_it_ends():
             budget.take(50, "a batch")
         assert budget.used == 60
     assert budget.used == 0
+
+
+def test_what_could_never_fit_is_a_413_not_a_retry():
+    budget = MemoryBudget(100)
+    with budget.request():
+        with pytest.raises(PayloadTooLarge, match=r"examples \(101 bytes\) is more than this "
+                                                  r"server holds for all requests at once"):
+            budget.take(101, "examples")
+        assert budget.used == 0
 
 
 def test_a_failed_request_gives_back_too_and_others_count_together():
