@@ -109,7 +109,8 @@ def test_requests_of_different_inner_shapes_share_a_batch_without_failing_each_o
 def test_killing_one_of_two_ingress_replicas_under_load(base_url: str, tmp_path: Path):
     """HAProxy sends the requests the dead ingress held to the live one
     (RAY_SERVE_HAPROXY_RETRY_ON in configs/server.env) instead of answering
-    its 500."""
+    its 500, bodies larger than its default 16 KiB buffer too
+    (RAY_SERVE_HAPROXY_TUNE_BUFSIZE: with Serve's default, 2 of 84 got a 500)."""
     config = with_test_app("ingress2", deployment={"num_replicas": 1})
     config["applications"][-1]["deployments"][0]["num_replicas"] = 2
     deploy_config(config, tmp_path)
@@ -119,7 +120,7 @@ def test_killing_one_of_two_ingress_replicas_under_load(base_url: str, tmp_path:
                    "two ingress replicas")
         wait_until(lambda: cluster.http_ok(f"{url}/readyz"), 120, "the app to be ready")
         victims = cluster.replica_actor_names("ingress2", "Preprocessor")
-        with SteadyLoad(url, clients=6, images=1) as load:
+        with SteadyLoad(url, clients=6, images=12) as load:  # ~33 KB, over 16 KiB
             ray.kill(ray.get_actor(victims[0], namespace="serve"), no_restart=True)
             wait_until(lambda: running_replicas("ingress2").get("Preprocessor") == 2
                        and victims[0] not in cluster.replica_actor_names("ingress2",
