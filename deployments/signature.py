@@ -146,6 +146,15 @@ class ModelMetadata:
                              f"{', '.join(map(repr, self.signature_names))})")
         return view
 
+    def check_input_count(self, count: int) -> None:
+        """A 400 for a request of more tensors than any signature of this
+        version takes, before any is read (each costs parsing work)."""
+        most = max(len(view.inputs) for view in (self, *self.others.values()))
+        if count > most:
+            raise BadRequest(f"input size does not match signature: the request has {count} "
+                             f"input tensors, model {self.name!r} takes at most {most} "
+                             f"({self.describe_inputs()})")
+
     def with_batch_size(self, rows: int) -> ModelMetadata:
         """These metadata (and every other signature's) with ``max_batch_size`` set."""
         return replace(self, max_batch_size=rows, others={

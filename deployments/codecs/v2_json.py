@@ -12,6 +12,7 @@ body (no copy per element).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -162,10 +163,11 @@ def _flatten(value: Any, what: str) -> list[Any]:
 
 
 def parse_infer_request(body: bytes, header_length: str | None, max_rows: int,
-                        max_elements: int) -> InferRequest:
+                        max_elements: int,
+                        count_inputs: Callable[[int], None] | None = None) -> InferRequest:
     """An infer request body → tensors; binary data is viewed, not copied.
     Each tensor's declared size is checked against the limits before its
-    data is read."""
+    data is read, and (``count_inputs``) the number of tensors before any is."""
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
@@ -177,7 +179,11 @@ def parse_infer_request(body: bytes, header_length: str | None, max_rows: int,
             raise BadRequest(f"{HEADER_LENGTH} is {length} but the body has only "
                              f"{len(body)} bytes")
         header, binary = body[:length], memoryview(body)[length:]
-    request = _header(parse_json(header))
+    document = parse_json(header)
+    if count_inputs is not None and isinstance(document, dict) and isinstance(
+            document.get("inputs"), list):
+        count_inputs(len(document["inputs"]))
+    request = _header(document)
     offset = 0
     inputs = []
     for item in request.inputs:

@@ -92,6 +92,7 @@ class TFServingGrpcService(GrpcService):
                       grpc_context: RayServegRPCContext) -> predict_pb2.PredictResponse:
         self._take_message(request)
         endpoint, meta = await self._resolve(request.model_spec)
+        meta.check_input_count(len(request.inputs))
         limits = self._limits
         # Off the event loop, as HTTP bodies: a message may hold many inputs.
         parsed = await off_loop(parse_predict_request, request, limits.max_rows,

@@ -124,8 +124,9 @@ class V2Api:
         header_length = request.headers.get(HEADER_LENGTH)
         json_bytes = min(decimal_count(header_length or "") or len(body), len(body))
         budget.take(json_bytes * JSON_EXPANSION, "parsing the JSON header")
-        parsed = await off_loop(parse_infer_request, body, header_length,
-                                         limits.max_rows, limits.max_elements)
+        _, meta = await resolve(self._registry, request)
+        parsed = await off_loop(parse_infer_request, body, header_length, limits.max_rows,
+                                limits.max_elements, meta.check_input_count)
         meta, outputs = await infer(self._registry, request.path_params["name"],
                                     request.path_params.get("version"), parsed)
         content, header_length = await off_loop(

@@ -95,6 +95,8 @@ class V2GrpcService(GrpcService):
                          grpc_context: RayServegRPCContext) -> pb.ModelInferResponse:
         limits = self._limits
         self._take_message(request)
+        _, meta = await self._registry.resolve(request.model_name, request.model_version or None)
+        meta.check_input_count(len(request.inputs))
         # Parsing and encoding run off the event loop, as HTTP bodies do.
         parsed = await off_loop(parse_infer_request, request, limits.max_rows,
                                          limits.max_elements)

@@ -206,7 +206,7 @@ def v2_json_structure_cases() -> list[Bad]:
         "input not an object": ({"inputs": [1]}, "must be a JSON object"),
         "no name": ({"inputs": [{**good, "name": ""}]}, "name must not be empty"),
         "wrong name": ({"inputs": [{**good, "name": "x"}]}, "missing 'pixels'; unknown 'x'"),
-        "two inputs": ({"inputs": [good, good]}, "given twice"),
+        "two inputs": ({"inputs": [good, good]}, "the request has 2 input tensors"),
         "bad shape": ({"inputs": [{**good, "shape": [1, -64]}]}, "must not be negative"),
         "shape as string": ({"inputs": [{**good, "shape": "1,64"}]}, "shape must be"),
         "no data": ({"inputs": [{k: v for k, v in good.items() if k != "data"}]},
