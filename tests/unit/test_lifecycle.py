@@ -117,21 +117,30 @@ def test_a_broken_version_is_reported_and_the_served_one_stays(tmp_path):
     asyncio.run(scenario())
 
 
+async def holding(versions: VersionManager, version: int, held: asyncio.Event | None = None
+                  ) -> tuple[asyncio.Event, asyncio.Task[str]]:
+    """A request on ``version`` that runs until ``held`` (default: a new
+    event) is set, once it holds the version."""
+    held = held or asyncio.Event()
+    before = in_flight(versions, version)
+
+    async def request() -> str:
+        async with versions.using(version) as model:
+            await held.wait()
+            return model
+
+    running = asyncio.create_task(request())
+    await until(lambda: in_flight(versions, version) == before + 1)
+    return held, running
+
+
 def test_a_version_leaving_finishes_its_requests_first_and_takes_no_new_ones(tmp_path):
     async def scenario():
         for v in (1, 2):
             add_version(tmp_path, v)
         versions = manager(tmp_path, All())
         versions.start()
-        held = asyncio.Event()
-
-        async def request() -> str:
-            async with versions.using(2) as model:
-                await held.wait()
-                return model
-
-        running = asyncio.create_task(request())
-        await until(lambda: in_flight(versions, 2) == 1)
+        held, running = await holding(versions, 2)
         shutil.rmtree(tmp_path / "2")
         await versions.poll()  # returns at once: the drain goes on by itself
         assert states(versions)[2] == "UNLOADING"
@@ -202,15 +211,7 @@ def test_a_version_picked_again_while_its_old_load_drains_is_not_reported_ended(
             add_version(tmp_path, v)
         versions = manager(tmp_path, All())
         versions.start()
-        held = asyncio.Event()
-
-        async def request() -> str:
-            async with versions.using(2) as model:
-                await held.wait()
-                return model
-
-        old = asyncio.create_task(request())
-        await until(lambda: in_flight(versions, 2) == 1)
+        held, old = await holding(versions, 2)
         shutil.rmtree(tmp_path / "2")
         await versions.poll()
         assert states(versions)[2] == "UNLOADING"
@@ -218,8 +219,7 @@ def test_a_version_picked_again_while_its_old_load_drains_is_not_reported_ended(
         await versions.poll()
         await versions.poll()
         assert sorted(versions.served) == [1, 2]
-        new = asyncio.create_task(request())  # on the new load
-        await until(lambda: in_flight(versions, 2) == 2)
+        _, new = await holding(versions, 2, held)  # on the new load
         held.set()
         assert await old == await new == "model 2"
         await until(lambda: not versions._drains)
@@ -245,15 +245,7 @@ def test_a_served_version_whose_files_change_is_reloaded_and_swapped_in(tmp_path
         add_version(tmp_path, 1, "old")
         versions = manager(tmp_path, loader=contents)
         versions.start()
-        held = asyncio.Event()
-
-        async def request() -> str:
-            async with versions.using(1) as model:
-                await held.wait()
-                return model
-
-        running = asyncio.create_task(request())
-        await until(lambda: in_flight(versions, 1) == 1)
+        held, running = await holding(versions, 1)
         (tmp_path / "1" / "saved_model.pb").write_text("new")
         await versions.poll()  # changed since: not steady yet
         assert versions.served[1] == "old"
