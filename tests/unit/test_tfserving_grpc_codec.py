@@ -251,7 +251,9 @@ def test_decoding_takes_no_more_than_the_budget_is_charged(proto):
     finally:
         tracemalloc.stop()
     assert decoded.shape == tuple(d.size for d in proto.tensor_shape.dim)
-    assert decoded.nbytes <= peak <= parsed.decoded_bytes + 4096  # + objects' headers
+    # + objects' headers, and what other threads of a long test session (Ray's,
+    # gRPC's) allocate meanwhile: tracemalloc counts every thread.
+    assert decoded.nbytes <= peak <= parsed.decoded_bytes + 64 * 1024
 
 
 EXAMPLES = ModelMetadata("ex", 1, "serving_default", (TensorSpec("inputs", "string", (None,)),),
