@@ -66,9 +66,6 @@ def _total_rows(parts: list[Inputs]) -> int:
     return sum(rows_of(p) for p in parts)
 
 
-BatchQueue = Callable[[Inputs], Awaitable["Outputs | Exception"]]
-
-
 class ServedVersion:
     """One loaded version of the model with a batch queue per signature.
 
