@@ -45,8 +45,10 @@ SERVE_CONFIG ?= configs/config.yaml
 serve: $(STAMP) model
 	set -a && . ./configs/server.env && set +a && exec $(BIN)/python -m deployments.run $(SERVE_CONFIG)
 
+# mypy reads its settings (the package, the pydantic plugin) from pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Debian's Chromium and its driver, for the demo page's browser tests (as root, like CI).
 browser:

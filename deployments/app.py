@@ -11,9 +11,9 @@ is packed into the object store here, once (see ``deployments.shipping``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from deployments.config import AppArgs
 from deployments.ingress import Preprocessor
@@ -30,9 +30,15 @@ def build_app(args: dict[str, Any]) -> Application:
     for model in config.models:
         resolved = model.resolved()
         shipped = ship(Path(resolved.path), resolved.shipped_files()) if model.ship else None
-        models[model.name] = ModelDeployment.options(name=model.name).bind(
+        models[model.name] = _deployment(ModelDeployment).options(name=model.name).bind(
             resolved, config.device, shipped, transforms.get(model.name, ()), config.limits)
     pipelines = tuple(Plan.from_args(p) for p in config.pipelines)
     code = code_paths([*config.models, *config.pipelines])
-    return Preprocessor.bind(models, config.top_k, config.limits, code, pipelines,
-                             config.auth, config.cors)
+    return _deployment(Preprocessor).bind(models, config.top_k, config.limits, code, pipelines,
+                                          config.auth, config.cors)
+
+
+def _deployment(decorated: type) -> Deployment:
+    """A class ``@serve.deployment`` made a Deployment (mypy does not apply
+    class decorators, so it still sees the class)."""
+    return cast(Deployment, decorated)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -25,7 +25,7 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 # One call: the items in order → one result or one exception per item.
-Call = Callable[[list[Item]], Awaitable[list[Result | BaseException]]]
+Call = Callable[[list[Item]], Awaitable[Sequence[Result | BaseException]]]
 
 
 class CoalesceSettings(BaseModel):
@@ -137,7 +137,7 @@ class Coalescer(Generic[Item, Result]):
         return [big]
 
     async def _run(self, batch: list[_Member[Item, Result]]) -> None:
-        results: list[Result | BaseException]
+        results: Sequence[Result | BaseException]
         try:
             results = await self._call([m.item for m in batch])
             if len(results) != len(batch):

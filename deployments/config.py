@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -496,7 +496,8 @@ class AppArgs(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> AppArgs:
-        names = [m.name for m in (*self.models, *self.pipelines)]
+        named: tuple[ModelArgs | PipelineArgs, ...] = (*self.models, *self.pipelines)
+        names = [m.name for m in named]
         taken = sorted({n for n in names if names.count(n) > 1 or n in RESERVED_NAMES})
         if taken:
             raise ValueError(f"model and pipeline names must be unique and not "
@@ -512,5 +513,5 @@ class AppArgs(_Strict):
         """Per model, the pipeline transforms its replicas run (imported as they start)."""
         paths: dict[str, set[str]] = {}
         for step in (s for p in self.pipelines for s in p.steps if s.transform):
-            paths.setdefault(step.model, set()).add(step.transform)
+            paths.setdefault(step.model, set()).add(cast(str, step.transform))
         return {model: tuple(sorted(p)) for model, p in paths.items()}

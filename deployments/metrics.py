@@ -35,6 +35,8 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+# ray.serve.metrics annotates ``tag_keys`` as ``Tuple[str]`` (one key) though it
+# takes any number: hence the ``type: ignore[arg-type]`` on the tuples of two or more.
 from ray.serve.metrics import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -87,7 +89,7 @@ class IngressMetrics:
         self._served = list(served)
         self._requests = Counter(
             "tfserve_requests", "Requests by model, protocol and status code.",
-            tag_keys=("model", "protocol", "status"))
+            tag_keys=("model", "protocol", "status"))  # type: ignore[arg-type]
         self._preprocess = Histogram(
             "tfserve_preprocess_seconds",
             "From a request's arrival until its model call starts (decoding, checks, "
@@ -181,12 +183,14 @@ class ModelMetrics:
     def __init__(self, model: str, version: int) -> None:
         tags = {"model": model, "version": str(version)}
         self._rows = Histogram("tfserve_batch_rows", "Rows per TensorFlow call.",
-                               boundaries=list(_ROWS), tag_keys=("model", "version"))
+                               boundaries=list(_ROWS),
+                               tag_keys=("model", "version"))  # type: ignore[arg-type]
         self._seconds = Histogram("tfserve_batch_seconds", "One TensorFlow call.",
-                                  boundaries=list(_SECONDS), tag_keys=("model", "version"))
+                                  boundaries=list(_SECONDS),
+                                  tag_keys=("model", "version"))  # type: ignore[arg-type]
         self._queue = Gauge("tfserve_queue_length",
                             "Requests in this replica waiting for a batch.",
-                            tag_keys=("model", "version"))
+                            tag_keys=("model", "version"))  # type: ignore[arg-type]
         for metric in (self._rows, self._seconds, self._queue):
             metric.set_default_tags(dict(tags))  # Serve adds its tags to the dict
         self._queue.set(0)
@@ -207,7 +211,8 @@ class PipelineMetrics:
             "tfserve_pipeline_step_seconds",
             "One call of a pipeline step on this replica: feed (its inputs gathered and its "
             "transform run) and model (the batch queue and TensorFlow).",
-            boundaries=list(_SECONDS), tag_keys=("pipeline", "step", "phase"))
+            boundaries=list(_SECONDS),
+            tag_keys=("pipeline", "step", "phase"))  # type: ignore[arg-type]
 
     def step(self, pipeline: str, step: str, feed_s: float, model_s: float) -> None:
         for phase, seconds in (("feed", feed_s), ("model", model_s)):
@@ -224,7 +229,7 @@ class UserCodeMetrics:
             "Calls of a sync preprocess, postprocess or transform callable that have run "
             "past twice the request timeout (hung), by its import path; set at each health "
             "check. All of a callable's threads stuck: the replica fails its health check.",
-            tag_keys=("stage", "callable"))
+            tag_keys=("stage", "callable"))  # type: ignore[arg-type]
 
     def stuck_calls(self, stage: str, path: str, calls: int) -> None:
         self._stuck.set(calls, tags={"stage": stage, "callable": path})

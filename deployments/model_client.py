@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import ray
 from ray.exceptions import (
@@ -109,7 +109,8 @@ class RayModelClient:
              *upstream: DeploymentResponse) -> DeploymentResponse:
         """A pipeline step, sent now: Serve routes it once the ``upstream``
         answers exist, and the replica reads them from the object store."""
-        return self._handle.infer_step.remote(step, isolated, request, forwarded, *upstream)
+        return cast(DeploymentResponse,  # not a stream: a DeploymentResponse
+                    self._handle.infer_step.remote(step, isolated, request, forwarded, *upstream))
 
     async def retrying(self, send: Callable[[], Awaitable[T]], name: str | None = None) -> T:
         """``send()``'s answer. Inference has no side effects, so a call that

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib.metadata import version as package_version
-from typing import Any
+from typing import Any, cast
 
 from deployments.codecs.v2_json import InferRequestHeader
 from deployments.codecs.v2_tensor import BYTES, DATATYPES
@@ -191,7 +191,7 @@ def openapi_document(routes: Sequence[ApiRoute], model_names: list[str],
         operation = {**operation, "parameters": params + operation.get("parameters", [])}
         if secure:
             operation = _secured(operation, secure.exempts(route.path))
-        for method in sorted(route.methods - {"HEAD"}):
+        for method in sorted(cast(set[str], route.methods) - {"HEAD"}):  # ApiRoute sets them
             paths.setdefault(route.path, {})[method.lower()] = operation
     document: dict[str, Any] = {
         "openapi": "3.1.0",

@@ -44,7 +44,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "keras_efficientnet": _RAW, "keras_efficientnet_v2": _RAW, "keras_mobilenet_v3": _RAW,
     "keras_convnext": _RAW,
 }
-Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+if TYPE_CHECKING:  # a Literal of the keys above, built at run time: mypy cannot read it
+    Preset = str
+else:
+    Preset = Literal[tuple(PRESETS)]
 
 
 def _per_channel(value: Any) -> Any:

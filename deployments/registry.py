@@ -19,7 +19,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 import numpy as np
 import ray
@@ -355,7 +355,7 @@ class ModelEndpoint:
                              for (v, s), c in sorted(self._coalescers.items(),
                                                      key=lambda kc: (kc[0][0], kc[0][1] or ""))}}
 
-    async def infer(self, meta: ModelMetadata, inputs: dict[str, np.ndarray | ray.ObjectRef],
+    async def infer(self, meta: ModelMetadata, inputs: Mapping[str, np.ndarray | ray.ObjectRef],
                     pinned: bool = True, timeout_s: float | None = None) -> Answer:
         """Every output of one version for ``inputs`` (by name), checked first
         (so a bad request fails alone), then sent with whatever else waits
@@ -381,8 +381,12 @@ class ModelEndpoint:
         try:
             async with asyncio.timeout(timeout_s if bounded else None):
                 if pre is not None:
-                    inputs = await pre({**inputs, **await read_objects(_refs(inputs))})
-                    self._budget.take(_nbytes(inputs), f"{pre.path}'s inputs")
+                    # (every ObjectRef replaced by its array)
+                    read = cast(dict[str, np.ndarray],
+                                {**inputs, **await read_objects(_refs(inputs))})
+                    processed = await pre(read)
+                    self._budget.take(_nbytes(processed), f"{pre.path}'s inputs")
+                    inputs = processed
                 meta, outputs = await self._follow(meta, inputs, pinned)
                 if post is not None:
                     outputs = await post(outputs)
@@ -392,7 +396,7 @@ class ModelEndpoint:
             raise ServiceUnavailable(f"model {self.name!r} did not answer within "
                                      f"{timeout_s:g} s; retry") from None
 
-    async def _follow(self, meta: ModelMetadata, inputs: dict[str, np.ndarray | ray.ObjectRef],
+    async def _follow(self, meta: ModelMetadata, inputs: Mapping[str, np.ndarray | ray.ObjectRef],
                       pinned: bool) -> Answer:
         """The model's answer from the version ``pinned`` names, or from
         whichever one serves a request that named none."""
@@ -422,7 +426,7 @@ class ModelEndpoint:
         return (await self.versions()).get(picked, meta) if picked is not None else meta
 
     async def _part(self, meta: ModelMetadata,
-                    inputs: dict[str, np.ndarray | ray.ObjectRef]) -> _Part:
+                    inputs: Mapping[str, np.ndarray | ray.ObjectRef]) -> _Part:
         """``inputs`` checked against ``meta``'s signature, as one part of a call."""
         refs = _refs(inputs)
         views = await read_objects(refs)

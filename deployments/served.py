@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -127,8 +127,10 @@ class ServedVersion:
                 return await self._run_batch(signature, parts)
 
             batch = serve.batch(batch_size_fn=_total_rows)(run)
-            batch.set_max_batch_size(self.max_batch_size)
-            batch.set_batch_wait_timeout_s(self._settings.batch_wait_timeout_s)
+            # (serve.batch's typing omits the setters its wrapper has)
+            batch.set_max_batch_size(self.max_batch_size)  # type: ignore[attr-defined]
+            batch.set_batch_wait_timeout_s(  # type: ignore[attr-defined]
+                self._settings.batch_wait_timeout_s)
             self._batches[signature] = batch
         return batch
 
@@ -185,7 +187,8 @@ class ServedVersion:
         return self.sizing
 
     def new_buckets(self, settings: BatchSettings) -> list[int]:
-        limit = self.sizing.picked if settings.max_batch_size == "auto" else \
+        # (with max_batch_size auto, ModelDeployment measured the sizing first)
+        limit = cast(BatchSizing, self.sizing).picked if settings.max_batch_size == "auto" else \
             settings.max_batch_size
         return [b for b in bucket_sizes(limit) if b not in self.buckets]
 

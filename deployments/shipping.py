@@ -143,7 +143,9 @@ def _write_tar(base: Path, members: Iterable[Path], out: BinaryIO | _Sha256Write
         info.mode = 0o644  # as unpacking leaves them, so an unpacked copy repacks the same
         return info
 
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
+    # typeshed's fileobj protocol asks for read, seek and tell, which the stream
+    # mode "w|" never calls: it only writes.
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                       dereference=True) as tar:
         for file in sorted(files):
             tar.add(file, arcname=str(file.relative_to(base)), filter=clean)
@@ -200,7 +202,9 @@ def ship(base: Path, members: Iterable[Path]) -> ShippedModel:
     sha = digest(base, members)
     name = f"{STORE_PREFIX}{sha[:24]}"
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    store = ModelStore.options(
+    # mypy does not apply class decorators: it sees the class, not the ray.remote
+    # ActorClass (whose typed handles would not know the methods' .remote either).
+    store = ModelStore.options(  # type: ignore[attr-defined]
         name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         scheduling_strategy=here,
     ).remote(str(base), [str(m) for m in members], sha)
@@ -221,6 +225,7 @@ def receive(shipped: ShippedModel) -> Path:
         shutil.rmtree(target, ignore_errors=True)
     if not target.is_dir():
         store = ray.get_actor(shipped.store, namespace=NAMESPACE)
+        ref: ray.ObjectRef
         (ref,) = ray.get(store.ref.remote())
         array = ray.get(ref)  # a read-only view of this node's object store
         if hashlib.sha256(array.data).hexdigest() != shipped.digest:
@@ -327,7 +332,9 @@ def main() -> None:
     parser.add_argument("--address", default="auto", help="the Ray cluster")
     parser.add_argument("--dry-run", action="store_true", help="only list them")
     args = parser.parse_args()
-    ray.init(address=args.address, namespace=NAMESPACE, logging_level="ERROR")
+    # (ray.init annotates logging_level as int; it takes a level's name, as logging does)
+    ray.init(address=args.address, namespace=NAMESPACE,
+             logging_level="ERROR")  # type: ignore[arg-type]
     try:
         stale = stale_stores() if args.dry_run else clean()
     except CannotTell as exc:

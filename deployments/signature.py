@@ -7,9 +7,9 @@ tensors before anything is put in the object store.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -196,7 +196,7 @@ def image_geometry(spec: TensorSpec) -> ImageGeometry:
     if spec.dtype == STRING or np.dtype(spec.dtype).kind != "f":
         raise ValueError(f"input {spec.name!r} is {spec.describe()}: images are decoded to "
                          "floats, so an image input must be a float type")
-    _, height, width, channels = spec.shape
+    _, height, width, channels = cast(tuple[int, ...], spec.shape)  # (no None: checked above)
     return ImageGeometry(int(height), int(width), int(channels))
 
 
@@ -213,8 +213,9 @@ def check_input_names(inputs: dict[Any, Any], meta: ModelMetadata, where: str) -
     if set(inputs) != set(expected):
         missing = [n for n in expected if n not in inputs]
         unknown = sorted(map(str, set(inputs) - set(expected)))
-        said = "; ".join(filter(None, [missing and f"missing {', '.join(map(repr, missing))}",
-                                       unknown and f"unknown {', '.join(map(repr, unknown))}"]))
+        said = "; ".join(cast(Iterable[str], filter(None, [  # (the empty lists dropped)
+            missing and f"missing {', '.join(map(repr, missing))}",
+            unknown and f"unknown {', '.join(map(repr, unknown))}"])))
         raise BadRequest(f"{where} names inputs the model does not take ({said}); model "
                          f"{meta.name!r} takes {meta.describe_inputs()}")
 

@@ -30,10 +30,10 @@ import math
 import posixpath
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import fsspec
 import fsspec.asyn
@@ -458,9 +458,10 @@ def _hashes(path: Path, md5: bool, part_sizes: list[int]) -> tuple[str, str, str
     asked for. One read."""
     sha256, whole, digests = hashlib.sha256(), hashlib.md5(), []
     with path.open("rb") as file:
-        for size in part_sizes or [math.inf]:
+        sizes: Sequence[float] = part_sizes or [math.inf]
+        for size in sizes:
             part = hashlib.md5()
-            while block := file.read(min(2**20, size)):
+            while block := file.read(cast(int, min(2**20, size))):  # (an int: 2**20 < inf)
                 sha256.update(block)
                 if md5:
                     whole.update(block)

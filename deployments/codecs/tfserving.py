@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -126,8 +126,8 @@ def classifications(outputs: dict[str, np.ndarray]) -> list[list[tuple[str, floa
     gets ``""``, one without scores 0.0 (as TF Serving fills its
     ``ClassificationResult``)."""
     classes, scores = outputs.get(CLASSES), outputs.get(SCORES)
-    rows = len(classes if classes is not None else scores)
-    labels = [["" for _ in row] for row in scores] if classes is None else [
+    rows = len(classes if classes is not None else cast(np.ndarray, scores))
+    labels = [["" for _ in row] for row in cast(np.ndarray, scores)] if classes is None else [
         [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in row]
         for row in classes.reshape(rows, -1)]
     values = [[0.0] * len(row) for row in labels] if scores is None else _floats(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from google.protobuf import json_format
@@ -66,7 +66,7 @@ _DTYPES: dict[int, tuple[np.dtype | str, str, np.dtype | str]] = {
     types_pb2.DT_BOOL: (np.dtype(np.bool_), "bool_val", np.dtype(np.bool_)),
     types_pb2.DT_STRING: (STRING, "string_val", STRING),
 }
-_ENUM_OF = {dtype if dtype == STRING else dtype.name: enum
+_ENUM_OF = {dtype if dtype == STRING else cast(np.dtype, dtype).name: enum
             for enum, (dtype, _, _) in _DTYPES.items()}
 # What a string the message holds costs beyond its bytes and its slot in the
 # tensor: its slot in the list read from the message and in the array numpy
@@ -105,7 +105,13 @@ class TensorInput:
         count, given = element_count(self.shape), self.given
         if self.dtype == STRING:
             return count * 8 + given * _STRING_OVERHEAD + self.proto.ByteSize()
-        return count * self.dtype.itemsize + given * _DTYPES[self.proto.dtype][2].itemsize
+        stored = cast(np.dtype, _DTYPES[self.proto.dtype][2])  # not STRING either
+        return count * self._numeric.itemsize + given * stored.itemsize
+
+    @property
+    def _numeric(self) -> np.dtype:
+        """``dtype``, where it is known not to be STRING."""
+        return cast(np.dtype, self.dtype)
 
     @property
     def given(self) -> int:
@@ -120,10 +126,10 @@ class TensorInput:
             if self.dtype == STRING:
                 raise BadRequest(f"{self.what}: DT_STRING values go in string_val, not "
                                  "tensor_content")
-            if len(content) != count * self.dtype.itemsize:
+            if len(content) != count * self._numeric.itemsize:
                 raise BadRequest(f"{self.what}: tensor_content has {len(content)} bytes, but "
-                                 f"{self.dtype.name}{list(self.shape)} needs "
-                                 f"{count * self.dtype.itemsize}")
+                                 f"{self._numeric.name}{list(self.shape)} needs "
+                                 f"{count * self._numeric.itemsize}")
             return np.frombuffer(content, self.dtype).reshape(self.shape)
         _, field, stored = _DTYPES[self.proto.dtype]
         given = getattr(self.proto, field)
@@ -133,7 +139,7 @@ class TensorInput:
         if self.dtype == STRING:
             return _filled(list(given), np.dtype(object), count, b"").reshape(self.shape)
         values = np.fromiter(given, dtype=stored, count=len(given))
-        target = np.dtype(np.uint16) if field == "half_val" else self.dtype
+        target = np.dtype(np.uint16) if field == "half_val" else self._numeric
         if target.kind in "iu" and values.size and values.dtype != target:
             info = np.iinfo(target)
             if values.min() < info.min or values.max() > info.max:

@@ -8,7 +8,8 @@ top classes back. Also what Python handle callers use (:meth:`NativeApi.predict`
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
 import numpy as np
 from ray import ObjectRef
@@ -72,8 +73,8 @@ class NativeApi:
                                    pinned=version is not None)
 
     async def _predict(self, endpoint: ModelEndpoint, meta: ModelMetadata,
-                       inputs: dict[str, np.ndarray | ObjectRef], top_k: int | str | None,
-                       scores: bool | str, pinned: bool) -> dict[str, Any]:
+                       inputs: Mapping[str, np.ndarray | ObjectRef], top_k: int | str | None,
+                       scores: bool | str | None, pinned: bool) -> dict[str, Any]:
         include_scores = parse_flag(scores, "scores")  # the query is checked before the
         if meta.labels:                                 # model runs
             parse_top_k(top_k, self._default_top_k, len(meta.labels))
@@ -87,7 +88,8 @@ class NativeApi:
             and scores_given.size == len(scores_given) * len(meta.labels)
         if ranked:
             k = parse_top_k(top_k, self._default_top_k, len(meta.labels))
-            answer["predictions"] = top_k_predictions(scores_given, meta.labels, k,
+            answer["predictions"] = top_k_predictions(cast(np.ndarray, scores_given),
+                                                      meta.labels, k,
                                                       include_scores)
         others = {name: json_values(name, a) for name, a in outputs.items()
                   if not (ranked and name == meta.scores_output)}
@@ -105,12 +107,13 @@ class NativeApi:
                 continue
             latest = versions[max(versions)]
             main = latest.image_spec() if latest.takes_images else latest.inputs[0]
-            model = {"name": name, "versions": sorted(versions),
-                     "input": "image" if latest.takes_images else "tensor",
-                     "input_shape": [d or -1 for d in main.shape],
-                     "inputs": [{"name": s.name, "dtype": s.dtype,
-                                 "shape": [d or -1 for d in s.shape]} for s in latest.inputs],
-                     "labels": list(latest.labels)}
+            model: dict[str, Any] = {
+                "name": name, "versions": sorted(versions),
+                "input": "image" if latest.takes_images else "tensor",
+                "input_shape": [d or -1 for d in main.shape],
+                "inputs": [{"name": s.name, "dtype": s.dtype,
+                            "shape": [d or -1 for d in s.shape]} for s in latest.inputs],
+                "labels": list(latest.labels)}
             if latest.takes_images:
                 model["preprocessing"] = latest.preprocessing.model_dump(mode="json")
             models.append(model)

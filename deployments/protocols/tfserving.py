@@ -125,6 +125,7 @@ async def version_statuses(endpoint: ModelEndpoint, version: str | int | None = 
     Serving answers 404 for one it has never heard of). A load error is as
     the caller may read it (:func:`deployments.auth.load_error`)."""
     statuses = [replace(s, error=load_error(s.error)) for s in await endpoint.statuses()]
+    wanted: int | None
     if label is not None:
         wanted, named = endpoint.labeled(label), label
     elif version is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib.metadata import version as package_version
+from typing import cast
 
 import numpy as np
 from starlette.requests import Request
@@ -34,7 +35,7 @@ from deployments.config import InputLimits
 from deployments.protocols.http import read_body, resolve
 from deployments.protocols.routes import ApiRoute, model_routes
 from deployments.registry import ModelEndpoint, ModelRegistry
-from deployments.signature import STRING, ModelMetadata, check_input_names
+from deployments.signature import STRING, ModelMetadata, TensorSpec, check_input_names
 
 SERVER_NAME = "ray-tf-serve"
 
@@ -65,20 +66,22 @@ async def infer(registry: ModelRegistry, name: str, version: str | None,
     if len(set(names)) != len(names):
         raise BadRequest(f"an input is given twice: {', '.join(map(repr, names))}")
     check_input_names(dict.fromkeys(names), meta, "the request")
-    inputs = {}
-    for tensor in request.inputs:
+    inputs: dict[str, np.ndarray] = {}
+    for tensor in request.inputs:  # (numeric data is an array, BYTES data a list)
         if tensor.datatype != BYTES:
-            inputs[tensor.name] = tensor.data
+            inputs[tensor.name] = cast(np.ndarray, tensor.data)
         elif tensor.name == meta.image_input:
             inputs[tensor.name] = await decode_image_tensor(endpoint, meta, tensor.shape,
-                                                            tensor.data)
+                                                            cast(list[bytes], tensor.data))
         elif (spec := meta.spec(tensor.name)) is not None and spec.dtype == STRING:
             strings = np.empty(len(tensor.data), dtype=object)
             strings[:] = tensor.data
             inputs[tensor.name] = strings.reshape(tensor.shape)
         else:
             meta.image_spec()  # a 400 naming the inputs when the model takes no images
-            raise BadRequest(f"input {tensor.name!r} is {spec.describe()}, not BYTES")
+            # (the names were checked: the model takes this input)
+            raise BadRequest(f"input {tensor.name!r} is {cast(TensorSpec, spec).describe()}, "
+                             "not BYTES")
     meta, outputs = await endpoint.infer(meta, inputs, bool(version))
     return meta, select_outputs(request, meta, outputs)  # as the version that answered
 
@@ -129,9 +132,9 @@ class V2Api:
                                 limits.max_elements, meta.check_input_count)
         meta, outputs = await infer(self._registry, request.path_params["name"],
                                     request.path_params.get("version"), parsed)
-        content, header_length = await off_loop(
+        content, response_header_length = await off_loop(
             encode_infer_response, meta, parsed.id, outputs)
-        if header_length is None:
+        if response_header_length is None:
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream",
-                        headers={HEADER_LENGTH: str(header_length)})
+                        headers={HEADER_LENGTH: str(response_header_length)})

@@ -10,7 +10,7 @@ on the call's context, the way ``tritonclient.grpc`` reports them.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from ray.serve.grpc_util import RayServegRPCContext
@@ -46,7 +46,7 @@ def add_servicer(servicer: Any, server: grpc.Server) -> None:
 
 def _model_of(request: Any) -> str:
     """Model RPCs name their model in ``model_name`` (infer) or ``name``."""
-    return getattr(request, "model_name", None) or getattr(request, "name", "")
+    return cast(str, getattr(request, "model_name", None) or getattr(request, "name", ""))
 
 
 _status = rpc("v2-grpc", _model_of)
