@@ -126,6 +126,8 @@ def classifications(outputs: dict[str, np.ndarray]) -> list[list[tuple[str, floa
     gets ``""``, one without scores 0.0 (as TF Serving fills its
     ``ClassificationResult``)."""
     classes, scores = outputs.get(CLASSES), outputs.get(SCORES)
+    if classes is None and scores is None:  # postprocess code dropped both
+        raise ModelFailed("the classification has neither a classes nor a scores output")
     rows = len(classes if classes is not None else cast(np.ndarray, scores))
     labels = [["" for _ in row] for row in cast(np.ndarray, scores)] if classes is None else [
         [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in row]

@@ -160,6 +160,8 @@ def test_classify_and_regress_answer_in_tf_servings_shapes():
         "results": [1.5, 2.0]}
     with pytest.raises(ModelFailed, match=r"shaped \[2, 2\]"):
         encode_regress_response({"outputs": scores})
+    with pytest.raises(ModelFailed, match="neither a classes nor a scores output"):
+        encode_classify_response({"other": scores})
 
 
 def test_outputs_of_different_batch_sizes_need_the_columnar_format():
