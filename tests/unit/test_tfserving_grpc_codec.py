@@ -252,8 +252,9 @@ def test_decoding_takes_no_more_than_the_budget_is_charged(proto):
         tracemalloc.stop()
     assert decoded.shape == tuple(d.size for d in proto.tensor_shape.dim)
     # + objects' headers, and what other threads of a long test session (Ray's,
-    # gRPC's) allocate meanwhile: tracemalloc counts every thread.
-    assert decoded.nbytes <= peak <= parsed.decoded_bytes + 64 * 1024
+    # gRPC's) allocate meanwhile: tracemalloc counts every thread. (The old
+    # decoding peaked at 2-3 times the charge.)
+    assert decoded.nbytes <= peak <= parsed.decoded_bytes * 1.25 + 64 * 1024
 
 
 EXAMPLES = ModelMetadata("ex", 1, "serving_default", (TensorSpec("inputs", "string", (None,)),),
