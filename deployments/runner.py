@@ -152,9 +152,9 @@ class _FunctionEngine:
             self.specs[name] = (tuple(_spec(k, v) for k, v in sorted(input_specs.items())),
                                 tuple(_spec(k, v) for k, v in
                                       sorted(fn.structured_outputs.items())))
-        self._calls: dict[str, tf.types.experimental.PolymorphicFunction] = {}
+        self._calls = {name: self._compile(name) for name in self.specs}
 
-    def compile(self, signature: str) -> None:
+    def _compile(self, signature: str) -> tf.types.experimental.PolymorphicFunction:
         """Wrap the signature in one ``tf.function`` whose traces we can count.
 
         Without XLA the batch dimension stays unknown: one trace serves every
@@ -172,8 +172,8 @@ class _FunctionEngine:
         input_signature = None if self._jit_compile else [
             tf.TensorSpec(None if s.unknown_rank else s.shape,
                           tf.string if s.dtype == STRING else s.dtype) for s in inputs]
-        self._calls[signature] = tf.function(call, input_signature=input_signature,
-                                             jit_compile=self._jit_compile)
+        return tf.function(call, input_signature=input_signature,
+                           jit_compile=self._jit_compile)
 
     @property
     def traces(self) -> int:
@@ -202,7 +202,9 @@ class _SessionEngine:
             tf.compat.v1.saved_model.loader.load(
                 self._session, list(meta_graph.meta_info_def.tags), str(path))
         self.specs = {}
-        self._feeds: dict[str, tuple[list[str], list[str], Any]] = {}
+        # Per signature: its output names, and the callable fed its inputs
+        # in the specs' (sorted) order.
+        self._feeds: dict[str, tuple[list[str], Any]] = {}
         for name, definition in meta_graph.signature_def.items():
             if not definition.inputs or not definition.outputs or name == INIT_OP_SIGNATURE:
                 continue
@@ -214,16 +216,13 @@ class _SessionEngine:
             # placeholders' shapes (Python's Session.run would refuse them).
             options = config_pb2.CallableOptions(feed=[v.name for _, v in inputs],
                                                  fetch=[v.name for _, v in outputs])
-            self._feeds[name] = ([k for k, _ in inputs], [k for k, _ in outputs],
+            self._feeds[name] = ([k for k, _ in outputs],
                                  self._session._make_callable_from_options(options))
 
-    def compile(self, signature: str) -> None:
-        """Nothing to do: the session runs the graph as it is."""
-
-    traces = 0
+    traces = 0  # the session runs the graph as it is
 
     def run(self, signature: str, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
-        _, outputs, call = self._feeds[signature]
+        outputs, call = self._feeds[signature]
         return dict(zip(outputs, call(*arrays), strict=True))
 
 
@@ -272,8 +271,6 @@ class SavedModelRunner:
                 f"model {name!r} has inputs of variable inner size ({', '.join(variable)}): "
                 "XLA would compile one program per size; serve it without jit_compile")
         self.static_shapes = model.jit_compile
-        for sig in specs:
-            self._engine.compile(sig)
 
     def _describe(self, model: ModelArgs, version: int, signature: str,
                   defs: dict[str, Any], strict: bool, default: bool = True) -> ModelMetadata:
