@@ -9,7 +9,7 @@ import os
 import time
 
 from deployments.codecs.image import decode_images
-from deployments.signature import ImageGeometry
+from deployments.types import ImageGeometry
 
 _GEOMETRY = ImageGeometry(224, 224, 3)
 

@@ -14,8 +14,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
 from deployments.auth import Gate
-from deployments.codecs.errors import ServeError
 from deployments.config import AuthArgs, CorsArgs, InputLimits
+from deployments.errors import ServeError
 from deployments.metrics import IngressMetrics
 from deployments.openapi import openapi_document
 from deployments.protocols import ui

@@ -29,8 +29,8 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from deployments.codecs.errors import Unauthenticated
 from deployments.config import AuthArgs
+from deployments.errors import Unauthenticated
 from deployments.protocols.http import render_error
 
 logger = logging.getLogger("ray.serve")

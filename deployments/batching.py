@@ -12,9 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deployments.signature import Inputs
-
-Outputs = dict[str, np.ndarray]
+from deployments.types import Inputs, Outputs
 
 # The largest max_batch_size a model deployment takes (and ``auto`` tries).
 MAX_BATCH_SIZE = 1024

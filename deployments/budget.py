@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from deployments.codecs.errors import PayloadTooLarge, ServiceUnavailable
+from deployments.errors import PayloadTooLarge, ServiceUnavailable
 
 # What parsing a JSON body may hold in Python objects, per byte of the body
 # (a number written in two bytes becomes a float object and a list slot).

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from deployments.codecs.errors import NotFound
+from deployments.errors import NotFound
 from deployments.storage import VersionSource
 from deployments.versions import VersionStatus
 

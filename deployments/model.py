@@ -21,17 +21,17 @@ import numpy as np
 import ray
 from ray import serve
 
-from deployments.batching import Outputs
-from deployments.codecs.errors import BadRequest, ServeError
 from deployments.config import DeviceArgs, InputLimits, ModelArgs
 from deployments.device import apply_device_plan, plan_device
+from deployments.errors import BadRequest, ServeError
 from deployments.lifecycle import VersionManager
 from deployments.metrics import PipelineMetrics
 from deployments.objects import read_objects
 from deployments.pipeline import Step, StepLog, run_step
 from deployments.served import BatchSettings, ServedVersion, answer_each
 from deployments.shipping import ShippedModel, receive
-from deployments.signature import Inputs, ModelMetadata, by_name, check_inputs
+from deployments.signature import ModelMetadata, by_name, check_inputs
+from deployments.types import Inputs, Outputs
 from deployments.user_code import Watchdog, load_transforms
 from deployments.versions import VersionStatus
 

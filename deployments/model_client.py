@@ -28,11 +28,11 @@ from ray.serve.exceptions import (
 )
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from deployments.batching import Outputs
-from deployments.codecs.errors import ServeError, ServiceUnavailable
+from deployments.errors import ServeError, ServiceUnavailable
 from deployments.pipeline import Step
 from deployments.registry import ReplicaDied
-from deployments.signature import Inputs, ModelMetadata
+from deployments.signature import ModelMetadata
+from deployments.types import Inputs, Outputs
 from deployments.versions import VersionStatus
 
 logger = logging.getLogger("ray.serve")

@@ -11,7 +11,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayError
 
-from deployments.codecs.errors import BadRequest
+from deployments.errors import BadRequest
 
 
 async def read_objects(refs: Mapping[str, ray.ObjectRef]) -> dict[str, Any]:

@@ -24,20 +24,13 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import ray
 
-from deployments.batching import Outputs
-from deployments.codecs.errors import NotFound, ServeError, clip
 from deployments.codecs.tfserving_grpc import signature_def
 from deployments.config import REQUEST, InputLimits, PipelineArgs, split_ref
+from deployments.errors import NotFound, ServeError, clip
 from deployments.metrics import PipelineMetrics
 from deployments.served import answer_each
-from deployments.signature import (
-    PREDICT,
-    STRING,
-    Inputs,
-    ModelMetadata,
-    TensorSpec,
-    castable,
-)
+from deployments.signature import PREDICT, STRING, ModelMetadata, TensorSpec, castable
+from deployments.types import Inputs, Outputs
 from deployments.user_code import Processor
 from deployments.versions import VersionStatus
 

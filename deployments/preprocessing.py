@@ -16,9 +16,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, Field, model_validator
 
 from deployments.bounds import STRICT, Side
-
-if TYPE_CHECKING:  # signature.py carries these settings in ModelMetadata
-    from deployments.signature import ImageGeometry
+from deployments.types import ImageGeometry
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"]
 Pixel = Annotated[int, Field(ge=0, le=255)]

@@ -24,10 +24,13 @@ from typing import Any, NamedTuple, Protocol, cast
 import numpy as np
 import ray
 
-from deployments.batching import Outputs, rows_of
+from deployments.batching import rows_of
 from deployments.budget import MemoryBudget, off_loop
 from deployments.coalescing import Coalescer, CoalesceSettings
-from deployments.codecs.errors import (
+from deployments.codecs.image import decode_images
+from deployments.codecs.numbers import version_number
+from deployments.config import InputLimits
+from deployments.errors import (
     BadRequest,
     ModelFailed,
     NotFound,
@@ -35,13 +38,11 @@ from deployments.codecs.errors import (
     ServiceUnavailable,
     clip,
 )
-from deployments.codecs.image import decode_images
-from deployments.codecs.numbers import version_number
-from deployments.config import InputLimits
 from deployments.metrics import IngressMetrics, arrival_time
 from deployments.objects import read_objects
 from deployments.pipeline import PipelineClient, Plan, StageClient
-from deployments.signature import Inputs, ModelMetadata, check_inputs, check_size
+from deployments.signature import ModelMetadata, check_inputs, check_size
+from deployments.types import Inputs, Outputs
 from deployments.user_code import Processors
 from deployments.versions import Routing, VersionStatus
 

@@ -17,17 +17,10 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.protobuf import config_pb2, saved_model_pb2
 
-from deployments.batching import Outputs
-from deployments.codecs.errors import BadRequest, clip
 from deployments.config import ModelArgs
-from deployments.signature import (
-    PREDICT,
-    STRING,
-    Inputs,
-    ModelMetadata,
-    TensorSpec,
-    image_geometry,
-)
+from deployments.errors import BadRequest, clip
+from deployments.signature import PREDICT, STRING, ModelMetadata, TensorSpec, image_geometry
+from deployments.types import Inputs, Outputs
 
 
 class ModelLoadError(RuntimeError):

@@ -22,7 +22,6 @@ from deployments.batching import (
     MAX_BATCH_SIZE,
     UNMEASURED_BATCH_SIZE,
     BatchSizing,
-    Outputs,
     bucket_for,
     bucket_sizes,
     chunk_rows,
@@ -32,11 +31,12 @@ from deployments.batching import (
     rows_of,
     split_rows,
 )
-from deployments.codecs.errors import BadRequest, ModelFailed, PayloadTooLarge, ServeError
 from deployments.codecs.tfserving import check_verb, examples_input
 from deployments.config import InputLimits
+from deployments.errors import BadRequest, ModelFailed, PayloadTooLarge, ServeError
 from deployments.metrics import ModelMetrics
-from deployments.signature import STRING, Inputs, ModelMetadata, check_inputs, fits_batch
+from deployments.signature import STRING, ModelMetadata, check_inputs, fits_batch
+from deployments.types import Inputs, Outputs
 from deployments.warmup import WarmupCall, read_warmup, replay
 
 if TYPE_CHECKING:

@@ -13,18 +13,14 @@ from typing import Any, cast
 
 import numpy as np
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge, clip
+from deployments.errors import BadRequest, PayloadTooLarge, clip
 from deployments.preprocessing import DEFAULT, ImagePreprocessing
+from deployments.types import ImageGeometry, Inputs, Shape
 
 # Which numpy kinds may be cast to which target kinds without surprises:
 # bool/int data into a float model is fine, floats into an int model are
 # not; ints go into unsigned inputs when their values fit (checked).
 _CASTABLE_KINDS = {"f": "biuf", "i": "iu", "u": "iu", "b": "b"}
-
-Shape = tuple[int | None, ...]
-
-# A request's tensors, by input name (every input has the same rows).
-Inputs = dict[str, np.ndarray]
 
 # The dtype name of string tensors (``tf.string``): numpy object arrays of bytes.
 STRING = "string"
@@ -64,19 +60,6 @@ class TensorSpec:
             return True
         return len(shape) == len(self.shape) and all(
             d is None or d == a for d, a in zip(self.shape, shape, strict=True))
-
-
-@dataclass(frozen=True)
-class ImageGeometry:
-    """The pixel layout an image must be converted to for the model."""
-
-    height: int
-    width: int
-    channels: int
-
-    @property
-    def pillow_mode(self) -> str:
-        return "L" if self.channels == 1 else "RGB"
 
 
 # A signature's method, as TF Serving names it (``:classify``, ``:regress``).

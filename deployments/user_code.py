@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from deployments.codecs.errors import ServeError
+from deployments.errors import ServeError
 from deployments.metrics import UserCodeMetrics
 
 if TYPE_CHECKING:

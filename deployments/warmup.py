@@ -25,9 +25,9 @@ from typing import Literal
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from deployments.codecs.errors import ServeError
 from deployments.codecs.tfserving_grpc import serialized_examples, tensor_input
 from deployments.codecs.tfserving_protos import input_pb2, prediction_log_pb2
+from deployments.errors import ServeError
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_RECORDS = 1000  # WarmupConsts::kMaxNumRecords

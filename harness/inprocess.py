@@ -13,15 +13,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
-from deployments.batching import Outputs
-from deployments.codecs.errors import NotFound, ServeError
 from deployments.config import AppArgs, InputLimits, ModelArgs
+from deployments.errors import NotFound, ServeError
 from deployments.metrics import IngressMetrics
 from deployments.pipeline import Plan, Step, run_step
 from deployments.registry import ModelRegistry
 from deployments.runner import SavedModelRunner
 from deployments.served import answer_each
-from deployments.signature import Inputs, ModelMetadata
+from deployments.signature import ModelMetadata
+from deployments.types import Inputs, Outputs
 from deployments.user_code import code_paths, load_processors, load_transforms
 from deployments.versions import Routing, VersionStatus
 

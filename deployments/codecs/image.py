@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge, ServeError
+from deployments.errors import BadRequest, PayloadTooLarge, ServeError
 from deployments.preprocessing import DEFAULT, ImagePreprocessing, ShorterSide
-from deployments.signature import ImageGeometry
+from deployments.types import ImageGeometry
 
 # Raster formats a client may send. Limiting Pillow to these keeps requests
 # away from its other plugins (EPS would start Ghostscript, for one).

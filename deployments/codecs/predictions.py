@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from deployments.codecs.errors import BadRequest
+from deployments.errors import BadRequest
 
 
 def parse_top_k(value: str | int | None, default: int, classes: int) -> int:

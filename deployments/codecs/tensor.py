@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge
+from deployments.errors import BadRequest, PayloadTooLarge
 from deployments.signature import STRING, ModelMetadata, check_input_names
 
 # Nesting beyond any tensor's dimensions (numpy's own limit is 64).

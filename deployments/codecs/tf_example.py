@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge, clip
 from deployments.codecs.tensor import decode_b64, is_b64
 from deployments.codecs.tfserving_protos import example_pb2
+from deployments.errors import BadRequest, PayloadTooLarge, clip
 
 _INT64 = (-(2**63), 2**63 - 1)
 _FLOAT_MAX = float(np.finfo(np.float32).max)

@@ -17,7 +17,6 @@ from typing import Any, cast
 
 import numpy as np
 
-from deployments.codecs.errors import BadRequest, ModelFailed
 from deployments.codecs.predictions import json_values
 from deployments.codecs.tensor import (
     JsonInputs,
@@ -27,6 +26,7 @@ from deployments.codecs.tensor import (
     rows_by_input,
 )
 from deployments.codecs.tf_example import EncodedExamples, encode_examples
+from deployments.errors import BadRequest, ModelFailed
 from deployments.signature import STRING, ModelMetadata
 from deployments.versions import VersionStatus
 

@@ -21,7 +21,6 @@ from typing import Any, cast
 import numpy as np
 from google.protobuf import json_format
 
-from deployments.codecs.errors import BadRequest, ModelFailed, PayloadTooLarge, clip
 from deployments.codecs.tensor import check_rows
 from deployments.codecs.tfserving import (
     check_verb,
@@ -46,6 +45,7 @@ from deployments.codecs.tfserving_protos import (
     types_pb2,
 )
 from deployments.codecs.v2_tensor import as_bytes, check_shape, element_count
+from deployments.errors import BadRequest, ModelFailed, PayloadTooLarge, clip
 from deployments.signature import CLASSIFY, REGRESS, STRING, ModelMetadata, TensorSpec
 from deployments.versions import VersionStatus
 

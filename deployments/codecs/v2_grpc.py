@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
-from deployments.codecs.errors import BadRequest
 from deployments.codecs.v2_tensor import (
     BYTES,
     InferRequest,
@@ -30,6 +29,7 @@ from deployments.codecs.v2_tensor import (
     raw_to_tensor,
     tensor_to_raw,
 )
+from deployments.errors import BadRequest
 from deployments.signature import ModelMetadata
 
 # Which typed ``InferTensorContents`` field holds each datatype.

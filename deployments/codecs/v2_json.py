@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
-from deployments.codecs.errors import BadRequest
 from deployments.codecs.numbers import decimal_count
 from deployments.codecs.tensor import parse_json
 from deployments.codecs.v2_tensor import (
@@ -36,6 +35,7 @@ from deployments.codecs.v2_tensor import (
     raw_to_tensor,
     tensor_to_raw,
 )
+from deployments.errors import BadRequest
 from deployments.signature import ModelMetadata
 
 HEADER_LENGTH = "Inference-Header-Content-Length"

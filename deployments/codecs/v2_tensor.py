@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge
 from deployments.codecs.predictions import top_k_indices
+from deployments.errors import BadRequest, PayloadTooLarge
 from deployments.signature import STRING, ModelMetadata, TensorSpec
 
 PROTOCOL_VERSION = "2"

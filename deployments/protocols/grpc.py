@@ -22,8 +22,8 @@ from google.protobuf.message import Message
 from ray.serve.grpc_util import RayServegRPCContext
 
 from deployments.auth import Gate
-from deployments.codecs.errors import PayloadTooLarge, ServeError
 from deployments.config import InputLimits
+from deployments.errors import PayloadTooLarge, ServeError
 from deployments.metrics import IngressMetrics, arrival
 from deployments.protocols.http import TIMEOUT_HEADER, request_timeout
 from deployments.registry import DeadlinePassed, ModelRegistry, deadline

@@ -17,15 +17,15 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.budget import JSON_EXPANSION, MemoryBudget, off_loop
-from deployments.codecs.errors import (
+from deployments.codecs.numbers import decimal_count
+from deployments.codecs.tensor import JsonInputs, parse_json
+from deployments.config import InputLimits
+from deployments.errors import (
     BadRequest,
     PayloadTooLarge,
     ServeError,
     UnsupportedMediaType,
 )
-from deployments.codecs.numbers import decimal_count
-from deployments.codecs.tensor import JsonInputs, parse_json
-from deployments.config import InputLimits
 from deployments.registry import DeadlinePassed, ModelEndpoint, ModelRegistry, deadline
 from deployments.signature import ModelMetadata
 

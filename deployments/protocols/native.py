@@ -18,15 +18,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from deployments.budget import off_loop
-from deployments.codecs.errors import (
+from deployments.codecs.predictions import json_values, parse_flag, parse_top_k, top_k_predictions
+from deployments.codecs.tensor import json_inputs, rows_by_input
+from deployments.config import InputLimits
+from deployments.errors import (
     BadRequest,
     PayloadTooLarge,
     ServeError,
     UnsupportedMediaType,
 )
-from deployments.codecs.predictions import json_values, parse_flag, parse_top_k, top_k_predictions
-from deployments.codecs.tensor import json_inputs, rows_by_input
-from deployments.config import InputLimits
 from deployments.protocols.http import (
     PortableJSON,
     media_type,

@@ -18,7 +18,6 @@ from starlette.responses import JSONResponse
 
 from deployments.auth import load_error
 from deployments.budget import off_loop
-from deployments.codecs.errors import BadRequest, NotFound, clip
 from deployments.codecs.numbers import version_number
 from deployments.codecs.tfserving import (
     encode_classify_response,
@@ -32,6 +31,7 @@ from deployments.codecs.tfserving import (
     signature_name,
 )
 from deployments.config import InputLimits
+from deployments.errors import BadRequest, NotFound, clip
 from deployments.protocols.http import (
     JSONWithNaN,
     parse_json_body,

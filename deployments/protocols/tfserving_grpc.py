@@ -21,7 +21,6 @@ import numpy as np
 from ray.serve.grpc_util import RayServegRPCContext
 
 from deployments.budget import off_loop
-from deployments.codecs.errors import BadRequest, Unimplemented
 from deployments.codecs.tfserving_grpc import (
     encode_classify_response,
     encode_multi_inference_response,
@@ -45,6 +44,7 @@ from deployments.codecs.tfserving_protos import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
+from deployments.errors import BadRequest, Unimplemented
 from deployments.protocols.grpc import GrpcService, rpc
 from deployments.protocols.tfserving import version_statuses
 from deployments.protocols.v2 import decode_image_tensor

@@ -20,7 +20,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from deployments.budget import JSON_EXPANSION, off_loop
-from deployments.codecs.errors import BadRequest
 from deployments.codecs.numbers import decimal_count
 from deployments.codecs.v2_json import HEADER_LENGTH, encode_infer_response, parse_infer_request
 from deployments.codecs.v2_tensor import (
@@ -32,6 +31,7 @@ from deployments.codecs.v2_tensor import (
     select_outputs,
 )
 from deployments.config import InputLimits
+from deployments.errors import BadRequest
 from deployments.protocols.http import read_body, resolve
 from deployments.protocols.routes import ApiRoute, model_routes
 from deployments.registry import ModelEndpoint, ModelRegistry

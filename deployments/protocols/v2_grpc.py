@@ -19,12 +19,12 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc.service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 
 from deployments.budget import off_loop
-from deployments.codecs.errors import ServiceUnavailable
 from deployments.codecs.v2_grpc import (
     encode_infer_response,
     model_metadata_response,
     parse_infer_request,
 )
+from deployments.errors import ServiceUnavailable
 from deployments.protocols import v2
 from deployments.protocols.grpc import GrpcService, rpc
 

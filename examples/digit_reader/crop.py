@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from deployments.codecs.errors import BadRequest
+from deployments.errors import BadRequest
 
 SIZE = 28  # the digits classifier's input: float32[N, 28, 28, 1]
 MIN_SIDE_PX = 4  # a smaller box holds no readable digit

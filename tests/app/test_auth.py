@@ -25,8 +25,8 @@ from tritonclient.grpc import service_pb2 as pb
 
 from deployments.asgi import build_asgi
 from deployments.auth import Gate
-from deployments.codecs.errors import ServeError
 from deployments.config import AppArgs
+from deployments.errors import ServeError
 from deployments.metrics import IngressMetrics
 from deployments.protocols.tfserving_grpc import TFServingGrpcService
 from deployments.protocols.v2_grpc import V2GrpcService

@@ -23,7 +23,7 @@ from tensorflow_serving.apis import predict_pb2
 
 import deployments.registry as registry_module
 from deployments.asgi import build_asgi
-from deployments.codecs.errors import ServeError
+from deployments.errors import ServeError
 from deployments.metrics import IngressMetrics
 from deployments.registry import ModelRegistry
 from harness.inprocess import InProcessModel

@@ -9,7 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from deployments.codecs.image import decode_images
-from deployments.signature import ImageGeometry
+from deployments.types import ImageGeometry
 from tests.app.conftest import build_app, config_args
 from tests.common import MEDIA_TYPES, SAMPLES, sample_label, top_label
 

@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 
 from deployments.codecs.image import decode_images
 from deployments.config import AppArgs
-from deployments.signature import ImageGeometry
+from deployments.types import ImageGeometry
 from tests.app.conftest import build_app
 from tests.app.test_v2 import binary_request
 from tests.common import SAMPLES, signature_models

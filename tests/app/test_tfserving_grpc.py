@@ -33,8 +33,8 @@ from tensorflow_serving.apis import (
 
 from deployments.asgi import build_asgi
 from deployments.auth import Gate
-from deployments.codecs.errors import ServeError
 from deployments.config import AppArgs
+from deployments.errors import ServeError
 from deployments.metrics import IngressMetrics
 from deployments.protocols.tfserving_grpc import TFServingGrpcService
 from deployments.registry import ModelRegistry

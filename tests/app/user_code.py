@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from deployments.codecs.errors import BadRequest
+from deployments.errors import BadRequest
 
 
 def to_counts(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ import pytest
 import ray
 from ray import serve
 
-from deployments.codecs.errors import BadRequest
+from deployments.errors import BadRequest
 from tests.common import APP_NAME, ROOT, SAMPLES
 
 

@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 from ray import serve
 
 from deployments.app import build_app
-from deployments.codecs.errors import BadRequest
+from deployments.errors import BadRequest
 from tests.common import signature_models
 
 APP = "signatures"

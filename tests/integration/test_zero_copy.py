@@ -11,8 +11,8 @@ from ray import cloudpickle, serve
 
 import harness.probes
 import tests.integration.test_zero_copy as this_module
-from deployments.codecs.errors import BadRequest
 from deployments.config import DeviceArgs, InputLimits, ModelArgs
+from deployments.errors import BadRequest
 from deployments.ingress import Preprocessor
 from deployments.model import ModelDeployment
 from harness.probes import in_object_store

@@ -12,8 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from deployments.auth import Gate, load_error, redact
-from deployments.codecs.errors import Unauthenticated
 from deployments.config import AppArgs, AuthArgs
+from deployments.errors import Unauthenticated
 
 OLD, NEW = "old-token-0123456789abcdef", "new-token-fedcba9876543210"
 ENV = {"RAY_TF_SERVE_TOKENS": f"{OLD}, {NEW}"}

@@ -14,7 +14,7 @@ from deployments.batching import (
     rows_of,
     split_rows,
 )
-from deployments.codecs.errors import BadRequest, ModelFailed
+from deployments.errors import BadRequest, ModelFailed
 from deployments.served import answer_each
 from deployments.signature import ModelMetadata, TensorSpec
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from deployments.budget import MemoryBudget, off_loop
-from deployments.codecs.errors import PayloadTooLarge, ServiceUnavailable
+from deployments.errors import PayloadTooLarge, ServiceUnavailable
 
 
 def test_what_a_request_takes_is_given_back_when_it_ends():

@@ -12,8 +12,8 @@ import pytest
 
 import deployments.registry as registry_module
 from deployments.coalescing import CoalesceSettings
-from deployments.codecs.errors import ServiceUnavailable
 from deployments.config import InputLimits
+from deployments.errors import ServiceUnavailable
 from deployments.protocols.http import request_timeout
 from deployments.registry import DeadlinePassed, deadline
 from tests.unit.test_registry import FakeModel, registry, rows

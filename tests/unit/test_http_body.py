@@ -4,7 +4,7 @@ import zlib
 
 import pytest
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from deployments.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from deployments.protocols.http import PortableJSON, _decompress
 
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge
 from deployments.codecs.image import decode_images, decoded_bytes
-from deployments.signature import ImageGeometry
+from deployments.errors import BadRequest, PayloadTooLarge
+from deployments.types import ImageGeometry
 
 SAMPLES = Path(__file__).resolve().parents[2] / "models" / "samples"
 GRAY = ImageGeometry(28, 28, 1)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deployments.codecs.errors import PayloadTooLarge
 from deployments.codecs.image import decode_images, decoded_bytes
+from deployments.errors import PayloadTooLarge
 from deployments.preprocessing import ImagePreprocessing
-from deployments.signature import ImageGeometry
+from deployments.types import ImageGeometry
 
 LIMIT, BUDGET = 10**8, 2**30
 PIXELS = {"range": [0, 255]}  # values read as the 0-255 pixels they came from

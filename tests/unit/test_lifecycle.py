@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.codecs.errors import NotFound
 from deployments.config import All, Latest, Specific
+from deployments.errors import NotFound
 from deployments.lifecycle import NoVersions, VersionManager
 from deployments.storage import LocalSource
 

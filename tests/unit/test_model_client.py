@@ -13,7 +13,7 @@ import pytest
 from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError, RayServeException
 
-from deployments.codecs.errors import ServiceUnavailable
+from deployments.errors import ServiceUnavailable
 from deployments.model_client import RayModelClient
 from deployments.registry import ReplicaDied
 

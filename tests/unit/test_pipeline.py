@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from deployments.codecs.errors import BadRequest, ModelFailed, ServeError
 from deployments.config import AppArgs, PipelineArgs
+from deployments.errors import BadRequest, ModelFailed, ServeError
 from deployments.pipeline import PipelineMisconfigured, Plan, Step, StepLog, run_step
 from deployments.signature import ModelMetadata, TensorSpec
 from deployments.user_code import Processor

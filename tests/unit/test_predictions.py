@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from deployments.codecs.errors import BadRequest
 from deployments.codecs.predictions import parse_flag, parse_top_k, top_k_predictions
+from deployments.errors import BadRequest
 
 LABELS = ("zero", "one", "two", "three")
 

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from deployments.codecs.image import decode_images
 from deployments.config import ModelArgs
 from deployments.preprocessing import PRESETS, ImagePreprocessing, ShorterSide
-from deployments.signature import ImageGeometry
+from deployments.types import ImageGeometry
 
 RGB = ImageGeometry(24, 32, 3)
 

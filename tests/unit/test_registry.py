@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from deployments.coalescing import CoalesceSettings
-from deployments.codecs.errors import BadRequest, ModelFailed, NotFound, ServiceUnavailable
 from deployments.config import InputLimits
+from deployments.errors import BadRequest, ModelFailed, NotFound, ServiceUnavailable
 from deployments.metrics import IngressMetrics
 from deployments.registry import ModelRegistry, ReplicaDied
 from deployments.signature import ModelMetadata, TensorSpec

@@ -1,15 +1,15 @@
 import numpy as np
 import pytest
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge
+from deployments.errors import BadRequest, PayloadTooLarge
 from deployments.signature import (
-    ImageGeometry,
     ModelMetadata,
     TensorSpec,
     check_inputs,
     check_tensor,
     image_geometry,
 )
+from deployments.types import ImageGeometry
 
 IMAGE = TensorSpec("image", "float32", (None, 28, 28, 1))
 

@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge
 from deployments.codecs.tensor import (
     columns_by_input,
     json_inputs,
@@ -11,6 +10,7 @@ from deployments.codecs.tensor import (
     rows_by_input,
     strings_to_array,
 )
+from deployments.errors import BadRequest, PayloadTooLarge
 from deployments.signature import ModelMetadata, TensorSpec
 
 ONE = ModelMetadata("one", 1, "serving_default", (TensorSpec("x", "float32", (None, 1, 2)),),

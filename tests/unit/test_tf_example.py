@@ -9,8 +9,8 @@ import tensorflow as tf
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge
 from deployments.codecs.tf_example import encode_examples
+from deployments.errors import BadRequest, PayloadTooLarge
 
 
 def serialize_examples(examples: list, context: object = None) -> list[bytes]:

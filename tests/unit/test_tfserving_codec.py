@@ -3,7 +3,6 @@ import base64
 import numpy as np
 import pytest
 
-from deployments.codecs.errors import BadRequest, ModelFailed, PayloadTooLarge
 from deployments.codecs.tfserving import (
     encode_classify_response,
     encode_predict_response,
@@ -14,6 +13,7 @@ from deployments.codecs.tfserving import (
     parse_predict_request,
     signature_name,
 )
+from deployments.errors import BadRequest, ModelFailed, PayloadTooLarge
 from deployments.signature import CLASSIFY, ModelMetadata, TensorSpec
 from deployments.versions import VersionStatus
 

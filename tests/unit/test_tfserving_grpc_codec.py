@@ -27,7 +27,6 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
-from deployments.codecs.errors import BadRequest, ModelFailed, PayloadTooLarge
 from deployments.codecs.tfserving_grpc import (
     encode_classify_response,
     encode_predict_response,
@@ -40,6 +39,7 @@ from deployments.codecs.tfserving_grpc import (
     tensor_input,
     tensor_proto,
 )
+from deployments.errors import BadRequest, ModelFailed, PayloadTooLarge
 from deployments.signature import CLASSIFY, REGRESS, ModelMetadata, TensorSpec
 from deployments.versions import VersionStatus
 from tests.common import ROOT

@@ -5,7 +5,6 @@ from functools import partial
 import numpy as np
 import pytest
 
-from deployments.codecs.errors import BadRequest, PayloadTooLarge
 from deployments.codecs.v2_json import encode_infer_response, parse_infer_request
 from deployments.codecs.v2_tensor import (
     InferRequest,
@@ -17,6 +16,7 @@ from deployments.codecs.v2_tensor import (
     select_outputs,
     tensor_to_raw,
 )
+from deployments.errors import BadRequest, PayloadTooLarge
 from deployments.signature import ModelMetadata, TensorSpec
 
 # Limits far above what these tests send.

@@ -6,9 +6,9 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 import deployments.protocols.v2_grpc  # noqa: F401  (installs the aliases pickle needs)
-from deployments.codecs.errors import BadRequest
 from deployments.codecs.v2_grpc import encode_infer_response, parse_infer_request
 from deployments.codecs.v2_tensor import OutputTensor
+from deployments.errors import BadRequest
 from deployments.signature import ModelMetadata, TensorSpec
 
 # Limits far above what these tests send.

@@ -17,9 +17,9 @@ from tensorflow_serving.apis import (
     prediction_log_pb2,
 )
 
-from deployments.codecs.errors import BadRequest
 from deployments.codecs.tfserving_protos import example_pb2, tensor_pb2, types_pb2
 from deployments.config import ModelArgs
+from deployments.errors import BadRequest
 from deployments.runner import SavedModelRunner
 from deployments.served import warm_call
 from deployments.warmup import (
