@@ -16,9 +16,9 @@ from typing import Any, cast
 from ray.serve import Application, Deployment
 
 from deployments.config import AppArgs
-from deployments.ingress import Preprocessor
-from deployments.model import ModelDeployment
+from deployments.ingress.deployment import Preprocessor
 from deployments.pipeline import Plan
+from deployments.replica.deployment import ModelDeployment
 from deployments.shipping import ship
 from deployments.user_code import code_paths
 

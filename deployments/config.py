@@ -22,8 +22,8 @@ from pydantic import (
 )
 
 from deployments.bounds import STRICT, Bytes, Count, Dim, Seconds, Version
-from deployments.device import GpuMemoryMode
 from deployments.preprocessing import ImagePreprocessing
+from deployments.replica.device import GpuMemoryMode
 from deployments.storage import (
     SCHEMES,
     Cache,
@@ -61,7 +61,7 @@ class InputLimits(_Strict):
 
 
 class DeviceArgs(_Strict):
-    """How a model replica uses its hardware (see ``deployments.device``)."""
+    """How a model replica uses its hardware (see ``deployments.replica.device``)."""
 
     gpu_memory: GpuMemoryMode = "growth"
     gpu_total_memory_mb: int | None = Field(None, gt=0, le=2**20)

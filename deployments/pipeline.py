@@ -28,7 +28,7 @@ from deployments.codecs.tfserving_grpc import signature_def
 from deployments.config import REQUEST, InputLimits, PipelineArgs, split_ref
 from deployments.errors import NotFound, ServeError, clip
 from deployments.metrics import PipelineMetrics
-from deployments.served import answer_each
+from deployments.replica.served import answer_each
 from deployments.signature import PREDICT, STRING, ModelMetadata, TensorSpec, castable
 from deployments.types import Inputs, Outputs
 from deployments.user_code import Processor
@@ -357,7 +357,7 @@ def _pick(who: object, wires: Sequence[Wire], sources: Mapping[str, Answers],
 
 
 class StageClient(Protocol):
-    """How a pipeline reaches a model: ``deployments.model_client`` on Ray."""
+    """How a pipeline reaches a model: ``deployments.ingress.model_client`` on Ray."""
 
     def put(self, local: list[Inputs]) -> Any:
         """The request's arrays as every step that reads them receives them."""

@@ -4,7 +4,7 @@
 A source lists the numbered versions present (``path/1``, ``path/2``, each a
 SavedModel) with a fingerprint of each one's files: a version whose files
 are still being written changes fingerprint between polls, so the watcher
-(``deployments.lifecycle``) takes a version only once two polls agree.
+(``deployments.replica.lifecycle``) takes a version only once two polls agree.
 
 Version directories are named as TF Serving reads them (:func:`version_of`):
 ASCII digits within an int64, leading zeros allowed (``path/00000123`` is

@@ -3,7 +3,7 @@ this process, so the whole HTTP layer (every route, codec, limit, error and
 the coalescing in front of the model) runs in a test in seconds.
 
 It answers each part the way a model replica does
-(:func:`deployments.served.answer_each`), without the replica's batch queue.
+(:func:`deployments.replica.served.answer_each`), without the replica's batch queue.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, TypeVar
 
 from deployments.config import AppArgs, InputLimits, ModelArgs
 from deployments.errors import NotFound, ServeError
+from deployments.ingress.registry import ModelRegistry
 from deployments.metrics import IngressMetrics
 from deployments.pipeline import Plan, Step, run_step
-from deployments.registry import ModelRegistry
-from deployments.runner import SavedModelRunner
-from deployments.served import answer_each
+from deployments.replica.runner import SavedModelRunner
+from deployments.replica.served import answer_each
 from deployments.signature import ModelMetadata
 from deployments.types import Inputs, Outputs
 from deployments.user_code import code_paths, load_processors, load_transforms

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 if TYPE_CHECKING:
-    from deployments.runner import SavedModelRunner
+    from deployments.replica.runner import SavedModelRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 READER_CONFIG = ROOT / "examples" / "digit_reader" / "config.yaml"
@@ -40,7 +40,7 @@ def reader_app() -> dict:
 def reader_stages() -> tuple[SavedModelRunner, SavedModelRunner]:
     """The locator and the digits model, version 1 of each, on this process's CPU."""
     from deployments.config import AppArgs
-    from deployments.runner import SavedModelRunner
+    from deployments.replica.runner import SavedModelRunner
 
     locator_model()
     models = AppArgs.model_validate(reader_app()["args"]).models

@@ -18,7 +18,7 @@ from tensorflow_serving.apis import (
 )
 
 from deployments.codecs.tfserving_protos import example_pb2, tensor_pb2, types_pb2
-from deployments.warmup import WARMUP_FILE
+from deployments.replica.warmup import WARMUP_FILE
 
 CLASSIFY = "tensorflow/serving/classify"
 REGRESS = "tensorflow/serving/regress"

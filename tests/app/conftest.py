@@ -11,8 +11,8 @@ import yaml
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from deployments.asgi import build_asgi
 from deployments.config import AppArgs
+from deployments.ingress.asgi import build_asgi
 from deployments.metrics import IngressMetrics
 from deployments.versions import Routing
 from harness.inprocess import in_process_registry

@@ -21,11 +21,11 @@ import tensorflow as tf
 from starlette.testclient import TestClient
 from tensorflow_serving.apis import predict_pb2
 
-import deployments.registry as registry_module
-from deployments.asgi import build_asgi
+import deployments.ingress.registry as registry_module
 from deployments.errors import ServeError
+from deployments.ingress.asgi import build_asgi
+from deployments.ingress.registry import ModelRegistry
 from deployments.metrics import IngressMetrics
-from deployments.registry import ModelRegistry
 from harness.inprocess import InProcessModel
 from tests.app.conftest import config_args
 from tests.app.test_tfserving_grpc import Context, Service

@@ -17,9 +17,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.python.asgi import get_client
 from starlette.applications import Starlette
 
-from deployments.asgi import api_routes
 from deployments.config import InputLimits
-from deployments.openapi import openapi_document
+from deployments.ingress.asgi import api_routes
+from deployments.ingress.openapi import openapi_document
 from tests.app.conftest import build_app, config_args
 from tests.common import SAMPLES, sample_label, top_label
 

@@ -33,8 +33,8 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from deployments.asgi import build_asgi
 from deployments.config import AppArgs
+from deployments.ingress.asgi import build_asgi
 from deployments.metrics import IngressMetrics
 from deployments.versions import Routing
 from harness.inprocess import in_process_registry

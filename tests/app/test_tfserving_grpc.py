@@ -31,13 +31,13 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from deployments.asgi import build_asgi
-from deployments.auth import Gate
 from deployments.config import AppArgs
 from deployments.errors import ServeError
+from deployments.ingress.asgi import build_asgi
+from deployments.ingress.auth import Gate
+from deployments.ingress.protocols.tfserving_grpc import TFServingGrpcService
+from deployments.ingress.registry import ModelRegistry
 from deployments.metrics import IngressMetrics
-from deployments.protocols.tfserving_grpc import TFServingGrpcService
-from deployments.registry import ModelRegistry
 from deployments.versions import Routing
 from harness.inprocess import in_process_registry
 from tests.app.conftest import config_args

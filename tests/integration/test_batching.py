@@ -14,7 +14,7 @@ import pytest
 from ray import serve
 from ray.serve.schema import ApplicationStatus
 
-from deployments.batching import bucket_sizes
+from deployments.replica.batching import bucket_sizes
 from harness.cluster import wait_until
 from tests.common import APP_NAME, SAMPLES
 from tests.integration.conftest import deploy_config, with_test_app

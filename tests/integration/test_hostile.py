@@ -18,8 +18,8 @@ from ray import cloudpickle, serve
 import tests.integration.test_hostile as this_module
 from deployments.app import build_app
 from deployments.config import DeviceArgs, InputLimits, ModelArgs
-from deployments.ingress import Preprocessor
-from deployments.model import ModelDeployment
+from deployments.ingress.deployment import Preprocessor
+from deployments.replica.deployment import ModelDeployment
 from harness import cluster
 from harness.cluster import running_replicas, wait_until
 from tests.common import ROOT

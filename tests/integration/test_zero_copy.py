@@ -13,8 +13,8 @@ import harness.probes
 import tests.integration.test_zero_copy as this_module
 from deployments.config import DeviceArgs, InputLimits, ModelArgs
 from deployments.errors import BadRequest
-from deployments.ingress import Preprocessor
-from deployments.model import ModelDeployment
+from deployments.ingress.deployment import Preprocessor
+from deployments.replica.deployment import ModelDeployment
 from harness.probes import in_object_store
 from tests.common import ROOT, signature_models
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import pytest
 from pydantic import ValidationError
 
-from deployments.auth import Gate, load_error, redact
 from deployments.config import AppArgs, AuthArgs
 from deployments.errors import Unauthenticated
+from deployments.ingress.auth import Gate, load_error, redact
 
 OLD, NEW = "old-token-0123456789abcdef", "new-token-fedcba9876543210"
 ENV = {"RAY_TF_SERVE_TOKENS": f"{OLD}, {NEW}"}

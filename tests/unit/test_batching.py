@@ -3,7 +3,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from deployments.batching import (
+from deployments.errors import BadRequest, ModelFailed
+from deployments.replica.batching import (
     BatchSizing,
     bucket_for,
     bucket_sizes,
@@ -14,8 +15,7 @@ from deployments.batching import (
     rows_of,
     split_rows,
 )
-from deployments.errors import BadRequest, ModelFailed
-from deployments.served import answer_each
+from deployments.replica.served import answer_each
 from deployments.signature import ModelMetadata, TensorSpec
 
 

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from deployments.budget import MemoryBudget, off_loop
 from deployments.errors import PayloadTooLarge, ServiceUnavailable
+from deployments.ingress.budget import MemoryBudget, off_loop
 
 
 def test_what_a_request_takes_is_given_back_when_it_ends():

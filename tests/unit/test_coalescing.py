@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from deployments.coalescing import Coalescer
+from deployments.ingress.coalescing import Coalescer
 
 
 class FakeModel:

@@ -10,12 +10,12 @@ from collections.abc import Callable
 
 import pytest
 
-import deployments.registry as registry_module
-from deployments.coalescing import CoalesceSettings
+import deployments.ingress.registry as registry_module
 from deployments.config import InputLimits
 from deployments.errors import ServiceUnavailable
-from deployments.protocols.http import request_timeout
-from deployments.registry import DeadlinePassed, deadline
+from deployments.ingress.coalescing import CoalesceSettings
+from deployments.ingress.protocols.http import request_timeout
+from deployments.ingress.registry import DeadlinePassed, deadline
 from tests.unit.test_registry import FakeModel, registry, rows
 
 LATE = 3.0  # the first value of the request that overruns its deadline

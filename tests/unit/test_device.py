@@ -1,6 +1,6 @@
 import pytest
 
-from deployments.device import DevicePlan, plan_device
+from deployments.replica.device import DevicePlan, plan_device
 
 
 def test_cpu_replica_threads_follow_num_cpus():

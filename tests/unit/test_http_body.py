@@ -5,7 +5,7 @@ import zlib
 import pytest
 
 from deployments.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from deployments.protocols.http import PortableJSON, _decompress
+from deployments.ingress.protocols.http import PortableJSON, _decompress
 
 
 @pytest.mark.parametrize(("encoding", "pack"), [("gzip", gzip.compress),

@@ -14,7 +14,7 @@ import pytest
 
 from deployments.config import All, Latest, Specific
 from deployments.errors import NotFound
-from deployments.lifecycle import NoVersions, VersionManager
+from deployments.replica.lifecycle import NoVersions, VersionManager
 from deployments.storage import LocalSource
 
 

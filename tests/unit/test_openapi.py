@@ -4,9 +4,9 @@ documented (or left out on purpose), model names from the config."""
 import pytest
 from openapi_spec_validator import validate
 
-from deployments.asgi import api_routes
 from deployments.config import AuthArgs, InputLimits
-from deployments.openapi import OPERATIONS, openapi_document
+from deployments.ingress.asgi import api_routes
+from deployments.ingress.openapi import OPERATIONS, openapi_document
 
 ROUTES = api_routes(None, InputLimits(), 3)
 

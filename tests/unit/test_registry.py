@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from deployments.coalescing import CoalesceSettings
 from deployments.config import InputLimits
 from deployments.errors import BadRequest, ModelFailed, NotFound, ServiceUnavailable
+from deployments.ingress.coalescing import CoalesceSettings
+from deployments.ingress.registry import ModelRegistry, ReplicaDied
 from deployments.metrics import IngressMetrics
-from deployments.registry import ModelRegistry, ReplicaDied
 from deployments.signature import ModelMetadata, TensorSpec
 from deployments.versions import Routing
 

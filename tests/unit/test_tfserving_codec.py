@@ -97,7 +97,7 @@ def test_string_outputs_are_utf8_or_b64_by_name():
 
 
 def test_non_finite_outputs_render_as_tf_serving_writes_them():
-    from deployments.protocols.http import JSONWithNaN
+    from deployments.ingress.protocols.http import JSONWithNaN
 
     body = encode_predict_response({"y": np.array([np.nan, -np.inf])}, columnar=False)
     assert JSONWithNaN(body).body == b'{"predictions":[NaN,-Infinity]}'

@@ -348,7 +348,7 @@ def test_status_names_each_state_and_error():
 def test_importing_the_codec_does_not_import_tensorflow():
     """The ingress and Serve's gRPC proxy never run a model: the protos load
     without TensorFlow (3 s and 600 MB), and TensorFlow still imports after."""
-    code = ("import sys; import deployments.protocols.tfserving_grpc; "
+    code = ("import sys; import deployments.ingress.protocols.tfserving_grpc; "
             "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; "
             "assert 'tensorflow.core.framework.tensor_pb2' in sys.modules; "
             "from tensorflow_serving.apis import predict_pb2; "

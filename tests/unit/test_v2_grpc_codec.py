@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
-import deployments.protocols.v2_grpc  # noqa: F401  (installs the aliases pickle needs)
+import deployments.ingress.protocols.v2_grpc  # noqa: F401  (installs the aliases pickle needs)
 from deployments.codecs.v2_grpc import encode_infer_response, parse_infer_request
 from deployments.codecs.v2_tensor import OutputTensor
 from deployments.errors import BadRequest

@@ -20,9 +20,9 @@ from tensorflow_serving.apis import (
 from deployments.codecs.tfserving_protos import example_pb2, tensor_pb2, types_pb2
 from deployments.config import ModelArgs
 from deployments.errors import BadRequest
-from deployments.runner import SavedModelRunner
-from deployments.served import warm_call
-from deployments.warmup import (
+from deployments.replica.runner import SavedModelRunner
+from deployments.replica.served import warm_call
+from deployments.replica.warmup import (
     MAX_RECORDS,
     WARMUP_FILE,
     WarmupCall,

@@ -16,7 +16,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 class ApiRoute(Route):
     """``method path`` → ``endpoint``, named ``name`` (the OpenAPI operation,
-    ``deployments.openapi``), counted under ``protocol``."""
+    ``deployments.ingress.openapi``), counted under ``protocol``."""
 
     def __init__(self, path: str, endpoint: Endpoint, method: str, name: str,
                  protocol: str) -> None:

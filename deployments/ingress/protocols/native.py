@@ -17,7 +17,6 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from deployments.budget import off_loop
 from deployments.codecs.predictions import json_values, parse_flag, parse_top_k, top_k_predictions
 from deployments.codecs.tensor import json_inputs, rows_by_input
 from deployments.config import InputLimits
@@ -27,7 +26,8 @@ from deployments.errors import (
     ServeError,
     UnsupportedMediaType,
 )
-from deployments.protocols.http import (
+from deployments.ingress.budget import off_loop
+from deployments.ingress.protocols.http import (
     PortableJSON,
     media_type,
     parse_json_body,
@@ -36,8 +36,8 @@ from deployments.protocols.http import (
     resolve,
     with_images,
 )
-from deployments.protocols.routes import ApiRoute, model_routes
-from deployments.registry import ModelEndpoint, ModelRegistry
+from deployments.ingress.protocols.routes import ApiRoute, model_routes
+from deployments.ingress.registry import ModelEndpoint, ModelRegistry
 from deployments.signature import ModelMetadata, by_name
 
 # Media types handled as a single encoded image besides image/*.

@@ -2,7 +2,7 @@
 gRPC proxy.
 
 The proxy calls the ingress deployment's method named after the RPC with the
-request message (:mod:`deployments.protocols.grpc`); the config enables it
+request message (:mod:`deployments.ingress.protocols.grpc`); the config enables it
 with ``grpc_options`` and :func:`add_servicer`. Errors set a gRPC status code
 on the call's context, the way ``tritonclient.grpc`` reports them.
 """
@@ -18,15 +18,15 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc.service_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 
-from deployments.budget import off_loop
 from deployments.codecs.v2_grpc import (
     encode_infer_response,
     model_metadata_response,
     parse_infer_request,
 )
 from deployments.errors import ServiceUnavailable
-from deployments.protocols import v2
-from deployments.protocols.grpc import GrpcService, rpc
+from deployments.ingress.budget import off_loop
+from deployments.ingress.protocols import v2
+from deployments.ingress.protocols.grpc import GrpcService, rpc
 
 # The generated classes name their modules after the .proto files
 # ("grpc_service_pb2"), which are not importable by those names. Serve's gRPC

@@ -16,8 +16,6 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from deployments.auth import load_error
-from deployments.budget import off_loop
 from deployments.codecs.numbers import version_number
 from deployments.codecs.tfserving import (
     encode_classify_response,
@@ -32,7 +30,9 @@ from deployments.codecs.tfserving import (
 )
 from deployments.config import InputLimits
 from deployments.errors import BadRequest, NotFound, clip
-from deployments.protocols.http import (
+from deployments.ingress.auth import load_error
+from deployments.ingress.budget import off_loop
+from deployments.ingress.protocols.http import (
     JSONWithNaN,
     parse_json_body,
     pinned,
@@ -40,8 +40,8 @@ from deployments.protocols.http import (
     resolve,
     with_images,
 )
-from deployments.protocols.routes import ApiRoute, model_routes
-from deployments.registry import ModelEndpoint, ModelRegistry
+from deployments.ingress.protocols.routes import ApiRoute, model_routes
+from deployments.ingress.registry import ModelEndpoint, ModelRegistry
 from deployments.signature import ModelMetadata
 from deployments.versions import VersionStatus
 
@@ -123,7 +123,7 @@ async def version_statuses(endpoint: ModelEndpoint, version: str | int | None = 
                            label: str | None = None) -> list[VersionStatus]:
     """Every version's state; with a version or label, that version's (TF
     Serving answers 404 for one it has never heard of). A load error is as
-    the caller may read it (:func:`deployments.auth.load_error`)."""
+    the caller may read it (:func:`deployments.ingress.auth.load_error`)."""
     statuses = [replace(s, error=load_error(s.error)) for s in await endpoint.statuses()]
     wanted: int | None
     if label is not None:

@@ -22,13 +22,13 @@ import ray
 from ray import serve
 
 from deployments.config import DeviceArgs, InputLimits, ModelArgs
-from deployments.device import apply_device_plan, plan_device
 from deployments.errors import BadRequest, ServeError
-from deployments.lifecycle import VersionManager
 from deployments.metrics import PipelineMetrics
 from deployments.objects import read_objects
 from deployments.pipeline import Step, StepLog, run_step
-from deployments.served import BatchSettings, ServedVersion, answer_each
+from deployments.replica.device import apply_device_plan, plan_device
+from deployments.replica.lifecycle import VersionManager
+from deployments.replica.served import BatchSettings, ServedVersion, answer_each
 from deployments.shipping import ShippedModel, receive
 from deployments.signature import ModelMetadata, by_name, check_inputs
 from deployments.types import Inputs, Outputs
@@ -72,7 +72,7 @@ class ModelDeployment:
         apply_device_plan(plan)
         # Imported here, after the device plan: the preprocessor and the
         # `serve run` driver import this module too and need no TensorFlow.
-        from deployments.runner import SavedModelRunner
+        from deployments.replica.runner import SavedModelRunner
 
         self._plan = plan
         # TF releases the GIL while it computes; running it on a thread keeps

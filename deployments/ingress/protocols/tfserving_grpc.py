@@ -20,7 +20,6 @@ import grpc
 import numpy as np
 from ray.serve.grpc_util import RayServegRPCContext
 
-from deployments.budget import off_loop
 from deployments.codecs.tfserving_grpc import (
     encode_classify_response,
     encode_multi_inference_response,
@@ -45,10 +44,11 @@ from deployments.codecs.tfserving_protos import (
     regression_pb2,
 )
 from deployments.errors import BadRequest, Unimplemented
-from deployments.protocols.grpc import GrpcService, rpc
-from deployments.protocols.tfserving import version_statuses
-from deployments.protocols.v2 import decode_image_tensor
-from deployments.registry import Answer, ModelEndpoint
+from deployments.ingress.budget import off_loop
+from deployments.ingress.protocols.grpc import GrpcService, rpc
+from deployments.ingress.protocols.tfserving import version_statuses
+from deployments.ingress.protocols.v2 import decode_image_tensor
+from deployments.ingress.registry import Answer, ModelEndpoint
 from deployments.signature import ModelMetadata
 
 

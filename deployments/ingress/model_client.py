@@ -1,8 +1,8 @@
 """How the ingress reaches one model deployment through Ray: metadata asked of
 a replica, and coalesced calls whose arrays go into the object store once.
 
-:class:`deployments.registry.ModelEndpoint` works with any object of the
-:class:`deployments.registry.ModelClient` shape; this is the one the app
+:class:`deployments.ingress.registry.ModelEndpoint` works with any object of the
+:class:`deployments.ingress.registry.ModelClient` shape; this is the one the app
 uses. (The tests' in-process client, without Ray, is ``harness.inprocess``.)
 """
 
@@ -29,8 +29,8 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.errors import ServeError, ServiceUnavailable
+from deployments.ingress.registry import ReplicaDied
 from deployments.pipeline import Step
-from deployments.registry import ReplicaDied
 from deployments.signature import ModelMetadata
 from deployments.types import Inputs, Outputs
 from deployments.versions import VersionStatus

@@ -16,7 +16,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deployments.budget import JSON_EXPANSION, MemoryBudget, off_loop
 from deployments.codecs.numbers import decimal_count
 from deployments.codecs.tensor import JsonInputs, parse_json
 from deployments.config import InputLimits
@@ -26,7 +25,8 @@ from deployments.errors import (
     ServeError,
     UnsupportedMediaType,
 )
-from deployments.registry import DeadlinePassed, ModelEndpoint, ModelRegistry, deadline
+from deployments.ingress.budget import JSON_EXPANSION, MemoryBudget, off_loop
+from deployments.ingress.registry import DeadlinePassed, ModelEndpoint, ModelRegistry, deadline
 from deployments.signature import ModelMetadata
 
 logger = logging.getLogger("ray.serve")

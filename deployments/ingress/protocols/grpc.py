@@ -21,12 +21,12 @@ import grpc
 from google.protobuf.message import Message
 from ray.serve.grpc_util import RayServegRPCContext
 
-from deployments.auth import Gate
 from deployments.config import InputLimits
 from deployments.errors import PayloadTooLarge, ServeError
+from deployments.ingress.auth import Gate
+from deployments.ingress.protocols.http import TIMEOUT_HEADER, request_timeout
+from deployments.ingress.registry import DeadlinePassed, ModelRegistry, deadline
 from deployments.metrics import IngressMetrics, arrival
-from deployments.protocols.http import TIMEOUT_HEADER, request_timeout
-from deployments.registry import DeadlinePassed, ModelRegistry, deadline
 
 logger = logging.getLogger("ray.serve")
 

@@ -18,7 +18,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from deployments.batching import (
+from deployments.codecs.tfserving import check_verb, examples_input
+from deployments.config import InputLimits
+from deployments.errors import BadRequest, ModelFailed, PayloadTooLarge, ServeError
+from deployments.metrics import ModelMetrics
+from deployments.replica.batching import (
     MAX_BATCH_SIZE,
     UNMEASURED_BATCH_SIZE,
     BatchSizing,
@@ -31,16 +35,12 @@ from deployments.batching import (
     rows_of,
     split_rows,
 )
-from deployments.codecs.tfserving import check_verb, examples_input
-from deployments.config import InputLimits
-from deployments.errors import BadRequest, ModelFailed, PayloadTooLarge, ServeError
-from deployments.metrics import ModelMetrics
+from deployments.replica.warmup import WarmupCall, read_warmup, replay
 from deployments.signature import STRING, ModelMetadata, check_inputs, fits_batch
 from deployments.types import Inputs, Outputs
-from deployments.warmup import WarmupCall, read_warmup, replay
 
 if TYPE_CHECKING:
-    from deployments.runner import SavedModelRunner
+    from deployments.replica.runner import SavedModelRunner
 
 logger = logging.getLogger("ray.serve")
 
@@ -92,7 +92,7 @@ class ServedVersion:
 
     def replay_warmup(self) -> None:
         """TF Serving's warm-up records of this version, if it has any
-        (``deployments.warmup``), replayed before it serves: a record that
+        (``deployments.replica.warmup``), replayed before it serves: a record that
         fails fails the load. On the model's thread, like every batch."""
         calls = read_warmup(self.runner.path)
         if calls:

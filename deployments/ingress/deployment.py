@@ -1,12 +1,12 @@
 """The preprocessing deployment: the app's HTTP and gRPC ingress and its
 Python API, wired to the model deployments through Ray.
 
-The HTTP side is :func:`deployments.asgi.build_asgi`; every protocol decodes
+The HTTP side is :func:`deployments.ingress.asgi.build_asgi`; every protocol decodes
 its body with a pure codec into a numpy batch that takes a single data path
-(:class:`deployments.registry.ModelEndpoint`): checked against the model's
+(:class:`deployments.ingress.registry.ModelEndpoint`): checked against the model's
 signature, coalesced with the requests waiting for the same model, put once
 into the object store, and the ``ObjectRef`` handed to that model's
-deployment (:class:`deployments.model_client.RayModelClient`).
+deployment (:class:`deployments.ingress.model_client.RayModelClient`).
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from ray import ObjectRef, serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
-from deployments.asgi import build_asgi
-from deployments.auth import Gate
-from deployments.coalescing import CoalesceSettings
 from deployments.config import AuthArgs, CorsArgs, InputLimits
+from deployments.ingress.asgi import build_asgi
+from deployments.ingress.auth import Gate
+from deployments.ingress.coalescing import CoalesceSettings
+from deployments.ingress.model_client import RayModelClient
+from deployments.ingress.protocols.native import NativeApi
+from deployments.ingress.protocols.tfserving_grpc import TFServingGrpcService
+from deployments.ingress.protocols.v2_grpc import V2GrpcService
+from deployments.ingress.registry import ModelRegistry
 from deployments.metrics import IngressMetrics
-from deployments.model_client import RayModelClient
 from deployments.pipeline import Plan
-from deployments.protocols.native import NativeApi
-from deployments.protocols.tfserving_grpc import TFServingGrpcService
-from deployments.protocols.v2_grpc import V2GrpcService
-from deployments.registry import ModelRegistry
 from deployments.signature import ModelMetadata
 from deployments.user_code import CodePaths, Watchdog, load_processors
 from deployments.versions import Routing

@@ -184,7 +184,7 @@ class _SessionEngine:
     each signature fed and fetched by tensor name, shapes left to the graph.
 
     The session takes this process's TensorFlow configuration (thread pools,
-    visible GPUs and their memory policy: ``deployments.device``) and places
+    visible GPUs and their memory policy: ``deployments.replica.device``) and places
     ops itself, on the GPU when one is visible.
     """
 

@@ -13,18 +13,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from deployments.auth import Gate
 from deployments.config import AuthArgs, CorsArgs, InputLimits
 from deployments.errors import ServeError
+from deployments.ingress.auth import Gate
+from deployments.ingress.openapi import openapi_document
+from deployments.ingress.protocols import ui
+from deployments.ingress.protocols.http import deadlines, render_error
+from deployments.ingress.protocols.native import NativeApi
+from deployments.ingress.protocols.routes import ApiRoute
+from deployments.ingress.protocols.tfserving import TFServingApi
+from deployments.ingress.protocols.v2 import V2Api
+from deployments.ingress.registry import ModelRegistry
 from deployments.metrics import IngressMetrics
-from deployments.openapi import openapi_document
-from deployments.protocols import ui
-from deployments.protocols.http import deadlines, render_error
-from deployments.protocols.native import NativeApi
-from deployments.protocols.routes import ApiRoute
-from deployments.protocols.tfserving import TFServingApi
-from deployments.protocols.v2 import V2Api
-from deployments.registry import ModelRegistry
 
 
 def api_routes(registry: ModelRegistry, limits: InputLimits, top_k: int,

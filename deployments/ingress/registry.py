@@ -3,8 +3,8 @@
 Each model is its own deployment; a :class:`ModelEndpoint` holds its cached
 metadata and owns the one data path into it: check the batch against the
 signature, coalesce it with the other requests waiting for the same version
-(``deployments.coalescing``), and send them in one call through its
-:class:`ModelClient` (``deployments.model_client``: arrays put once into the
+(``deployments.ingress.coalescing``), and send them in one call through its
+:class:`ModelClient` (``deployments.ingress.model_client``: arrays put once into the
 object store, callers' own ``ObjectRef`` forwarded as they are).
 """
 
@@ -24,9 +24,6 @@ from typing import Any, NamedTuple, Protocol, cast
 import numpy as np
 import ray
 
-from deployments.batching import rows_of
-from deployments.budget import MemoryBudget, off_loop
-from deployments.coalescing import Coalescer, CoalesceSettings
 from deployments.codecs.image import decode_images
 from deployments.codecs.numbers import version_number
 from deployments.config import InputLimits
@@ -38,9 +35,12 @@ from deployments.errors import (
     ServiceUnavailable,
     clip,
 )
+from deployments.ingress.budget import MemoryBudget, off_loop
+from deployments.ingress.coalescing import Coalescer, CoalesceSettings
 from deployments.metrics import IngressMetrics, arrival_time
 from deployments.objects import read_objects
 from deployments.pipeline import PipelineClient, Plan, StageClient
+from deployments.replica.batching import rows_of
 from deployments.signature import ModelMetadata, check_inputs, check_size
 from deployments.types import Inputs, Outputs
 from deployments.user_code import Processors

@@ -15,7 +15,7 @@ from typing import Any, cast
 from deployments.codecs.v2_json import InferRequestHeader
 from deployments.codecs.v2_tensor import BYTES, DATATYPES
 from deployments.config import AuthArgs
-from deployments.protocols.routes import ApiRoute
+from deployments.ingress.protocols.routes import ApiRoute
 
 Schema = dict[str, Any]
 

@@ -19,7 +19,6 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from deployments.budget import JSON_EXPANSION, off_loop
 from deployments.codecs.numbers import decimal_count
 from deployments.codecs.v2_json import HEADER_LENGTH, encode_infer_response, parse_infer_request
 from deployments.codecs.v2_tensor import (
@@ -32,9 +31,10 @@ from deployments.codecs.v2_tensor import (
 )
 from deployments.config import InputLimits
 from deployments.errors import BadRequest
-from deployments.protocols.http import read_body, resolve
-from deployments.protocols.routes import ApiRoute, model_routes
-from deployments.registry import ModelEndpoint, ModelRegistry
+from deployments.ingress.budget import JSON_EXPANSION, off_loop
+from deployments.ingress.protocols.http import read_body, resolve
+from deployments.ingress.protocols.routes import ApiRoute, model_routes
+from deployments.ingress.registry import ModelEndpoint, ModelRegistry
 from deployments.signature import STRING, ModelMetadata, TensorSpec, check_input_names
 
 SERVER_NAME = "ray-tf-serve"

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from deployments.config import AuthArgs
 from deployments.errors import Unauthenticated
-from deployments.protocols.http import render_error
+from deployments.ingress.protocols.http import render_error
 
 logger = logging.getLogger("ray.serve")
 

@@ -1,4 +1,4 @@
-"""The demo page: ``/ui/`` serves ``deployments/ui/`` (one HTML, one JS and
+"""The demo page: ``/ui/`` serves ``deployments/ingress/ui/`` (one HTML, one JS and
 one CSS file, no build step), which calls the native API from the browser.
 
 Static files, not an API: the OpenAPI document leaves them out.
