@@ -376,7 +376,7 @@ class StageClient(Protocol):
 
 
 class StageModel(Protocol):
-    """A step's model as the ingress knows it (``registry.ModelEndpoint``)."""
+    """A step's model as the ingress knows it (``catalog.VersionCatalog``)."""
 
     async def check_ready(self, version: str | int | None = None) -> ModelMetadata: ...
 

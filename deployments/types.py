@@ -17,6 +17,13 @@ Inputs = dict[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
 
 
+def rows_of(inputs: Inputs) -> int:
+    """The rows of a request (every input has as many; one for a request
+    without a batch dimension, which runs alone)."""
+    first = next(iter(inputs.values()), None)
+    return len(first) if first is not None and first.ndim else 1
+
+
 @dataclass(frozen=True)
 class ImageGeometry:
     """The pixel layout an image must be converted to for the model."""

@@ -3,7 +3,7 @@
 ``preprocess: my_pkg.pre:normalize`` runs on a request's inputs (by name,
 numpy arrays) after its protocol decoded them and before they are checked
 against the signature; ``postprocess`` on that request's outputs before its
-protocol encodes them. Both run in the ingress (``ModelEndpoint.infer``, the
+protocol encodes them. Both run in the ingress (``DataPlane.infer``, the
 one path every protocol takes); a pipeline step's ``transform`` runs in its
 model's replica (``deployments.pipeline``). Sync functions run on a few
 threads of their own, so CPU work does not stall the event loop and code that

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from deployments.config import AppArgs, InputLimits, ModelArgs
 from deployments.errors import NotFound, ServeError
+from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.registry import ModelRegistry
 from deployments.metrics import IngressMetrics
 from deployments.pipeline import Plan, Step, run_step
@@ -97,13 +98,13 @@ def _on_a_thread(runner: SavedModelRunner, signature: str | None = None
     return lambda batch: asyncio.to_thread(runner.run, batch, signature)
 
 
-def in_process_registry(args: AppArgs, metrics: IngressMetrics,
-                        routing: Mapping[str, Routing] | None = None) -> ModelRegistry:
-    """The registry the Preprocessor builds for ``args``, its models (and the
+def in_process_plane(args: AppArgs, metrics: IngressMetrics,
+                     routing: Mapping[str, Routing] | None = None) -> DataPlane:
+    """The data plane the Preprocessor builds for ``args``, its models (and the
     pipelines over them) run in this process, with the code they name."""
     transforms = args.transforms()
     clients = {m.name: InProcessModel(m, transforms.get(m.name, ()), args.limits)
                for m in args.models}
     code = load_processors(code_paths([*args.models, *args.pipelines]))
-    return ModelRegistry(clients, args.limits, metrics, routing, code,
-                         tuple(Plan.from_args(p) for p in args.pipelines))
+    return DataPlane(ModelRegistry(clients, metrics, routing, code,
+                                   tuple(Plan.from_args(p) for p in args.pipelines)), args.limits)

@@ -1,5 +1,5 @@
-"""The app's HTTP side as a plain value: :func:`build_asgi` turns a model
-registry into a Starlette app with every route, codec, limit, error and the
+"""The app's HTTP side as a plain value: :func:`build_asgi` turns the data
+plane into a Starlette app with every route, codec, limit, error and the
 auth gate. The Preprocessor deployment serves it; the tests drive it
 in-process, no Ray."""
 
@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute
 from deployments.config import AuthArgs, CorsArgs, InputLimits
 from deployments.errors import ServeError
 from deployments.ingress.auth import Gate
+from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.openapi import openapi_document
 from deployments.ingress.protocols import ui
 from deployments.ingress.protocols.http import deadlines, render_error
@@ -23,11 +24,10 @@ from deployments.ingress.protocols.native import NativeApi
 from deployments.ingress.protocols.routes import ApiRoute
 from deployments.ingress.protocols.tfserving import TFServingApi
 from deployments.ingress.protocols.v2 import V2Api
-from deployments.ingress.registry import ModelRegistry
 from deployments.metrics import IngressMetrics
 
 
-def api_routes(registry: ModelRegistry, limits: InputLimits, top_k: int,
+def api_routes(plane: DataPlane, limits: InputLimits, top_k: int,
                auth: AuthArgs | None = None) -> list[ApiRoute]:
     """The API's routing table, in matching order: health, the three
     protocols, and the OpenAPI document made from this same table (with
@@ -39,24 +39,24 @@ def api_routes(registry: ModelRegistry, limits: InputLimits, top_k: int,
 
     async def readyz(request: Request) -> JSONResponse:
         """Ready while every model has a replica that answers now (not just once)."""
-        metas = await registry.ready()
+        metas = await plane.ready()
         return JSONResponse({"status": "ready", "models": [m.name for m in metas]})
 
     async def openapi(request: Request) -> JSONResponse:
-        return JSONResponse(openapi_document(routes, registry.names, auth))
+        return JSONResponse(openapi_document(routes, plane.registry.names, auth))
 
     routes = [
         ApiRoute("/healthz", healthz, "GET", "healthz", "other"),
         ApiRoute("/readyz", readyz, "GET", "readyz", "other"),
         ApiRoute("/openapi.json", openapi, "GET", "openapi", "other"),
-        *NativeApi(registry, limits, top_k).routes(),
-        *TFServingApi(registry, limits).routes(),
-        *V2Api(registry, limits).routes(),
+        *NativeApi(plane, limits, top_k).routes(),
+        *TFServingApi(plane, limits).routes(),
+        *V2Api(plane, limits).routes(),
     ]
     return routes
 
 
-def build_asgi(registry: ModelRegistry, limits: InputLimits, metrics: IngressMetrics,
+def build_asgi(plane: DataPlane, limits: InputLimits, metrics: IngressMetrics,
                top_k: int, gate: Gate | None = None, cors: CorsArgs | None = None
                ) -> Starlette:
     """The app: the API's routes and the demo page, every error rendered as
@@ -64,10 +64,10 @@ def build_asgi(registry: ModelRegistry, limits: InputLimits, metrics: IngressMet
     ``gate`` (none: open), and CORS answered first (preflights need no token)
     when ``cors`` lists origins."""
     gate = gate or Gate(AuthArgs())
-    routes: list[BaseRoute] = [*api_routes(registry, limits, top_k, gate.args), *ui.routes()]
+    routes: list[BaseRoute] = [*api_routes(plane, limits, top_k, gate.args), *ui.routes()]
     handlers = {ServeError: render_error, HTTPException: render_error, Exception: render_error}
     middleware = [Middleware(metrics.asgi), Middleware(gate.asgi),
-                  Middleware(registry.budget.asgi), Middleware(deadlines, limits=limits)]
+                  Middleware(plane.budget.asgi), Middleware(deadlines, limits=limits)]
     if cors is not None and cors.allow_origins:
         middleware.insert(0, Middleware(CORSMiddleware, **cors.model_dump()))
     return Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)

@@ -8,7 +8,7 @@ when a slot frees, or as soon as they hold ``max_rows`` rows, so batches grow
 with the load and full batches never wait for a slot. Each caller gets its
 own result (or its own error) back, in order.
 
-Pure asyncio: the registry hands it the function that makes the call.
+Pure asyncio: the dispatcher hands it the function that makes the call.
 """
 
 from __future__ import annotations

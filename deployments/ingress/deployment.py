@@ -3,7 +3,7 @@ Python API, wired to the model deployments through Ray.
 
 The HTTP side is :func:`deployments.ingress.asgi.build_asgi`; every protocol decodes
 its body with a pure codec into a numpy batch that takes a single data path
-(:class:`deployments.ingress.registry.ModelEndpoint`): checked against the model's
+(:class:`deployments.ingress.dataplane.DataPlane`): checked against the model's
 signature, coalesced with the requests waiting for the same model, put once
 into the object store, and the ``ObjectRef`` handed to that model's
 deployment (:class:`deployments.ingress.model_client.RayModelClient`).
@@ -25,11 +25,13 @@ from deployments.config import AuthArgs, CorsArgs, InputLimits
 from deployments.ingress.asgi import build_asgi
 from deployments.ingress.auth import Gate
 from deployments.ingress.coalescing import CoalesceSettings
+from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.model_client import RayModelClient
 from deployments.ingress.protocols.native import NativeApi
 from deployments.ingress.protocols.tfserving_grpc import TFServingGrpcService
 from deployments.ingress.protocols.v2_grpc import V2GrpcService
 from deployments.ingress.registry import ModelRegistry
+from deployments.ingress.request import Target
 from deployments.metrics import IngressMetrics
 from deployments.pipeline import Plan
 from deployments.signature import ModelMetadata
@@ -67,12 +69,13 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
                                   limits.request_timeout_s)
         self._metrics = IngressMetrics([*models, *(p.name for p in pipelines)])
         clients = {name: RayModelClient(name, handle) for name, handle in models.items()}
-        self._registry = ModelRegistry(clients, limits, self._metrics, processors=processors,
+        self._registry = ModelRegistry(clients, self._metrics, processors=processors,
                                        pipelines=pipelines)
+        self._plane = DataPlane(self._registry, limits)
         self._limits = limits
         self._settings = IngressSettings()
-        self._native = NativeApi(self._registry, limits, top_k)
-        self._asgi = build_asgi(self._registry, limits, self._metrics, top_k, self._gate, cors)
+        self._native = NativeApi(self._plane, limits, top_k)
+        self._asgi = build_asgi(self._plane, limits, self._metrics, top_k, self._gate, cors)
         Image.preinit()  # load Pillow's common decoders now, not in the first request
 
     def __serve_build_asgi_app__(self) -> Starlette:
@@ -111,14 +114,13 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
         passed as ``inputs`` itself; one passed by input name (``{"image":
         ref}``) reaches the app unresolved, is checked in place and forwarded
         to the model replica uncopied."""
-        with self._metrics.handle_call(model), self._registry.budget.request():
+        with self._metrics.handle_call(model), self._plane.budget.request():
             if isinstance(inputs, np.ndarray):  # sent by value: held here while it runs
-                self._registry.budget.take(inputs.nbytes, "the input array")
+                self._plane.budget.take(inputs.nbytes, "the input array")
             return await self._native.predict(inputs, top_k, scores, model, version,
                                               signature_name)
 
     async def metadata(self, model: str | None = None,
                        version: int | str | None = None) -> ModelMetadata:
         """The Python handle API: a model's signature, labels and input kind."""
-        _, meta = await self._registry.resolve(model, version)
-        return meta
+        return await self._plane.resolve(Target(model, version))

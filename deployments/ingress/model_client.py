@@ -1,7 +1,7 @@
 """How the ingress reaches one model deployment through Ray: metadata asked of
 a replica, and coalesced calls whose arrays go into the object store once.
 
-:class:`deployments.ingress.registry.ModelEndpoint` works with any object of the
+The data plane works with any object of the
 :class:`deployments.ingress.registry.ModelClient` shape; this is the one the app
 uses. (The tests' in-process client, without Ray, is ``harness.inprocess``.)
 """
@@ -29,7 +29,7 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.errors import ServeError, ServiceUnavailable
-from deployments.ingress.registry import ReplicaDied
+from deployments.ingress.dispatch import ReplicaDied
 from deployments.pipeline import Step
 from deployments.signature import ModelMetadata
 from deployments.types import Inputs, Outputs
@@ -118,7 +118,7 @@ class RayModelClient:
         live replica), and so is one whose replica was stopped or lost its
         node. A call whose replica died while holding it for any other reason
         raises ``ReplicaDied``: it may be what killed the replica
-        (``ModelEndpoint`` decides). ``name``: what messages call the model
+        (``dispatch.Dispatcher`` decides). ``name``: what messages call the model
         (a pipeline's calls are its steps' chain)."""
         name = name or self.name
         delays = iter(_RETRY_DELAYS_S)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deployments.types import Inputs, Outputs
+from deployments.types import Inputs, Outputs, rows_of
 
 # The largest max_batch_size a model deployment takes (and ``auto`` tries).
 MAX_BATCH_SIZE = 1024
@@ -41,13 +41,6 @@ def bucket_for(rows: int, buckets: Sequence[int]) -> int:
         if rows <= size:
             return size
     raise ValueError(f"{rows} rows exceed the largest bucket {buckets[-1]}")
-
-
-def rows_of(inputs: Inputs) -> int:
-    """The rows of a request (every input has as many; one for a request
-    without a batch dimension, which runs alone)."""
-    first = next(iter(inputs.values()), None)
-    return len(first) if first is not None and first.ndim else 1
 
 
 def chunk_rows(inputs: Inputs, max_rows: int) -> list[Inputs]:

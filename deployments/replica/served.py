@@ -32,12 +32,11 @@ from deployments.replica.batching import (
     concat_outputs,
     gains,
     merge_rows,
-    rows_of,
     split_rows,
 )
 from deployments.replica.warmup import WarmupCall, read_warmup, replay
 from deployments.signature import STRING, ModelMetadata, check_inputs, fits_batch
-from deployments.types import Inputs, Outputs
+from deployments.types import Inputs, Outputs, rows_of
 
 if TYPE_CHECKING:
     from deployments.replica.runner import SavedModelRunner

@@ -1,4 +1,4 @@
-"""The HTTP layer in process: the app's ASGI app (``build_asgi``) on a registry
+"""The HTTP layer in process: the app's ASGI app (``build_asgi``) on a data plane
 whose models run in this process (real TensorFlow, no Ray), driven through
 Starlette's test client. Every route, codec, limit and error, in seconds."""
 
@@ -15,7 +15,7 @@ from deployments.config import AppArgs
 from deployments.ingress.asgi import build_asgi
 from deployments.metrics import IngressMetrics
 from deployments.versions import Routing
-from harness.inprocess import in_process_registry
+from harness.inprocess import in_process_plane
 from tests.common import CONFIG, ROOT
 
 
@@ -33,7 +33,7 @@ def build_app(args: AppArgs, routing: dict[str, Routing] | None = None) -> Starl
     """The app the Preprocessor serves for ``args`` (and labels, ``routing``),
     its models and pipelines in this process, with the code they name."""
     metrics = IngressMetrics([m.name for m in (*args.models, *args.pipelines)])
-    return build_asgi(in_process_registry(args, metrics, routing), args.limits, metrics,
+    return build_asgi(in_process_plane(args, metrics, routing), args.limits, metrics,
                       args.top_k)
 
 

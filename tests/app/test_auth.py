@@ -27,12 +27,13 @@ from deployments.config import AppArgs
 from deployments.errors import ServeError
 from deployments.ingress.asgi import build_asgi
 from deployments.ingress.auth import Gate
+from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.protocols.tfserving_grpc import TFServingGrpcService
 from deployments.ingress.protocols.v2_grpc import V2GrpcService
 from deployments.ingress.registry import ModelRegistry
 from deployments.metrics import IngressMetrics
 from deployments.versions import VersionStatus
-from harness.inprocess import in_process_registry
+from harness.inprocess import in_process_plane
 from tests.app.conftest import config_args
 from tests.app.test_tfserving_grpc import Context
 
@@ -44,11 +45,11 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 class Service(V2GrpcService, TFServingGrpcService):
-    """Both gRPC mixins on a registry, as the ingress deployment holds them."""
+    """Both gRPC mixins on a data plane, as the ingress deployment holds them."""
 
-    def __init__(self, registry: ModelRegistry, args: AppArgs, gate: Gate) -> None:
-        self._registry, self._limits, self._gate = registry, args.limits, gate
-        self._metrics = IngressMetrics(registry.names)
+    def __init__(self, plane: DataPlane, args: AppArgs, gate: Gate) -> None:
+        self._plane, self._limits, self._gate = plane, args.limits, gate
+        self._metrics = IngressMetrics(plane.registry.names)
 
 
 class App:
@@ -60,26 +61,26 @@ class App:
     def rpc(self, method: str, request: Any, *metadata: tuple[str, str]) -> Context:
         """The call's context: the code it set (None: OK)."""
         context = Context(metadata=metadata)
-        try:  # on the test client's event loop, which the registry's tasks live on
+        try:  # on the test client's event loop, which the data plane's tasks live on
             self.http.portal.call(getattr(self.service, method), request, context)
         except ServeError:
             assert context.code is not None
         return context
 
 
-def app_for(args: AppArgs, registry: ModelRegistry) -> Iterator[App]:
+def app_for(args: AppArgs, plane: DataPlane) -> Iterator[App]:
     gate = Gate(args.auth, ENV)
-    metrics = IngressMetrics(registry.names)
-    asgi = build_asgi(registry, args.limits, metrics, args.top_k, gate, args.cors)
+    metrics = IngressMetrics(plane.registry.names)
+    asgi = build_asgi(plane, args.limits, metrics, args.top_k, gate, args.cors)
     with TestClient(asgi, raise_server_exceptions=False) as http:
-        yield App(http, Service(registry, args, gate))
+        yield App(http, Service(plane, args, gate))
 
 
 @pytest.fixture(scope="module")
 def app() -> Iterator[App]:
     args = config_args(auth={**AUTH, "api_key_header": True},
                        cors={"allow_origins": [ORIGIN]})
-    yield from app_for(args, in_process_registry(args, IngressMetrics(
+    yield from app_for(args, in_process_plane(args, IngressMetrics(
         [m.name for m in args.models])))
 
 
@@ -140,7 +141,7 @@ def test_cors_preflight_needs_no_token_and_refusals_reach_the_page(app: App):
 
 def test_without_cors_settings_no_cross_origin_headers():
     args = config_args()
-    app = build_asgi(in_process_registry(args, IngressMetrics([])), args.limits,
+    app = build_asgi(in_process_plane(args, IngressMetrics([])), args.limits,
                      IngressMetrics([m.name for m in args.models]), args.top_k)
     with TestClient(app) as http:
         answer = http.get("/healthz", headers={"Origin": ORIGIN})
@@ -205,8 +206,9 @@ class Broken:
 def test_a_load_error_in_full_only_to_callers_with_a_token(auth, headers, shown):
     args = AppArgs.model_validate({"models": [{"name": "broken", "path": "x"}],
                                    "auth": auth})
-    registry = ModelRegistry({"broken": Broken()}, args.limits, IngressMetrics(["broken"]))
-    for app in app_for(args, registry):
+    plane = DataPlane(ModelRegistry({"broken": Broken()}, IngressMetrics(["broken"])),
+                      args.limits)
+    for app in app_for(args, plane):
         rest = app.http.get("/v1/models/broken", headers=headers).json()
         assert [s["status"]["error_message"] for s in rest["model_version_status"]] == \
             [shown, ""]

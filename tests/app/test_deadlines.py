@@ -21,9 +21,10 @@ import tensorflow as tf
 from starlette.testclient import TestClient
 from tensorflow_serving.apis import predict_pb2
 
-import deployments.ingress.registry as registry_module
+import deployments.ingress.dataplane as dataplane_module
 from deployments.errors import ServeError
 from deployments.ingress.asgi import build_asgi
+from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.registry import ModelRegistry
 from deployments.metrics import IngressMetrics
 from harness.inprocess import InProcessModel
@@ -49,9 +50,9 @@ def app() -> Iterator[App]:
     args = config_args(limits={"decode_threads": 1})
     metrics = IngressMetrics([m.name for m in args.models])
     models = {m.name: InProcessModel(m) for m in args.models}
-    registry = ModelRegistry(models, args.limits, metrics)
-    with TestClient(build_asgi(registry, args.limits, metrics, args.top_k)) as http:
-        yield App(http, models, Service(registry, args, metrics))
+    plane = DataPlane(ModelRegistry(models, metrics), args.limits)
+    with TestClient(build_asgi(plane, args.limits, metrics, args.top_k)) as http:
+        yield App(http, models, Service(plane, args, metrics))
 
 
 @pytest.mark.parametrize("path", ["/predict", "/v1/models/digits_linear:predict",
@@ -107,7 +108,7 @@ class Held:
 @pytest.fixture
 def held(app: App, monkeypatch: pytest.MonkeyPatch) -> Iterator[Held]:
     holding, release = threading.Event(), threading.Event()
-    decode = registry_module.decode_images
+    decode = dataplane_module.decode_images
 
     def hold_the_first(*args: Any) -> np.ndarray:
         if not holding.is_set():
@@ -115,7 +116,7 @@ def held(app: App, monkeypatch: pytest.MonkeyPatch) -> Iterator[Held]:
             release.wait(5)
         return decode(*args)
 
-    monkeypatch.setattr(registry_module, "decode_images", hold_the_first)
+    monkeypatch.setattr(dataplane_module, "decode_images", hold_the_first)
     for model in app.models.values():
         model.calls.clear()
     answer: dict[str, Any] = {}

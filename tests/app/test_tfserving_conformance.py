@@ -37,7 +37,7 @@ from deployments.config import AppArgs
 from deployments.ingress.asgi import build_asgi
 from deployments.metrics import IngressMetrics
 from deployments.versions import Routing
-from harness.inprocess import in_process_registry
+from harness.inprocess import in_process_plane
 from tests.app.test_tfserving_grpc import App, Service
 from tests.common import TFSERVING_TESTDATA
 
@@ -102,10 +102,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     ]
     args = AppArgs.model_validate({"models": models})
     metrics = IngressMetrics([m["name"] for m in models])
-    registry = in_process_registry(args, metrics, {"default": Routing(labels={"stable": 123})})
-    with TestClient(build_asgi(registry, args.limits, metrics, args.top_k),
+    plane = in_process_plane(args, metrics, {"default": Routing(labels={"stable": 123})})
+    with TestClient(build_asgi(plane, args.limits, metrics, args.top_k),
                     raise_server_exceptions=False) as http:
-        yield Server(Service(registry, args, metrics), http, [])
+        yield Server(Service(plane, args, metrics), http, [])
 
 
 def sorted_object(value: Any) -> Any:

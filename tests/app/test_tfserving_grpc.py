@@ -35,21 +35,21 @@ from deployments.config import AppArgs
 from deployments.errors import ServeError
 from deployments.ingress.asgi import build_asgi
 from deployments.ingress.auth import Gate
+from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.protocols.tfserving_grpc import TFServingGrpcService
-from deployments.ingress.registry import ModelRegistry
 from deployments.metrics import IngressMetrics
 from deployments.versions import Routing
-from harness.inprocess import in_process_registry
+from harness.inprocess import in_process_plane
 from tests.app.conftest import config_args
 from tests.common import SAMPLES, sample_label, signature_models
 
 
 class Service(TFServingGrpcService):
-    """The mixin on a registry, as the ingress deployment holds it."""
+    """The mixin on a data plane, as the ingress deployment holds it."""
 
-    def __init__(self, registry: ModelRegistry, args: AppArgs,
+    def __init__(self, plane: DataPlane, args: AppArgs,
                  metrics: IngressMetrics) -> None:
-        self._registry, self._limits, self._metrics = registry, args.limits, metrics
+        self._plane, self._limits, self._metrics = plane, args.limits, metrics
         self._gate = Gate(args.auth)
 
 
@@ -79,7 +79,7 @@ class App:
     counted: list[tuple[Any, ...]]
 
     def call(self, method: str, request: Any) -> Any:
-        # On the test client's event loop, which the registry's tasks live on.
+        # On the test client's event loop, which the data plane's tasks live on.
         return self.http.portal.call(getattr(self.service, method), request, Context())
 
     def fails(self, method: str, request: Any) -> Context:
@@ -103,9 +103,9 @@ def app() -> Iterator[App]:
     counted: list[tuple[Any, ...]] = []
     count = metrics.count
     metrics.count = lambda *a: (counted.append(a), count(*a))  # type: ignore[method-assign]
-    registry = in_process_registry(args, metrics, {"digits_linear": Routing(labels={"stable": 1})})
-    with TestClient(build_asgi(registry, args.limits, metrics, args.top_k)) as http:
-        yield App(Service(registry, args, metrics), http, counted)
+    plane = in_process_plane(args, metrics, {"digits_linear": Routing(labels={"stable": 1})})
+    with TestClient(build_asgi(plane, args.limits, metrics, args.top_k)) as http:
+        yield App(Service(plane, args, metrics), http, counted)
 
 
 def predict_request(model: str, version: int | None = None, label: str = "",

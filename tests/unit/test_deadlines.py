@@ -10,13 +10,12 @@ from collections.abc import Callable
 
 import pytest
 
-import deployments.ingress.registry as registry_module
+import deployments.ingress.dataplane as dataplane_module
 from deployments.config import InputLimits
 from deployments.errors import ServiceUnavailable
 from deployments.ingress.coalescing import CoalesceSettings
-from deployments.ingress.protocols.http import request_timeout
-from deployments.ingress.registry import DeadlinePassed, deadline
-from tests.unit.test_registry import FakeModel, registry, rows
+from deployments.ingress.deadline import DeadlinePassed, deadline, request_timeout
+from tests.unit.test_registry import FakeModel, M, data_plane, rows
 
 LATE = 3.0  # the first value of the request that overruns its deadline
 
@@ -28,28 +27,28 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 def test_a_request_late_before_it_is_sent_is_not_sent(monkeypatch: pytest.MonkeyPatch):
-    checked = registry_module.check_inputs
+    checked = dataplane_module.check_inputs
 
     def slow_for_the_late_one(inputs, *args):
         if inputs["x"][0, 0] == LATE:
             time.sleep(0.1)  # past its deadline, without yielding: no timer can fire
         return checked(inputs, *args)
 
-    monkeypatch.setattr(registry_module, "check_inputs", slow_for_the_late_one)
+    monkeypatch.setattr(dataplane_module, "check_inputs", slow_for_the_late_one)
 
     async def scenario() -> None:
         model = FakeModel()
-        endpoint = registry(model).get("m")
-        endpoint.retune(CoalesceSettings(max_rows=2, max_calls_in_flight=1))
-        version = await endpoint.version()
+        plane = data_plane(model)
+        plane.registry.retune(CoalesceSettings(max_rows=2, max_calls_in_flight=1))
+        version = await plane.resolve(M)
         model.gate = asyncio.Event()
-        first = asyncio.create_task(endpoint.infer(version, rows(1)))  # holds the one slot
+        first = asyncio.create_task(plane.infer(version, rows(1)))  # holds the one slot
         await until(lambda: model.calls == [1])
         # Waits for the slot; the late request's row would fill its batch, which goes at once.
-        waiting = asyncio.create_task(endpoint.infer(version, rows(2)))
+        waiting = asyncio.create_task(plane.infer(version, rows(2)))
         with pytest.raises(DeadlinePassed, match=r"not answered within 0\.05 s"):
             async with deadline(0.05):
-                await endpoint.infer(version, rows(LATE))
+                await plane.infer(version, rows(LATE))
         model.gate.set()
         await first
         assert (await waiting).outputs["y"][0, 0] == 4.0
@@ -69,12 +68,12 @@ def test_a_requests_deadline_bounds_its_model_call_and_a_handles_timeout_its_own
     async def scenario() -> None:
         model = FakeModel()
         model.gate = asyncio.Event()  # never set
-        endpoint = registry(model).get("m")
-        version = await endpoint.version()
+        plane = data_plane(model)
+        version = await plane.resolve(M)
         with pytest.raises(DeadlinePassed):  # a request's deadline bounds its model call ...
             async with deadline(0.05):
-                await endpoint.infer(version, rows(1))
+                await plane.infer(version, rows(1))
         with pytest.raises(ServiceUnavailable, match=r"did not answer within 0\.05 s"):
-            await endpoint.infer(version, rows(1), timeout_s=0.05)  # ... a handle's, its own
+            await plane.infer(version, rows(1), timeout_s=0.05)  # ... a handle's, its own
 
     asyncio.run(scenario())

@@ -15,7 +15,7 @@ from ray.serve.exceptions import BackPressureError, RayServeException
 
 from deployments.errors import ServiceUnavailable
 from deployments.ingress.model_client import RayModelClient
-from deployments.ingress.registry import ReplicaDied
+from deployments.ingress.dispatch import ReplicaDied
 
 
 class _Handle:

@@ -13,7 +13,10 @@ import pytest
 from deployments.config import InputLimits
 from deployments.errors import BadRequest, ModelFailed, NotFound, ServiceUnavailable
 from deployments.ingress.coalescing import CoalesceSettings
-from deployments.ingress.registry import ModelRegistry, ReplicaDied
+from deployments.ingress.dataplane import DataPlane
+from deployments.ingress.dispatch import ReplicaDied
+from deployments.ingress.registry import ModelRegistry
+from deployments.ingress.request import Target
 from deployments.metrics import IngressMetrics
 from deployments.signature import ModelMetadata, TensorSpec
 from deployments.versions import Routing
@@ -53,10 +56,15 @@ class FakeModel:
         return [{"y": part["x"] * 2} for part in local]
 
 
-def registry(model: FakeModel, max_calls: int = 1) -> ModelRegistry:
-    r = ModelRegistry({"m": model}, InputLimits(request_timeout_s=5), IngressMetrics(["m"]))
-    r.retune(CoalesceSettings(max_calls_in_flight=max_calls))
-    return r
+M = Target("m")  # the model, its highest version
+
+
+def data_plane(model: FakeModel, max_calls: int = 1, limits: InputLimits | None = None,
+               routing: Routing | None = None) -> DataPlane:
+    registry = ModelRegistry({"m": model}, IngressMetrics(["m"]),
+                             {"m": routing} if routing else None)
+    registry.retune(CoalesceSettings(max_calls_in_flight=max_calls))
+    return DataPlane(registry, limits or InputLimits(request_timeout_s=5))
 
 
 def rows(first: float) -> dict[str, np.ndarray]:
@@ -67,10 +75,10 @@ def test_a_model_that_does_not_answer_is_a_503_within_the_deadline():
     async def scenario():
         model = FakeModel()
         model.gate = asyncio.Event()  # never set
-        endpoint = registry(model).get("m")
+        plane = data_plane(model)
         started = time.monotonic()
         with pytest.raises(ServiceUnavailable, match=r"did not answer within 0\.2 s"):
-            await endpoint.infer(await endpoint.version(), rows(1), timeout_s=0.2)
+            await plane.infer(await plane.resolve(M), rows(1), timeout_s=0.2)
         assert time.monotonic() - started < 2
 
     asyncio.run(scenario())
@@ -79,12 +87,12 @@ def test_a_model_that_does_not_answer_is_a_503_within_the_deadline():
 def test_a_request_that_kills_its_replica_fails_alone_and_is_not_sent_again():
     async def scenario():
         model = FakeModel()
-        endpoint = registry(model).get("m")
-        version = await endpoint.version()
+        plane = data_plane(model)
+        version = await plane.resolve(M)
         model.gate = asyncio.Event()
-        first = asyncio.create_task(endpoint.infer(version, rows(0)))  # holds the one slot
+        first = asyncio.create_task(plane.infer(version, rows(0)))  # holds the one slot
         await asyncio.sleep(0.05)
-        batch = [asyncio.create_task(endpoint.infer(version, rows(v))) for v in (1, POISON, 2)]
+        batch = [asyncio.create_task(plane.infer(version, rows(v))) for v in (1, POISON, 2)]
         await asyncio.sleep(0.05)
         model.gate.set()
         results = await asyncio.gather(first, *batch, return_exceptions=True)
@@ -101,8 +109,8 @@ def test_a_request_alone_in_a_call_that_died_is_sent_once_more_outside_any_batch
     """On the replica it may have shared a batch with the request that crashed it."""
     async def scenario():
         model = FakeModel()
-        endpoint = registry(model).get("m")
-        version = await endpoint.version()
+        plane = data_plane(model)
+        version = await plane.resolve(M)
         dies_once = model.call
 
         async def call(version, local, forwarded, isolated=False, signature=None):
@@ -112,11 +120,11 @@ def test_a_request_alone_in_a_call_that_died_is_sent_once_more_outside_any_batch
             return await dies_once(version, local, forwarded, isolated)
 
         model.call = call
-        answer = await endpoint.infer(version, rows(1))
+        answer = await plane.infer(version, rows(1))
         assert answer.outputs["y"][0, 0] == 2 and model.calls == [1, 1]
         model.call = dies_once
         with pytest.raises(ModelFailed, match="died while running this request alone"):
-            await endpoint.infer(version, rows(POISON))
+            await plane.infer(version, rows(POISON))
         assert model.isolated[-2:] == [False, True]  # shared once, alone once: no more
 
     asyncio.run(scenario())
@@ -125,15 +133,15 @@ def test_a_request_alone_in_a_call_that_died_is_sent_once_more_outside_any_batch
 def test_a_request_that_named_no_version_follows_a_redeploy_that_dropped_it():
     async def scenario():
         model = FakeModel(versions=(2,))
-        endpoint = registry(model).get("m")
-        v2 = await endpoint.version()
+        plane = data_plane(model)
+        v2 = await plane.resolve(M)
         model.versions = (3,)  # redeployed: version 2 is gone
-        answer = await endpoint.infer(v2, rows(1), pinned=False)
+        answer = await plane.infer(v2, rows(1), pinned=False)
         assert answer.outputs["y"][0, 0] == 2 and answer.meta.version == 3
-        assert (await endpoint.version()).version == 3
+        assert (await plane.resolve(M)).version == 3
         with pytest.raises(NotFound):  # one that named version 2 hears it is gone
-            await endpoint.infer(v2, rows(1), pinned=True)
-        assert list(endpoint.stats()["versions"]) == ["3"]  # 2's coalescer went with it
+            await plane.infer(v2, rows(1), pinned=True)
+        assert list(plane.registry.stats()["m"]["versions"]) == ["3"]  # 2's coalescer went with it
 
     asyncio.run(scenario())
 
@@ -141,8 +149,8 @@ def test_a_request_that_named_no_version_follows_a_redeploy_that_dropped_it():
 def test_followers_of_a_dropped_version_share_fetches_until_no_replica_lists_it():
     async def scenario():
         model = FakeModel(versions=(2, 3))
-        endpoint = registry(model, max_calls=8).get("m")
-        v3 = await endpoint.version()
+        plane = data_plane(model, max_calls=8)
+        v3 = await plane.resolve(M)
         model.versions = (2,)  # 3 is gone from the replicas that answer calls ...
         stale = 3  # ... but the next metadata answers still list it (old replicas)
         metadata = model.metadata
@@ -155,7 +163,7 @@ def test_followers_of_a_dropped_version_share_fetches_until_no_replica_lists_it(
         model.metadata = draining
         before = model.metadata_calls
         values = [i + 0.5 for i in range(20)]  # (none the poison)
-        answers = await asyncio.gather(*(endpoint.infer(v3, rows(v), pinned=False)
+        answers = await asyncio.gather(*(plane.infer(v3, rows(v), pinned=False)
                                          for v in values))
         assert {a.meta.version for a in answers} == {2}
         assert [a.outputs["y"][0, 0] for a in answers] == [2 * v for v in values]
@@ -167,8 +175,8 @@ def test_followers_of_a_dropped_version_share_fetches_until_no_replica_lists_it(
 def test_a_flood_of_readiness_probes_costs_the_model_one_call():
     async def scenario():
         model = FakeModel()
-        r = registry(model)
-        await r.get("m").version()
+        r = data_plane(model)
+        await r.resolve(M)
         before = model.metadata_calls
         await asyncio.gather(*(r.ready() for _ in range(200)))
         assert model.metadata_calls == before + 1
@@ -189,10 +197,10 @@ def test_a_request_that_named_no_version_moves_on_when_a_replica_lacks_it():
             return {**(await metadata()), 3: meta(3)}
 
         model.metadata = one_replica_has_3
-        endpoint = registry(model).get("m")
-        latest = await endpoint.version()
+        plane = data_plane(model)
+        latest = await plane.resolve(M)
         assert latest.version == 3
-        answer = await endpoint.infer(latest, rows(1), pinned=False)
+        answer = await plane.infer(latest, rows(1), pinned=False)
         assert answer.meta.version == 2 and answer.outputs["y"][0, 0] == 2
 
         async def load_3_soon() -> None:
@@ -200,12 +208,12 @@ def test_a_request_that_named_no_version_moves_on_when_a_replica_lacks_it():
             model.versions = (2, 3)
 
         loading = asyncio.create_task(load_3_soon())
-        pinned = await endpoint.infer(latest, rows(1), pinned=True)  # sent again meanwhile
+        pinned = await plane.infer(latest, rows(1), pinned=True)  # sent again meanwhile
         assert pinned.meta.version == 3 and model.calls.count(1) > 3
         await loading
         model.versions, model.metadata = (2,), metadata  # version 3 is gone everywhere
         with pytest.raises(NotFound):
-            await endpoint.infer(latest, rows(1), pinned=True)
+            await plane.infer(latest, rows(1), pinned=True)
 
     asyncio.run(scenario())
 
@@ -213,15 +221,15 @@ def test_a_request_that_named_no_version_moves_on_when_a_replica_lacks_it():
 def test_labels_name_versions_and_unknown_ones_are_refused():
     async def scenario():
         model = FakeModel(versions=(1, 2))
-        r = ModelRegistry({"m": model}, InputLimits(), IngressMetrics(["m"]),
-                          {"m": Routing(labels={"stable": 1, "canary": 2})})
-        assert (await r.resolve("m", label="stable"))[1].version == 1
-        assert (await r.resolve("m", "canary"))[1].version == 2  # V2: a version string
+        r = data_plane(model, limits=InputLimits(),
+                       routing=Routing(labels={"stable": 1, "canary": 2}))
+        assert (await r.resolve(Target("m", label="stable"))).version == 1
+        assert (await r.resolve(Target("m", "canary"))).version == 2  # V2: a version string
         with pytest.raises(BadRequest, match=r"Unrecognized servable version label: beta "
                                              r"\(model 'm' has labels: canary=2, stable=1\)"):
-            await r.resolve("m", label="beta")
+            await r.resolve(Target("m", label="beta"))
         with pytest.raises(NotFound, match="no version 'beta'"):
-            await r.resolve("m", "beta")
+            await r.resolve(Target("m", "beta"))
 
     asyncio.run(scenario())
 
@@ -230,12 +238,12 @@ def test_a_traffic_split_sends_requests_that_name_no_version_by_weight():
     async def scenario():
         model = FakeModel(versions=(1, 2))
         routing = Routing(labels={"stable": 1, "canary": 2}, traffic={"stable": 3, "canary": 1})
-        r = ModelRegistry({"m": model}, InputLimits(), IngressMetrics(["m"]), {"m": routing})
-        endpoint, latest = await r.resolve("m")
-        answers = [await endpoint.infer(latest, rows(1), pinned=False) for _ in range(400)]
+        plane = data_plane(model, limits=InputLimits(), routing=routing)
+        latest = await plane.resolve(M)
+        answers = [await plane.infer(latest, rows(1), pinned=False) for _ in range(400)]
         canary = sum(a.meta.version == 2 for a in answers)
         assert 60 < canary < 140  # ~100 of 400 (binomial: 5 sigma is ±43)
-        pinned = [await endpoint.infer(latest, rows(1)) for _ in range(20)]
+        pinned = [await plane.infer(latest, rows(1)) for _ in range(20)]
         assert {a.meta.version for a in pinned} == {2}  # a named version is not split
 
     asyncio.run(scenario())

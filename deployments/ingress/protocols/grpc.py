@@ -24,8 +24,8 @@ from ray.serve.grpc_util import RayServegRPCContext
 from deployments.config import InputLimits
 from deployments.errors import PayloadTooLarge, ServeError
 from deployments.ingress.auth import Gate
-from deployments.ingress.protocols.http import TIMEOUT_HEADER, request_timeout
-from deployments.ingress.registry import DeadlinePassed, ModelRegistry, deadline
+from deployments.ingress.dataplane import DataPlane
+from deployments.ingress.deadline import TIMEOUT_HEADER, DeadlinePassed, deadline, request_timeout
 from deployments.metrics import IngressMetrics, arrival
 
 logger = logging.getLogger("ray.serve")
@@ -40,7 +40,7 @@ STATUS_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAU
 class GrpcService:
     """What a gRPC mixin of the ingress deployment reads off it."""
 
-    _registry: ModelRegistry
+    _plane: DataPlane
     _limits: InputLimits
     _metrics: IngressMetrics
     _gate: Gate
@@ -53,7 +53,7 @@ class GrpcService:
         if size > limits.max_body_bytes:
             raise PayloadTooLarge(f"request is {size} bytes, the limit is "
                                   f"{limits.max_body_bytes}")
-        self._registry.budget.take(size, "the request message")
+        self._plane.budget.take(size, "the request message")
 
 
 Rpc = Callable[[Any, Any, RayServegRPCContext], Awaitable[Any]]
@@ -75,7 +75,7 @@ def rpc(protocol: str, model_of: Callable[[Any], str]) -> Callable[[Rpc], Rpc]:
             asked = dict(grpc_context.invocation_metadata()).get(TIMEOUT_HEADER)
             try:
                 with arrival(), self._gate.rpc(method.__name__, grpc_context), \
-                        self._registry.budget.request():
+                        self._plane.budget.request():
                     async with deadline(*request_timeout(asked, self._limits)):
                         answer = await method(self, request, grpc_context)
                 code = grpc.StatusCode.OK

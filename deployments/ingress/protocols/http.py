@@ -9,7 +9,6 @@ import math
 import zlib
 from typing import Any
 
-import numpy as np
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -26,7 +25,8 @@ from deployments.errors import (
     UnsupportedMediaType,
 )
 from deployments.ingress.budget import JSON_EXPANSION, MemoryBudget, off_loop
-from deployments.ingress.registry import DeadlinePassed, ModelEndpoint, ModelRegistry, deadline
+from deployments.ingress.deadline import TIMEOUT_HEADER, DeadlinePassed, deadline, request_timeout
+from deployments.ingress.request import EncodedImages, RequestInputs, Target
 from deployments.signature import ModelMetadata
 
 logger = logging.getLogger("ray.serve")
@@ -48,31 +48,11 @@ def render_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
-async def resolve(registry: ModelRegistry, request: Request
-                  ) -> tuple[ModelEndpoint, ModelMetadata]:
+def target(request: Request, signature: str | None = None) -> Target:
     """The model and version a route's path names (``{name}``, ``{version}``
-    or ``{label}``; absent: the default model, its highest version), or a 404."""
+    or ``{label}``; absent: the default model, its highest version)."""
     params = request.path_params
-    return await registry.resolve(params.get("name"), params.get("version"),
-                                  params.get("label"))
-
-
-# Serve's header for a client's own deadline (it applies it too, where it can);
-# gRPC clients may send it as metadata.
-TIMEOUT_HEADER = "x-request-timeout-seconds"
-
-
-def request_timeout(asked: str | None, limits: InputLimits) -> tuple[float, bool]:
-    """How long a request may take from arrival to answer: the configured
-    ``request_timeout_s``, or less when the client ``asked`` for less (its
-    :data:`TIMEOUT_HEADER`); and whether that is the client's deadline."""
-    try:
-        seconds = float(asked) if asked is not None else math.inf
-    except ValueError:
-        seconds = math.inf
-    if 0 < seconds < limits.request_timeout_s:
-        return seconds, True
-    return limits.request_timeout_s, False
+    return Target(params.get("name"), params.get("version"), params.get("label"), signature)
 
 
 def deadlines(app: ASGIApp, limits: InputLimits) -> ASGIApp:
@@ -100,20 +80,11 @@ def deadlines(app: ASGIApp, limits: InputLimits) -> ASGIApp:
     return bounded
 
 
-def pinned(request: Request) -> bool:
-    """Whether the route names a version or a label (else it follows the
-    highest one, or the traffic split)."""
-    return "version" in request.path_params or "label" in request.path_params
-
-
-async def with_images(endpoint: ModelEndpoint, meta: ModelMetadata,
-                      parsed: JsonInputs) -> dict[str, np.ndarray]:
-    """A JSON request's inputs, its encoded images (if any) decoded into the
-    image input."""
+def with_images(meta: ModelMetadata, parsed: JsonInputs) -> RequestInputs:
+    """A JSON request's inputs, its encoded images (if any) for the image input."""
     if parsed.images is None:
         return parsed.arrays
-    return {**parsed.arrays,
-            meta.image_spec().name: await endpoint.decode_images(meta, parsed.images)}
+    return {**parsed.arrays, meta.image_spec().name: EncodedImages(parsed.images)}
 
 
 def media_type(request: Request) -> str:

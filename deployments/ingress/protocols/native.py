@@ -8,7 +8,6 @@ top classes back. Also what Python handle callers use (:meth:`NativeApi.predict`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, cast
 
 import numpy as np
@@ -27,17 +26,17 @@ from deployments.errors import (
     UnsupportedMediaType,
 )
 from deployments.ingress.budget import off_loop
+from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.protocols.http import (
     PortableJSON,
     media_type,
     parse_json_body,
-    pinned,
     read_body,
-    resolve,
+    target,
     with_images,
 )
 from deployments.ingress.protocols.routes import ApiRoute, model_routes
-from deployments.ingress.registry import ModelEndpoint, ModelRegistry
+from deployments.ingress.request import EncodedImages, RequestInputs, Target
 from deployments.signature import ModelMetadata, by_name
 
 # Media types handled as a single encoded image besides image/*.
@@ -45,8 +44,8 @@ _OCTET_STREAM = "application/octet-stream"
 
 
 class NativeApi:
-    def __init__(self, registry: ModelRegistry, limits: InputLimits, top_k: int) -> None:
-        self._registry = registry
+    def __init__(self, plane: DataPlane, limits: InputLimits, top_k: int) -> None:
+        self._plane = plane
         self._limits = limits
         self._default_top_k = top_k
 
@@ -67,19 +66,18 @@ class NativeApi:
         """Predict a batch in the model's input shape, bare or by input name
         (an array or an ``ObjectRef``): the top classes per row (of the
         model's default signature, or ``signature_name``)."""
-        endpoint, meta = await self._registry.resolve(model, version)
-        meta = meta.signature(signature_name)
-        return await self._predict(endpoint, meta, by_name(inputs, meta), top_k, scores,
-                                   pinned=version is not None)
+        named = Target(model, version, signature=signature_name)
+        meta = await self._plane.resolve(named)
+        return await self._predict(meta, by_name(inputs, meta), top_k, scores, named.pinned)
 
-    async def _predict(self, endpoint: ModelEndpoint, meta: ModelMetadata,
-                       inputs: Mapping[str, np.ndarray | ObjectRef], top_k: int | str | None,
-                       scores: bool | str | None, pinned: bool) -> dict[str, Any]:
+    async def _predict(self, meta: ModelMetadata, inputs: RequestInputs,
+                       top_k: int | str | None, scores: bool | str | None,
+                       pinned: bool) -> dict[str, Any]:
         include_scores = parse_flag(scores, "scores")  # the query is checked before the
         if meta.labels:                                 # model runs
             parse_top_k(top_k, self._default_top_k, len(meta.labels))
         # The version that answered (it may have followed a redeploy) labels it.
-        meta, outputs = await endpoint.infer(meta, inputs, pinned)
+        meta, outputs = await self._plane.infer(meta, inputs, pinned)
         answer: dict[str, Any] = {"model": meta.name, "version": meta.version}
         scores_given = outputs.get(meta.scores_output)
         # A classifier: the best classes of its scores (unless postprocess
@@ -99,9 +97,9 @@ class NativeApi:
 
     async def list_models(self, request: Request) -> JSONResponse:
         models: list[dict[str, Any]] = []
-        for name in self._registry.names:
+        for name in self._plane.registry.names:
             try:
-                versions = await self._registry.get(name).versions()
+                versions = await self._plane.versions(name)
             except ServeError as exc:  # one model down (or a pipeline miswired) hides no other
                 models.append({"name": name, "error": exc.message})
                 continue
@@ -117,7 +115,7 @@ class NativeApi:
             if latest.takes_images:
                 model["preprocessing"] = latest.preprocessing.model_dump(mode="json")
             models.append(model)
-        return JSONResponse({"default": self._registry.default, "models": models})
+        return JSONResponse({"default": self._plane.registry.default, "models": models})
 
     async def predict_http(self, request: Request) -> JSONResponse:
         kind = media_type(request)
@@ -132,32 +130,31 @@ class NativeApi:
                 f"unsupported Content-Type {kind or '(none)'!r}: send image/*, "
                 "multipart/form-data with image files, or application/json with \"instances\""
             )
-        endpoint, meta = await resolve(self._registry, request)
-        body = await read_body(request, self._limits.max_body_bytes, self._registry.budget)
-        inputs = await decode(request, body, endpoint, meta)
+        named = target(request)
+        meta = await self._plane.resolve(named)
+        body = await read_body(request, self._limits.max_body_bytes, self._plane.budget)
+        inputs = await decode(request, body, meta)
         params = request.query_params
-        return PortableJSON(
-            await self._predict(endpoint, meta, inputs, params.get("top_k"), params.get("scores"),
-                                pinned(request))
-        )
+        return PortableJSON(await self._predict(meta, inputs, params.get("top_k"),
+                                                params.get("scores"), named.pinned))
 
-    async def _decode_image(self, request: Request, body: bytes, endpoint: ModelEndpoint,
-                            meta: ModelMetadata) -> dict[str, np.ndarray]:
-        return await _images_only(endpoint, meta, [body])
+    async def _decode_image(self, request: Request, body: bytes,
+                            meta: ModelMetadata) -> RequestInputs:
+        return _images_only(meta, [body])
 
-    async def _decode_json(self, request: Request, body: bytes, endpoint: ModelEndpoint,
-                           meta: ModelMetadata) -> dict[str, np.ndarray]:
+    async def _decode_json(self, request: Request, body: bytes,
+                           meta: ModelMetadata) -> RequestInputs:
         """``{"instances": [...]}``: TF Serving's row format."""
-        document = await parse_json_body(body, self._registry.budget)
+        document = await parse_json_body(body, self._plane.budget)
         if not isinstance(document, dict) or "instances" not in document:
             raise BadRequest('expected a JSON object with an "instances" list')
         parsed = await off_loop(
             lambda: json_inputs(rows_by_input(document["instances"], meta,
                                               self._limits.max_rows), meta, '"instances"'))
-        return await with_images(endpoint, meta, parsed)
+        return with_images(meta, parsed)
 
-    async def _decode_multipart(self, request: Request, body: bytes, endpoint: ModelEndpoint,
-                                meta: ModelMetadata) -> dict[str, np.ndarray]:
+    async def _decode_multipart(self, request: Request, body: bytes,
+                                meta: ModelMetadata) -> RequestInputs:
         """Every file part of a form, in order, as one image batch."""
 
         async def replay() -> dict[str, Any]:  # the body was already read within limits
@@ -175,15 +172,14 @@ class NativeApi:
             blobs = [await f.read() for f in files]
         finally:
             await form.close()
-        return await _images_only(endpoint, meta, blobs)
+        return _images_only(meta, blobs)
 
 
-async def _images_only(endpoint: ModelEndpoint, meta: ModelMetadata,
-                       blobs: list[bytes]) -> dict[str, np.ndarray]:
+def _images_only(meta: ModelMetadata, blobs: list[bytes]) -> RequestInputs:
     """Uploaded images as the model's inputs: a model that takes other inputs
     besides the images needs them in JSON."""
     spec = meta.image_spec()
     if len(meta.inputs) > 1:
         raise BadRequest(f"model {meta.name!r} takes {meta.describe_inputs()}: send every "
                          'input in JSON ({"instances": [...]}), images as {"b64": ...}')
-    return {spec.name: await endpoint.decode_images(meta, blobs)}
+    return {spec.name: EncodedImages(blobs)}

@@ -9,14 +9,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from deployments.codecs.numbers import version_number
 from deployments.codecs.tfserving import (
     encode_classify_response,
     encode_predict_response,
@@ -29,26 +27,23 @@ from deployments.codecs.tfserving import (
     signature_name,
 )
 from deployments.config import InputLimits
-from deployments.errors import BadRequest, NotFound, clip
-from deployments.ingress.auth import load_error
+from deployments.errors import BadRequest
 from deployments.ingress.budget import off_loop
+from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.protocols.http import (
     JSONWithNaN,
     parse_json_body,
-    pinned,
     read_body,
-    resolve,
+    target,
     with_images,
 )
 from deployments.ingress.protocols.routes import ApiRoute, model_routes
-from deployments.ingress.registry import ModelEndpoint, ModelRegistry
 from deployments.signature import ModelMetadata
-from deployments.versions import VersionStatus
 
 
 class TFServingApi:
-    def __init__(self, registry: ModelRegistry, limits: InputLimits) -> None:
-        self._registry = registry
+    def __init__(self, plane: DataPlane, limits: InputLimits) -> None:
+        self._plane = plane
         self._limits = limits
 
     def routes(self) -> list[ApiRoute]:
@@ -69,26 +64,20 @@ class TFServingApi:
         ]
 
     async def status(self, request: Request) -> JSONResponse:
-        params = request.path_params
-        endpoint = self._registry.get(params["name"])
-        return JSONResponse(model_status(await version_statuses(
-            endpoint, params.get("version"), params.get("label"))))
+        return JSONResponse(model_status(await self._plane.statuses(target(request))))
 
     async def metadata(self, request: Request) -> JSONResponse:
-        _, meta = await resolve(self._registry, request)
-        return JSONResponse(model_metadata(meta))
+        return JSONResponse(model_metadata(await self._plane.resolve(target(request))))
 
     async def other_verb(self, request: Request) -> JSONResponse:
-        await resolve(self._registry, request)  # an unknown model is a 404 first
+        await self._plane.resolve(target(request))  # an unknown model is a 404 first
         raise BadRequest(f"unknown verb :{request.path_params['verb']}: TF Serving's REST "
                          "API has :predict, :classify and :regress")
 
     async def predict(self, request: Request) -> JSONResponse:
-        endpoint, meta, document = await self._read(request)
-        parsed = await off_loop(parse_predict_request, document, meta,
-                                         self._limits.max_rows)
-        inputs = await with_images(endpoint, meta, parsed.inputs)
-        answer = await endpoint.infer(meta, inputs, pinned(request))
+        pinned, meta, document = await self._read(request)
+        parsed = await off_loop(parse_predict_request, document, meta, self._limits.max_rows)
+        answer = await self._plane.infer(meta, with_images(meta, parsed.inputs), pinned)
         return JSONWithNaN(encode_predict_response(answer.outputs, parsed.columnar))
 
     async def classify(self, request: Request) -> JSONResponse:
@@ -102,39 +91,19 @@ class TFServingApi:
         event loop), each one's copy of the context charged to the budget
         before it is made (as gRPC's), and run like any request, batched
         with others."""
-        endpoint, meta, document = await self._read(request)
+        pinned, meta, document = await self._read(request)
         limits = self._limits
         examples = await off_loop(parse_examples_request, document, meta, verb,
                                   limits.max_rows, limits.max_elements)
-        self._registry.budget.take(examples.nbytes, "the serialized examples")
+        self._plane.budget.take(examples.nbytes, "the serialized examples")
         inputs = examples_input(meta, await off_loop(examples.joined))
-        answer = await endpoint.infer(meta, inputs, pinned(request))
-        return answer.outputs
+        return (await self._plane.infer(meta, inputs, pinned)).outputs
 
-    async def _read(self, request: Request) -> tuple[ModelEndpoint, ModelMetadata, Any]:
-        """The model, the version and signature the path and body name, and the body."""
-        endpoint, meta = await resolve(self._registry, request)
-        body = await read_body(request, self._limits.max_body_bytes, self._registry.budget)
-        document = await parse_json_body(body, self._registry.budget)
-        return endpoint, meta.signature(signature_name(document)), document
-
-
-async def version_statuses(endpoint: ModelEndpoint, version: str | int | None = None,
-                           label: str | None = None) -> list[VersionStatus]:
-    """Every version's state; with a version or label, that version's (TF
-    Serving answers 404 for one it has never heard of). A load error is as
-    the caller may read it (:func:`deployments.ingress.auth.load_error`)."""
-    statuses = [replace(s, error=load_error(s.error)) for s in await endpoint.statuses()]
-    wanted: int | None
-    if label is not None:
-        wanted, named = endpoint.labeled(label), label
-    elif version is not None:
-        wanted = version if isinstance(version, int) else version_number(version)
-        named = str(version)
-    else:
-        return statuses
-    picked = [s for s in statuses if s.version == wanted]
-    if not picked:
-        raise NotFound(f"model {endpoint.name!r} has no version {clip(named)!r} (its "
-                       f"versions: {', '.join(str(s.version) for s in statuses) or 'none'})")
-    return picked
+    async def _read(self, request: Request) -> tuple[bool, ModelMetadata, Any]:
+        """Whether the path pins a version; the version it names, on the
+        signature the body names; the body."""
+        named = target(request)
+        meta = await self._plane.resolve(named)
+        body = await read_body(request, self._limits.max_body_bytes, self._plane.budget)
+        document = await parse_json_body(body, self._plane.budget)
+        return named.pinned, meta.signature(signature_name(document)), document

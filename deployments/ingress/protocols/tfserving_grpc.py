@@ -7,14 +7,15 @@ own stubs speak to the app unmodified. The config enables it with
 
 Each RPC takes the path its REST route takes (``protocols/tfserving.py``):
 the same model resolution by version or label, the same checks and one
-``ModelEndpoint.infer`` call, so coalescing, deadlines and errors behave
+``DataPlane.infer`` call, so coalescing, deadlines and errors behave
 alike; errors become TF Serving's status codes with our message.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from dataclasses import replace
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -46,10 +47,7 @@ from deployments.codecs.tfserving_protos import (
 from deployments.errors import BadRequest, Unimplemented
 from deployments.ingress.budget import off_loop
 from deployments.ingress.protocols.grpc import GrpcService, rpc
-from deployments.ingress.protocols.tfserving import version_statuses
-from deployments.ingress.protocols.v2 import decode_image_tensor
-from deployments.ingress.registry import Answer, ModelEndpoint
-from deployments.signature import ModelMetadata
+from deployments.ingress.request import Answer, EncodedImages, Target
 
 
 def add_servicer(servicer: Any, server: grpc.Server) -> None:
@@ -66,44 +64,35 @@ def _model_of(request: Any) -> str:
 _status = rpc("tfserving-grpc", _model_of)
 
 
-def _version(spec: model_pb2.ModelSpec) -> int | None:
-    """The version a ``ModelSpec`` names (0 or none: the highest)."""
-    return (spec.version.value or None) if spec.HasField("version") else None
-
-
-def _pinned(spec: model_pb2.ModelSpec) -> bool:
-    """Whether the client named a version or a label (never split, never moved)."""
-    return _version(spec) is not None or bool(spec.version_label)
+def _target(spec: model_pb2.ModelSpec) -> Target:
+    """What a ``ModelSpec`` names (version 0 or none: the highest)."""
+    version = (spec.version.value or None) if spec.HasField("version") else None
+    return Target(spec.name, version, spec.version_label or None, spec.signature_name)
 
 
 class TFServingGrpcService(GrpcService):
     """TF Serving's RPCs, mixed into the ingress deployment (method names are
     the RPCs'; none is also a KServe V2 one)."""
 
-    async def _resolve(self, spec: model_pb2.ModelSpec
-                       ) -> tuple[ModelEndpoint, ModelMetadata]:
-        """The model and version ``spec`` names, and its signature (none: the default)."""
-        endpoint, meta = await self._registry.resolve(spec.name, _version(spec),
-                                                      label=spec.version_label or None)
-        return endpoint, meta.signature(spec.signature_name)
-
     @_status
     async def Predict(self, request: predict_pb2.PredictRequest,
                       grpc_context: RayServegRPCContext) -> predict_pb2.PredictResponse:
         self._take_message(request)
-        endpoint, meta = await self._resolve(request.model_spec)
+        named = _target(request.model_spec)
+        meta = await self._plane.resolve(named)
         meta.check_input_count(len(request.inputs))
         limits = self._limits
         # Off the event loop, as HTTP bodies: a message may hold many inputs.
         parsed = await off_loop(parse_predict_request, request, limits.max_rows,
                                          limits.max_elements)
-        self._registry.budget.take(parsed.decoded_bytes, "decoding the request's tensors")
-        inputs = await off_loop(parsed.decode)
+        self._plane.budget.take(parsed.decoded_bytes, "decoding the request's tensors")
+        inputs: dict[str, np.ndarray | EncodedImages] = {**await off_loop(parsed.decode)}
         image = meta.image_input
-        if image in inputs and inputs[image].dtype == object:  # DT_STRING: encoded images
-            inputs[image] = await decode_image_tensor(endpoint, meta, inputs[image].shape,
-                                                      list(inputs[image].reshape(-1)))
-        answer = await endpoint.infer(meta, inputs, _pinned(request.model_spec))
+        if image in inputs:
+            given = cast(np.ndarray, inputs[image])
+            if given.dtype == object:  # DT_STRING: encoded images
+                inputs[image] = EncodedImages(list(given.reshape(-1)), given.shape)
+        answer = await self._plane.infer(meta, inputs, named.pinned)
         return await off_loop(encode_predict_response, answer.meta, answer.outputs,
                                        parsed.output_filter)
 
@@ -122,27 +111,25 @@ class TFServingGrpcService(GrpcService):
         """A ``Classify``/``Regress`` call: its examples serialized (off the
         event loop) for the signature's examples input, run like any request."""
         self._take_message(request)
-        endpoint, meta = await self._resolve(request.model_spec)
-        self._registry.budget.take(examples_bytes(request.input), "the serialized examples")
+        named = _target(request.model_spec)
+        meta = await self._plane.resolve(named)
+        self._plane.budget.take(examples_bytes(request.input), "the serialized examples")
         inputs: dict[str, np.ndarray] = await off_loop(
             parse_examples, request.input, meta, verb, self._limits.max_rows)
-        return await endpoint.infer(meta, inputs, _pinned(request.model_spec))
+        return await self._plane.infer(meta, inputs, named.pinned)
 
     @_status
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                                grpc_context: RayServegRPCContext
                                ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        _, meta = await self._resolve(request.model_spec)
+        meta = await self._plane.resolve(_target(request.model_spec))
         return model_metadata_response(meta, request.metadata_field)
 
     @_status
     async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
                              grpc_context: RayServegRPCContext
                              ) -> get_model_status_pb2.GetModelStatusResponse:
-        spec = request.model_spec
-        endpoint = self._registry.get(spec.name)
-        return model_status_response(await version_statuses(
-            endpoint, _version(spec), spec.version_label or None))
+        return model_status_response(await self._plane.statuses(_target(request.model_spec)))
 
     @_status
     async def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
@@ -153,14 +140,12 @@ class TFServingGrpcService(GrpcService):
         self._take_message(request)
         if not request.tasks:
             raise BadRequest("MultiInferenceRequest must have at least one task")
-        spec = request.tasks[0].model_spec
-        endpoint, meta = await self._registry.resolve(spec.name, _version(spec),
-                                                      label=spec.version_label or None)
-        self._registry.budget.take(examples_bytes(request.input), "the serialized examples")
-        tasks = await off_loop(parse_multi_inference, request, meta,
-                                        self._limits.max_rows)
-        answers = await asyncio.gather(*(endpoint.infer(task.meta, task.inputs,
-                                                        _pinned(spec)) for task in tasks))
+        named = replace(_target(request.tasks[0].model_spec), signature=None)
+        meta = await self._plane.resolve(named)
+        self._plane.budget.take(examples_bytes(request.input), "the serialized examples")
+        tasks = await off_loop(parse_multi_inference, request, meta, self._limits.max_rows)
+        answers = await asyncio.gather(*(self._plane.infer(task.meta, task.inputs, named.pinned)
+                                         for task in tasks))
         return encode_multi_inference_response(
             [(task, answer.meta, answer.outputs)
              for task, answer in zip(tasks, answers, strict=True)])

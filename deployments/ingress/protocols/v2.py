@@ -6,12 +6,12 @@
     GET  /v2/models/{name}[/versions/{version}]/ready
     POST /v2/models/{name}[/versions/{version}]/infer
 
-:func:`infer` is the protocol's one inference path, shared with gRPC.
+:func:`infer` is the protocol's one inference path, shared with gRPC
+(``v2_grpc.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from importlib.metadata import version as package_version
 from typing import cast
 
@@ -32,9 +32,10 @@ from deployments.codecs.v2_tensor import (
 from deployments.config import InputLimits
 from deployments.errors import BadRequest
 from deployments.ingress.budget import JSON_EXPANSION, off_loop
-from deployments.ingress.protocols.http import read_body, resolve
+from deployments.ingress.dataplane import DataPlane
+from deployments.ingress.protocols.http import read_body, target
 from deployments.ingress.protocols.routes import ApiRoute, model_routes
-from deployments.ingress.registry import ModelEndpoint, ModelRegistry
+from deployments.ingress.request import EncodedImages, RequestInputs, Target
 from deployments.signature import STRING, ModelMetadata, TensorSpec, check_input_names
 
 SERVER_NAME = "ray-tf-serve"
@@ -45,34 +46,19 @@ def server_metadata() -> dict[str, object]:
             "extensions": list(EXTENSIONS)}
 
 
-async def decode_image_tensor(endpoint: ModelEndpoint, meta: ModelMetadata,
-                              shape: tuple[int, ...], blobs: Sequence[bytes]) -> np.ndarray:
-    """A tensor of encoded images for the image input (V2 BYTES, TF Serving
-    gRPC strings), decoded into the model's input batch."""
-    if len(shape) not in (1, 2) or shape[1:] not in ((), (1,)):
-        raise BadRequest(f"input {meta.image_input!r}: encoded images take shape [N] or "
-                         f"[N, 1] (one image each), got {list(shape)}")
-    return await endpoint.decode_images(meta, blobs)
-
-
-async def infer(registry: ModelRegistry, name: str, version: str | None,
-                request: InferRequest) -> tuple[ModelMetadata, list[OutputTensor]]:
-    """One V2 inference: every input by name (BYTES are encoded images for the
-    image input, strings for string inputs), the model run, the outputs
-    selected."""
-    endpoint, meta = await registry.resolve(name, version or None)
-    meta = meta.signature(request.signature_name)
+def infer_inputs(meta: ModelMetadata, request: InferRequest) -> RequestInputs:
+    """A V2 request's tensors as the data plane takes them, by name: BYTES
+    are encoded images for the image input, strings for string inputs."""
     names = [tensor.name for tensor in request.inputs]
     if len(set(names)) != len(names):
         raise BadRequest(f"an input is given twice: {', '.join(map(repr, names))}")
     check_input_names(dict.fromkeys(names), meta, "the request")
-    inputs: dict[str, np.ndarray] = {}
+    inputs: dict[str, np.ndarray | EncodedImages] = {}
     for tensor in request.inputs:  # (numeric data is an array, BYTES data a list)
         if tensor.datatype != BYTES:
             inputs[tensor.name] = cast(np.ndarray, tensor.data)
         elif tensor.name == meta.image_input:
-            inputs[tensor.name] = await decode_image_tensor(endpoint, meta, tensor.shape,
-                                                            cast(list[bytes], tensor.data))
+            inputs[tensor.name] = EncodedImages(cast(list[bytes], tensor.data), tensor.shape)
         elif (spec := meta.spec(tensor.name)) is not None and spec.dtype == STRING:
             strings = np.empty(len(tensor.data), dtype=object)
             strings[:] = tensor.data
@@ -82,13 +68,22 @@ async def infer(registry: ModelRegistry, name: str, version: str | None,
             # (the names were checked: the model takes this input)
             raise BadRequest(f"input {tensor.name!r} is {cast(TensorSpec, spec).describe()}, "
                              "not BYTES")
-    meta, outputs = await endpoint.infer(meta, inputs, bool(version))
-    return meta, select_outputs(request, meta, outputs)  # as the version that answered
+    return inputs
+
+
+async def infer(plane: DataPlane, named: Target, request: InferRequest
+                ) -> tuple[ModelMetadata, list[OutputTensor]]:
+    """One V2 inference (HTTP or gRPC) on the version ``named``, the
+    signature the request names: the outputs it asks for, of the version
+    that answered."""
+    meta = (await plane.resolve(named)).signature(request.signature_name)
+    meta, outputs = await plane.infer(meta, infer_inputs(meta, request), named.pinned)
+    return meta, select_outputs(request, meta, outputs)
 
 
 class V2Api:
-    def __init__(self, registry: ModelRegistry, limits: InputLimits) -> None:
-        self._registry = registry
+    def __init__(self, plane: DataPlane, limits: InputLimits) -> None:
+        self._plane = plane
         self._limits = limits
 
     def routes(self) -> list[ApiRoute]:
@@ -109,29 +104,30 @@ class V2Api:
         return JSONResponse({"live": True})
 
     async def ready(self, request: Request) -> JSONResponse:
-        await self._registry.ready()  # a 503 unless every model answers now
+        await self._plane.ready()  # a 503 unless every model answers now
         return JSONResponse({"ready": True})
 
     async def model_metadata(self, request: Request) -> JSONResponse:
-        endpoint, meta = await resolve(self._registry, request)
-        return JSONResponse(model_metadata(meta, sorted(await endpoint.versions())))
+        named = target(request)
+        meta = await self._plane.resolve(named)
+        return JSONResponse(model_metadata(meta, sorted(await self._plane.versions(named.model))))
 
     async def model_ready(self, request: Request) -> JSONResponse:
-        endpoint = self._registry.get(request.path_params["name"])
-        await endpoint.check_ready(request.path_params.get("version"))
-        return JSONResponse({"name": endpoint.name, "ready": True})
+        name = request.path_params["name"]
+        await self._plane.model_ready(name, request.path_params.get("version"))
+        return JSONResponse({"name": name, "ready": True})
 
     async def infer(self, request: Request) -> Response:
-        limits, budget = self._limits, self._registry.budget
+        limits, budget = self._limits, self._plane.budget
         body = await read_body(request, limits.max_body_bytes, budget)
         header_length = request.headers.get(HEADER_LENGTH)
         json_bytes = min(decimal_count(header_length or "") or len(body), len(body))
         budget.take(json_bytes * JSON_EXPANSION, "parsing the JSON header")
-        _, meta = await resolve(self._registry, request)
+        named = target(request)
+        meta = await self._plane.resolve(named)
         parsed = await off_loop(parse_infer_request, body, header_length, limits.max_rows,
                                 limits.max_elements, meta.check_input_count)
-        meta, outputs = await infer(self._registry, request.path_params["name"],
-                                    request.path_params.get("version"), parsed)
+        meta, outputs = await infer(self._plane, named, parsed)
         content, response_header_length = await off_loop(
             encode_infer_response, meta, parsed.id, outputs)
         if response_header_length is None:

@@ -27,6 +27,7 @@ from deployments.errors import ServiceUnavailable
 from deployments.ingress.budget import off_loop
 from deployments.ingress.protocols import v2
 from deployments.ingress.protocols.grpc import GrpcService, rpc
+from deployments.ingress.request import Target
 
 # The generated classes name their modules after the .proto files
 # ("grpc_service_pb2"), which are not importable by those names. Serve's gRPC
@@ -64,7 +65,7 @@ class V2GrpcService(GrpcService):
     async def ServerReady(self, request: pb.ServerReadyRequest,
                           grpc_context: RayServegRPCContext) -> pb.ServerReadyResponse:
         try:
-            await self._registry.ready()
+            await self._plane.ready()
         except ServiceUnavailable:  # clients poll until ready: an answer, not an error
             return pb.ServerReadyResponse(ready=False)
         return pb.ServerReadyResponse(ready=True)
@@ -72,9 +73,8 @@ class V2GrpcService(GrpcService):
     @_status
     async def ModelReady(self, request: pb.ModelReadyRequest,
                          grpc_context: RayServegRPCContext) -> pb.ModelReadyResponse:
-        endpoint = self._registry.get(request.name)
         try:
-            await endpoint.check_ready(request.version or None)  # 404 if unknown
+            await self._plane.model_ready(request.name, request.version or None)  # 404 if unknown
         except ServiceUnavailable:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
@@ -87,19 +87,19 @@ class V2GrpcService(GrpcService):
     @_status
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             grpc_context: RayServegRPCContext) -> pb.ModelMetadataResponse:
-        endpoint, meta = await self._registry.resolve(request.name, request.version or None)
-        return model_metadata_response(meta, sorted(await endpoint.versions()))
+        meta = await self._plane.resolve(Target(request.name, request.version or None))
+        return model_metadata_response(meta, sorted(await self._plane.versions(request.name)))
 
     @_status
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          grpc_context: RayServegRPCContext) -> pb.ModelInferResponse:
         limits = self._limits
         self._take_message(request)
-        _, meta = await self._registry.resolve(request.model_name, request.model_version or None)
+        named = Target(request.model_name, request.model_version or None)
+        meta = await self._plane.resolve(named)
         meta.check_input_count(len(request.inputs))
         # Parsing and encoding run off the event loop, as HTTP bodies do.
         parsed = await off_loop(parse_infer_request, request, limits.max_rows,
-                                         limits.max_elements)
-        meta, outputs = await v2.infer(self._registry, request.model_name,
-                                       request.model_version, parsed)
+                                limits.max_elements)
+        meta, outputs = await v2.infer(self._plane, named, parsed)
         return await off_loop(encode_infer_response, meta, parsed.id, outputs)
