@@ -17,7 +17,8 @@ from deployments.config import AppArgs, InputLimits, ModelArgs
 from deployments.errors import NotFound, ServeError
 from deployments.ingress.registry import ModelRegistry
 from deployments.metrics import IngressMetrics
-from deployments.pipeline import Plan, Step, run_step
+from deployments.pipeline_plan import Plan, Step
+from deployments.replica.pipeline_step import run_step
 from deployments.replica.runner import SavedModelRunner
 from deployments.replica.served import answer_each
 from deployments.signature import ModelMetadata

@@ -37,9 +37,10 @@ from deployments.errors import (
 )
 from deployments.ingress.budget import MemoryBudget, off_loop
 from deployments.ingress.coalescing import Coalescer, CoalesceSettings
+from deployments.ingress.pipeline_client import PipelineClient, StageClient
 from deployments.metrics import IngressMetrics, arrival_time
 from deployments.objects import read_objects
-from deployments.pipeline import PipelineClient, Plan, StageClient
+from deployments.pipeline_plan import Plan
 from deployments.replica.batching import rows_of
 from deployments.signature import ModelMetadata, check_inputs, check_size
 from deployments.types import Inputs, Outputs
