@@ -17,7 +17,7 @@ from ray.serve import Application, Deployment
 
 from deployments.config import AppArgs
 from deployments.ingress.deployment import Preprocessor
-from deployments.pipeline import Plan
+from deployments.pipeline_plan import Plan
 from deployments.replica.deployment import ModelDeployment
 from deployments.shipping import ship
 from deployments.user_code import code_paths

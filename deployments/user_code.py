@@ -5,9 +5,10 @@ numpy arrays) after its protocol decoded them and before they are checked
 against the signature; ``postprocess`` on that request's outputs before its
 protocol encodes them. Both run in the ingress (``DataPlane.infer``, the
 one path every protocol takes); a pipeline step's ``transform`` runs in its
-model's replica (``deployments.pipeline``). Sync functions run on a few
-threads of their own, so CPU work does not stall the event loop and code that
-hangs holds none of the threads requests are parsed on; async ones on the loop.
+model's replica (``deployments.replica.pipeline_step``). Sync functions run on
+a few threads of their own, so CPU work does not stall the event loop and code
+that hangs holds none of the threads requests are parsed on; async ones on the
+loop.
 
 The code is imported when the ingress starts: a path that does not import
 fails the deploy, naming the model and the path. At request time a

@@ -18,7 +18,8 @@ from deployments.errors import NotFound, ServeError
 from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.registry import ModelRegistry
 from deployments.metrics import IngressMetrics
-from deployments.pipeline import Plan, Step, run_step
+from deployments.pipeline_plan import Plan, Step
+from deployments.replica.pipeline_step import run_step
 from deployments.replica.runner import SavedModelRunner
 from deployments.replica.served import answer_each
 from deployments.signature import ModelMetadata

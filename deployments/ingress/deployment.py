@@ -33,7 +33,7 @@ from deployments.ingress.protocols.v2_grpc import V2GrpcService
 from deployments.ingress.registry import ModelRegistry
 from deployments.ingress.request import Target
 from deployments.metrics import IngressMetrics
-from deployments.pipeline import Plan
+from deployments.pipeline_plan import Plan
 from deployments.signature import ModelMetadata
 from deployments.user_code import CodePaths, Watchdog, load_processors
 from deployments.versions import Routing

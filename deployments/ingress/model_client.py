@@ -30,7 +30,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.errors import ServeError, ServiceUnavailable
 from deployments.ingress.dispatch import ReplicaDied
-from deployments.pipeline import Step
+from deployments.pipeline_plan import Step
 from deployments.signature import ModelMetadata
 from deployments.types import Inputs, Outputs
 from deployments.versions import VersionStatus

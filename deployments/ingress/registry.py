@@ -11,8 +11,9 @@ from deployments.errors import NotFound, clip
 from deployments.ingress.catalog import MetadataSource, VersionCatalog
 from deployments.ingress.coalescing import CoalesceSettings
 from deployments.ingress.dispatch import Dispatcher, ModelCaller
+from deployments.ingress.pipeline_client import PipelineClient, StageClient
 from deployments.metrics import IngressMetrics
-from deployments.pipeline import PipelineClient, Plan, StageClient
+from deployments.pipeline_plan import Plan
 from deployments.user_code import Processors
 from deployments.versions import Routing
 

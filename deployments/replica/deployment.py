@@ -25,9 +25,10 @@ from deployments.config import DeviceArgs, InputLimits, ModelArgs
 from deployments.errors import BadRequest, ServeError
 from deployments.metrics import PipelineMetrics
 from deployments.objects import read_objects
-from deployments.pipeline import Step, StepLog, run_step
+from deployments.pipeline_plan import Step
 from deployments.replica.device import apply_device_plan, plan_device
 from deployments.replica.lifecycle import VersionManager
+from deployments.replica.pipeline_step import StepLog, run_step
 from deployments.replica.served import BatchSettings, ServedVersion, answer_each
 from deployments.shipping import ShippedModel, receive
 from deployments.signature import ModelMetadata, by_name, check_inputs
@@ -204,9 +205,10 @@ class ModelDeployment:
                          forwarded: list[dict[str, ray.ObjectRef]],
                          *upstream: list[Outputs | ServeError]) -> list[Outputs | ServeError]:
         """A pipeline's step for each request of its call, on the version it
-        names or the highest (``deployments.pipeline.run_step``). Serve sends it once the
-        ``upstream`` steps have answered; Ray hands their answers and the
-        request's arrays over as read-only views of the object store."""
+        names or the highest (``deployments.replica.pipeline_step.run_step``).
+        Serve sends it once the ``upstream`` steps have answered; Ray hands
+        their answers and the request's arrays over as read-only views of the
+        object store."""
         parts = await _parts(request, forwarded)
         async with self._versions.using(step.version) as served:
             return await run_step(step, parts, upstream, served.runner.metadata,

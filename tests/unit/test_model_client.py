@@ -14,8 +14,8 @@ from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError, RayServeException
 
 from deployments.errors import ServiceUnavailable
-from deployments.ingress.model_client import RayModelClient
 from deployments.ingress.dispatch import ReplicaDied
+from deployments.ingress.model_client import RayModelClient
 
 
 class _Handle:

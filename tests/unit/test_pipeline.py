@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from deployments.config import AppArgs, PipelineArgs
 from deployments.errors import BadRequest, ModelFailed, ServeError
-from deployments.pipeline import PipelineMisconfigured, Plan, Step, StepLog, run_step
+from deployments.pipeline_plan import PipelineMisconfigured, Plan, Step
+from deployments.replica.pipeline_step import StepLog, run_step
 from deployments.signature import ModelMetadata, TensorSpec
 from deployments.user_code import Processor
 

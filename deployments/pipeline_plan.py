@@ -1,40 +1,32 @@
-"""Models composed into one (``pipelines:`` in the YAML): a step's inputs may
-be the request's or earlier steps' outputs.
+"""A pipeline's plan (``pipelines:`` in the YAML, models composed into one):
+its steps and how they are wired, a step's inputs the request's or earlier
+steps' outputs, and its metadata composed from its models'. Pure: what both
+sides share, no Ray.
 
-The ingress serves a pipeline as one more model (:class:`PipelineClient`,
-version 1, metadata composed from its models'). A call issues every step at
-once, each handed the pending answers of the steps it reads: on Ray those are
-``DeploymentResponse`` objects, so Serve starts a step once its inputs exist
-and its model replica reads them from the object store, where the replica
-before it left them; the ingress only ever reads the last step's answer.
-Each step runs in its model's replica (:func:`run_step`): inputs gathered
+The ingress serves a pipeline as one more model
+(:class:`deployments.ingress.pipeline_client.PipelineClient`, version 1,
+metadata composed here). A call issues every step at once, each handed the
+pending answers of the steps it reads: on Ray those are ``DeploymentResponse``
+objects, so Serve starts a step once its inputs exist and its model replica
+reads them from the object store, where the replica before it left them; the
+ingress only ever reads the last step's answer. Each step runs in its model's
+replica (:func:`deployments.replica.pipeline_step.run_step`): inputs gathered
 per request, the step's ``transform`` code if any, then the model's own batch
 queue, so every stage batches with whatever else that model is serving.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
-import ray
 
 from deployments.codecs.tfserving_grpc import signature_def
-from deployments.config import REQUEST, InputLimits, PipelineArgs, split_ref
-from deployments.errors import NotFound, ServeError, clip
-from deployments.metrics import PipelineMetrics
-from deployments.replica.served import answer_each
+from deployments.config import REQUEST, PipelineArgs, split_ref
+from deployments.errors import ServeError
 from deployments.signature import PREDICT, STRING, ModelMetadata, TensorSpec, castable
 from deployments.types import Inputs, Outputs
-from deployments.user_code import Processor
-from deployments.versions import VersionStatus
-
-T = TypeVar("T")
 
 # A pipeline serves one version: its models' own versions move underneath it.
 PIPELINE_VERSION = 1
@@ -130,7 +122,7 @@ class Plan:
             return list(last)
         merged: list[Outputs | ServeError] = []
         for i, own in enumerate(last):
-            side = _pick(f"pipeline {self.name!r}", self.side, answers, i)
+            side = pick(f"pipeline {self.name!r}", self.side, answers, i)
             merged.append(own if isinstance(own, ServeError) else
                           side if isinstance(side, ServeError) else {**own, **side})
         return merged
@@ -247,101 +239,7 @@ def _depends_on(steps: Sequence[Step]) -> set[str]:
     return seen
 
 
-@dataclass
-class StepStats:
-    """Where one step's time went on a replica: gathering its inputs and
-    running its transform, then the model (its batch queue included)."""
-
-    calls: int = 0
-    requests: int = 0
-    feed_s: float = 0.0
-    model_s: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {"calls": self.calls, "requests": self.requests,
-                "feed_s": round(self.feed_s, 4), "model_s": round(self.model_s, 4)}
-
-
-@dataclass
-class StepLog:
-    """A replica's :class:`StepStats` by pipeline and step (``stats()``), and
-    the same times as Prometheus histograms."""
-
-    metrics: PipelineMetrics | None = None
-    steps: dict[str, StepStats] = field(default_factory=dict)
-
-    def record(self, step: Step, requests: int, feed_s: float, model_s: float) -> None:
-        stats = self.steps.setdefault(f"{step.pipeline}/{step.name}", StepStats())
-        stats.calls += 1
-        stats.requests += requests
-        stats.feed_s += feed_s
-        stats.model_s += model_s
-        if self.metrics is not None:
-            self.metrics.step(step.pipeline, step.name, feed_s, model_s)
-
-    def as_dict(self) -> dict[str, dict[str, float]]:
-        return {name: stats.as_dict() for name, stats in sorted(self.steps.items())}
-
-
-async def run_step(step: Step, request: Answers, upstream: Sequence[Answers],
-                   meta: ModelMetadata, infer: Callable[[Inputs], Awaitable[Outputs]],
-                   transforms: Mapping[str, Processor] | None = None,
-                   log: StepLog | None = None,
-                   limits: InputLimits | None = None) -> list[Outputs | ServeError]:
-    """One step for each request of a call: its inputs picked from the
-    request and the earlier steps' answers (an error there answers it
-    unchanged), the transform run on them, the model's answer; the last step
-    answers with the pipeline's outputs. Inputs the pipeline built that the
-    model refuses, or beyond the app's ``limits`` (a transform that fans out
-    on the data), are its fault (a 500 naming the step); a transform's own
-    errors are answered as user code's are. A request left with no rows (a
-    detector that found nothing to crop) answers empty outputs, unrun.
-    ``transforms``: the replica's loaded transforms, by import path."""
-    started = time.perf_counter()
-    transform = (transforms or {})[step.transform] if step.transform else None
-    sources: dict[str, Answers] = dict(zip(step.upstream, upstream, strict=True))
-    if step.reads_request:
-        sources[REQUEST] = request
-    count = len(next(iter(sources.values())))
-
-    async def feed(i: int) -> Inputs | ServeError:
-        if step.inputs is None:
-            return sources[REQUEST][i]
-        picked = _pick(step, step.inputs, sources, i)
-        if isinstance(picked, ServeError) or transform is None:
-            return picked
-        try:
-            return await transform(picked)
-        except ServeError as exc:
-            return exc
-
-    parts = await asyncio.gather(*(feed(i) for i in range(count)))
-    fed = time.perf_counter()
-    empty = [i for i, part in enumerate(parts) if _no_rows(part)]
-    answers = await answer_each([p for i, p in enumerate(parts) if i not in empty], meta,
-                                infer, blame=str(step) if step.built else None,
-                                limits=limits)
-    for i in empty:
-        answers.insert(i, {o.name: _empty(o) for o in meta.outputs})
-    if log is not None:
-        log.record(step, count, fed - started, time.perf_counter() - fed)
-    if step.outputs is None:
-        return answers
-    sources[step.name] = answers
-    return [_pick(step, step.outputs, sources, i) for i in range(count)]
-
-
-def _no_rows(part: Inputs | ServeError) -> bool:
-    return not isinstance(part, ServeError) and bool(part) and all(
-        isinstance(a, np.ndarray) and a.ndim > 0 and len(a) == 0 for a in part.values())
-
-
-def _empty(spec: TensorSpec) -> np.ndarray:
-    shape = (0, *(d or 0 for d in spec.shape[1:]))
-    return np.empty(shape, dtype=object if spec.dtype == STRING else spec.dtype)
-
-
-def _pick(who: object, wires: Sequence[Wire], sources: Mapping[str, Answers],
+def pick(who: object, wires: Sequence[Wire], sources: Mapping[str, Answers],
           i: int) -> Inputs | ServeError:
     """Request ``i``'s arrays named by ``wires``, or the error answering it."""
     arrays = {}
@@ -354,92 +252,3 @@ def _pick(who: object, wires: Sequence[Wire], sources: Mapping[str, Answers],
                                          f"answered {sorted(part)}")
         arrays[name] = part[tensor]
     return arrays
-
-
-class StageClient(Protocol):
-    """How a pipeline reaches a model: ``deployments.ingress.model_client`` on Ray."""
-
-    def put(self, local: list[Inputs]) -> Any:
-        """The request's arrays as every step that reads them receives them."""
-        ...
-
-    def step(self, step: Step, isolated: bool, request: Any,
-             forwarded: list[dict[str, ray.ObjectRef]], *upstream: Any) -> Any:
-        """``step`` issued now, its upstream answers still pending: an
-        awaitable answer (with ``cancel()``) that later steps may be handed."""
-        ...
-
-    async def retrying(self, send: Callable[[], Awaitable[T]], name: str | None = None) -> T:
-        """``send()``, sent again while no live replica took it (messages
-        name ``name``)."""
-        ...
-
-
-class StageModel(Protocol):
-    """A step's model as the ingress knows it (``catalog.VersionCatalog``)."""
-
-    async def check_ready(self, version: str | int | None = None) -> ModelMetadata: ...
-
-
-class PipelineClient:
-    """A pipeline as the ingress reaches a model (``registry.ModelClient``)."""
-
-    def __init__(self, plan: Plan, stages: Mapping[str, StageClient],
-                 models: Mapping[str, StageModel]) -> None:
-        """``models``: each step model's endpoint, whose metadata the
-        pipeline's is composed from."""
-        self.plan = plan
-        self._stages = {s.model: stages[s.model] for s in plan.steps}
-        self._models = {s.model: models[s.model] for s in plan.steps}
-
-    async def metadata(self) -> dict[int, ModelMetadata]:
-        """The pipeline's metadata, from the version each step runs, asked of
-        the models' replicas (at most once a second each): a pipeline is
-        ready while all of its models are."""
-        async def step_meta(step: Step) -> ModelMetadata:
-            try:
-                return await self._models[step.model].check_ready(step.version)
-            except NotFound as exc:
-                raise PipelineMisconfigured(f"{step} runs model {step.model!r} version "
-                                            f"{step.version}: {exc.message}") from None
-
-        metas = await asyncio.gather(*(step_meta(s) for s in self.plan.steps))
-        return {PIPELINE_VERSION: self.plan.metadata(
-            {s.name: meta for s, meta in zip(self.plan.steps, metas, strict=True)})}
-
-    async def statuses(self) -> list[VersionStatus]:
-        """Available while every model answers and the wiring fits them."""
-        await self.metadata()
-        return [VersionStatus(PIPELINE_VERSION, "AVAILABLE")]
-
-    async def call(self, version: int, local: list[Inputs],
-                   forwarded: list[dict[str, ray.ObjectRef]],
-                   isolated: bool = False,
-                   signature: str | None = None) -> list[Outputs | ServeError]:
-        """Every step issued at once; each request's outputs (the request's
-        arrays put once, read by each step that needs them). A pipeline has
-        one signature: ``signature`` is always none."""
-        if version != PIPELINE_VERSION:
-            raise NotFound(f"pipeline {self.plan.name!r} has no version "
-                           f"{clip(str(version))!r} (it serves: {PIPELINE_VERSION})")
-        first = self._stages[self.plan.steps[0].model]
-        request = first.put(local)
-
-        async def send() -> list[Outputs | ServeError]:
-            pending: dict[str, Any] = {}
-            try:
-                for step in self.plan.steps:
-                    reads = step.reads_request
-                    pending[step.name] = self._stages[step.model].step(
-                        step, isolated, request if reads else None,
-                        forwarded if reads else [], *(pending[s] for s in step.upstream))
-                names = self.plan.answering
-                answers = await asyncio.gather(*(pending[n] for n in names))
-            except BaseException:
-                for answer in pending.values():
-                    with contextlib.suppress(Exception):  # one that failed says so again
-                        answer.cancel()
-                raise
-            return self.plan.merge(dict(zip(names, answers, strict=True)))
-
-        return await first.retrying(send, name=self.plan.name)
