@@ -6,6 +6,8 @@ the model, so the YAML's ``deployments`` section sets its replicas,
 autoscaling, resources and batching by that name; pipelines run on those
 deployments (each model's replicas import the transforms of its steps). A model with ``ship: true``
 is packed into the object store here, once (see ``deployments.shipping``).
+Validating ``args`` touches no file system; what the models name on disk is
+checked after it, and local paths made absolute (``deployments.model_files``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ray.serve import Application, Deployment
 
 from deployments.config import AppArgs
 from deployments.ingress.deployment import Preprocessor
+from deployments.model_files import locate, shipped_files
 from deployments.pipeline_plan import Plan
 from deployments.replica.deployment import ModelDeployment
 from deployments.shipping import ship
@@ -24,14 +27,13 @@ from deployments.user_code import code_paths
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    config = AppArgs.model_validate(args)
+    config = locate(AppArgs.model_validate(args))
     transforms = config.transforms()
     models = {}
     for model in config.models:
-        resolved = model.resolved()
-        shipped = ship(Path(resolved.path), resolved.shipped_files()) if model.ship else None
+        shipped = ship(Path(model.path), shipped_files(model)) if model.ship else None
         models[model.name] = _deployment(ModelDeployment).options(name=model.name).bind(
-            resolved, config.device, shipped, transforms.get(model.name, ()), config.limits)
+            model, config.device, shipped, transforms.get(model.name, ()), config.limits)
     pipelines = tuple(Plan.from_args(p) for p in config.pipelines)
     code = code_paths([*config.models, *config.pipelines])
     return _deployment(Preprocessor).bind(models, config.top_k, config.limits, code, pipelines,

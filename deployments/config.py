@@ -1,7 +1,11 @@
 """The typed arguments of the application: the ``args:`` block of the YAML.
 
 This is the one place where configuration meets code; everything downstream
-receives plain, validated values.
+receives plain, validated values. Declarations only (as Ray Serve's
+``serve/schema.py``): validating a YAML touches no file system and imports no
+Ray, fsspec or TensorFlow. What the arguments name on disk or in object
+storage is found, and checked, by ``deployments.model_files`` when the app
+is built and in the replicas.
 """
 
 from __future__ import annotations
@@ -23,15 +27,14 @@ from pydantic import (
 
 from deployments.bounds import STRICT, Bytes, Count, Dim, Seconds, Version
 from deployments.preprocessing import ImagePreprocessing
-from deployments.replica.device import GpuMemoryMode
-from deployments.storage import (
-    SCHEMES,
-    Cache,
-    VersionSource,
-    fetch_file,
-    is_url,
-    open_source,
-)
+
+# The URL schemes of object storage, each through its fsspec filesystem (s3fs, gcsfs).
+SCHEMES = ("s3", "gs")
+
+
+def is_url(path: str | Path) -> bool:
+    """``s3://...``, ``gs://...``: a path with a scheme, not a local one."""
+    return "://" in str(path)
 
 
 class _Strict(BaseModel):
@@ -58,6 +61,10 @@ class InputLimits(_Strict):
     decode_threads: int = Field(
         2, gt=0, le=64, description="images decoded at once by one ingress replica: bounds "
                                     "the memory decoding takes, whatever the concurrency")
+
+
+# How TensorFlow takes GPU memory in a model replica (``deployments.replica.device``).
+GpuMemoryMode = Literal["growth", "limit"]
 
 
 class DeviceArgs(_Strict):
@@ -208,52 +215,7 @@ class ModelArgs(_Strict):
             raise ValueError("preprocessing applies to encoded images: set input: image")
         if 0 < self.poll_interval_s < 0.1:
             raise ValueError("poll_interval_s: 0 (never) or at least 0.1 s")
-        labels = self.labels_path
-        if self.ship and labels and not Path(labels).resolve().is_relative_to(
-                Path(self.path).resolve()):
-            raise ValueError(f"ship: true packs what lies under path ({self.path}); "
-                             f"labels_path {labels} lies outside it")
         return self
-
-    def resolved(self) -> ModelArgs:
-        """Local paths made absolute when the app is built: replicas may run
-        in other directories."""
-        update = {k: str(Path(v).resolve()) for k, v in
-                  (("path", self.path), ("labels_path", self.labels_path))
-                  if v is not None and not is_url(v)}
-        return self.model_copy(update=update)
-
-    def source(self) -> VersionSource:
-        """Where the versions are listed and read from."""
-        return open_source(self.path, self._cache())
-
-    def version_dirs(self) -> dict[int, Path]:
-        """The versions the policy picks among those present now, each a
-        local directory (fetched first from object storage)."""
-        source = self.source()
-        picked = self.version_policy.select(source.listing())
-        return {v: source.local_dir(v) for v in sorted(picked)}
-
-    def labels_file(self) -> Path | None:
-        """The labels file on this machine (fetched first from object
-        storage), if one is configured."""
-        if self.labels_path and is_url(self.labels_path):
-            return fetch_file(self.labels_path, self._cache())
-        return Path(self.labels_path) if self.labels_path else None
-
-    def _cache(self) -> Cache:
-        return Cache(max_bytes=self.storage.cache_max_bytes, verify_md5=self.storage.verify_md5)
-
-    def shipped_files(self) -> list[Path]:
-        """What ``ship: true`` packs: each served version and the labels file."""
-        return [*self.version_dirs().values(), *filter(None, [self.labels_file()])]
-
-    def moved_to(self, base: Path) -> ModelArgs:
-        """These (resolved) arguments with ``path`` moved to ``base``, as a
-        replica sees a shipped model: every version shipped, read once."""
-        labels = self.labels_path and str(base / Path(self.labels_path).relative_to(self.path))
-        return self.model_copy(update={"path": str(base), "labels_path": labels,
-                                       "poll_interval_s": 0.0, "version_policy": All()})
 
 
 # Where a pipeline's tensors come from: ``request.<input>`` or ``<step>.<output>``.

@@ -39,6 +39,7 @@ import fsspec
 import fsspec.asyn
 
 from deployments.codecs.numbers import MAX_VERSION, version_number
+from deployments.config import SCHEMES, is_url
 from deployments.shipping import (
     build_once,
     last_used,
@@ -47,9 +48,6 @@ from deployments.shipping import (
     private_dir,
     remove_copy,
 )
-
-# The URL schemes of object storage, each through its fsspec filesystem (s3fs, gcsfs).
-SCHEMES = ("s3", "gs")
 
 # An object's listing entry, as its fsspec filesystem reports it.
 Info = dict[str, Any]
@@ -340,11 +338,6 @@ def fetch_file(url: str, cache: Cache | None = None) -> Path:
     files = {base: fs.info(path)}
     name = f"{_url_key(url)}-{_remote_fingerprint(files)[:16]}"
     return (cache or Cache()).fetch(fs, files, name, url) / base
-
-
-def is_url(path: str | Path) -> bool:
-    """``s3://...``, ``gs://...``: a path with a scheme, not a local one."""
-    return "://" in str(path)
 
 
 def open_source(path: str | Path, cache: Cache | None = None) -> VersionSource:

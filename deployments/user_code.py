@@ -21,11 +21,12 @@ Sync code that hangs is found by the replica's health check (:class:`Watchdog`).
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import itertools
 import logging
 import math
+import pkgutil
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -65,14 +66,14 @@ def import_callable(path: str) -> Callable[..., Any]:
     dotted); ``ImportError`` saying what is missing, or why it failed."""
     module_name, _, attribute = path.partition(":")
     try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as exc:  # a missing module, or one that raises as it is imported
-        raise ImportError(f"cannot import module {module_name!r}: "
-                          f"{type(exc).__name__}: {exc}") from exc
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise ImportError(f"module {module_name!r} has no attribute {attribute!r}")
-        target = getattr(target, part)
+        target: Any = pkgutil.resolve_name(path)
+    except Exception as exc:
+        if module_name not in sys.modules:  # missing, or it raised as it was imported
+            raise ImportError(f"cannot import module {module_name!r}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        if isinstance(exc, AttributeError):
+            raise ImportError(f"module {module_name!r} has no attribute {attribute!r}") from None
+        raise
     if not callable(target):
         raise ImportError(f"{attribute!r} is not callable (of type {type(target).__name__})")
     return target

@@ -18,6 +18,7 @@ from deployments.errors import NotFound, ServeError
 from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.registry import ModelRegistry
 from deployments.metrics import IngressMetrics
+from deployments.model_files import resolved, version_dirs
 from deployments.pipeline_plan import Plan, Step
 from deployments.replica.pipeline_step import run_step
 from deployments.replica.runner import SavedModelRunner
@@ -43,10 +44,10 @@ class InProcessModel:
                  limits: InputLimits | None = None) -> None:
         """``transforms``: the pipeline steps' code run on this model, the
         inputs they build held to ``limits``."""
-        model = model.resolved()
+        model = resolved(model)
         self._limits = limits
         self._runners = {version: SavedModelRunner(model, version, path, "/CPU:0")
-                         for version, path in model.version_dirs().items()}
+                         for version, path in version_dirs(model).items()}
         self._transforms = load_transforms(model.name, transforms)
         self.calls: list[int] = []  # parts per call, for tests of coalescing
 

@@ -24,6 +24,7 @@ from ray import serve
 from deployments.config import DeviceArgs, InputLimits, ModelArgs
 from deployments.errors import BadRequest, ServeError
 from deployments.metrics import PipelineMetrics
+from deployments.model_files import moved_to, source
 from deployments.objects import read_objects
 from deployments.pipeline_plan import Step
 from deployments.replica.device import apply_device_plan, plan_device
@@ -82,7 +83,7 @@ class ModelDeployment:
         self._settings = _initial_settings()
         self._shipped = shipped.digest if shipped is not None else None
         if shipped is not None:  # load this node's copy, not the source
-            model = model.moved_to(receive(shipped))
+            model = moved_to(model, receive(shipped))
 
         def load(version: int, path: Path) -> ServedVersion:
             runner = SavedModelRunner(model, version, path, plan.device)
@@ -95,7 +96,7 @@ class ModelDeployment:
                         model.name, version, path, plan.device)
             return served
 
-        self._versions = VersionManager(model.name, model.source(), model.version_policy, load,
+        self._versions = VersionManager(model.name, source(model), model.version_policy, load,
                                         model.poll_interval_s)
         self._versions.start()
 

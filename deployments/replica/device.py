@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Literal
+
+from deployments.config import GpuMemoryMode
 
 logger = logging.getLogger("ray.serve")
-
-GpuMemoryMode = Literal["growth", "limit"]
 
 
 @dataclass(frozen=True)

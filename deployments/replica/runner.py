@@ -19,6 +19,7 @@ from tensorflow.core.protobuf import config_pb2, saved_model_pb2
 
 from deployments.config import ModelArgs
 from deployments.errors import BadRequest, clip
+from deployments.model_files import labels_file
 from deployments.signature import PREDICT, STRING, ModelMetadata, TensorSpec, image_geometry
 from deployments.types import Inputs, Outputs
 
@@ -283,7 +284,7 @@ class SavedModelRunner:
         return ModelMetadata(
             name=name, version=version, signature_name=signature, inputs=inputs,
             outputs=outputs, scores_output=scores,
-            labels=read_labels(model.labels_file() if default else None, classes),
+            labels=read_labels(labels_file(model) if default else None, classes),
             image_input=_image_input(model, inputs) if default else None,
             method_name=defs[signature].get("method_name") or PREDICT,
             signature_defs=defs,

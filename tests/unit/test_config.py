@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -6,6 +9,7 @@ from pydantic import ValidationError
 
 from deployments import config, preprocessing
 from deployments.config import AppArgs, ModelArgs
+from deployments.model_files import locate, resolved, version_dirs
 from deployments.versions import Routing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,9 +36,9 @@ def test_gpu_config_shares_gpus_with_a_memory_limit():
 def test_paths_are_resolved_for_replicas(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     args = AppArgs.model_validate({"models": [{"name": "m", "path": "models/m"}]})
-    assert args.models[0].resolved().path == str(tmp_path / "models" / "m")
+    assert resolved(args.models[0]).path == str(tmp_path / "models" / "m")
     url = ModelArgs(name="m", path="s3://bucket/models/m")
-    assert url.resolved().path == "s3://bucket/models/m"
+    assert resolved(url).path == "s3://bucket/models/m"
 
 
 def savedmodel(path: Path) -> Path:
@@ -48,19 +52,19 @@ def test_versions_follow_tf_servings_layout(tmp_path):
         savedmodel(tmp_path / v)
     (tmp_path / "3").mkdir()  # no SavedModel in it: not a version
     model = ModelArgs(name="m", path=tmp_path)
-    assert model.version_dirs() == {10: tmp_path / "10"}  # the highest, numerically
+    assert version_dirs(model) == {10: tmp_path / "10"}  # the highest, numerically
     pinned = ModelArgs(name="m", path=tmp_path, versions=(2, 1))
-    assert pinned.version_dirs() == {1: tmp_path / "1", 2: tmp_path / "2"}
+    assert version_dirs(pinned) == {1: tmp_path / "1", 2: tmp_path / "2"}
     policies = {"all": [1, 2, 10], "latest: 2": [2, 10], "specific: [1, 3]": [1]}
     for policy, versions in policies.items():
         model = ModelArgs(name="m", path=tmp_path, version_policy=yaml.safe_load(policy))
-        assert list(model.version_dirs()) == versions, policy
+        assert list(version_dirs(model)) == versions, policy
 
 
 def test_a_savedmodel_directory_is_version_1(tmp_path):
-    assert ModelArgs(name="m", path=savedmodel(tmp_path / "m")).version_dirs() == {
+    assert version_dirs(ModelArgs(name="m", path=savedmodel(tmp_path / "m"))) == {
         1: tmp_path / "m"}
-    assert ModelArgs(name="m", path=tmp_path / "nope").version_dirs() == {}
+    assert version_dirs(ModelArgs(name="m", path=tmp_path / "nope")) == {}
 
 
 @pytest.mark.parametrize(
@@ -186,3 +190,40 @@ def test_labels_are_names_and_traffic_names_labels():
         Routing(labels={"stable": 1}, traffic={"stable": 9, "beta": 1})
     routing = Routing(labels={"stable": 1, "canary": 2}, traffic={"stable": 9, "canary": 1})
     assert routing.split() in {1, 2} and Routing().split() is None
+
+
+# A config naming paths that exist nowhere, validated in a fresh interpreter.
+_VALIDATE_ONLY = """
+import sys
+from deployments.config import AppArgs
+args = AppArgs.model_validate({"models": [
+    {"name": "m", "path": "/nonexistent/base", "labels_path": "/nonexistent/labels.txt",
+     "ship": True},
+    {"name": "r", "path": "s3://bucket/nowhere", "labels_path": "gs://bucket/labels.txt"}]})
+assert args.models[0].path == "/nonexistent/base"
+print(sorted(m for m in ("ray", "fsspec", "tensorflow") if m in sys.modules))
+"""
+
+
+def test_validating_the_config_touches_no_file_system_nor_ray_fsspec_or_tensorflow(tmp_path):
+    # Labels outside a shipped path are refused by what resolves paths, not by validation.
+    ran = subprocess.run([sys.executable, "-c", _VALIDATE_ONLY], cwd=tmp_path, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True)
+    assert ran.stdout.strip() == "[]", ran.stderr
+
+
+def test_file_system_mistakes_are_refused_at_deploy_naming_the_model(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    args = AppArgs.model_validate({"models": [
+        {"name": "ok", "path": "m"},
+        {"name": "bad", "path": "m", "labels_path": "labels.txt", "ship": True}]})
+    with pytest.raises(ValidationError) as refused:
+        locate(args)
+    assert str(refused.value).startswith(
+        "1 validation error for AppArgs\nmodels.1\n  Value error, ship: true packs what lies "
+        "under path (m); labels_path labels.txt lies outside it [type=value_error]\n")
+    located = locate(AppArgs.model_validate({"models": [
+        {"name": "m", "path": "m", "labels_path": "m/labels.txt", "ship": True}]}))
+    assert (located.models[0].path, located.models[0].labels_path) == (
+        str(tmp_path / "m"), str(tmp_path / "m" / "labels.txt"))

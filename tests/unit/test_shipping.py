@@ -8,15 +8,23 @@ from pathlib import Path
 import pytest
 
 from deployments.config import ModelArgs
+from deployments.model_files import (
+    check,
+    labels_file,
+    moved_to,
+    resolved,
+    shipped_files,
+    version_dirs,
+)
 from deployments.shipping import MODEL_TTL_DAYS, _mark_used, digest, pack, unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "models" / "digits"
-MODEL = ModelArgs(name="digits", path=BASE, labels_path=BASE / "labels.txt").resolved()
+MODEL = resolved(ModelArgs(name="digits", path=BASE, labels_path=BASE / "labels.txt"))
 
 
 def packed() -> bytes:
-    return pack(Path(MODEL.path), MODEL.shipped_files())
+    return pack(Path(MODEL.path), shipped_files(MODEL))
 
 
 def files(path: Path) -> dict[str, bytes]:
@@ -26,14 +34,14 @@ def files(path: Path) -> dict[str, bytes]:
 def test_pack_is_deterministic_and_unpacks_to_the_same_files(tmp_path):
     blob = packed()
     assert packed() == blob  # same model, same digest, one copy per node
-    assert digest(Path(MODEL.path), MODEL.shipped_files()) == hashlib.sha256(blob).hexdigest()
+    assert digest(Path(MODEL.path), shipped_files(MODEL)) == hashlib.sha256(blob).hexdigest()
     local = unpack(blob, "abc", tmp_path)
     assert local == tmp_path / "abc"
     assert files(local) == {f"1/{name}": data for name, data in files(BASE / "1").items()} | {
         "labels.txt": (BASE / "labels.txt").read_bytes()}
-    moved = MODEL.moved_to(local)  # as the replica sees it
-    assert moved.version_dirs() == {1: local / "1"}
-    assert moved.labels_file() == local / "labels.txt"
+    moved = moved_to(MODEL, local)  # as the replica sees it
+    assert version_dirs(moved) == {1: local / "1"}
+    assert labels_file(moved) == local / "labels.txt"
 
 
 def test_a_complete_copy_is_reused(tmp_path):
@@ -63,7 +71,8 @@ def test_a_missing_member_is_named(tmp_path):
 
 def test_shipped_labels_must_lie_under_the_model_path(tmp_path):
     with pytest.raises(ValueError, match=r"labels_path .* lies outside it"):
-        ModelArgs(name="m", path=tmp_path / "m", labels_path=tmp_path / "labels.txt", ship=True)
+        check(ModelArgs(name="m", path=tmp_path / "m", labels_path=tmp_path / "labels.txt",
+                        ship=True))
 
 
 def test_a_tar_escaping_its_directory_is_refused(tmp_path):
@@ -79,7 +88,7 @@ def test_a_tar_escaping_its_directory_is_refused(tmp_path):
 
 
 def test_an_unpacked_copy_repacks_to_its_digest_until_a_file_changes(tmp_path):
-    sha = digest(MODEL.path, MODEL.shipped_files())
+    sha = digest(MODEL.path, shipped_files(MODEL))
     local = unpack(packed(), sha, tmp_path)
     assert digest(local, [local]) == sha  # what a replica checks before it loads a copy
     (local / "labels.txt").write_text("tampered\n")

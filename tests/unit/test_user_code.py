@@ -68,6 +68,15 @@ def test_a_module_that_raises_on_import_names_its_error(broken_module: str):
         Processors.load("digits", CodePaths(preprocess=f"{broken_module}:f"))
 
 
+
+def test_an_attribute_error_as_a_module_imports_is_no_missing_attribute(tmp_path, monkeypatch):
+    (tmp_path / "attr_broken_module.py").write_text("import os\nos.no_such_thing\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RuntimeError, match="cannot import module 'attr_broken_module': "
+                                           "AttributeError: module 'os' has no attribute"):
+        Processors.load("digits", CodePaths(preprocess="attr_broken_module:f"))
+    assert "attr_broken_module" not in sys.modules
+
 def test_loaded_callables_run_sync_and_async():
     processors = Processors.load("m", CodePaths(f"{CODE}:to_counts_async", f"{CODE}:with_digit"))
     assert processors.pre is not None and processors.post is not None
