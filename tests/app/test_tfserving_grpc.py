@@ -293,3 +293,30 @@ def test_more_input_tensors_than_any_signature_takes_are_refused_before_any_is_r
                        for i in range(100_000)]}
     rest = app.http.post("/v2/models/digits_linear/infer", json=body)
     assert rest.status_code == 400 and "has 100000 input tensors" in rest.json()["error"]
+
+
+def test_rest_and_grpc_requests_meet_in_the_data_planes_one_inference_path(
+        app: App, monkeypatch: pytest.MonkeyPatch):
+    """A KServe V2 REST request and a TF Serving gRPC one parse and encode
+    differently; between, both take ``DataPlane.infer``, as every protocol does."""
+    plane = app.service._plane
+    seen: list[tuple[str, np.ndarray]] = []
+    infer = plane.infer
+
+    async def recorded(meta: Any, inputs: Any, *args: Any) -> Any:
+        seen.append((meta.name, np.array(inputs["pixels"])))
+        return await infer(meta, inputs, *args)
+
+    monkeypatch.setattr(plane, "infer", recorded)
+    v2 = app.http.post("/v2/models/digits_linear/infer", json={"inputs": [
+        {"name": "pixels", "datatype": "FP32", "shape": list(ROWS.shape),
+         "data": ROWS.ravel().tolist()}]})
+    assert v2.status_code == 200, v2.text
+    answer = app.call("Predict", predict_request("digits_linear", pixels=ROWS))
+    assert [name for name, _ in seen] == ["digits_linear", "digits_linear"]
+    for _, pixels in seen:
+        np.testing.assert_array_equal(pixels, ROWS)
+    by_name = {o["name"]: o for o in v2.json()["outputs"]}
+    np.testing.assert_allclose(
+        np.reshape(by_name["probabilities"]["data"], by_name["probabilities"]["shape"]),
+        tf.make_ndarray(answer.outputs["probabilities"]), rtol=1e-6)
