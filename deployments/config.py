@@ -444,6 +444,21 @@ class CorsArgs(_Strict):
                          description="seconds browsers may keep a preflight's answer")
 
 
+class PrometheusArgs(_Strict):
+    """TF Serving's ``prometheus_config``: the whole server's metrics, under TF
+    Serving's names beside ours, as Prometheus text on the HTTP port."""
+
+    enable: bool = False
+    path: str = Field("/monitoring/prometheus/metrics", pattern=r"^/[A-Za-z0-9_./-]*$",
+                      max_length=256)
+
+
+class MonitoringArgs(_Strict):
+    """TF Serving's ``MonitoringConfig`` (``--monitoring_config_file``)."""
+
+    prometheus: PrometheusArgs = PrometheusArgs()
+
+
 class AppArgs(_Strict):
     # Errors never echo what was given: a token put where it does not belong stays unshown.
     model_config = STRICT | ConfigDict(hide_input_in_errors=True)
@@ -455,6 +470,7 @@ class AppArgs(_Strict):
     device: DeviceArgs = DeviceArgs()
     auth: AuthArgs = AuthArgs()
     cors: CorsArgs = CorsArgs()
+    monitoring: MonitoringArgs = MonitoringArgs()
 
     @model_validator(mode="after")
     def _unique_names(self) -> AppArgs:
