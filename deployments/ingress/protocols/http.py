@@ -3,7 +3,6 @@ and the one error renderer."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import zlib
@@ -143,14 +142,6 @@ def _decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     if not inflater.eof:
         raise BadRequest(f"the {encoding} body is truncated")
     return inflated
-
-
-class JSONWithNaN(JSONResponse):
-    """JSON that may carry NaN and Infinity, which TF Serving's responses use
-    for non-finite floats (Starlette's JSONResponse refuses them)."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class PortableJSON(JSONResponse):
