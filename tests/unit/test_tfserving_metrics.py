@@ -65,8 +65,8 @@ def test_request_count_sums_every_replica_and_node_by_model_and_tf_status(page):
     assert value(found, REQUEST_COUNT, model_name="digits_linear", status="OK") == per
     assert value(found, REQUEST_COUNT, model_name="unknown", status="NOT_FOUND") == per
     # Requests about no model (health, this page) are not TF Serving's.
-    assert {t["model_name"] for t, _ in found[f"{REQUEST_COUNT}_total"]} == {"digits", "digits_linear",
-                                                                  "unknown"}
+    named = {t["model_name"] for t, _ in found[f"{REQUEST_COUNT}_total"]}
+    assert named == {"digits", "digits_linear", "unknown"}
 
 
 def test_only_the_apps_own_series_are_kept(page):
