@@ -27,6 +27,7 @@ times in microseconds). Pure: no Ray, text in and text out.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -54,6 +55,11 @@ HTTP_CODES = {200: "OK", 400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED",
               504: "DEADLINE_EXCEEDED"}
 
 GRPC_PROTOCOLS = frozenset({"tfserving-grpc", "v2-grpc"})
+
+# Labels Ray adds to every series that tell its processes apart, not ours
+# (``replica`` and ``NodeAddress`` do): left out of the page.
+_BOOKKEEPING = re.compile(
+    r'\b(?:Component|SessionName|Version|WorkerId|otel_scope_\w+)="(?:[^"\\]|\\.)*",?')
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -126,7 +132,10 @@ def ours(texts: Iterable[str], app: str | None) -> dict[str, Metric]:
     (``None``: every application's)."""
     families: dict[str, Metric] = {}
     for text in texts:
-        for family in text_string_to_metric_families(text):
+        # Ours alone parsed (a node's page is mostly Ray's own series), without
+        # Ray's bookkeeping labels: the parser's time grows with the labels.
+        lines = "\n".join(line for line in text.splitlines() if PREFIX in line)
+        for family in text_string_to_metric_families(_BOOKKEEPING.sub("", lines)):
             if not family.name.startswith(PREFIX):
                 continue
             merged = families.setdefault(
@@ -180,7 +189,8 @@ class _Families:
 
 def translate(texts: Iterable[str], app: str | None = None) -> str:
     """The monitoring page: TF Serving's metrics, then ours as Ray exported
-    them (every replica's series, with Serve's and Ray's labels)."""
+    them (every replica's series, with Serve's labels and the node's address,
+    without Ray's bookkeeping labels)."""
     families = ours(texts, app)
     page = tfserving(families)
     kept = [f for _, f in sorted(families.items()) if f.samples]
