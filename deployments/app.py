@@ -37,7 +37,7 @@ def build_app(args: dict[str, Any]) -> Application:
     pipelines = tuple(Plan.from_args(p) for p in config.pipelines)
     code = code_paths([*config.models, *config.pipelines])
     return _deployment(Preprocessor).bind(models, config.top_k, config.limits, code, pipelines,
-                                          config.auth, config.cors)
+                                          config.auth, config.cors, config.monitoring)
 
 
 def _deployment(decorated: type) -> Deployment:

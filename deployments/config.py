@@ -444,13 +444,25 @@ class CorsArgs(_Strict):
                          description="seconds browsers may keep a preflight's answer")
 
 
+# The HTTP API's paths and prefixes (``deployments/ingress``): the monitoring
+# page may not shadow them.
+API_PATHS = ("/healthz", "/readyz", "/openapi.json", "/predict", "/models", "/v1", "/v2", "/ui")
+
+
+def _monitoring_path(path: str) -> str:
+    if taken := [p for p in API_PATHS if path == p or path.startswith(f"{p}/")]:
+        raise ValueError(f"monitoring.prometheus.path {path!r} is under the API's "
+                         f"{taken[0]!r}: choose a path outside {', '.join(API_PATHS)}")
+    return path
+
+
 class PrometheusArgs(_Strict):
     """TF Serving's ``prometheus_config``: the whole server's metrics, under TF
     Serving's names beside ours, as Prometheus text on the HTTP port."""
 
     enable: bool = False
-    path: str = Field("/monitoring/prometheus/metrics", pattern=r"^/[A-Za-z0-9_./-]*$",
-                      max_length=256)
+    path: Annotated[str, AfterValidator(_monitoring_path)] = Field(
+        "/monitoring/prometheus/metrics", pattern=r"^/[A-Za-z0-9_./-]*$", max_length=256)
 
 
 class MonitoringArgs(_Strict):

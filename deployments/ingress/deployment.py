@@ -21,12 +21,13 @@ from ray import ObjectRef, serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
-from deployments.config import AuthArgs, CorsArgs, InputLimits
+from deployments.config import AuthArgs, CorsArgs, InputLimits, MonitoringArgs
 from deployments.ingress.asgi import build_asgi
 from deployments.ingress.auth import Gate
 from deployments.ingress.coalescing import CoalesceSettings
 from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.model_client import RayModelClient
+from deployments.ingress.protocols.monitoring import MonitoringPage, ray_nodes
 from deployments.ingress.protocols.native import NativeApi
 from deployments.ingress.protocols.tfserving_grpc import TFServingGrpcService
 from deployments.ingress.protocols.v2_grpc import V2GrpcService
@@ -55,14 +56,16 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
     def __init__(self, models: dict[str, DeploymentHandle], top_k: int,
                  limits: InputLimits, code: dict[str, CodePaths] | None = None,
                  pipelines: tuple[Plan, ...] = (), auth: AuthArgs | None = None,
-                 cors: CorsArgs | None = None) -> None:
+                 cors: CorsArgs | None = None, monitoring: MonitoringArgs | None = None
+                 ) -> None:
         """``code``: the models' own pre/postprocessing callables by import
         path, imported here so that one that does not import fails the deploy
         (the message, naming model and path, shows in ``serve status``);
         ``pipelines``: served as models, each step on its model's deployment;
         ``auth``: the tokens read here (none readable fails the deploy, naming
         the variable or file), asked of HTTP and gRPC callers; ``cors``: for
-        browsers."""
+        browsers; ``monitoring``: TF Serving's monitoring page, the whole
+        server's metrics read from every node's Ray metrics port."""
         self._gate = Gate(auth or AuthArgs())
         processors = load_processors(code or {})
         self._watchdog = Watchdog([p for ps in processors.values() for p in ps.loaded()],
@@ -75,7 +78,12 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
         self._limits = limits
         self._settings = IngressSettings()
         self._native = NativeApi(self._plane, limits, top_k)
-        self._asgi = build_asgi(self._plane, limits, self._metrics, top_k, self._gate, cors)
+        prometheus = (monitoring or MonitoringArgs()).prometheus
+        page = (MonitoringPage(prometheus.path, ray_nodes(),
+                               serve.get_replica_context().app_name)
+                if prometheus.enable else None)
+        self._asgi = build_asgi(self._plane, limits, self._metrics, top_k, self._gate, cors,
+                                page)
         Image.preinit()  # load Pillow's common decoders now, not in the first request
 
     def __serve_build_asgi_app__(self) -> Starlette:
