@@ -233,3 +233,29 @@ class UserCodeMetrics:
 
     def stuck_calls(self, stage: str, path: str, calls: int) -> None:
         self._stuck.set(calls, tags={"stage": stage, "callable": path})
+
+
+class PayloadLogMetrics:
+    """Payload logging in the ingress (``deployments.ingress.payload_log``):
+
+        ray_tfserve_payload_records_written_total{model}        records the sink holds
+        ray_tfserve_payload_records_dropped_total{model, reason}  records never written:
+                        queue_full (the sink is behind or down), sink_error (a write
+                        that failed), shutdown (not flushed in time), encode_error
+    """
+
+    def __init__(self) -> None:
+        self._written = Counter("tfserve_payload_records_written",
+                                "Payload log records written to their sink.",
+                                tag_keys=("model",))
+        self._dropped = Counter("tfserve_payload_records_dropped",
+                                "Payload log records dropped, by reason.",
+                                tag_keys=("model", "reason"))  # type: ignore[arg-type]
+
+    def written(self, model: str, records: int) -> None:
+        if records:
+            self._written.inc(records, tags={"model": model})
+
+    def dropped(self, model: str, reason: str, records: int = 1) -> None:
+        if records:
+            self._dropped.inc(records, tags={"model": model, "reason": reason})
