@@ -18,6 +18,11 @@ Serve's own ``deployment``, ``replica`` and ``application`` tags added.
                                                             postprocess), model replica
                                                             (transform): calls of sync code
                                                             that hung, at each health check
+    ray_tfserve_payload_records_written_total{model}        ingress: payload log records
+                                                            written (payload_log.py)
+    ray_tfserve_payload_records_dropped_total{model, reason}  ingress: payload log records
+                                                            dropped (queue_full, sink_error,
+                                                            shutdown, encode_error)
 
 Label values are bounded: a model name that is not served counts as
 ``"unknown"``, so a client cannot grow the series without limit.
