@@ -12,6 +12,7 @@ deployment (:class:`deployments.ingress.model_client.RayModelClient`).
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -112,9 +113,11 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
 
     def stats(self) -> dict[str, Any]:
         """This replica's coalescing settings and, per model and version, the
-        model calls it formed."""
+        model calls it formed; per logged model, its payload log's records
+        (offered, written, dropped by reason)."""
         return {"pid": os.getpid(), "coalesce": self._settings.coalesce.model_dump(),
-                "models": self._registry.stats()}
+                "models": self._registry.stats(),
+                "payload_log": {name: asdict(c) for name, c in self._payload_logs.counts().items()}}
 
     async def predict(
         self, inputs: np.ndarray | dict[str, np.ndarray | ObjectRef],
