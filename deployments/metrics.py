@@ -22,6 +22,11 @@ Serve's own ``deployment``, ``replica`` and ``application`` tags added.
                                                             postprocess), model replica
                                                             (transform): calls of sync code
                                                             that hung, at each health check
+    ray_tfserve_payload_records_written_total{model}        ingress: payload log records
+                                                            written (payload_log.py)
+    ray_tfserve_payload_records_dropped_total{model, reason}  ingress: payload log records
+                                                            dropped (queue_full, sink_error,
+                                                            shutdown, encode_error)
 
 Label values are bounded: a model name that is not served counts as
 ``"unknown"``, so a client cannot grow the series without limit.
@@ -256,3 +261,29 @@ class UserCodeMetrics:
 
     def stuck_calls(self, stage: str, path: str, calls: int) -> None:
         self._stuck.set(calls, tags={"stage": stage, "callable": path})
+
+
+class PayloadLogMetrics:
+    """Payload logging in the ingress (``deployments.ingress.payload_log``):
+
+        ray_tfserve_payload_records_written_total{model}        records the sink holds
+        ray_tfserve_payload_records_dropped_total{model, reason}  records never written:
+                        queue_full (the sink is behind or down), sink_error (a write
+                        that failed), shutdown (not flushed in time), encode_error
+    """
+
+    def __init__(self) -> None:
+        self._written = Counter("tfserve_payload_records_written",
+                                "Payload log records written to their sink.",
+                                tag_keys=("model",))
+        self._dropped = Counter("tfserve_payload_records_dropped",
+                                "Payload log records dropped, by reason.",
+                                tag_keys=("model", "reason"))  # type: ignore[arg-type]
+
+    def written(self, model: str, records: int) -> None:
+        if records:
+            self._written.inc(records, tags={"model": model})
+
+    def dropped(self, model: str, reason: str, records: int = 1) -> None:
+        if records:
+            self._dropped.inc(records, tags={"model": model, "reason": reason})
