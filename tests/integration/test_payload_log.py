@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -68,9 +69,12 @@ def test_every_protocol_logged_read_back_and_replayed_as_warmup(logged, grpc_add
         assert r.status_code == 200
         ids["tfserving"] = r.headers["x-request-id"]  # Serve's, echoed once
         assert len(r.headers.get_list("x-request-id")) == 1
-        r = http.post("/v2/models/digits/infer", headers={"x-request-id": "pl-v2"}, json={
-            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                        "data": [{"b64": base64.b64encode(jpeg).decode()}]}]})
+        blob = len(jpeg).to_bytes(4, "little") + jpeg  # V2's binary BYTES element
+        header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                         "parameters": {"binary_data_size": len(blob)}}]})
+        r = http.post("/v2/models/digits/infer", content=header.encode() + blob, headers={
+            "x-request-id": "pl-v2", "content-type": "application/octet-stream",
+            "inference-header-content-length": str(len(header))})
         assert r.status_code == 200, r.text
         ids["v2"] = "pl-v2"
     with grpc.insecure_channel(grpc_address) as channel:
