@@ -55,12 +55,17 @@ browser:
 	command -v chromedriver >/dev/null || (apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver)
 
-test: $(STAMP) model lint browser
-	$(BIN)/pytest
+# Two pytest-xdist workers: one runs tests/integration on its session cluster,
+# the other the in-process tiers meanwhile (tests/conftest.py). The models
+# build while ruff and mypy run.
+XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+test: $(STAMP)
+	$(MAKE) --no-print-directory -j3 model lint browser
+	$(BIN)/pytest $(XDIST)
 
-# One tier at a time (tests/conftest.py): no Ray (~20 s), a real cluster, the browser.
+# One tier at a time (tests/conftest.py): no Ray (~30 s), a real cluster, the browser.
 test-unit: $(STAMP) model lint
-	$(BIN)/pytest -m unit
+	$(BIN)/pytest -m unit -n 2
 
 test-cluster: $(STAMP) model
 	$(BIN)/pytest -m "cluster and not browser"
