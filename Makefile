@@ -55,15 +55,12 @@ browser:
 	command -v chromedriver >/dev/null || (apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver)
 
-# Two pytest-xdist workers: one runs tests/integration on its session cluster,
-# the other the in-process tiers meanwhile (tests/conftest.py). The models
-# build while ruff and mypy run.
-XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+# The models build while ruff and mypy run.
 test: $(STAMP)
 	$(MAKE) --no-print-directory -j3 model lint browser
-	$(BIN)/pytest $(XDIST)
+	$(BIN)/pytest
 
-# One tier at a time (tests/conftest.py): no Ray (~30 s), a real cluster, the browser.
+# One tier at a time (tests/conftest.py): no Ray (~55 s in two workers), a real cluster, the browser.
 test-unit: $(STAMP) model lint
 	$(BIN)/pytest -m unit -n 2
 
