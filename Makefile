@@ -55,12 +55,14 @@ browser:
 	command -v chromedriver >/dev/null || (apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver)
 
-test: $(STAMP) model lint browser
+# The models build while ruff and mypy run.
+test: $(STAMP)
+	$(MAKE) --no-print-directory -j3 model lint browser
 	$(BIN)/pytest
 
-# One tier at a time (tests/conftest.py): no Ray (~20 s), a real cluster, the browser.
+# One tier at a time (tests/conftest.py): no Ray (~55 s in two workers), a real cluster, the browser.
 test-unit: $(STAMP) model lint
-	$(BIN)/pytest -m unit
+	$(BIN)/pytest -m unit -n 2
 
 test-cluster: $(STAMP) model
 	$(BIN)/pytest -m "cluster and not browser"

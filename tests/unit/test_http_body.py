@@ -25,7 +25,7 @@ def test_a_small_bomb_is_refused_at_the_limit():
 @pytest.mark.parametrize(
     ("body", "encoding", "error", "message"),
     [(b"not gzip", "gzip", BadRequest, "cannot gzip-decode"),
-     (gzip.compress(b"abcdef")[:-12], "gzip", BadRequest, "truncated"),
+     (gzip.compress(b"abcdef", mtime=0)[:-12], "gzip", BadRequest, "truncated"),
      (b"x", "br", UnsupportedMediaType, "'br' is not supported")],
 )
 def test_bad_encodings(body, encoding, error, message):
