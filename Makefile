@@ -55,10 +55,16 @@ browser:
 	command -v chromedriver >/dev/null || (apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver)
 
-# The models build while ruff and mypy run.
+# The models build while ruff and mypy run; the in-process tiers (no Ray) run beside the
+# cluster and browser tiers, their report printed after them; either failing fails the target.
+UNIT_LOG := build/unit-tests.log
 test: $(STAMP)
 	$(MAKE) --no-print-directory -j3 model lint browser
-	$(BIN)/pytest
+	@mkdir -p build
+	$(BIN)/pytest -m unit -q > $(UNIT_LOG) 2>&1 & unit=$$!; \
+	  $(BIN)/pytest -m "not unit"; cluster=$$?; \
+	  wait $$unit; passed=$$?; echo "--- in-process tiers (pytest -m unit) ---"; \
+	  tail -n 40 $(UNIT_LOG); exit $$(( cluster || passed ))
 
 # One tier at a time (tests/conftest.py): no Ray (~55 s in two workers), a real cluster, the browser.
 test-unit: $(STAMP) model lint
