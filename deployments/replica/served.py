@@ -97,7 +97,7 @@ class ServedVersion:
         calls = read_warmup(self.runner.path)
         if calls:
             seconds = replay(calls, partial(warm_call, self.runner))
-            self.warmup = {"records": calls[-1].record + 1, "seconds": round(seconds, 3)}
+            self.warmup = {"records": calls[-1].record + 1, "seconds": round(seconds, 6)}
             meta = self.runner.metadata
             logger.info("model %r version %d: %d warm-up records replayed in %.3f s",
                         meta.name, meta.version, self.warmup["records"], seconds)
