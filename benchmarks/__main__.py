@@ -31,6 +31,7 @@ from benchmarks.handoff import measure_handoff
 from benchmarks.kserve_peer import KServePeer
 from benchmarks.load import run_load, run_phases, single_request_ms
 from benchmarks.naive import NaiveModel
+from benchmarks.payload_log import measure_payload_log
 from benchmarks.peer import HandBuiltPeer
 from benchmarks.plot import plot_results
 from benchmarks.raw_tf import measure_raw
@@ -53,7 +54,7 @@ from models.build_benchmark import (
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_SIZES = [1, 2, 4, 8, 16, 32]
 SECTIONS = ["systems", "coalescing", "standin", "sequence", "pipeline", "plain", "kserve",
-            "handoff", "memory", "autoscaling"]
+            "handoff", "memory", "autoscaling", "payload_log"]
 STANDIN_APP = "standin"
 SHAPE = (1, 224, 224, 3)
 
@@ -322,6 +323,8 @@ def main() -> None:
         if "memory" not in args.skip:
             results["memory"] = measure_memory(server, jpeg, 10_000 if args.full else 1_500,
                                                args.replicas)
+        if "payload_log" not in args.skip:
+            results["payload_log"] = measure_payload_log(server, config, jpeg, 16, seconds)
         if "autoscaling" not in args.skip:
             autoscaled = bench_config(model_dir, args.port, {
                 "user_config": overrides["user_config"],

@@ -49,7 +49,7 @@ def build_app(args: dict[str, Any]) -> Application:
     if labels:  # the YAML's Preprocessor user_config, when it sets one, wins
         ingress = ingress.options(user_config={"models": labels})
     return ingress.bind(models, config.top_k, config.limits, code, pipelines, config.auth,
-                        config.cors)
+                        config.cors, config.monitoring)
 
 
 def _deployment(decorated: type) -> Deployment:

@@ -444,19 +444,85 @@ class CorsArgs(_Strict):
                          description="seconds browsers may keep a preflight's answer")
 
 
+# The HTTP API's paths and prefixes (``deployments/ingress``): the monitoring
+# page may not shadow them.
+API_PATHS = ("/healthz", "/readyz", "/openapi.json", "/predict", "/models", "/v1", "/v2", "/ui")
+
+
+def _monitoring_path(path: str) -> str:
+    if taken := [p for p in API_PATHS if path == p or path.startswith(f"{p}/")]:
+        raise ValueError(f"monitoring.prometheus.path {path!r} is under the API's "
+                         f"{taken[0]!r}: choose a path outside {', '.join(API_PATHS)}")
+    return path
+
+
 class PrometheusArgs(_Strict):
     """TF Serving's ``prometheus_config``: the whole server's metrics, under TF
     Serving's names beside ours, as Prometheus text on the HTTP port."""
 
     enable: bool = False
-    path: str = Field("/monitoring/prometheus/metrics", pattern=r"^/[A-Za-z0-9_./-]*$",
-                      max_length=256)
+    path: Annotated[str, AfterValidator(_monitoring_path)] = Field(
+        "/monitoring/prometheus/metrics", pattern=r"^/[A-Za-z0-9_./-]*$", max_length=256)
 
 
 class MonitoringArgs(_Strict):
     """TF Serving's ``MonitoringConfig`` (``--monitoring_config_file``)."""
 
     prometheus: PrometheusArgs = PrometheusArgs()
+
+
+# What a payload log record keeps of a tensor (``deployments.codecs.payload``).
+TensorKeep = Literal["full", "shape", "none"]
+PAYLOAD_SCHEMES = (*SCHEMES, "http", "https")
+
+
+def _sink_url(value: str) -> str:
+    if is_url(value):
+        if value.partition("://")[0] not in PAYLOAD_SCHEMES:
+            raise ValueError(f"{value}: a payload log goes to an absolute directory, "
+                             "s3://bucket/prefix, gs://bucket/prefix or an http(s):// collector")
+    elif not value.startswith("/"):
+        raise ValueError(f"{value}: a payload log directory is an absolute path (on the "
+                         "ingress replicas' nodes)")
+    return value
+
+
+class PayloadSinkArgs(_Strict):
+    """Where a model's payload log records go, and how."""
+
+    url: Annotated[PathOrUrl, AfterValidator(_sink_url)] = Field(
+        description="an absolute directory, s3://bucket/prefix, gs://bucket/prefix, or an "
+                    "http(s):// collector (CloudEvents as KServe's logger posts them)")
+    format: Literal["jsonl", "prediction_log"] = Field(
+        "jsonl", description="files: JSON lines of CloudEvents, or TFRecord files of TF "
+                             "Serving's PredictionLog (an HTTP collector always gets "
+                             "CloudEvents)")
+    rotate_bytes: Bytes = Field(64 * 2**20, description="a file is closed (an object "
+                                                        "uploaded) once this large")
+    rotate_s: Seconds = Field(300.0, gt=0, description="... or once this old")
+    namespace: str = Field("", max_length=253, description="KServe's Ce-Namespace")
+
+
+class PayloadLogArgs(_Strict):
+    """One model's payload logging (the Preprocessor's ``user_config``:
+    ``payload_logging: {model: ...}``, retuned live)."""
+
+    sample_rate: float = Field(0.0, ge=0.0, le=1.0,
+                               description="share of requests logged, at random")
+    force_header: bool = Field(True, description="a request with x-log-payload: 1 (HTTP "
+                                                 "header, gRPC metadata) is logged anyway")
+    default: TensorKeep = Field("shape", description="what is kept of a tensor not named "
+                                                     "below: shape (default), full, none")
+    inputs: dict[str, TensorKeep] = Field(default_factory=dict,
+                                          description="per input name: full, shape, none")
+    outputs: dict[str, TensorKeep] = Field(default_factory=dict,
+                                           description="per output name: full, shape, none")
+    max_record_bytes: Bytes = Field(2**20, description="tensor values one record may carry; "
+                                                       "beyond, tensors are summarised")
+    sink: PayloadSinkArgs | None = Field(None, description="none: nothing is logged")
+    queue_records: int = Field(1024, gt=0, le=2**20, description="records waiting for the "
+                                                                 "sink; beyond, dropped")
+    batch_records: int = Field(256, gt=0, le=2**16, description="records per write")
 
 
 class AppArgs(_Strict):

@@ -5,6 +5,10 @@ Serve's own ``deployment``, ``replica`` and ``application`` tags added.
 ``deploy/grafana/ray-tf-serve.json`` charts them.
 
     ray_tfserve_requests_total{model, protocol, status}     ingress
+    ray_tfserve_request_seconds{model, protocol}            ingress: arrival → answer, of a
+                                                            request about a model that
+                                                            succeeded (TF Serving's
+                                                            request_latency buckets)
     ray_tfserve_preprocess_seconds{model}                   ingress: arrival → model call starts
     ray_tfserve_inference_seconds{model}                    ingress: model call (put to answer)
     ray_tfserve_coalesced_rows{model}                       ingress: rows per model call
@@ -18,6 +22,11 @@ Serve's own ``deployment``, ``replica`` and ``application`` tags added.
                                                             postprocess), model replica
                                                             (transform): calls of sync code
                                                             that hung, at each health check
+    ray_tfserve_payload_records_written_total{model}        ingress: payload log records
+                                                            written (payload_log.py)
+    ray_tfserve_payload_records_dropped_total{model, reason}  ingress: payload log records
+                                                            dropped (queue_full, sink_error,
+                                                            shutdown, encode_error)
 
 Label values are bounded: a model name that is not served counts as
 ``"unknown"``, so a client cannot grow the series without limit.
@@ -40,6 +49,8 @@ from typing import Any
 from ray.serve.metrics import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.tfserving_metrics import REQUEST_LATENCY_BUCKETS_S
+
 _SECONDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -51,6 +62,8 @@ CLIENT_GONE = 499
 
 # When the request being handled arrived (perf_counter), for the preprocess time.
 _arrived: contextvars.ContextVar[float | None] = contextvars.ContextVar("arrived", default=None)
+# How long the request that just left :func:`arrival` took, for its count.
+_took: contextvars.ContextVar[float | None] = contextvars.ContextVar("took", default=None)
 
 
 def protocol_of(route: Any) -> str:
@@ -74,12 +87,16 @@ def arrival_time() -> float | None:
 
 @contextmanager
 def arrival() -> Iterator[None]:
-    """Marks when the request being handled arrived, for its preprocess time."""
-    token = _arrived.set(time.perf_counter())
+    """Marks when the request being handled arrived, for its preprocess time;
+    on leaving, keeps how long it took for :meth:`IngressMetrics.count`,
+    which every protocol calls right after (in the same context)."""
+    started = time.perf_counter()
+    token = _arrived.set(started)
     try:
         yield
     finally:
         _arrived.reset(token)
+        _took.set(time.perf_counter() - started)
 
 
 class IngressMetrics:
@@ -103,11 +120,22 @@ class IngressMetrics:
         self._coalesced = Histogram(
             "tfserve_coalesced_rows", "Rows per model call, coalesced from requests.",
             boundaries=list(_ROWS), tag_keys=("model",))
+        self._latency = Histogram(
+            "tfserve_request_seconds",
+            "A request about a model that succeeded, from its arrival to its answer "
+            "(TF Serving's request_latency).",
+            boundaries=list(REQUEST_LATENCY_BUCKETS_S), tag_keys=("model", "protocol"))  # type: ignore[arg-type]
 
     def count(self, name: str | None, protocol: str, status: int | str) -> None:
-        """One request about model ``name`` (``None``: the default model)."""
+        """One request about model ``name`` (``None``: the default model); if
+        it succeeded, how long it took too (as :func:`arrival` left it)."""
         model = model_label(self._served[0] if name is None else name, self._served)
         self._requests.inc(tags={"model": model, "protocol": protocol, "status": str(status)})
+        took = _took.get()
+        if took is not None:
+            _took.set(None)  # one request's time counts once
+            if model and status in (200, "OK"):
+                self._latency.observe(took, tags={"model": model, "protocol": protocol})
 
     @contextmanager
     def handle_call(self, name: str | None) -> Iterator[None]:
@@ -233,3 +261,29 @@ class UserCodeMetrics:
 
     def stuck_calls(self, stage: str, path: str, calls: int) -> None:
         self._stuck.set(calls, tags={"stage": stage, "callable": path})
+
+
+class PayloadLogMetrics:
+    """Payload logging in the ingress (``deployments.ingress.payload_log``):
+
+        ray_tfserve_payload_records_written_total{model}        records the sink holds
+        ray_tfserve_payload_records_dropped_total{model, reason}  records never written:
+                        queue_full (the sink is behind or down), sink_error (a write
+                        that failed), shutdown (not flushed in time), encode_error
+    """
+
+    def __init__(self) -> None:
+        self._written = Counter("tfserve_payload_records_written",
+                                "Payload log records written to their sink.",
+                                tag_keys=("model",))
+        self._dropped = Counter("tfserve_payload_records_dropped",
+                                "Payload log records dropped, by reason.",
+                                tag_keys=("model", "reason"))  # type: ignore[arg-type]
+
+    def written(self, model: str, records: int) -> None:
+        if records:
+            self._written.inc(records, tags={"model": model})
+
+    def dropped(self, model: str, reason: str, records: int = 1) -> None:
+        if records:
+            self._dropped.inc(records, tags={"model": model, "reason": reason})

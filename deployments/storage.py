@@ -348,6 +348,12 @@ def open_source(path: str | Path, cache: Cache | None = None) -> VersionSource:
     return LocalSource(Path(path))
 
 
+def open_filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem of an ``s3://`` or ``gs://`` URL and the path in it (as
+    :func:`_filesystem`; for writers such as the payload log)."""
+    return _filesystem(url)
+
+
 def _filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem of ``url`` and the path in it, with listings never cached.
 

@@ -17,7 +17,6 @@ from typing import Any, cast
 
 import numpy as np
 
-from deployments.codecs.predictions import json_values
 from deployments.codecs.tensor import (
     JsonInputs,
     check_rows,
@@ -26,6 +25,7 @@ from deployments.codecs.tensor import (
     rows_by_input,
 )
 from deployments.codecs.tf_example import EncodedExamples, encode_examples
+from deployments.codecs.tfserving_json import array_json, float32_json, render, rows_json
 from deployments.errors import BadRequest, ModelFailed
 from deployments.signature import STRING, ModelMetadata
 from deployments.versions import VersionStatus
@@ -146,21 +146,21 @@ def regressions(outputs: dict[str, np.ndarray]) -> list[float]:
     return _floats(values.reshape(-1))
 
 
-def encode_classify_response(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+def encode_classify_response(outputs: dict[str, np.ndarray]) -> bytes:
     """``{"results": [[[label, score], ...] per example]}``."""
-    return {"results": [[[label, score] for label, score in example]
-                        for example in classifications(outputs)]}
+    return render({"results": [[[label, float32_json(score)] for label, score in example]
+                               for example in classifications(outputs)]})
 
 
-def encode_regress_response(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+def encode_regress_response(outputs: dict[str, np.ndarray]) -> bytes:
     """``{"results": [one value per example]}``."""
-    return {"results": regressions(outputs)}
+    return render({"results": [float32_json(v) for v in regressions(outputs)]})
 
 
-def encode_predict_response(outputs: dict[str, np.ndarray], columnar: bool) -> dict[str, Any]:
+def encode_predict_response(outputs: dict[str, np.ndarray], columnar: bool) -> bytes:
     """``{"predictions": [...]}`` per row, or ``{"outputs": ...}`` per output;
-    a single output is given bare, several by name, as TF Serving does.
-    Non-finite floats stay NaN/Infinity, as TF Serving writes them."""
+    a single output is given bare, several by name, as TF Serving does, its
+    floats written as TF Serving writes them (``tfserving_json``)."""
     if not columnar:  # TF Serving's words, and our advice
         first = None
         for name, array in outputs.items():
@@ -173,14 +173,15 @@ def encode_predict_response(outputs: dict[str, np.ndarray], columnar: bool) -> d
                                  f"{len(array)} expecting: {first} (ask in the columnar "
                                  'format, "inputs")')
             first = len(array)
-    values = {name: json_values(name, array) for name, array in outputs.items()}
     if columnar:
-        return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
-    if len(values) == 1:
-        return {"predictions": next(iter(values.values()))}
-    rows = len(next(iter(values.values())))
-    return {"predictions": [{name: column[i] for name, column in values.items()}
-                            for i in range(rows)]}
+        values = {name: array_json(name, array) for name, array in outputs.items()}
+        return render({"outputs": next(iter(values.values())) if len(values) == 1 else values})
+    columns = {name: rows_json(name, array) for name, array in outputs.items()}
+    if len(columns) == 1:
+        return render({"predictions": next(iter(columns.values()))})
+    rows = len(next(iter(columns.values())))
+    return render({"predictions": [{name: column[i] for name, column in columns.items()}
+                                   for i in range(rows)]})
 
 
 def model_status(statuses: Sequence[VersionStatus]) -> dict[str, Any]:

@@ -234,6 +234,11 @@ def tensor_proto(array: np.ndarray, what: str) -> tensor_pb2.TensorProto:
     return proto
 
 
+def dtype_enum(dtype: str) -> int | None:
+    """The ``DataType`` of a numpy dtype name (or ``string``), if the API carries it."""
+    return _ENUM_OF.get(dtype)
+
+
 def model_spec(meta: ModelMetadata, signature: bool = True) -> model_pb2.ModelSpec:
     """The ``ModelSpec`` of an answer: the model, the version that gave it
     and (but for metadata, as TF Serving) the signature."""

@@ -20,6 +20,7 @@ from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.openapi import openapi_document
 from deployments.ingress.protocols import ui
 from deployments.ingress.protocols.http import deadlines, render_error
+from deployments.ingress.protocols.monitoring import MonitoringPage
 from deployments.ingress.protocols.native import NativeApi
 from deployments.ingress.protocols.routes import ApiRoute
 from deployments.ingress.protocols.tfserving import TFServingApi
@@ -57,14 +58,17 @@ def api_routes(plane: DataPlane, limits: InputLimits, top_k: int,
 
 
 def build_asgi(plane: DataPlane, limits: InputLimits, metrics: IngressMetrics,
-               top_k: int, gate: Gate | None = None, cors: CorsArgs | None = None
-               ) -> Starlette:
-    """The app: the API's routes and the demo page, every error rendered as
-    JSON, every request counted (401s too) and bounded by its deadline, behind
-    ``gate`` (none: open), and CORS answered first (preflights need no token)
-    when ``cors`` lists origins."""
+               top_k: int, gate: Gate | None = None, cors: CorsArgs | None = None,
+               monitoring: MonitoringPage | None = None) -> Starlette:
+    """The app: the API's routes, TF Serving's monitoring page if
+    ``monitoring`` (behind the gate like the API, out of the OpenAPI
+    document), and the demo page, every error rendered as JSON, every request
+    counted (401s too) and bounded by its deadline, behind ``gate`` (none:
+    open), and CORS answered first (preflights need no token) when ``cors``
+    lists origins."""
     gate = gate or Gate(AuthArgs())
-    routes: list[BaseRoute] = [*api_routes(plane, limits, top_k, gate.args), *ui.routes()]
+    routes: list[BaseRoute] = [*api_routes(plane, limits, top_k, gate.args),
+                               *(monitoring.routes() if monitoring else []), *ui.routes()]
     handlers = {ServeError: render_error, HTTPException: render_error, Exception: render_error}
     middleware = [Middleware(metrics.asgi), Middleware(gate.asgi),
                   Middleware(plane.budget.asgi), Middleware(deadlines, limits=limits)]

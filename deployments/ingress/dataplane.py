@@ -30,6 +30,7 @@ from deployments.ingress.budget import MemoryBudget, off_loop
 from deployments.ingress.catalog import FOLLOW_POLL_S
 from deployments.ingress.deadline import check_deadline, within_deadline
 from deployments.ingress.dispatch import Part
+from deployments.ingress.payload_log import PayloadLogs, Pending
 from deployments.ingress.registry import ModelRegistry, ServedModel
 from deployments.ingress.request import Answer, EncodedImages, RequestInputs, Target
 from deployments.metrics import arrival_time
@@ -42,8 +43,10 @@ from deployments.versions import VersionStatus
 class DataPlane:
     """Every protocol's way to the models (see the module's docstring)."""
 
-    def __init__(self, registry: ModelRegistry, limits: InputLimits) -> None:
+    def __init__(self, registry: ModelRegistry, limits: InputLimits,
+                 payload_log: PayloadLogs | None = None) -> None:
         self.registry = registry
+        self.payload_log = payload_log or PayloadLogs()
         self.budget = MemoryBudget(limits.max_inflight_bytes)
         self._limits = limits
         # One bounded pool decodes every model's images: concurrent requests
@@ -110,8 +113,22 @@ class DataPlane:
         version (``VersionCatalog.another``). Without an answer within
         ``timeout_s`` (default: the limits' ``request_timeout_s``), a 503;
         within an HTTP or gRPC request, its deadline bounds it instead
-        (unless ``timeout_s`` is given).
+        (unless ``timeout_s`` is given). A request its model's payload log
+        draws is recorded after its answer or error (``payload_log.py``).
         """
+        pending = self.payload_log.sample(meta.name)
+        if pending is None:
+            return await self._infer(meta, inputs, pinned, timeout_s, None)
+        try:
+            answer = await self._infer(meta, inputs, pinned, timeout_s, pending)
+        except BaseException as exc:
+            self.payload_log.finish(pending, meta, pending.inputs or inputs, None, exc)
+            raise
+        self.payload_log.finish(pending, answer.meta, pending.inputs or {}, answer.outputs, None)
+        return answer
+
+    async def _infer(self, meta: ModelMetadata, inputs: RequestInputs, pinned: bool,
+                     timeout_s: float | None, pending: Pending | None) -> Answer:
         model = self.registry.get(meta.name)
         bounded = timeout_s is not None or not within_deadline()
         timeout_s = self._limits.request_timeout_s if timeout_s is None else timeout_s
@@ -126,6 +143,8 @@ class DataPlane:
                     processed = await pre(read)
                     self.budget.take(_nbytes(processed), f"{pre.path}'s inputs")
                     decoded = processed
+                if pending is not None:
+                    pending.inputs = decoded  # what the model is asked, for its record
                 meta, outputs = await self._follow(model, meta, decoded, pinned)
                 if post is not None:
                     outputs = await post(outputs)

@@ -12,6 +12,7 @@ deployment (:class:`deployments.ingress.model_client.RayModelClient`).
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -21,12 +22,14 @@ from ray import ObjectRef, serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
-from deployments.config import AuthArgs, CorsArgs, InputLimits
+from deployments.config import AuthArgs, CorsArgs, InputLimits, MonitoringArgs, PayloadLogArgs
 from deployments.ingress.asgi import build_asgi
 from deployments.ingress.auth import Gate
 from deployments.ingress.coalescing import CoalesceSettings
 from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.model_client import RayModelClient
+from deployments.ingress.payload_log import PayloadLogs
+from deployments.ingress.protocols.monitoring import MonitoringPage, ray_nodes
 from deployments.ingress.protocols.native import NativeApi
 from deployments.ingress.protocols.tfserving_grpc import TFServingGrpcService
 from deployments.ingress.protocols.v2_grpc import V2GrpcService
@@ -47,6 +50,9 @@ class IngressSettings(BaseModel):
     coalesce: CoalesceSettings = CoalesceSettings()
     models: dict[str, Routing] = Field(
         default_factory=dict, description="per model: labels and the canary split")
+    payload_logging: dict[str, PayloadLogArgs] = Field(
+        default_factory=dict, description="per model: sampled requests and answers logged "
+                                          "(docs/payload_logging.md)")
 
 
 @serve.deployment(name="Preprocessor", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
@@ -55,14 +61,16 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
     def __init__(self, models: dict[str, DeploymentHandle], top_k: int,
                  limits: InputLimits, code: dict[str, CodePaths] | None = None,
                  pipelines: tuple[Plan, ...] = (), auth: AuthArgs | None = None,
-                 cors: CorsArgs | None = None) -> None:
+                 cors: CorsArgs | None = None, monitoring: MonitoringArgs | None = None
+                 ) -> None:
         """``code``: the models' own pre/postprocessing callables by import
         path, imported here so that one that does not import fails the deploy
         (the message, naming model and path, shows in ``serve status``);
         ``pipelines``: served as models, each step on its model's deployment;
         ``auth``: the tokens read here (none readable fails the deploy, naming
         the variable or file), asked of HTTP and gRPC callers; ``cors``: for
-        browsers."""
+        browsers; ``monitoring``: TF Serving's monitoring page, the whole
+        server's metrics read from every node's Ray metrics port."""
         self._gate = Gate(auth or AuthArgs())
         processors = load_processors(code or {})
         self._watchdog = Watchdog([p for ps in processors.values() for p in ps.loaded()],
@@ -71,11 +79,18 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
         clients = {name: RayModelClient(name, handle) for name, handle in models.items()}
         self._registry = ModelRegistry(clients, self._metrics, processors=processors,
                                        pipelines=pipelines)
-        self._plane = DataPlane(self._registry, limits)
+        self._payload_logs = PayloadLogs()
+        self._payload_logs.serving(frozenset(self._registry.names))
+        self._plane = DataPlane(self._registry, limits, self._payload_logs)
         self._limits = limits
         self._settings = IngressSettings()
         self._native = NativeApi(self._plane, limits, top_k)
-        self._asgi = build_asgi(self._plane, limits, self._metrics, top_k, self._gate, cors)
+        prometheus = (monitoring or MonitoringArgs()).prometheus
+        page = (MonitoringPage(prometheus.path, ray_nodes(),
+                               serve.get_replica_context().app_name)
+                if prometheus.enable else None)
+        self._asgi = build_asgi(self._plane, limits, self._metrics, top_k, self._gate, cors,
+                                page)
         Image.preinit()  # load Pillow's common decoders now, not in the first request
 
     def __serve_build_asgi_app__(self) -> Starlette:
@@ -88,18 +103,29 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
         self._watchdog.check()
 
     def reconfigure(self, user_config: dict) -> None:
-        """Retune coalescing, move labels and the traffic split, live (Serve
-        calls this on deploy and redeploy; no replica restarts)."""
+        """Retune coalescing, move labels and the traffic split, payload
+        logging, live (Serve calls this on deploy and redeploy; no replica
+        restarts)."""
         settings = IngressSettings.model_validate(user_config)
         self._registry.route(settings.models)
         self._registry.retune(settings.coalesce)
+        self._payload_logs.configure(settings.payload_logging)
         self._settings = settings
+
+    def __del__(self) -> None:
+        """Serve calls this on a graceful stop, once requests have drained:
+        payload log records still queued are written within a bound."""
+        logs = getattr(self, "_payload_logs", None)
+        if logs is not None:
+            logs.close()
 
     def stats(self) -> dict[str, Any]:
         """This replica's coalescing settings and, per model and version, the
-        model calls it formed."""
+        model calls it formed; per logged model, its payload log's records
+        (offered, written, dropped by reason)."""
         return {"pid": os.getpid(), "coalesce": self._settings.coalesce.model_dump(),
-                "models": self._registry.stats()}
+                "models": self._registry.stats(),
+                "payload_log": {name: asdict(c) for name, c in self._payload_logs.counts().items()}}
 
     async def predict(
         self, inputs: np.ndarray | dict[str, np.ndarray | ObjectRef],

@@ -21,6 +21,12 @@ MAX_BATCH_SIZE = 1024
 SIZING_TOLERANCE = 0.05
 # What ``auto`` falls back to when nothing can be measured (BatchSettings' default).
 UNMEASURED_BATCH_SIZE = 32
+# What one model call costs the serving path besides TensorFlow (the ingress's
+# put and handle call, Serve's batch queue, the answer's return), counted by
+# ``auto`` beside TensorFlow's own time: timed on TensorFlow alone, a model
+# whose throughput is flat across batch sizes would get batches of one row,
+# each paying this once (``make bench``: about 3 ms on its two-core machine).
+PATH_COST_PER_CALL_S = 0.003
 
 
 def bucket_sizes(max_batch_size: int) -> list[int]:
@@ -101,8 +107,9 @@ def gains(rates: dict[int, float]) -> bool:
 
 @dataclass(frozen=True)
 class BatchSizing:
-    """``max_batch_size: auto``: the throughput measured per batch size (rows/s)
-    and the size picked from it."""
+    """``max_batch_size: auto``: the throughput per batch size (rows/s, each
+    call's TensorFlow time plus :data:`PATH_COST_PER_CALL_S`) and the size
+    picked from it."""
 
     rates: dict[int, float]
     picked: int
@@ -129,5 +136,7 @@ class BatchSizing:
             "picked": self.picked,
             "rows_per_s": {size: round(rate, 1) for size, rate in sorted(self.rates.items())},
             "why": f"the smallest batch size within {SIZING_TOLERANCE:.0%} of the best "
-                   f"throughput measured here ({self.rates[best]:.1f} rows/s at {best})",
+                   f"throughput measured here ({self.rates[best]:.1f} rows/s at {best}, "
+                   f"each call's TensorFlow time and {PATH_COST_PER_CALL_S * 1e3:g} ms of the "
+                   "serving path's)",
         }

@@ -24,6 +24,7 @@ from deployments.errors import BadRequest, ModelFailed, PayloadTooLarge, ServeEr
 from deployments.metrics import ModelMetrics
 from deployments.replica.batching import (
     MAX_BATCH_SIZE,
+    PATH_COST_PER_CALL_S,
     UNMEASURED_BATCH_SIZE,
     BatchSizing,
     bucket_for,
@@ -161,7 +162,8 @@ class ServedVersion:
     def measure_batch_sizes(self) -> BatchSizing:
         """Time each power-of-two batch size on this replica's hardware (on the
         executor thread) and pick the smallest within a few percent of the best
-        throughput; larger sizes are tried only while they still gain."""
+        throughput, each call's cost to the serving path counted; larger sizes
+        are tried only while they still gain."""
         rates: dict[int, float] = {}
         if not self.runner.metadata.batchable:
             self.sizing = BatchSizing.unmeasured()
@@ -175,7 +177,7 @@ class ServedVersion:
                     self.runner.run(batch)
                     calls += 1
                 seconds = (time.perf_counter() - started) / calls
-                rates[size] = size / seconds
+                rates[size] = size / (seconds + PATH_COST_PER_CALL_S)
                 if seconds > _SIZING_MAX_CALL_S or not gains(rates):
                     break
         except BadRequest as exc:

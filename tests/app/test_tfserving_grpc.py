@@ -71,6 +71,17 @@ class Context:
     def set_details(self, details: str) -> None:
         self.details = details
 
+    trailing: tuple[tuple[str, str], ...] = ()  # what the answer's trailing metadata holds
+
+    def request_id(self) -> str | None:  # Serve's (its metadata): none in process
+        return None
+
+    def trailing_metadata(self) -> list[tuple[str, str]]:
+        return list(self.trailing)
+
+    def set_trailing_metadata(self, metadata: list[tuple[str, str]]) -> None:
+        self.trailing = tuple(metadata)
+
 
 @dataclass
 class App:

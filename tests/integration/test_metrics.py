@@ -3,8 +3,10 @@ Prometheus server would, after real requests over each protocol."""
 
 from __future__ import annotations
 
+import base64
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -14,7 +16,9 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
+from harness.cluster import wait_app_running
 from tests.common import APP_NAME, SAMPLES
+from tests.integration.conftest import deploy_config, with_test_app
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -106,3 +110,72 @@ def test_latency_batch_and_queue_metrics_are_exported(traffic):
               if tags.get("application") == APP_NAME]
     assert {(t["model"], t["version"]) for t in queues} >= {("digits", "1"),
                                                             ("digits_linear", "1")}
+
+
+MONITORED = "monitored"
+PAGE = "/monitoring/prometheus/metrics"
+
+
+@pytest.fixture(scope="module")
+def monitored_url(base_url: str, tmp_path_factory) -> Iterator[str]:
+    """An app with TF Serving's monitoring page on and two model replicas."""
+    config = with_test_app(MONITORED, args={"monitoring": {"prometheus": {"enable": True}}},
+                           deployment={"num_replicas": 2})
+    deploy_config(config, tmp_path_factory.mktemp(MONITORED))
+    wait_app_running(MONITORED, 180)
+    yield f"{base_url}/{MONITORED}"
+    serve.delete(MONITORED)
+
+
+def read_page(client: httpx.Client) -> Samples:
+    """The monitoring page's samples by name (the parser names counters' ``_total``)."""
+    answer = client.get(PAGE)
+    assert answer.status_code == 200
+    found: Samples = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    return sum(v for tags, v in found.get(name, []) if tags == labels)
+
+
+COUNT = ":tensorflow:serving:request_count_total"
+LATENCY = ":tensorflow:serving:request_latency_count"
+
+
+def test_the_monitoring_page_holds_tf_servings_metrics_of_every_replica(monitored_url):
+    image = SAMPLES[0].read_bytes()
+    instance = {"b64": base64.b64encode(image).decode()}
+    with httpx.Client(base_url=monitored_url, timeout=60) as client:
+        for _ in range(4):
+            assert client.post("/v1/models/digits:predict",
+                               json={"instances": [instance]}).status_code == 200
+        for _ in range(2):
+            assert client.post("/predict", content=image,
+                               headers={"content-type": "image/png"}).status_code == 200
+        assert client.post("/v1/models/digits:predict",
+                           json={"instances": [[0.0] * 3]}).status_code == 400
+        deadline = time.monotonic() + 60
+        while True:  # Ray exports every few seconds
+            found = read_page(client)
+            if (value(found, COUNT, model_name="digits", status="OK") >= 6
+                    and value(found, LATENCY, model_name="digits", API="native",
+                              entrypoint="REST") >= 2
+                    and value(found, COUNT, model_name="digits", status="INVALID_ARGUMENT")):
+                break
+            assert time.monotonic() < deadline, sorted(found)
+            time.sleep(2)
+    assert value(found, COUNT, model_name="digits", status="OK") == 6
+    assert value(found, COUNT, model_name="digits", status="INVALID_ARGUMENT") == 1
+    assert value(found, LATENCY, model_name="digits", API="tfserving", entrypoint="REST") == 4
+    assert value(found, LATENCY, model_name="digits", API="native", entrypoint="REST") == 2
+    runs = value(found, ":tensorflow:serving:batching_session:wrapped_run_count_total")
+    assert 1 <= runs <= 6
+    assert value(found, ":tensorflow:serving:runtime_latency_count", model_name="digits",
+                 API="", runtime="TF1") == runs
+    # Ours beside them, of this app only.
+    assert {t["application"] for t, _ in found["ray_tfserve_requests_total"]} == {MONITORED}
+    assert "ray_tfserve_batch_seconds_count" in found

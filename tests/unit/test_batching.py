@@ -1,10 +1,15 @@
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
+import deployments.replica.served as served_module
 from deployments.errors import BadRequest, ModelFailed
 from deployments.replica.batching import (
+    PATH_COST_PER_CALL_S,
     BatchSizing,
     bucket_for,
     bucket_sizes,
@@ -15,7 +20,7 @@ from deployments.replica.batching import (
     rows_of,
     split_rows,
 )
-from deployments.replica.served import answer_each
+from deployments.replica.served import BatchSettings, ServedVersion, answer_each
 from deployments.signature import ModelMetadata, TensorSpec
 
 
@@ -83,6 +88,39 @@ def test_auto_sizing_stops_growing_once_two_sizes_gain_nothing():
     assert gains({1: 40.0, 2: 60.0, 4: 80.0})
     assert gains({1: 40.0, 2: 60.0, 4: 61.0, 8: 70.0})  # 8 still gains on 2
     assert not gains({1: 40.0, 2: 60.0, 4: 61.0, 8: 62.0})
+
+
+class FlatModel:
+    """A model whose TensorFlow time is the same per row at every batch size
+    (a one-CPU replica of MobileNetV2: 13 ms a row), on a clock it advances."""
+
+    ROW_S = 0.013
+
+    def __init__(self) -> None:
+        spec = TensorSpec("x", "float32", (None, 2))
+        self.metadata = ModelMetadata("m", 1, "serving_default", (spec,), (spec,), "x", ())
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def run(self, batch: dict[str, np.ndarray], signature: str | None = None) -> dict:
+        self.now += self.ROW_S * len(batch["x"])
+        return {"x": batch["x"]}
+
+
+def test_auto_sizing_counts_what_a_call_costs_the_serving_path(
+        monkeypatch: pytest.MonkeyPatch):
+    """Timed on TensorFlow alone, a flat model would get batches of one row,
+    each paying the path's cost per call; counted, larger batches win."""
+    model = FlatModel()
+    monkeypatch.setattr(served_module, "time", SimpleNamespace(perf_counter=model.clock))
+    version = ServedVersion(cast(Any, model), ThreadPoolExecutor(1), BatchSettings())
+    sizing = version.measure_batch_sizes()
+    per_call = {size: size / rate - model.ROW_S * size for size, rate in sizing.rates.items()}
+    assert all(abs(cost - PATH_COST_PER_CALL_S) < 1e-9 for cost in per_call.values())
+    assert sizing.picked > 1
+    assert "ms of the serving path's" in sizing.describe()["why"]
 
 
 def test_each_part_is_answered_alone_and_a_part_that_is_an_error_is_its_answer():

@@ -227,3 +227,18 @@ def test_file_system_mistakes_are_refused_at_deploy_naming_the_model(monkeypatch
         {"name": "m", "path": "m", "labels_path": "m/labels.txt", "ship": True}]}))
     assert (located.models[0].path, located.models[0].labels_path) == (
         str(tmp_path / "m"), str(tmp_path / "m" / "labels.txt"))
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/openapi.json", "/predict",
+                                  "/models/digits/predict", "/v1/models/digits", "/v2",
+                                  "/v2/health/live", "/ui/index.html"])
+def test_the_monitoring_path_may_not_shadow_an_api_route(path):
+    args = {"models": [{"name": "m", "path": "/models/m"}],
+            "monitoring": {"prometheus": {"enable": True, "path": path}}}
+    with pytest.raises(ValidationError, match=r"monitoring\.prometheus\.path"):
+        AppArgs.model_validate(args)
+    ok = AppArgs.model_validate({**args, "monitoring": {"prometheus": {"enable": True}}})
+    assert ok.monitoring.prometheus.path == "/monitoring/prometheus/metrics"
+    assert AppArgs.model_validate(
+        {**args, "monitoring": {"prometheus": {"path": "/metrics"}}}).monitoring.prometheus.path \
+        == "/metrics"

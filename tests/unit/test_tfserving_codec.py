@@ -1,4 +1,6 @@
 import base64
+import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,15 +72,21 @@ def test_rows_are_counted_before_any_is_read():
         parse_predict_request({"inputs": [[0]] * 300}, IMAGES, 256)
 
 
+def predict_json(outputs: dict[str, np.ndarray], columnar: bool) -> Any:
+    return json.loads(encode_predict_response(outputs, columnar))
+
+
 def test_responses_name_outputs_only_when_several():
     one = {"y": np.array([[1.0], [2.0]])}
-    assert encode_predict_response(one, columnar=False) == {"predictions": [[1.0], [2.0]]}
-    assert encode_predict_response(one, columnar=True) == {"outputs": [[1.0], [2.0]]}
+    assert predict_json(one, columnar=False) == {"predictions": [[1.0], [2.0]]}
+    assert predict_json(one, columnar=True) == {"outputs": [[1.0], [2.0]]}
     two = {"y": np.array([1, 2]), "z": np.array([3, 4])}
-    assert encode_predict_response(two, columnar=False) == {
+    assert predict_json(two, columnar=False) == {
         "predictions": [{"y": 1, "z": 3}, {"y": 2, "z": 4}]}
-    assert encode_predict_response(two, columnar=True) == {"outputs": {"y": [1, 2],
-                                                                       "z": [3, 4]}}
+    assert predict_json(two, columnar=True) == {"outputs": {"y": [1, 2], "z": [3, 4]}}
+    grid = {"y": np.arange(12, dtype=np.float32).reshape(2, 3, 2), "z": np.array([7, 8])}
+    assert predict_json(grid, columnar=False)["predictions"][1] == {
+        "y": [[6.0, 7.0], [8.0, 9.0], [10.0, 11.0]], "z": 8}
 
 
 def test_status_lists_newest_first():
@@ -90,23 +98,35 @@ def test_status_lists_newest_first():
 def test_string_outputs_are_utf8_or_b64_by_name():
     outputs = {"label": np.array([b"cat", "d\u00f6g"], dtype=object),
                "raw_bytes": np.array([b"\xff"], dtype=object)}
-    rows = encode_predict_response({"label": outputs["label"]}, columnar=False)
+    rows = predict_json({"label": outputs["label"]}, columnar=False)
     assert rows == {"predictions": ["cat", "d\u00f6g"]}
-    columns = encode_predict_response({"raw_bytes": outputs["raw_bytes"]}, columnar=True)
+    columns = predict_json({"raw_bytes": outputs["raw_bytes"]}, columnar=True)
     assert columns == {"outputs": [{"b64": "/w=="}]}
 
 
 def test_non_finite_outputs_render_as_tf_serving_writes_them():
-    from deployments.ingress.protocols.http import JSONWithNaN
+    body = encode_predict_response({"y": np.array([np.nan, -np.inf, np.inf])}, columnar=False)
+    assert body == b'{"predictions":[NaN,-Infinity,Infinity]}'
 
-    body = encode_predict_response({"y": np.array([np.nan, -np.inf])}, columnar=False)
-    assert JSONWithNaN(body).body == b'{"predictions":[NaN,-Infinity]}'
+
+@pytest.mark.parametrize(("value", "dtype", "text"), [
+    (0.1, np.float32, "0.1"),  # not 0.10000000149011612, its float64 digits
+    (1 / 3, np.float32, "0.333333343"),  # six digits do not read back: nine
+    (0.1234567, np.float32, "0.123456702"),
+    (3.0, np.float32, "3.0"), (-0.0, np.float32, "-0.0"), (2.5, np.float16, "2.5"),
+    (9000000.0, np.float32, "9e+06"), (0.00003, np.float32, "3e-05"),
+    (0.1, np.float64, "0.1"), (1 / 3, np.float64, "0.33333333333333331"),
+])
+def test_floats_are_written_with_tf_servings_digits(value, dtype, text):
+    body = encode_predict_response({"y": np.array([value], dtype)}, columnar=False)
+    assert body == b'{"predictions":[' + text.encode() + b"]}"
+    assert json.loads(body)["predictions"][0] == float(text)
 
 
 def test_scalar_outputs_need_the_columnar_format():
     with pytest.raises(BadRequest, match="Tensor name: y has no shape information"):
         encode_predict_response({"y": np.array(1.0)}, columnar=False)
-    assert encode_predict_response({"y": np.array(1.0)}, columnar=True) == {"outputs": 1.0}
+    assert predict_json({"y": np.array(1.0)}, columnar=True) == {"outputs": 1.0}
 
 
 CLASSIFIER = ModelMetadata("c", 1, "serving_default", (TensorSpec("inputs", "string", (None,)),),
@@ -150,14 +170,14 @@ def test_the_contexts_copies_are_counted_before_they_are_made():
 def test_classify_and_regress_answer_in_tf_servings_shapes():
     classes = np.array([[b"no", b"yes"]] * 2, dtype=object)
     scores = np.array([[0.25, 0.75], [1.0, 0.0]], dtype=np.float32)
-    assert encode_classify_response({"classes": classes, "scores": scores}) == {
-        "results": [[["no", 0.25], ["yes", 0.75]], [["no", 1.0], ["yes", 0.0]]]}
-    assert encode_classify_response({"scores": scores[:1]}) == {
+    assert encode_classify_response({"classes": classes, "scores": scores}) == \
+        b'{"results":[[["no",0.25],["yes",0.75]],[["no",1.0],["yes",0.0]]]}'
+    assert json.loads(encode_classify_response({"scores": scores[:1]})) == {
         "results": [[["", 0.25], ["", 0.75]]]}
-    assert encode_classify_response({"classes": classes[:1]}) == {
+    assert json.loads(encode_classify_response({"classes": classes[:1]})) == {
         "results": [[["no", 0.0], ["yes", 0.0]]]}
-    assert encode_regress_response({"outputs": np.array([[1.5], [2.0]], np.float32)}) == {
-        "results": [1.5, 2.0]}
+    assert encode_regress_response({"outputs": np.array([[1.5], [0.1]], np.float32)}) == \
+        b'{"results":[1.5,0.1]}'  # a float32 0.1 with TF Serving's digits
     with pytest.raises(ModelFailed, match=r"shaped \[2, 2\]"):
         encode_regress_response({"outputs": scores})
     with pytest.raises(ModelFailed, match="neither a classes nor a scores output"):
@@ -169,5 +189,5 @@ def test_outputs_of_different_batch_sizes_need_the_columnar_format():
     with pytest.raises(BadRequest, match=r"Tensor name: crops has inconsistent batch size: 3 "
                                          r"expecting: 1"):
         encode_predict_response(outputs, columnar=False)
-    assert encode_predict_response(outputs, columnar=True)["outputs"]["crops"] == \
+    assert predict_json(outputs, columnar=True)["outputs"]["crops"] == \
         np.zeros((3, 10)).tolist()

@@ -26,6 +26,13 @@ from deployments.errors import PayloadTooLarge, ServeError
 from deployments.ingress.auth import Gate
 from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.deadline import TIMEOUT_HEADER, DeadlinePassed, deadline, request_timeout
+from deployments.ingress.request_id import (
+    FORCE_LOG_HEADER,
+    REQUEST_ID_HEADER,
+    forced,
+    request_id,
+    request_scope,
+)
 from deployments.metrics import IngressMetrics, arrival
 
 logger = logging.getLogger("ray.serve")
@@ -72,9 +79,14 @@ def rpc(protocol: str, model_of: Callable[[Any], str]) -> Callable[[Rpc], Rpc]:
         async def call(self: GrpcService, request: Any,
                        grpc_context: RayServegRPCContext) -> Any:
             code = grpc.StatusCode.INTERNAL
-            asked = dict(grpc_context.invocation_metadata()).get(TIMEOUT_HEADER)
+            metadata = dict(grpc_context.invocation_metadata())
+            asked = metadata.get(TIMEOUT_HEADER)
+            rid = request_id(metadata.get(REQUEST_ID_HEADER), grpc_context.request_id())
+            _trail_request_id(grpc_context, rid)
             try:
-                with arrival(), self._gate.rpc(method.__name__, grpc_context), \
+                with arrival(), request_scope(rid, protocol, forced(
+                        metadata.get(FORCE_LOG_HEADER))), \
+                        self._gate.rpc(method.__name__, grpc_context), \
                         self._plane.budget.request():
                     async with deadline(*request_timeout(asked, self._limits)):
                         answer = await method(self, request, grpc_context)
@@ -101,3 +113,11 @@ def rpc(protocol: str, model_of: Callable[[Any], str]) -> Callable[[Rpc], Rpc]:
         return call
 
     return decorate
+
+
+def _trail_request_id(grpc_context: RayServegRPCContext, rid: str) -> None:
+    """The request's id as ``x-request-id`` trailing metadata, on every answer
+    (Serve keeps its own ``request_id`` entry; others set before are kept)."""
+    kept = [(k, v) for k, v in grpc_context.trailing_metadata()
+            if k not in ("request_id", REQUEST_ID_HEADER)]
+    grpc_context.set_trailing_metadata([*kept, (REQUEST_ID_HEADER, rid)])

@@ -3,13 +3,13 @@ and the one error renderer."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import zlib
+from functools import cache
 from typing import Any
 
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -27,6 +27,14 @@ from deployments.errors import (
 from deployments.ingress.budget import JSON_EXPANSION, MemoryBudget, off_loop
 from deployments.ingress.deadline import TIMEOUT_HEADER, DeadlinePassed, deadline, request_timeout
 from deployments.ingress.request import EncodedImages, RequestInputs, Target
+from deployments.ingress.request_id import (
+    FORCE_LOG_HEADER,
+    REQUEST_ID_HEADER,
+    forced,
+    request_id,
+    request_scope,
+)
+from deployments.metrics import protocol_of
 from deployments.signature import ModelMetadata
 
 logger = logging.getLogger("ray.serve")
@@ -58,26 +66,53 @@ def target(request: Request, signature: str | None = None) -> Target:
 def deadlines(app: ASGIApp, limits: InputLimits) -> ASGIApp:
     """``app`` with every HTTP request bounded by its deadline (see
     :func:`request_timeout`) from arrival until its answer starts: the body
-    read, parsing and decoding included; past it, a 503 (Starlette middleware)."""
+    read, parsing and decoding included; past it, a 503 (Starlette middleware).
+    Each request gets its id here too (``request_id.py``), echoed as
+    ``X-Request-Id`` on its answer."""
 
     async def bounded(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
 
+        headers = Headers(scope=scope)
+        rid = request_id(headers.get(REQUEST_ID_HEADER))
+        echo = not _behind_serve()  # (Serve's proxy echoes the id itself)
+
+        async def tagged(message: Message) -> None:
+            if echo and message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, rid)
+            await send(message)
+
         async def answer(message: Message) -> None:
             if message["type"] == "http.response.start":
                 timeout.reschedule(None)  # an answer being sent is not cut off
-            await send(message)
+            await tagged(message)
 
-        timeout_s, clients = request_timeout(Headers(scope=scope).get(TIMEOUT_HEADER), limits)
-        try:
-            async with deadline(timeout_s, clients) as timeout:
-                await app(scope, receive, answer)
-        except DeadlinePassed as exc:  # (the timeout's, before any answer started)
-            await render_error(Request(scope), exc)(scope, receive, send)
+        timeout_s, clients = request_timeout(headers.get(TIMEOUT_HEADER), limits)
+        with request_scope(rid, lambda: protocol_of(scope.get("route")),
+                           forced(headers.get(FORCE_LOG_HEADER))):
+            try:
+                async with deadline(timeout_s, clients) as timeout:
+                    await app(scope, receive, answer)
+            except DeadlinePassed as exc:  # (the timeout's, before any answer started)
+                await render_error(Request(scope), exc)(scope, receive, tagged)
 
     return bounded
+
+
+@cache
+def _behind_serve() -> bool:
+    """Whether this runs in a Serve replica, whose HTTP proxy sets and echoes
+    ``X-Request-Id`` (in-process tests and other servers: we echo it)."""
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        serve.get_replica_context()
+    except RayServeException:
+        return False
+    return True
 
 
 def with_images(meta: ModelMetadata, parsed: JsonInputs) -> RequestInputs:
@@ -143,14 +178,6 @@ def _decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     if not inflater.eof:
         raise BadRequest(f"the {encoding} body is truncated")
     return inflated
-
-
-class JSONWithNaN(JSONResponse):
-    """JSON that may carry NaN and Infinity, which TF Serving's responses use
-    for non-finite floats (Starlette's JSONResponse refuses them)."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class PortableJSON(JSONResponse):

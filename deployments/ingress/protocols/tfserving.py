@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from deployments.codecs.tfserving import (
     encode_classify_response,
@@ -31,7 +31,6 @@ from deployments.errors import BadRequest
 from deployments.ingress.budget import off_loop
 from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.protocols.http import (
-    JSONWithNaN,
     parse_json_body,
     read_body,
     target,
@@ -74,17 +73,17 @@ class TFServingApi:
         raise BadRequest(f"unknown verb :{request.path_params['verb']}: TF Serving's REST "
                          "API has :predict, :classify and :regress")
 
-    async def predict(self, request: Request) -> JSONResponse:
+    async def predict(self, request: Request) -> Response:
         pinned, meta, document = await self._read(request)
         parsed = await off_loop(parse_predict_request, document, meta, self._limits.max_rows)
         answer = await self._plane.infer(meta, with_images(meta, parsed.inputs), pinned)
-        return JSONWithNaN(encode_predict_response(answer.outputs, parsed.columnar))
+        return _json(await off_loop(encode_predict_response, answer.outputs, parsed.columnar))
 
-    async def classify(self, request: Request) -> JSONResponse:
-        return JSONWithNaN(encode_classify_response(await self._examples(request, "classify")))
+    async def classify(self, request: Request) -> Response:
+        return _json(encode_classify_response(await self._examples(request, "classify")))
 
-    async def regress(self, request: Request) -> JSONResponse:
-        return JSONWithNaN(encode_regress_response(await self._examples(request, "regress")))
+    async def regress(self, request: Request) -> Response:
+        return _json(encode_regress_response(await self._examples(request, "regress")))
 
     async def _examples(self, request: Request, verb: str) -> dict[str, np.ndarray]:
         """A ``:classify``/``:regress`` call: its examples serialized (off the
@@ -107,3 +106,7 @@ class TFServingApi:
         body = await read_body(request, self._limits.max_body_bytes, self._plane.budget)
         document = await parse_json_body(body, self._plane.budget)
         return named.pinned, meta.signature(signature_name(document)), document
+
+
+def _json(content: bytes) -> Response:
+    return Response(content, media_type="application/json")
