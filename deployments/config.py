@@ -471,6 +471,17 @@ class MonitoringArgs(_Strict):
     prometheus: PrometheusArgs = PrometheusArgs()
 
 
+# ``ray-tf-serve`` (the CLI) runs each model in a Serve application of its own,
+# beside its ingress application; the ingress reaches a model there by this name.
+CLI_APP = "ray-tf-serve"
+
+
+def model_app(name: str) -> str:
+    """The Serve application a model of ``ray-tf-serve`` runs in (its
+    deployment is named after the model)."""
+    return f"{CLI_APP}.{name}"
+
+
 # What a payload log record keeps of a tensor (``deployments.codecs.payload``).
 TensorKeep = Literal["full", "shape", "none"]
 PAYLOAD_SCHEMES = (*SCHEMES, "http", "https")
