@@ -30,8 +30,11 @@ from google.protobuf import (
     wrappers_pb2,
 )
 
-APP_NAME = "ray-tf-serve"
-# The Preprocessor's user_config key listing the served models in order (tfserving_app).
+from deployments.config import CLI_APP as APP_NAME
+from deployments.config import model_app
+
+# The Preprocessor's user_config key listing the served models in order
+# (``IngressSettings.served``).
 SERVED = "served"
 
 
@@ -438,11 +441,6 @@ def read_env_file(path: Path) -> dict[str, str]:
     return {key: value.strip('"') for key, value in pairs}
 
 
-def model_app(name: str) -> str:
-    """The Serve application a model of the CLI runs in."""
-    return f"{APP_NAME}.{name}"
-
-
 @dataclass(frozen=True)
 class Plan:
     """What the CLI deploys: the models and the settings every one shares."""
@@ -480,6 +478,21 @@ def _app_args(plan: Plan, models: Sequence[ModelEntry]) -> dict[str, Any]:
     return args
 
 
+# Serve holds a stopping ingress replica open at least this long (its default:
+# 30 s) so that an external load balancer can deregister it, and raises the
+# ingress's graceful_shutdown_timeout_s to it plus 5 s.
+DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+
+
+def shutdown_budget_s(options: Options) -> float:
+    """How long each deployment may take to drain when ``ray-tf-serve``
+    stops (and the ingress's minimal drain on a cluster it starts): a
+    sixth of ``--stop_timeout_s``, at most 5 s, so that the ingress's
+    drain (plus Serve's 5 s) and Ray's own stop fit before the supervisor
+    kills what is left (TF Serving itself stops at once)."""
+    return max(1.0, min(5.0, options.stop_timeout_s / 6))
+
+
 def serve_config(plan: Plan, models: Sequence[ModelEntry] | None = None,
                  served: Sequence[ModelEntry] | None = None) -> dict[str, Any]:
     """The Serve config (``serve run``'s YAML, as a dict) serving ``models``
@@ -500,6 +513,8 @@ def serve_config(plan: Plan, models: Sequence[ModelEntry] | None = None,
     user_config["models"] = {m.name: {"labels": m.labels} for m in served if m.labels}
     user_config[SERVED] = [m.name for m in served]
     ingress_deployment["user_config"] = user_config
+    budget_s = shutdown_budget_s(plan.options)
+    ingress_deployment.setdefault("graceful_shutdown_timeout_s", budget_s)
     runtime_env = app.get("runtime_env", {})
     ingress = {"name": APP_NAME, "route_prefix": "/",
                "import_path": "deployments.tfserving_app:build_ingress",
@@ -507,7 +522,8 @@ def serve_config(plan: Plan, models: Sequence[ModelEntry] | None = None,
                "deployments": [ingress_deployment]}
     apps = [ingress]
     for model in models:
-        deployment = {**copy.deepcopy(model_template), "name": model.name}
+        deployment = {"graceful_shutdown_timeout_s": budget_s,
+                      **copy.deepcopy(model_template), "name": model.name}
         deployment["user_config"] = {**deployment.get("user_config", {}),
                                      **plan.batching.get("user_config", {})}
         deployment.update({k: v for k, v in plan.batching.items() if k != "user_config"})

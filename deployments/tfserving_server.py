@@ -29,15 +29,18 @@ from typing import Any
 
 import yaml
 
+from deployments.config import model_app
 from deployments.tfserving_config import (
+    APP_NAME,
+    DRAIN_ENV,
     FlagError,
     ModelEntry,
     Plan,
     load,
-    model_app,
     parse_flags,
     read_model_config,
     serve_config,
+    shutdown_budget_s,
 )
 
 logger = logging.getLogger("ray-tf-serve")
@@ -57,7 +60,8 @@ def _say(message: str) -> None:
 class Server:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.models = list(plan.models)
+        self.models = list(plan.models)  # the file's models as last applied
+        self.deployed = list(plan.models)  # those with an application
         self.stopping = threading.Event()
         self._client: Any = None
 
@@ -72,15 +76,19 @@ class Server:
         if address:
             ray.init(address=address, **init)
         else:  # a cluster of this process's own, its traffic on loopback
+            # Its ingress drains within the stop's budget (Serve's default, 30 s,
+            # would outlast --stop_timeout_s); no load balancer but Serve's own
+            # HAProxy, which learns of a stopping replica at once, waits on it.
+            os.environ.setdefault(DRAIN_ENV, f"{shutdown_budget_s(self.plan.options):g}")
             ray.init(address="local", _node_ip_address="127.0.0.1", **init)
         config = ServeDeploySchema.model_validate(serve_config(self.plan))
         self._client = serve_api.serve_start(
             http_options=config.http_options.model_dump(),
             proxy_location=config.proxy_location,
             grpc_options=gRPCOptions(**config.grpc_options.model_dump()))
-        self._deploy(serve_config(self.plan))
+        self.deploy(serve_config(self.plan))
 
-    def _deploy(self, config: dict[str, Any]) -> None:
+    def deploy(self, config: dict[str, Any]) -> None:
         from ray.serve.schema import ServeDeploySchema
 
         run = os.environ.get("RAY_TF_SERVE_RUN")
@@ -89,21 +97,25 @@ class Server:
                 yaml.dump(config, Dumper=_NoAliases, sort_keys=False))
         self._client.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
 
-    def _wait_running(self, apps: Sequence[str]) -> None:
+    def wait_running(self, apps: Sequence[str]) -> set[str]:
+        """Waits until ``apps`` run or failed (at most ``_APPLY_TIMEOUT_S``);
+        those that did not run, each named."""
         from ray import serve
         from ray.serve.schema import ApplicationStatus
 
         deadline = time.monotonic() + _APPLY_TIMEOUT_S
+        states: dict[str, Any] = {}
         while not self.stopping.is_set() and time.monotonic() < deadline:
             statuses = serve.status().applications
-            states = [statuses[a].status if a in statuses else None for a in apps]
+            states = {a: statuses[a].status if a in statuses else None for a in apps}
             if all(s in (ApplicationStatus.RUNNING, ApplicationStatus.DEPLOY_FAILED)
-                   for s in states):
-                for app, state in zip(apps, states, strict=True):
-                    if state == ApplicationStatus.DEPLOY_FAILED:
-                        _say(f"{app} failed to deploy: see `serve status`")
-                return
+                   for s in states.values()):
+                break
             time.sleep(0.5)
+        failed = {a for a in apps if states.get(a) != ApplicationStatus.RUNNING}
+        for app in sorted(failed):
+            _say(f"{app} is {states.get(app) or 'not deployed'}: see `serve status`")
+        return failed
 
     def reload(self) -> bool:
         """Re-reads the model config file; applies a change. Whether it changed."""
@@ -133,19 +145,38 @@ class Server:
 
 
 def apply(server: Server, models: list[ModelEntry]) -> None:
+    """Applies the file's new ``models``, the applications' set changing
+    only while no request is routed to what goes, so every step is safe:
+
+    1. the ingress stops routing to the removed models (they answer 404
+       from now on) and takes the kept ones' new labels;
+    2. the removed models' applications go (Serve drains their replicas:
+       requests in flight finish) and the added or changed ones deploy; the
+       removed go first in effect, so the added fit where they were (a
+       model's replica takes a CPU);
+    3. once those run (or failed: named, not routed to), the ingress routes
+       to the added models too (the ingress serves one model at least: with
+       none kept, or none running, it keeps the list it had)."""
+    plan = server.plan
     old = {m.name: m for m in server.models}
     new = {m.name: m for m in models}
     started = [m for m in models if m.name not in old or
                (old[m.name].base_path, old[m.name].version_policy)
                != (m.base_path, m.version_policy)]
     removed = sorted(set(old) - set(new))
+    kept = [m for m in models if m.name in old]
     _say(f"model config changed: adding or changing {[m.name for m in started]}, "
          f"removing {removed}")
-    if started:  # step 1: their applications beside the running ones, routing unchanged
-        both = [*models, *(old[n] for n in removed)]
-        server._deploy(serve_config(server.plan, both, served=server.models))
-        server._wait_running([model_app(m.name) for m in started])
-    server._deploy(serve_config(server.plan, models))  # step 2: route, drop the removed
+    if kept:  # (a config with none kept routes to the old ones until step 3)
+        server.deploy(serve_config(plan, server.deployed, served=kept))
+        server.wait_running([APP_NAME])
+    served = kept or server.models
+    if started or removed:
+        server.deploy(serve_config(plan, models, served=served))
+        server.deployed = list(models)
+        failed = server.wait_running([model_app(m.name) for m in started])
+        served = [m for m in models if model_app(m.name) not in failed] or served
+        server.deploy(serve_config(plan, models, served=served))
     server.models = list(models)
 
 

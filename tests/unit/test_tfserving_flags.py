@@ -21,6 +21,7 @@ from deployments.tfserving_config import (
     read_model_config,
     read_monitoring,
     serve_config,
+    shutdown_budget_s,
 )
 from tests.common import CONFIG, TFSERVING_TESTDATA
 
@@ -154,3 +155,62 @@ def test_yaml_names_a_model_config_file():
     for bad in ({}, {"model_config_file": "/m", "models": [{"name": "m", "path": "x"}]}):
         with pytest.raises(ValueError, match="models or model_config_file"):
             AppArgs.model_validate(bad)
+
+
+def test_the_ingress_user_config_is_the_preprocessors_and_stops_fit_the_budget(tmp_path: Path):
+    from deployments.ingress.deployment import IngressSettings
+
+    m = tmp_path / "monitoring.config"
+    m.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
+    o = parse_flags(["--model_name=a", "--model_base_path=/a", f"--monitoring_config_file={m}",
+                     "--stop_timeout_s=12"])
+    config = serve_config(load(o, TEMPLATE))
+    ingress, app_a = config["applications"]
+    assert AppArgs.model_validate(ingress["args"]).monitoring.prometheus.enable
+    settings = IngressSettings.model_validate(ingress["deployments"][0]["user_config"])
+    assert settings.served == ["a"]
+    # Serve floors the ingress's drain at RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S
+    # (the server sets it to the same budget) plus 5 s: all within --stop_timeout_s.
+    assert shutdown_budget_s(o) == 2.0
+    for app in (ingress, app_a):
+        assert app["deployments"][0]["graceful_shutdown_timeout_s"] == 2.0
+    with pytest.raises(ValueError):
+        IngressSettings.model_validate({"served": []})
+
+
+class _FakeServer:
+    """``tfserving_server.Server`` without Ray: records what each deploy
+    serves and deploys; ``failing`` apps never run."""
+
+    def __init__(self, plan, failing=()):
+        self.plan, self.failing = plan, set(failing)
+        self.models = self.deployed = list(plan.models)
+        self.steps = []
+
+    def deploy(self, config):
+        ingress, *models = config["applications"]
+        self.steps.append((ingress["deployments"][0]["user_config"][SERVED],
+                           [m["deployments"][0]["name"] for m in models]))
+
+    def wait_running(self, apps):
+        return {a for a in apps if a in self.failing}
+
+
+def test_a_reload_stops_routing_to_a_removed_model_before_its_app_goes(tmp_path: Path):
+    from deployments.tfserving_server import apply
+
+    f = tmp_path / "models.config"
+    f.write_text('model_config_list { config { name: "a" base_path: "/a" } '
+                 'config { name: "b" base_path: "/b" } }')
+    plan = load(parse_flags([f"--model_config_file={f}"]), TEMPLATE)
+    server = _FakeServer(plan)
+    a, c = plan.models[0], ModelEntry("c", "/c", {"latest": 1}, {})
+    apply(server, [a, c])  # type: ignore[arg-type]
+    assert server.steps == [(["a"], ["a", "b"]),  # b no longer routed to (404)
+                            (["a"], ["a", "c"]),  # b's app goes, c's deploys
+                            (["a", "c"], ["a", "c"])]  # c running: routed to
+    assert server.models == server.deployed == [a, c]
+    # A model that fails to deploy is not routed to; the ingress keeps serving one at least.
+    server = _FakeServer(plan, failing={"ray-tf-serve.c"})
+    apply(server, [c])  # type: ignore[arg-type]
+    assert server.steps == [(["a", "b"], ["c"]), (["a", "b"], ["c"])]
