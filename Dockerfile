@@ -27,6 +27,14 @@ ENV RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
     RAY_SERVE_HAPROXY_RETRIES=1 \
     RAY_SERVE_HAPROXY_TUNE_BUFSIZE=1048576
 
-EXPOSE 8000 9000 8265 8080
-# `serve run` supervised (deployments/run.py): `docker stop` leaves no HAProxy behind.
-CMD ["python", "-m", "deployments.run", "configs/config.yaml"]
+# TF Serving's image's conventions (deployments/cli.py, docs/migrating.md): the model at
+# ${MODEL_BASE_PATH}/${MODEL_NAME}, gRPC on 8500, REST on 8501, the container's arguments
+# appended as tensorflow_model_server flags:
+#   docker run -p 8501:8501 -v "$PWD/half_plus_two:/models/half_plus_two" \
+#     -e MODEL_NAME=half_plus_two ray-tf-serve:0.1.0
+# Supervised (deployments/run.py): `docker stop` leaves no HAProxy behind.
+# The YAML way: docker run ... --entrypoint python ray-tf-serve:0.1.0 -m deployments.run configs/config.yaml
+ENV MODEL_NAME=model \
+    MODEL_BASE_PATH=/models
+EXPOSE 8500 8501 8265 8080
+ENTRYPOINT ["python", "-c", "import sys; from deployments.cli import docker_main; sys.exit(docker_main())"]

@@ -27,20 +27,32 @@ from deployments.user_code import code_paths
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    config = locate(AppArgs.model_validate(args))
+    config = AppArgs.model_validate(args)
+    labels: dict[str, Any] = {}
+    if config.model_config_file is not None:  # TF Serving's file, read now (not re-read)
+        from deployments.tfserving_config import model_args, read_model_config
+
+        entries = read_model_config(config.model_config_file)
+        config = AppArgs.model_validate({**args, "model_config_file": None,
+                                         "models": [model_args(e) for e in entries]})
+        labels = {e.name: {"labels": e.labels} for e in entries if e.labels}
+    config = locate(config)
     transforms = config.transforms()
     models = {}
     for model in config.models:
         shipped = ship(Path(model.path), shipped_files(model)) if model.ship else None
-        models[model.name] = _deployment(ModelDeployment).options(name=model.name).bind(
+        models[model.name] = deployment_of(ModelDeployment).options(name=model.name).bind(
             model, config.device, shipped, transforms.get(model.name, ()), config.limits)
     pipelines = tuple(Plan.from_args(p) for p in config.pipelines)
     code = code_paths([*config.models, *config.pipelines])
-    return _deployment(Preprocessor).bind(models, config.top_k, config.limits, code, pipelines,
-                                          config.auth, config.cors, config.monitoring)
+    ingress = deployment_of(Preprocessor)
+    if labels:  # the YAML's Preprocessor user_config, when it sets one, wins
+        ingress = ingress.options(user_config={"models": labels})
+    return ingress.bind(models, config.top_k, config.limits, code, pipelines, config.auth,
+                        config.cors, config.monitoring)
 
 
-def _deployment(decorated: type) -> Deployment:
+def deployment_of(decorated: type) -> Deployment:
     """A class ``@serve.deployment`` made a Deployment (mypy does not apply
     class decorators, so it still sees the class)."""
     return cast(Deployment, decorated)

@@ -471,6 +471,17 @@ class MonitoringArgs(_Strict):
     prometheus: PrometheusArgs = PrometheusArgs()
 
 
+# ``ray-tf-serve`` (the CLI) runs each model in a Serve application of its own,
+# beside its ingress application; the ingress reaches a model there by this name.
+CLI_APP = "ray-tf-serve"
+
+
+def model_app(name: str) -> str:
+    """The Serve application a model of ``ray-tf-serve`` runs in (its
+    deployment is named after the model)."""
+    return f"{CLI_APP}.{name}"
+
+
 # What a payload log record keeps of a tensor (``deployments.codecs.payload``).
 TensorKeep = Literal["full", "shape", "none"]
 PAYLOAD_SCHEMES = (*SCHEMES, "http", "https")
@@ -529,7 +540,10 @@ class AppArgs(_Strict):
     # Errors never echo what was given: a token put where it does not belong stays unshown.
     model_config = STRICT | ConfigDict(hide_input_in_errors=True)
 
-    models: tuple[ModelArgs, ...] = Field(min_length=1)
+    models: tuple[ModelArgs, ...] = ()
+    model_config_file: PathOrUrl | None = Field(
+        None, description="instead of models: TF Serving's text ModelServerConfig "
+                          "(--model_config_file), read when the app is built")
     pipelines: tuple[PipelineArgs, ...] = ()
     top_k: Count = Field(5, description="default number of classes per prediction")
     limits: InputLimits = InputLimits()
@@ -540,6 +554,10 @@ class AppArgs(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self) -> AppArgs:
+        if (not self.models) == (self.model_config_file is None):
+            raise ValueError("give models or model_config_file (one of them)")
+        if self.model_config_file is not None and self.pipelines:
+            raise ValueError("pipelines run models listed under models, not model_config_file")
         named: tuple[ModelArgs | PipelineArgs, ...] = (*self.models, *self.pipelines)
         names = [m.name for m in named]
         taken = sorted({n for n in names if names.count(n) > 1 or n in RESERVED_NAMES})

@@ -126,6 +126,11 @@ class IngressMetrics:
             "(TF Serving's request_latency).",
             boundaries=list(REQUEST_LATENCY_BUCKETS_S), tag_keys=("model", "protocol"))  # type: ignore[arg-type]
 
+    def serving(self, served: Collection[str]) -> None:
+        """The models served now, in order (the first is the default): the
+        others' requests count as ``unknown``."""
+        self._served = list(served)
+
     def count(self, name: str | None, protocol: str, status: int | str) -> None:
         """One request about model ``name`` (``None``: the default model); if
         it succeeded, how long it took too (as :func:`arrival` left it)."""

@@ -53,6 +53,11 @@ class DataPlane:
         # wait for a thread rather than multiply the memory decoding takes.
         self._decoder = ThreadPoolExecutor(limits.decode_threads, thread_name_prefix="decode")
 
+    def serve(self, registry: ModelRegistry) -> None:
+        """Serves ``registry``'s models from now on (models added or removed
+        live); a request that already holds the old one's objects finishes on them."""
+        self.registry = registry
+
     async def resolve(self, target: Target) -> ModelMetadata:
         """The version and signature ``target`` names, or a 404 naming what is
         served (a 400 for an unknown label or signature)."""

@@ -22,7 +22,14 @@ from ray import ObjectRef, serve
 from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
-from deployments.config import AuthArgs, CorsArgs, InputLimits, MonitoringArgs, PayloadLogArgs
+from deployments.config import (
+    AuthArgs,
+    CorsArgs,
+    InputLimits,
+    MonitoringArgs,
+    PayloadLogArgs,
+    model_app,
+)
 from deployments.ingress.asgi import build_asgi
 from deployments.ingress.auth import Gate
 from deployments.ingress.coalescing import CoalesceSettings
@@ -53,6 +60,11 @@ class IngressSettings(BaseModel):
     payload_logging: dict[str, PayloadLogArgs] = Field(
         default_factory=dict, description="per model: sampled requests and answers logged "
                                           "(docs/payload_logging.md)")
+    served: list[str] | None = Field(
+        None, min_length=1, description="unset: the app's own models. Set (by ray-tf-serve): "
+        "exactly these models, in order (the first is the default), each the deployment "
+        "named after it in its own application (deployments.config.model_app); models come "
+        "and go live")
 
 
 @serve.deployment(name="Preprocessor", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
@@ -75,13 +87,14 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
         processors = load_processors(code or {})
         self._watchdog = Watchdog([p for ps in processors.values() for p in ps.loaded()],
                                   limits.request_timeout_s)
+        self._processors = processors
         self._metrics = IngressMetrics([*models, *(p.name for p in pipelines)])
         clients = {name: RayModelClient(name, handle) for name, handle in models.items()}
-        self._registry = ModelRegistry(clients, self._metrics, processors=processors,
-                                       pipelines=pipelines)
+        registry = ModelRegistry(clients, self._metrics, processors=processors,
+                                 pipelines=pipelines)
         self._payload_logs = PayloadLogs()
-        self._payload_logs.serving(frozenset(self._registry.names))
-        self._plane = DataPlane(self._registry, limits, self._payload_logs)
+        self._payload_logs.serving(frozenset(registry.names))
+        self._plane = DataPlane(registry, limits, self._payload_logs)
         self._limits = limits
         self._settings = IngressSettings()
         self._native = NativeApi(self._plane, limits, top_k)
@@ -102,15 +115,38 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
         replica (``deployments.user_code.Watchdog``)."""
         self._watchdog.check()
 
-    def reconfigure(self, user_config: dict) -> None:
+    async def reconfigure(self, user_config: dict) -> None:
         """Retune coalescing, move labels and the traffic split, payload
-        logging, live (Serve calls this on deploy and redeploy; no replica
-        restarts)."""
+        logging, and (``served``) the models served, live (Serve calls this on
+        deploy and redeploy; no replica restarts). A coroutine, so Serve runs
+        it on the replica's event loop, not a thread: a new model's handle
+        makes its router there (with RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0,
+        in a thread it raises "No event loop running", which fails the
+        reconfigure and stops the replica)."""
         settings = IngressSettings.model_validate(user_config)
-        self._registry.route(settings.models)
-        self._registry.retune(settings.coalesce)
+        if settings.served is not None and settings.served != self._plane.registry.names:
+            self._serve(settings.served)
+        registry = self._plane.registry
+        registry.route(settings.models)
+        registry.retune(settings.coalesce)
         self._payload_logs.configure(settings.payload_logging)
         self._settings = settings
+
+    def _serve(self, names: list[str]) -> None:
+        """Serves exactly ``names``, each reached in its own application
+        (``IngressSettings.served``): a new registry, swapped in whole, so a
+        request already resolved finishes on the old one's objects; a model
+        kept gets a new catalog and dispatcher (its versions are asked again).
+        The handles are made as ``serve.get_deployment_handle(...,
+        _check_exists=False)`` makes them: no round trip to the controller
+        here, and calls to a deployment still starting wait for it."""
+        clients = {name: RayModelClient(name, DeploymentHandle(name, model_app(name)))
+                   for name in names}
+        processors = {n: p for n, p in self._processors.items() if n in clients}
+        registry = ModelRegistry(clients, self._metrics, processors=processors)
+        self._metrics.serving(names)
+        self._payload_logs.serving(frozenset(names))
+        self._plane.serve(registry)
 
     def __del__(self) -> None:
         """Serve calls this on a graceful stop, once requests have drained:
@@ -124,7 +160,7 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
         model calls it formed; per logged model, its payload log's records
         (offered, written, dropped by reason)."""
         return {"pid": os.getpid(), "coalesce": self._settings.coalesce.model_dump(),
-                "models": self._registry.stats(),
+                "models": self._plane.registry.stats(),
                 "payload_log": {name: asdict(c) for name, c in self._payload_logs.counts().items()}}
 
     async def predict(

@@ -81,7 +81,7 @@ def test_the_dockerfile_builds_on_the_pinned_ray_image_with_the_serving_env():
     for name, value in SERVER_ENV.items():
         assert re.search(rf'\b{name}="?{value}\b', dockerfile), name
     assert "COPY --chown=ray:users models ./models" in dockerfile
-    assert 'CMD ["python", "-m", "deployments.run", "configs/config.yaml"]' in dockerfile
+    assert "from deployments.cli import docker_main" in dockerfile  # TF Serving's conventions
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=lambda t: t.manifest.name)

@@ -55,10 +55,14 @@ def test_the_ingress_and_the_replica_import_nothing_of_each_other(name: str):
     assert not crossing, f"{name} imports {crossing}"
 
 
+WIRING = ("deployments.app", "deployments.tfserving_app")
+
+
 @pytest.mark.parametrize("name", sorted(m for m in MODULES if not _side(m)
-                                        and m != "deployments.app"))
+                                        and m not in WIRING))
 def test_what_both_sides_share_imports_neither_side(name: str):
-    """Only ``app.py``, which wires the two deployments, sees both."""
+    """Only ``app.py`` and ``tfserving_app.py`` (the CLI's applications),
+    which wire the two deployments, see both."""
     assert not sorted(m for m in _ours(name) if _side(m)), name
 
 
