@@ -55,16 +55,21 @@ browser:
 	command -v chromedriver >/dev/null || (apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver)
 
-# The models build while ruff and mypy run; the in-process tiers (no Ray) run beside the
-# cluster and browser tiers, their report printed after them; either failing fails the target.
-UNIT_LOG := build/unit-tests.log
+# The models build while ruff and mypy run. Then three pytest processes at once: the session
+# cluster's tests, those that start a cluster of their own (the CLI, make serve), and the
+# in-process tiers (no Ray); the other two's reports print after the first's, and any
+# failing fails the target. (A cluster alone leaves about half of two cores idle.)
+LOGS := build/tests
 test: $(STAMP)
 	$(MAKE) --no-print-directory -j3 model lint browser
-	@mkdir -p build
-	$(BIN)/pytest -m unit -q > $(UNIT_LOG) 2>&1 & unit=$$!; \
-	  $(BIN)/pytest -m "not unit"; cluster=$$?; \
-	  wait $$unit; passed=$$?; echo "--- in-process tiers (pytest -m unit) ---"; \
-	  tail -n 40 $(UNIT_LOG); exit $$(( cluster || passed ))
+	@mkdir -p $(LOGS)
+	$(BIN)/pytest -m unit -q > $(LOGS)/unit.log 2>&1 & unit=$$!; \
+	  $(BIN)/pytest -m own_cluster > $(LOGS)/own_cluster.log 2>&1 & own=$$!; \
+	  $(BIN)/pytest -m "not unit and not own_cluster"; cluster=$$?; \
+	  wait $$own; own=$$?; wait $$unit; unit=$$?; \
+	  echo "--- clusters of their own (pytest -m own_cluster) ---"; tail -n 30 $(LOGS)/own_cluster.log; \
+	  echo "--- in-process tiers (pytest -m unit) ---"; tail -n 30 $(LOGS)/unit.log; \
+	  exit $$(( cluster || own || unit ))
 
 # One tier at a time (tests/conftest.py): no Ray (~55 s in two workers), a real cluster, the browser.
 test-unit: $(STAMP) model lint

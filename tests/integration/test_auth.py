@@ -36,7 +36,7 @@ def locked(base_url: str, tmp_path_factory) -> Iterator[str]:
     serve.run(build_app({"models": [MODEL], "auth": {"tokens_file": str(tokens)}}),
               name=LOCKED, route_prefix=f"/{LOCKED}")
     yield f"{base_url}/{LOCKED}"
-    serve.delete(LOCKED)
+    serve.delete(LOCKED, _blocking=False)  # (goes while the next module starts)
 
 
 def test_http_through_serves_proxy(locked: str):

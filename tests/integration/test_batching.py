@@ -64,7 +64,7 @@ def retune_url(base_url: str, tmp_path_factory) -> Iterator[str]:
     deploy(with_retune_app({"max_batch_size": 8, "batch_wait_timeout_s": 0.01}),
            tmp_path_factory.mktemp("retune"))
     yield f"{base_url}/{RETUNE_APP}"
-    serve.delete(RETUNE_APP)
+    serve.delete(RETUNE_APP, _blocking=False)  # (goes while the next module starts)
 
 
 def test_xla_traces_stay_bounded_by_the_buckets(retune_url: str):

@@ -1,7 +1,9 @@
 """``ray-tf-serve`` (``python -m deployments.cli``) end to end, with TF
-Serving's own test models and a ``--model_config_file``: labels from the
-file answer on REST; a model added to and one removed from the file, and a
-label, apply live within two poll periods while another client keeps
+Serving's own test models and its ``--model_config_file``,
+``--monitoring_config_file`` and ``--batching_parameters_file``: labels from
+the file answer on REST, TF Serving's gRPC stub answers on ``--port``, the
+monitoring page shows TF Serving's metric names; a model added to and one
+removed from the file, and a label, apply live within two poll periods while another client keeps
 calling an unchanged model (no failure); SIGTERM drains within the stop's
 budget (exit 0) and leaves no process and no port. About 2 minutes.
 
@@ -19,8 +21,11 @@ import threading
 import time
 from pathlib import Path
 
+import grpc as grpc_lib
 import httpx
 import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from deployments import run
 from harness.cluster import free_port, wait_until
@@ -62,7 +67,10 @@ def test_reload_and_stop(tmp_path: Path) -> None:
         env[name] = str(free_port())
     server = subprocess.Popen(
         [sys.executable, "-m", "deployments.cli", f"--port={grpc}", f"--rest_api_port={http}",
-         f"--model_config_file={config}", f"--model_config_file_poll_wait_seconds={POLL_S}"],
+         f"--model_config_file={config}", f"--model_config_file_poll_wait_seconds={POLL_S}",
+         f"--monitoring_config_file={TFSERVING_TESTDATA / 'monitoring_config.txt'}",
+         "--enable_batching",
+         f"--batching_parameters_file={TFSERVING_TESTDATA / 'batching_config.txt'}"],
         cwd=ROOT, env=env)
     stop = threading.Event()
     answers: list[int] = []
@@ -82,6 +90,19 @@ def test_reload_and_stop(tmp_path: Path) -> None:
             assert canary["model_version_status"][0]["version"] == "124", canary
             assert _predict(client, "half_plus_two/labels/stable").json() == {
                 "predictions": [3.0]}
+            # TF Serving's own gRPC stub on --port, as its server test calls it.
+            with grpc_lib.insecure_channel(f"127.0.0.1:{grpc}") as channel:
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name = "half_plus_three"
+                request.inputs["x"].CopyFrom(tf.make_tensor_proto([2.0], shape=[1]))
+                request.output_filter.append("y")
+                answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+                    request, timeout=60)
+            assert list(answer.outputs["y"].float_val) == [4.0]
+            assert answer.model_spec.version.value == 123
+            # The monitoring file's page, with TF Serving's names (the requests above).
+            wait_until(lambda: ":tensorflow:serving:request_count{" in client.get(
+                "/monitoring/prometheus/metrics").text, 60, "TF Serving's request_count")
 
             def load() -> None:
                 with httpx.Client(base_url=f"http://127.0.0.1:{http}", timeout=30) as c:

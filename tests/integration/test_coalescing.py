@@ -121,7 +121,7 @@ def deploy(coalesce: dict, tmp_path: Path) -> None:
 def coalesce_url(base_url: str, tmp_path_factory) -> Iterator[str]:
     deploy({"enabled": False}, tmp_path_factory.mktemp("coalesce"))
     yield f"{base_url}/{COALESCE_APP}"
-    serve.delete(COALESCE_APP)
+    serve.delete(COALESCE_APP, _blocking=False)  # (goes while the next module starts)
 
 
 def burst(url: str) -> list[int]:

@@ -35,7 +35,7 @@ def faults_url(base_url: str, tmp_path_factory) -> Iterator[str]:
     deploy_faults_app(tmp_path_factory.mktemp("faults"))
     wait_app_running(APP, 180)
     yield f"{base_url}/{APP}"
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)  # (goes while the next module starts)
 
 
 class SteadyLoad:

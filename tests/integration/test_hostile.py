@@ -52,7 +52,7 @@ def crashing_url(base_url: str) -> Iterator[str]:
         {"digits_linear": replicas.bind(model, DeviceArgs())}, 3, InputLimits())
     serve.run(app, name="crashing", route_prefix="/crashing")
     yield f"{base_url}/crashing"
-    serve.delete("crashing")
+    serve.delete("crashing", _blocking=False)  # (goes while the next module starts)
 
 
 def test_a_request_that_crashes_its_replica_is_not_sent_on_to_crash_the_next(

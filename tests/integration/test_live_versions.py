@@ -43,7 +43,7 @@ def live(base_url: str, tmp_path_factory) -> Iterator[tuple[str, Path]]:
     deploy_config(config, tmp_path_factory.mktemp("live-config"))
     wait_app_running(APP, 180)
     yield f"{base_url}/{APP}", base
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)  # (goes while the next module starts)
 
 
 class Load:

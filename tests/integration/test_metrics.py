@@ -106,10 +106,16 @@ def test_latency_batch_and_queue_metrics_are_exported(traffic):
                                            "le": "2.0"}, 2),
         ("ray_tfserve_batch_seconds_count", {"model": "digits", "version": "1"}, 1),
     ])
-    queues = [tags for tags, _ in samples.get("ray_tfserve_queue_length", [])
-              if tags.get("application") == APP_NAME]
-    assert {(t["model"], t["version"]) for t in queues} >= {("digits", "1"),
-                                                            ("digits_linear", "1")}
+    def queues(samples: Samples) -> set[tuple[str, str]]:
+        return {(t["model"], t["version"]) for t, _ in samples.get("ray_tfserve_queue_length", [])
+                if t.get("application") == APP_NAME}
+
+    # Each replica reports its gauge on a timer of its own: await both.
+    deadline = time.monotonic() + 60
+    while not queues(samples) >= {("digits", "1"), ("digits_linear", "1")}:
+        assert time.monotonic() < deadline, f"queue gauges of {queues(samples)} only"
+        time.sleep(2)
+        samples = scrape()
 
 
 MONITORED = "monitored"
@@ -124,7 +130,7 @@ def monitored_url(base_url: str, tmp_path_factory) -> Iterator[str]:
     deploy_config(config, tmp_path_factory.mktemp(MONITORED))
     wait_app_running(MONITORED, 180)
     yield f"{base_url}/{MONITORED}"
-    serve.delete(MONITORED)
+    serve.delete(MONITORED, _blocking=False)  # (goes while the next module starts)
 
 
 def read_page(client: httpx.Client) -> Samples:

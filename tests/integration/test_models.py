@@ -36,7 +36,7 @@ def versions_base(base_url: str, tmp_path_factory) -> Iterator[Path]:
     base = tmp_path_factory.mktemp("models") / "digits"
     run_versions_app(base, [1, 2])
     yield base
-    serve.delete(VERSIONS_APP)
+    serve.delete(VERSIONS_APP, _blocking=False)  # (goes while the next module starts)
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,7 @@ def s3_url(base_url: str, s3: dict[str, str], tmp_path_factory) -> Iterator[str]
     deploy_config(config, tmp_path_factory.mktemp("s3-config"))
     wait_app_running(APP, 180)
     yield f"{base_url}/{APP}"
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)  # (goes while the next module starts)
 
 
 def predict(url: str) -> dict:

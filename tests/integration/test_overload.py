@@ -26,7 +26,7 @@ def overload_url(base_url: str, tmp_path_factory) -> Iterator[str]:
     deploy_config(config, tmp_path_factory.mktemp("overload"))
     wait_app_running(APP, 180)
     yield f"{base_url}/{APP}"
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)  # (goes while the next module starts)
 
 
 def test_a_flood_is_shed_fast_and_admitted_requests_succeed(overload_url: str):

@@ -52,7 +52,7 @@ def logged(base_url: str, tmp_path_factory) -> Iterator[tuple[str, Path, Path]]:
     deploy_config(config, tmp_path_factory.mktemp("payload-config"))
     wait_app_running(APP, 180)
     yield f"{base_url}/{APP}", base, log_dir
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)  # (goes while the next module starts)
 
 
 def test_every_protocol_logged_read_back_and_replayed_as_warmup(logged, grpc_address: str):

@@ -54,7 +54,7 @@ def reader(base_url: str, tmp_path_factory) -> Iterator[str]:
     deploy_config(config, tmp_path_factory.mktemp("reader"))
     wait_app_running(APP, 240)
     yield f"{base_url}/{APP}"
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)  # (goes while the next module starts)
 
 
 @pytest.fixture(scope="module")

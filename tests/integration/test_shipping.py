@@ -42,7 +42,7 @@ def shipped_url(base_url: str, source: Path, tmp_path_factory) -> Iterator[str]:
     deploy_config(config, tmp_path_factory.mktemp("shipped"))
     wait_app_running(APP, 180)
     yield f"{base_url}/{APP}"
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)  # (goes while the next module starts)
 
 
 def predict_all(url: str) -> list[str]:

@@ -32,7 +32,7 @@ def app(base_url: str) -> Iterator[serve.handle.DeploymentHandle]:
         {"name": "examples", "path": str(root / "examples")},
     ]}), name=APP, route_prefix=f"/{APP}")
     yield handle
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)  # (goes while the next module starts)
 
 
 @cache

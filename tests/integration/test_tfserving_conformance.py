@@ -75,7 +75,7 @@ def app(base_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         {"name": "broken", "path": str(paths["broken"])},
     ]}), name=APP, route_prefix=f"/{APP}")
     yield f"{base_url}/{APP}"
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)  # (goes while the next module starts)
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def models_app(base_url: str) -> Iterator[None]:
          "signature_name": "regress"},
     ]}), name=MODELS_APP, route_prefix=f"/{MODELS_APP}")
     yield
-    serve.delete(MODELS_APP)
+    serve.delete(MODELS_APP, _blocking=False)  # (goes while the next module starts)
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def picker_url(base_url: str) -> Iterator[str]:
         {"name": "digits_linear", "path": str(ROOT / "models" / "digits_linear")},
     ]}), name=PICKER_APP, route_prefix=f"/{PICKER_APP}")
     yield f"{base_url}/{PICKER_APP}"
-    serve.delete(PICKER_APP)
+    serve.delete(PICKER_APP, _blocking=False)  # (goes while the next module starts)
 
 
 @pytest.fixture(scope="module")
