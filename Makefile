@@ -65,7 +65,7 @@ test: $(STAMP)
 	@mkdir -p $(LOGS)
 	$(BIN)/pytest -m unit -q > $(LOGS)/unit.log 2>&1 & unit=$$!; \
 	  $(BIN)/pytest -m own_cluster > $(LOGS)/own_cluster.log 2>&1 & own=$$!; \
-	  $(BIN)/pytest -m "not unit and not own_cluster"; cluster=$$?; \
+	  $(BIN)/pytest -m "not unit and not own_cluster" --durations=15; cluster=$$?; \
 	  wait $$own; own=$$?; wait $$unit; unit=$$?; \
 	  echo "--- clusters of their own (pytest -m own_cluster) ---"; tail -n 30 $(LOGS)/own_cluster.log; \
 	  echo "--- in-process tiers (pytest -m unit) ---"; tail -n 30 $(LOGS)/unit.log; \
