@@ -3,7 +3,7 @@ code and the HTTP layer in process, no Ray), ``cluster`` (tests/integration:
 a real Ray cluster and Serve), ``browser`` (the demo page in Chromium, on the
 cluster). ``make test-unit``, ``make test-cluster``, ``make test-browser``
 run one; ``make test`` runs them all. Cluster tests that start a cluster of
-their own (the CLI's, ``make serve``'s) are also ``own_cluster``: they need
+their own (the CLI's, ``make serve``'s, two nodes') are also ``own_cluster``: they need
 none of the session's, and ``make test`` runs them beside it."""
 
 import os
@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 # Modules whose tests start and stop a cluster of their own.
-OWN_CLUSTER = {"test_cli.py", "test_stopping.py"}
+OWN_CLUSTER = {"test_cli.py", "test_multinode.py", "test_stopping.py"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

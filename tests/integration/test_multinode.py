@@ -27,9 +27,11 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from starlette.testclient import TestClient
 
 from harness.cluster import free_port, wait_ready, wait_until
 from harness.envfile import read_env_file
+from tests.app.conftest import build_app, config_args
 from tests.common import APP_NAME, CONFIG, ROOT, SAMPLES
 
 BIN = Path(sys.executable).parent
@@ -164,11 +166,24 @@ def multinode_config(http: int, grpc: int) -> dict:
     return config
 
 
-def predict(url: str) -> list[list[str]]:
-    files = [("f", (p.name, p.read_bytes(), "image/png")) for p in SAMPLES]
-    response = httpx.post(f"{url}/predict", files=files, timeout=60)
+FILES = [("f", (p.name, p.read_bytes(), "image/png")) for p in SAMPLES]
+
+
+def top_labels(response: httpx.Response) -> list[list[str]]:
     assert response.status_code == 200, response.text
     return [[c["label"] for c in row["top_k"]] for row in response.json()["predictions"]]
+
+
+def predict(url: str) -> list[list[str]]:
+    return top_labels(httpx.post(f"{url}/predict", files=FILES, timeout=60))
+
+
+@pytest.fixture(scope="module")
+def one_node() -> list[list[str]]:
+    """What one node answers: the shipped config's app with its models in
+    this process (the app tier's harness; no cluster needed beside these two)."""
+    with TestClient(build_app(config_args())) as http:
+        return top_labels(http.post("/predict", files=FILES))
 
 
 def pulls_served(metrics_port: int) -> float:
@@ -191,8 +206,8 @@ def test_replicas_run_where_the_config_pins_them(two_nodes: TwoNodes):
     assert proxies == {head, worker}  # proxy_location: EveryNode
 
 
-def test_both_proxies_and_a_third_driver_answer_as_one_node_does(two_nodes, client):
-    single_node = predict(str(client.base_url))  # the session's one-node cluster
+def test_both_proxies_and_a_third_driver_answer_as_one_node_does(two_nodes, one_node):
+    single_node = one_node
     assert predict(two_nodes.head_url) == single_node
     assert predict(two_nodes.worker_url) == single_node
     answers = json.loads(two_nodes.driver("examples/handle_client.py", *map(str, SAMPLES)))
