@@ -38,8 +38,8 @@ from benchmarks.raw_tf import measure_raw
 from benchmarks.report import OURS, PEER, ratios, report
 from benchmarks.sequence import mix, raw_rates, served_rate
 from benchmarks.server import APP, MODEL, ROOT, Server, bench_config
+from deployments.envfile import read_env_file
 from harness.cluster import replica_pids, running_replicas, wait_until
-from harness.envfile import read_env_file
 from harness.probes import object_store_mb, rss_mb
 from models.build_benchmark import (
     DEFAULT_OUT,

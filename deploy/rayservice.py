@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from harness.envfile import read_env_file
+from deployments.envfile import read_env_file
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "deploy" / "kuberay"

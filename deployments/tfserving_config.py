@@ -32,6 +32,7 @@ from google.protobuf import (
 
 from deployments.config import CLI_APP as APP_NAME
 from deployments.config import model_app
+from deployments.envfile import read_env_file
 
 # The Preprocessor's user_config key listing the served models in order
 # (``IngressSettings.served``).
@@ -432,13 +433,6 @@ def docker_argv(env: Mapping[str, str], extra: Sequence[str]) -> list[str]:
     base = env.get("MODEL_BASE_PATH") or "/models"
     return ["--port=8500", "--rest_api_port=8501", f"--model_name={name}",
             f"--model_base_path={base}/{name}", *extra]
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines as a shell sources them (configs/server.env)."""
-    lines = (line.strip() for line in path.read_text().splitlines())
-    pairs = (line.split("=", 1) for line in lines if line and not line.startswith("#"))
-    return {key: value.strip('"') for key, value in pairs}
 
 
 @dataclass(frozen=True)

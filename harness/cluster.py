@@ -19,7 +19,7 @@ import ray
 from ray import serve
 from ray.serve.schema import ApplicationStatus
 
-from harness.envfile import read_env_file
+from deployments.envfile import read_env_file
 
 # Ports that nothing picks on its own: above Ray's worker ports (10002-19999),
 # below Serve's direct-ingress replica ports (30000+) and Linux's ephemeral

@@ -29,8 +29,8 @@ import pytest
 import yaml
 from starlette.testclient import TestClient
 
+from deployments.envfile import read_env_file
 from harness.cluster import free_port, wait_ready, wait_until
-from harness.envfile import read_env_file
 from tests.app.conftest import build_app, config_args
 from tests.common import APP_NAME, CONFIG, ROOT, SAMPLES
 

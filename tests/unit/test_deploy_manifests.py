@@ -17,7 +17,7 @@ from deploy.rayservice import (
     worker_pods,
 )
 from deployments.config import AppArgs
-from harness.envfile import read_env_file
+from deployments.envfile import read_env_file
 
 PINNED_RAY = next(re.search(r"==([\d.]+)", d).group(1)
                   for d in tomllib.loads((ROOT / "pyproject.toml").read_text())
