@@ -40,7 +40,7 @@ def measure_payload_log(server: Server, config: dict, jpeg: bytes, clients: int,
                         seconds: float) -> dict:
     def load(label: str) -> dict:
         return run_load(f"{server.url}/predict?top_k=1", lambda: bodies.native_image(jpeg), 1,
-                        clients, seconds, label=label).summary()
+                        clients, seconds, label=label)
 
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
