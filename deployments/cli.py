@@ -37,7 +37,8 @@ from deployments.tfserving_config import (
 )
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
+    """A line to the operator, on stderr, named as the command."""
     print(f"ray-tf-serve: {message}", file=sys.stderr, flush=True)
 
 
@@ -86,10 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         template = template_of(options)
         plan = load(options, template)
     except FlagError as e:
-        _say(str(e))
+        say(str(e))
         return 2
     for warning in options.warnings:
-        _say(f"warning: {warning}")
+        say(f"warning: {warning}")
     os.environ.update(server_env(template_path(options)))
     _move_fallback_ports(options)
     run.reap_stale(run.runs_root(), kill_after_s=5.0)
@@ -102,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         probe.unlink(missing_ok=True)
     if taken:
         for problem in taken:
-            _say(problem)
+            say(problem)
         return 1
     command = [sys.executable, "-m", "deployments.tfserving_server", *args]
     return run.supervise(command, options.stop_timeout_s)

@@ -29,7 +29,9 @@ from typing import Any
 
 import yaml
 
+from deployments.cli import say, template_of
 from deployments.config import model_app
+from deployments.run import MARK
 from deployments.tfserving_config import (
     APP_NAME,
     DRAIN_ENV,
@@ -50,11 +52,8 @@ class _NoAliases(yaml.SafeDumper):
     def ignore_aliases(self, data: Any) -> bool:
         return True
 
+
 _APPLY_TIMEOUT_S = 300.0
-
-
-def _say(message: str) -> None:
-    print(f"ray-tf-serve: {message}", file=sys.stderr, flush=True)
 
 
 class Server:
@@ -91,9 +90,9 @@ class Server:
     def deploy(self, config: dict[str, Any]) -> None:
         from ray.serve.schema import ServeDeploySchema
 
-        run = os.environ.get("RAY_TF_SERVE_RUN")
-        if run:  # the Serve config as deployed, for `serve run` and for the curious
-            Path(run, "serve_config.yaml").write_text(
+        run_dir = os.environ.get(MARK)
+        if run_dir:  # the Serve config as deployed, for `serve run` and for the curious
+            Path(run_dir, "serve_config.yaml").write_text(
                 yaml.dump(config, Dumper=_NoAliases, sort_keys=False))
         self._client.deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
 
@@ -114,7 +113,7 @@ class Server:
             time.sleep(0.5)
         failed = {a for a in apps if states.get(a) != ApplicationStatus.RUNNING}
         for app in sorted(failed):
-            _say(f"{app} is {states.get(app) or 'not deployed'}: see `serve status`")
+            say(f"{app} is {states.get(app) or 'not deployed'}: see `serve status`")
         return failed
 
     def reload(self) -> bool:
@@ -122,7 +121,7 @@ class Server:
         try:
             models = read_model_config(self.plan.options.model_config_file)
         except FlagError as e:
-            _say(f"keeping the running config: {e}")
+            say(f"keeping the running config: {e}")
             return False
         if models == self.models:
             return False
@@ -165,7 +164,7 @@ def apply(server: Server, models: list[ModelEntry]) -> None:
                != (m.base_path, m.version_policy)]
     removed = sorted(set(old) - set(new))
     kept = [m for m in models if m.name in old]
-    _say(f"model config changed: adding or changing {[m.name for m in started]}, "
+    say(f"model config changed: adding or changing {[m.name for m in started]}, "
          f"removing {removed}")
     if kept:  # (a config with none kept routes to the old ones until step 3)
         server.deploy(serve_config(plan, server.deployed, served=kept))
@@ -183,11 +182,10 @@ def apply(server: Server, models: list[ModelEntry]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = parse_flags(sys.argv[1:] if argv is None else argv)
-        from deployments.cli import template_of
 
         plan = load(options, template_of(options))
     except FlagError as e:
-        _say(str(e))
+        say(str(e))
         return 2
     server = Server(plan)
 
@@ -198,11 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, stop)
     try:
         server.start()
-        _say(f"serving {[m.name for m in plan.models]}: REST on port "
+        say(f"serving {[m.name for m in plan.models]}: REST on port "
              f"{options.rest_api_port}, gRPC on port {options.port}")
         server.serve_forever()
     finally:
-        _say("stopping")
+        say("stopping")
         server.shutdown()
     return 0
 

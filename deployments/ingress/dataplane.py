@@ -45,8 +45,8 @@ class DataPlane:
 
     def __init__(self, registry: ModelRegistry, limits: InputLimits,
                  payload_log: PayloadLogs | None = None) -> None:
-        self.registry = registry
         self.payload_log = payload_log or PayloadLogs()
+        self.serve(registry)
         self.budget = MemoryBudget(limits.max_inflight_bytes)
         self._limits = limits
         # One bounded pool decodes every model's images: concurrent requests
@@ -55,8 +55,10 @@ class DataPlane:
 
     def serve(self, registry: ModelRegistry) -> None:
         """Serves ``registry``'s models from now on (models added or removed
-        live); a request that already holds the old one's objects finishes on them."""
+        live); a request that already holds the old one's objects finishes on them.
+        Payload logging takes settings for these models only."""
         self.registry = registry
+        self.payload_log.serving(frozenset(registry.names))
 
     async def resolve(self, target: Target) -> ModelMetadata:
         """The version and signature ``target`` names, or a 404 naming what is

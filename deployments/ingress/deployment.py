@@ -93,7 +93,6 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
         registry = ModelRegistry(clients, self._metrics, processors=processors,
                                  pipelines=pipelines)
         self._payload_logs = PayloadLogs()
-        self._payload_logs.serving(frozenset(registry.names))
         self._plane = DataPlane(registry, limits, self._payload_logs)
         self._limits = limits
         self._settings = IngressSettings()
@@ -145,7 +144,6 @@ class Preprocessor(V2GrpcService, TFServingGrpcService):
         processors = {n: p for n, p in self._processors.items() if n in clients}
         registry = ModelRegistry(clients, self._metrics, processors=processors)
         self._metrics.serving(names)
-        self._payload_logs.serving(frozenset(names))
         self._plane.serve(registry)
 
     def __del__(self) -> None:

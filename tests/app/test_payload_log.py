@@ -66,7 +66,6 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     args = config_args()
     metrics = IngressMetrics([m.name for m in args.models])
     plane = in_process_plane(args, metrics)
-    plane.payload_log.serving(frozenset(plane.registry.names))
     gate = Gate(args.auth)
     with TestClient(build_asgi(plane, args.limits, metrics, args.top_k, gate)) as http:
         yield App(http, Service(plane, gate, metrics), plane,
