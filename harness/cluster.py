@@ -29,6 +29,19 @@ _QUIET_PORTS = range(20000, 30000)
 _handed_out: set[int] = set()
 
 
+# Serve's HAProxy reaches each replica on a port of its own, from a range every
+# cluster on a host starts at the same place (HTTP 30000+, gRPC 40000+), and gRPC
+# servers share a port (SO_REUSEPORT): a second cluster beside the session's
+# (``own_cluster`` tests) would take some of its gRPC calls. Those clusters get
+# ranges of their own.
+OWN_CLUSTER_REPLICA_PORTS = {
+    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "31000",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "32000",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "41000",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "42000",
+}
+
+
 def free_port() -> int:
     """A TCP port free on every interface now, not handed out before by this
     process."""
