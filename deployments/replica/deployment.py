@@ -71,11 +71,6 @@ class ModelDeployment:
             gpu_memory=device.gpu_memory,
             gpu_total_memory_mb=device.gpu_total_memory_mb,
         )
-        apply_device_plan(plan)
-        # Imported here, after the device plan: the preprocessor and the
-        # `serve run` driver import this module too and need no TensorFlow.
-        from deployments.replica.runner import SavedModelRunner
-
         self._plan = plan
         # TF releases the GIL while it computes; running it on a thread keeps
         # the replica's event loop free to form the next batch meanwhile.
@@ -85,7 +80,19 @@ class ModelDeployment:
         if shipped is not None:  # load this node's copy, not the source
             model = moved_to(model, receive(shipped))
 
+        device_ready = False
+
         def load(version: int, path: Path) -> ServedVersion:
+            # TensorFlow is imported and set up at the first load (versions load
+            # on one thread): the preprocessor and the `serve run` driver import
+            # this module too and need none, and a path with no model fails the
+            # replica without the import's ~3 s of CPU.
+            nonlocal device_ready
+            if not device_ready:
+                apply_device_plan(plan)
+                device_ready = True
+            from deployments.replica.runner import SavedModelRunner
+
             runner = SavedModelRunner(model, version, path, plan.device)
             served = ServedVersion(runner, self._executor, self._settings)
             if model.warmup:
