@@ -81,7 +81,10 @@ def start_cluster(env_file: Path | None, drain_s: int | None = None,
     if drain_s is not None:
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(drain_s)
     # "local": a new cluster owned by this process, even if another runs here.
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, **init_args)
+    # No idle workers started ahead: replicas run in runtime environments of their
+    # own and never take one (each cost ~1.5 s of CPU, one per CPU).
+    ray.init(address="local", include_dashboard=False, log_to_driver=False,
+             _system_config={"enable_worker_prestart": False}, **init_args)
     return ray.get_runtime_context().gcs_address
 
 
