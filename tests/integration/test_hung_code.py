@@ -72,4 +72,4 @@ def test_a_hung_preprocess_gets_its_ingress_replica_replaced(base_url: str, tmp_
         wait_until(replaced, 120, "the ingress replica with hung code to be replaced")
         wait_until(lambda: predict(pixels) == 200, 120, "requests to be served again")
     finally:
-        serve.delete(APP)
+        serve.delete(APP, _blocking=False)  # (goes while the next test runs)

@@ -98,4 +98,4 @@ def test_callers_of_a_model_with_no_replica_share_one_wait(base_url: str, tmp_pa
         # One fetch times out after 10 s; six in turn would take a minute.
         assert waited < 30
     finally:
-        serve.delete("unplaced")
+        serve.delete("unplaced", _blocking=False)  # (goes while the next test runs)

@@ -60,7 +60,7 @@ def test_preprocess_code_shipped_by_py_modules(base_url: str, client: httpx.Clie
         scores = [p["scores"] for p in answer["predictions"]]
         assert np.allclose(scores, expected, atol=1e-4)
     finally:
-        serve.delete(APP)
+        serve.delete(APP, _blocking=False)  # (goes while the next test runs)
 
 
 def test_a_broken_import_path_fails_the_deploy(base_url: str):
@@ -73,4 +73,4 @@ def test_a_broken_import_path_fails_the_deploy(base_url: str):
         assert ("model 'badcode': postprocess 'missing_pkg.post:calibrate' cannot be loaded: "
                 "cannot import module 'missing_pkg.post': ModuleNotFoundError") in message
     finally:
-        serve.delete("badcode")
+        serve.delete("badcode", _blocking=False)  # (goes while the next test runs)

@@ -111,7 +111,7 @@ def test_a_callers_object_reaches_the_model_replica_as_the_same_object(cluster_a
         seen = serve.get_deployment_handle("digits", "forward-probe").seen.remote().result()
         stats = handle.stats.remote().result()["models"]["digits"]
     finally:
-        serve.delete("forward-probe")
+        serve.delete("forward-probe", _blocking=False)  # (goes while the next test runs)
     assert seen == [ref.hex()]  # the caller's object itself, not a copy put again
     assert stats["forwarded"] == 1
     assert stats["versions"]["1"]["requests"] == 3
