@@ -120,9 +120,16 @@ def test_tritonclient_http_errors_name_the_problem(http_client, model, inputs, m
 
 
 def test_tritonclient_grpc_needs_no_metadata_with_one_app(grpc_client):
-    # Apps of earlier modules go while later ones start: await the last.
-    wait_until(lambda: set(serve.status().applications) == {APP_NAME}, 120,
-               "the other apps to go")
+    # Apps of earlier modules go while later ones start: await the last, and
+    # the proxy's routes following (a moment after `serve status`).
+    def alone() -> bool:
+        try:
+            return (set(serve.status().applications) == {APP_NAME}
+                    and grpc_client.is_server_live())
+        except InferenceServerException:  # another app is still routed to
+            return False
+
+    wait_until(alone, 120, "the other apps to go")
     assert grpc_client.is_server_live() and grpc_client.is_model_ready("digits")
 
 
