@@ -34,6 +34,7 @@ from benchmarks.naive import NaiveModel
 from benchmarks.payload_log import measure_payload_log
 from benchmarks.peer import HandBuiltPeer
 from benchmarks.plot import plot_results
+from benchmarks.profile import profile_runs
 from benchmarks.raw_tf import measure_raw
 from benchmarks.report import OURS, PEER, ratios, report
 from benchmarks.sequence import mix, raw_rates, served_rate
@@ -53,8 +54,8 @@ from models.build_benchmark import (
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH_SIZES = [1, 2, 4, 8, 16, 32]
-SECTIONS = ["systems", "coalescing", "standin", "sequence", "pipeline", "plain", "kserve",
-            "handoff", "memory", "autoscaling", "payload_log"]
+SECTIONS = ["systems", "coalescing", "standin", "profile", "sequence", "pipeline", "plain",
+            "kserve", "handoff", "memory", "autoscaling", "payload_log"]
 STANDIN_APP = "standin"
 SHAPE = (1, 224, 224, 3)
 
@@ -124,30 +125,42 @@ def measure_coalescing_off(server: Server, config: dict, jpeg: bytes, clients: i
     return {str(clients): off}
 
 
+def deploy_standin(server: Server, main_config: dict, model_replicas: int,
+                   ingress_replicas: int, coalesce: bool) -> str:
+    """The stand-in model as its own app beside the main one; its URL."""
+    if not (STANDIN_OUT / "1" / "saved_model.pb").exists():
+        build_standin(STANDIN_OUT)
+    standin = bench_config(
+        STANDIN_OUT, server.port,
+        {"num_replicas": model_replicas, "user_config": {"max_batch_size": 64}},
+        {"num_replicas": ingress_replicas, "user_config": {"coalesce": {"enabled": coalesce}}},
+        app=STANDIN_APP, route_prefix=f"/{STANDIN_APP}")
+    # A config lists every app: the main one stays as it is.
+    server.deploy({**main_config, "applications": [*main_config["applications"],
+                                                   *standin["applications"]]}, STANDIN_APP)
+    return f"{server.url}/{STANDIN_APP}"
+
+
 def measure_standin(server: Server, main_config: dict, jpeg: bytes, levels: list[int],
                     seconds: float) -> dict:
     """The near-free model served by the same config: JPEG and V2 binary, 1
-    and 2 ingress replicas, coalescing on and off; Ray's floor (two trivial
-    chained deployments) and the in-process decode rate beside them."""
-    if not (STANDIN_OUT / "1" / "saved_model.pb").exists():
-        build_standin(STANDIN_OUT)
+    and 2 ingress replicas, coalescing on and off; a bare ``GET /healthz`` on
+    the same path, Ray's floor (two trivial chained deployments) and the
+    in-process decode rate beside them."""
     pixels = bodies.pixels(jpeg)
     base = f"{server.url}/{STANDIN_APP}"
     paths = {"JPEG": (f"{base}/predict?top_k=1", bodies.native_image(jpeg)),
              "V2 binary": (f"{base}/v2/models/{MODEL}/infer", bodies.v2(pixels, binary=True))}
     runs = []
+    healthz = {}
     for replicas in (1, 2):
         for coalesce in (True, False):
-            standin = bench_config(
-                STANDIN_OUT, server.port,
-                {"num_replicas": 2, "user_config": {"max_batch_size": 64}},
-                {"num_replicas": replicas,
-                 "user_config": {"coalesce": {"enabled": coalesce}}},
-                app=STANDIN_APP, route_prefix=f"/{STANDIN_APP}")
-            # A config lists every app: the main one stays as it is.
-            config = {**main_config, "applications": [*main_config["applications"],
-                                                      *standin["applications"]]}
-            server.deploy(config, STANDIN_APP)
+            deploy_standin(server, main_config, 2, replicas, coalesce)
+            if coalesce:
+                healthz[str(replicas)] = run_load(
+                    f"{base}/healthz", lambda: (b"", {}), 1, max(levels), seconds,
+                    label=f"GET /healthz, {replicas} ingress, {max(levels)} clients",
+                    method="GET")
             for protocol, (url, body) in paths.items():
                 for clients in levels:
                     label = (f"stand-in {protocol}, {replicas} ingress, coalescing "
@@ -162,7 +175,19 @@ def measure_standin(server: Server, main_config: dict, jpeg: bytes, levels: list
     floor = by_concurrency(floor_url, bodies.raw_float32(pixels), levels, seconds,
                            "Ray's floor: two chained deployments")
     serve.delete("floor")
-    return {"runs": runs, "floor": floor, "decode_rate": decode_rate(jpeg, seconds / 2)}
+    return {"runs": runs, "healthz": healthz, "floor": floor,
+            "decode_rate": decode_rate(jpeg, seconds / 2)}
+
+
+def measure_profile(server: Server, main_config: dict, seconds: float, out_dir: Path) -> dict:
+    """The stand-in on one ingress and one model replica, sampled by py-spy
+    under 1 and 64 clients (benchmarks/profile.py)."""
+    url = deploy_standin(server, main_config, 1, 1, True)
+    pids = {"ingress": server.ingress_stats(STANDIN_APP)["pid"],
+            "model": server.model_stats(MODEL, STANDIN_APP)["pid"]}
+    runs = profile_runs(f"{url}/predict?top_k=1", pids, [1, 64], seconds, out_dir)
+    server.deploy(main_config)  # the stand-in's app leaves
+    return {"runs": runs, "flame_graphs": str(out_dir)}
 
 
 def measure_sequence(server: Server, main_config: dict, model_overrides: dict,
@@ -273,6 +298,8 @@ def main() -> None:
         print("building the benchmark model (MobileNetV2, weights=None) ...")
         build(model_dir)
 
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / time.strftime("%Y%m%d-%H%M%S")
     results: dict = {"machine": machine(), "mode": "full" if args.full else "short",
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "levels": levels,
                      "skipped": args.skip}
@@ -310,6 +337,9 @@ def main() -> None:
                 measure_coalescing_off(server, config, jpeg, 16, seconds)
         if "standin" not in args.skip:
             results["standin"] = measure_standin(server, config, jpeg, [16, 64], seconds)
+        if "profile" not in args.skip:
+            results["profile"] = measure_profile(server, config, 2 * seconds,
+                                                 stem.with_name(f"{stem.name}-profile"))
         if "sequence" not in args.skip:
             results["sequence"] = {
                 **measure_sequence(server, config, overrides, sequences, seconds),
@@ -349,8 +379,6 @@ def main() -> None:
                          "batch1_ms": float(np.mean(batch1))}
     results["ratios"] = ratios(results)
 
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / time.strftime("%Y%m%d-%H%M%S")
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
     plot_results(results, stem.with_suffix(".png"))
     report(results)

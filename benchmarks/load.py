@@ -50,7 +50,7 @@ class LoadResult:
 
 
 async def _run(url: str, make: RequestFactory, images_per_request: int, clients: int,
-               seconds: float, warmup_s: float, label: str) -> LoadResult:
+               seconds: float, warmup_s: float, label: str, method: str) -> LoadResult:
     result = LoadResult(clients, seconds)
     connector = aiohttp.TCPConnector(limit=clients)
     timeout = aiohttp.ClientTimeout(total=120)
@@ -63,7 +63,7 @@ async def _run(url: str, make: RequestFactory, images_per_request: int, clients:
         async def client() -> None:
             while (now := time.perf_counter()) < stop_at:
                 body, headers = make()
-                async with session.post(url, data=body, headers=headers) as r:
+                async with session.request(method, url, data=body, headers=headers) as r:
                     await r.read()
                     done = time.perf_counter()
                 if now >= measure_from:
@@ -83,8 +83,10 @@ async def _run(url: str, make: RequestFactory, images_per_request: int, clients:
 
 
 def run_load(url: str, make: RequestFactory, images_per_request: int, clients: int,
-             seconds: float, warmup_s: float = 2.0, label: str = "load") -> dict:
-    result = asyncio.run(_run(url, make, images_per_request, clients, seconds, warmup_s, label))
+             seconds: float, warmup_s: float = 2.0, label: str = "load",
+             method: str = "POST") -> dict:
+    result = asyncio.run(_run(url, make, images_per_request, clients, seconds, warmup_s, label,
+                              method))
     return result.summary()
 
 

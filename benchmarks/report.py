@@ -51,6 +51,12 @@ def _standin_ratios(standin: dict) -> dict:
             out[f"standin_{key}_{clients}_clients_coalescing_on_vs_off"] = best_on / best_off
             if protocol == "JPEG":
                 out[f"standin_jpeg_{clients}_clients_vs_decode_rate"] = best_on / decode
+    if standin.get("healthz"):  # the same path's bare rate, 1 ingress replica
+        healthz = standin["healthz"]["1"]
+        clients = healthz["clients"]
+        out[f"standin_jpeg_{clients}_clients_vs_healthz"] = max(
+            standin_rate(standin, "JPEG", clients, n, True) for n in (1, 2)
+        ) / healthz["requests_per_s"]
     floor = max(s["images_per_s"] for s in standin["floor"].values())
     out["standin_best_vs_ray_floor"] = max(r["images_per_s"] for r in standin["runs"]) / floor
     return out
@@ -92,6 +98,8 @@ def ratios(results: dict) -> dict:
         out.update(_throughput_ratios(results))
     if "standin" in results:
         out.update(_standin_ratios(results["standin"]))
+    if "profile" in results:
+        _profile_report(results["profile"])
     if "sequence" in results:
         seq = results["sequence"]
         served = seq["served_16_clients"]["images_per_s"]
@@ -173,6 +181,18 @@ def _pipeline_report(pipe: dict) -> None:
     print(f"  each model alone, 1 client, p50: {alone}")
 
 
+def _profile_report(profile: dict) -> None:
+    """CPU ms per request by process and, in the ingress and the replica, by stage."""
+    for run in profile["runs"]:
+        processes = "  ".join(f"{k} {v:.2f}" for k, v in run["cpu_ms_per_request"].items())
+        print(f"profile, {run['clients']} clients ({run['requests_per_s']:.0f} req/s), "
+              f"CPU ms per request: {processes}")
+        for role, stages in run["stages_cpu_ms_per_request"].items():
+            cells = "  ".join(f"{k} {v:.2f}" for k, v in stages.items())
+            print(f"  {role}: {cells}")
+    print(f"flame graphs: {profile['flame_graphs']}")
+
+
 def report(results: dict) -> None:
     raw = results["raw_tf"]
     low, high = raw["best_images_per_s_spread"]
@@ -202,6 +222,8 @@ def report(results: dict) -> None:
                   f"{r['ingress_replicas']} ingress, coalescing "
                   f"{'on ' if r['coalesce'] else 'off'}: {r['images_per_s']:7.1f} img/s "
                   f"p50 {r['p50_ms']:6.1f} ms")
+    if "profile" in results:
+        _profile_report(results["profile"])
     if "sequence" in results:
         seq = results["sequence"]
         served = seq["served_16_clients"]
