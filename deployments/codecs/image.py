@@ -65,7 +65,9 @@ class _Values:
     """Pixels (uint8) → the model's values, written into a batch row."""
 
     def __init__(self, preprocessing: ImagePreprocessing, channels: int) -> None:
-        self._scale, self._offset = preprocessing.affine(channels)
+        scale, offset = preprocessing.affine(channels)
+        self._scale = None if (scale == 1).all() else scale
+        self._offset = None if (offset == 0).all() else offset
         self._bgr = preprocessing.channel_order == "BGR"
         self._pad = np.array(preprocessing.pad_value, np.uint8).reshape(1, 1, -1)
 
@@ -80,10 +82,21 @@ class _Values:
         self._write(pixels, row)
 
     def _write(self, pixels: np.ndarray, out: np.ndarray) -> None:
+        """One cast into ``out``, then the affine on its rows as flat runs of
+        width × channels values: a ``[C]`` vector broadcast over ``[H, W, C]``
+        makes NumPy loop 3 values at a time (7× slower on a 224² image)."""
         if self._bgr:
             pixels = pixels[..., ::-1]  # a view: no copy
-        np.multiply(pixels, self._scale, out=out)
-        np.add(out, self._offset, out=out)
+        np.copyto(out, pixels)  # uint8 → float32, exact
+        height, width, channels = out.shape
+        # A row's pixels are contiguous, even in a letterbox's window; setting
+        # the shape of a view raises where a reshape would quietly copy.
+        rows = out.view()
+        rows.shape = (height, width * channels)
+        if self._scale is not None:
+            np.multiply(rows, np.tile(self._scale, width), out=rows)
+        if self._offset is not None:
+            np.add(rows, np.tile(self._offset, width), out=rows)
 
 
 def decoded_bytes(image: Image.Image, geometry: ImageGeometry,
