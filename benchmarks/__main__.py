@@ -57,6 +57,7 @@ BATCH_SIZES = [1, 2, 4, 8, 16, 32]
 SECTIONS = ["systems", "coalescing", "standin", "profile", "sequence", "pipeline", "plain",
             "kserve", "handoff", "memory", "autoscaling", "payload_log"]
 STANDIN_APP = "standin"
+INTERLEAVED_CLIENTS = 16  # the issue's bar: native JPEG against the hand-built peer
 SHAPE = (1, 224, 224, 3)
 
 
@@ -69,6 +70,19 @@ def by_concurrency(url: str, body: bodies.Body, levels: list[int], seconds: floa
                    label: str) -> dict[str, dict]:
     return {str(c): run_load(url, lambda: body, 1, c, seconds, label=f"{label}, {c} clients")
             for c in levels}
+
+
+def interleaved(systems: dict[str, tuple[str, bodies.Body]], clients: int, seconds: float,
+                rounds: int = 2) -> dict[str, list[float]]:
+    """Each system's images/s measured in turn, ``rounds`` times over (A B A B):
+    a drift of the machine's speed falls on both alike."""
+    rates: dict[str, list[float]] = {name: [] for name in systems}
+    for round_ in range(rounds):
+        for name, (url, body) in systems.items():
+            label = f"interleaved {round_ + 1}/{rounds}: {name}, {clients} clients"
+            rates[name].append(run_load(url, lambda b=body: b, 1, clients, seconds,
+                                        label=label)["images_per_s"])
+    return rates
 
 
 def measure_server(server: Server, model_dir: Path, levels: list[int], seconds: float,
@@ -100,6 +114,9 @@ def measure_server(server: Server, model_dir: Path, levels: list[int], seconds: 
     app["ingress_stats"] = server.ingress_stats()
 
     peer = server.run_app(HandBuiltPeer.bind(str(model_dir / "1"), SHAPE), "peer")
+    app["interleaved"] = interleaved(
+        {PEER: (peer, bodies.raw_float32(pixels)), OURS: paths["native image"]},
+        INTERLEAVED_CLIENTS, seconds)
     systems[PEER] = by_concurrency(peer, bodies.raw_float32(pixels), levels, seconds,
                                    "hand-built peer")
     serve.delete("peer")

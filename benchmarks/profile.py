@@ -7,7 +7,8 @@ replicas without pausing them. Each process's CPU time over the run (from
 /proc), divided by the requests answered, is its CPU per request; the
 ingress's and the replica's are split into stages by where their samples
 were: the innermost frame that belongs to a stage names it. HAProxy's and the
-load generator's CPU per request are counted beside them. Each run's flame
+load generator's CPU per request are counted beside them; what each process
+spends idle (measured just before) is taken out. Each run's flame
 graphs (SVG) are written next to the results.
 """
 
@@ -17,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,7 @@ from benchmarks.load import run_load
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 RATE_HZ = 97  # py-spy's samples per second (not a divisor of timer ticks)
+IDLE_S = 4.0  # how long each process's idle CPU is measured before a load
 
 # A stage by frame: py-spy writes each as "function (file:line)". The
 # innermost frame matching any of these names the sample's stage; a sample
@@ -86,6 +89,13 @@ def haproxy_pids() -> list[int]:
     return [int(p) for p in found.stdout.split()]
 
 
+def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """Each process's CPU seconds per second while no request arrives."""
+    before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+    time.sleep(seconds)
+    return {role: (cpu_seconds(pid) - before[role]) / seconds for role, pid in pids.items()}
+
+
 def _record(pid: int, out: Path, seconds: float, fmt: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [str(PY_SPY), "record", "--pid", str(pid), "--nonblocking", "--rate", str(RATE_HZ),
@@ -98,6 +108,9 @@ def profile_load(url: str, pids: dict[str, int], clients: int, seconds: float,
     """One load of ``clients`` on ``url`` while py-spy samples ``pids`` (by
     role: "ingress", "model"); CPU ms per request by process and stage."""
     jpeg = bodies.sample_jpeg()
+    watched = {**pids, **{f"haproxy {p}": p for p in haproxy_pids()},
+               "load generator": os.getpid()}
+    idle = idle_cpu(watched, IDLE_S)
     warmup_s = 2.0
     run_load(url, lambda: bodies.native_image(jpeg), 1, clients, warmup_s,
              warmup_s=0, label=f"{label} (warm-up)")
@@ -106,8 +119,6 @@ def profile_load(url: str, pids: dict[str, int], clients: int, seconds: float,
         stem = out_dir / f"{label}-{role}"
         samplers.append(_record(pid, stem.with_suffix(".raw"), seconds, "raw"))
         samplers.append(_record(pid, stem.with_suffix(".svg"), seconds, "flamegraph"))
-    haproxy = haproxy_pids()
-    watched = {**pids, **{f"haproxy {p}": p for p in haproxy}, "load generator": os.getpid()}
     before = {role: cpu_seconds(pid) for role, pid in watched.items()}
     summary = run_load(url, lambda: bodies.native_image(jpeg), 1, clients, seconds,
                        warmup_s=0, label=label)
@@ -115,7 +126,9 @@ def profile_load(url: str, pids: dict[str, int], clients: int, seconds: float,
     for sampler in samplers:
         sampler.wait(timeout=60)
     requests = max(summary["requests"], 1)
-    per_request = {role: 1000 * (after[role] - before[role]) / requests for role in watched}
+    # What each process spends idle (health checks, metrics) is not the requests'.
+    per_request = {role: 1000 * (after[role] - before[role] - idle[role] * seconds) / requests
+                   for role in watched}
     processes = {
         "ingress": per_request["ingress"],
         "model replica": per_request["model"],
@@ -128,6 +141,7 @@ def profile_load(url: str, pids: dict[str, int], clients: int, seconds: float,
         shares = stage_shares(raw, table) if raw.exists() else {}
         stages[role] = {stage: share * per_request[role] for stage, share in shares.items()}
     return {"clients": clients, **summary, "cpu_ms_per_request": processes,
+            "idle_cpu_ms_per_s": {role: 1000 * v for role, v in idle.items()},
             "stages_cpu_ms_per_request": stages}
 
 

@@ -98,8 +98,6 @@ def ratios(results: dict) -> dict:
         out.update(_throughput_ratios(results))
     if "standin" in results:
         out.update(_standin_ratios(results["standin"]))
-    if "profile" in results:
-        _profile_report(results["profile"])
     if "sequence" in results:
         seq = results["sequence"]
         served = seq["served_16_clients"]["images_per_s"]
@@ -150,6 +148,10 @@ def _throughput_ratios(results: dict) -> dict:
             systems[OURS]["1"]["p50_ms"] - raw["batch1_ms"],
         "first_request_vs_steady_p50": app["first_request_ms"] / systems[OURS]["1"]["p50_ms"],
     }
+    if "interleaved" in app:  # peer, ours, peer, ours
+        rates = app["interleaved"]
+        out["native_vs_hand_built_peer_interleaved"] = (float(np.mean(rates[OURS]))
+                                                        / float(np.mean(rates[PEER])))
     off = systems.get(f"{OURS}, coalescing off", {})
     if off:
         clients = int(next(iter(off)))
