@@ -102,7 +102,8 @@ def measure_server(server: Server, model_dir: Path, levels: list[int], seconds: 
     for name, (url, body) in paths.items():
         systems[f"this server: {name}"] = by_concurrency(url, body, levels, seconds, name)
     handles = {"Python handle": (), "Python handle, ObjectRef by name": ("--by-ref",),
-               "model handle": ("--model", MODEL)}  # the last skips the Preprocessor
+               "model handle": ("--model", MODEL),  # these skip the Preprocessor
+               "model handle, coalesced by the caller": ("--model", MODEL, "--direct")}
     for name, flags in handles.items():
         systems[f"this server: {name}"] = {
             str(c): server.handle_load(c, seconds, f"{name}, {c} clients", *flags)

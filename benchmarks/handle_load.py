@@ -6,7 +6,9 @@ joining its cluster; prints one JSON summary line.
 input name (``{"image": ref}``): the app forwards the caller's object to the
 model instead of receiving the array. ``--model NAME`` calls that model's own
 deployment instead of the app's ``predict``: the caller puts its batch in the
-object store and hands over the reference, skipping the Preprocessor."""
+object store and hands over the reference, skipping the Preprocessor;
+``--direct`` with it runs the ingress's data plane in this job instead
+(``DirectClient``), so its concurrent calls are coalesced here."""
 
 from __future__ import annotations
 
@@ -21,10 +23,14 @@ import ray
 from ray import serve
 
 from benchmarks.load import LoadResult
+from deployments.ingress.direct import DirectClient
 
 
-def _caller(app_name: str, model: str | None, by_ref: bool,
+def _caller(app_name: str, model: str | None, by_ref: bool, direct: bool,
             batch: np.ndarray) -> Callable[[], Awaitable[object]]:
+    if direct:
+        client = DirectClient.for_app(app_name, [model or ""])
+        return lambda: client.predict({"image": batch})
     if model is not None:
         handle = serve.get_deployment_handle(model, app_name).options(_by_reference=True)
         return lambda: handle.remote(ray.put(batch))
@@ -34,10 +40,10 @@ def _caller(app_name: str, model: str | None, by_ref: bool,
     return lambda: app.predict.remote(batch, top_k=1)
 
 
-async def drive(app_name: str, model: str | None, by_ref: bool, clients: int, seconds: float,
-                warmup_s: float, shape: tuple[int, ...]) -> dict:
+async def drive(app_name: str, model: str | None, by_ref: bool, direct: bool, clients: int,
+                seconds: float, warmup_s: float, shape: tuple[int, ...]) -> dict:
     batch = np.random.default_rng(0).random(shape, dtype=np.float32)
-    call = _caller(app_name, model, by_ref, batch)
+    call = _caller(app_name, model, by_ref, direct, batch)
     await call()  # the router learns the replicas first
     result = LoadResult(clients, seconds)
     measure_from = time.perf_counter() + warmup_s
@@ -66,14 +72,19 @@ def main() -> None:
     parser.add_argument("--model", help="call this model's deployment, not the app")
     parser.add_argument("--by-ref", action="store_true",
                         help="pass each batch as an ObjectRef by input name")
+    parser.add_argument("--direct", action="store_true",
+                        help="with --model: through deployments.ingress.direct.DirectClient "
+                             "(the data plane in this process: calls coalesced here)")
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--shape", type=int, nargs="+", default=[1, 224, 224, 3])
     args = parser.parse_args()
     ray.init(address="auto", logging_level="ERROR", log_to_driver=False)
-    summary = asyncio.run(drive(args.app, args.model, args.by_ref, args.clients, args.seconds,
-                                args.warmup, tuple(args.shape)))
+    if args.direct and args.model is None:
+        parser.error("--direct needs --model")
+    summary = asyncio.run(drive(args.app, args.model, args.by_ref, args.direct, args.clients,
+                                args.seconds, args.warmup, tuple(args.shape)))
     print(json.dumps(summary))
 
 

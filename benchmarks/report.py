@@ -143,6 +143,9 @@ def _throughput_ratios(results: dict) -> dict:
             _at(systems.get(f"{HANDLE}, ObjectRef by name", {}), many) / best,
         f"model_handle_{many}_clients_vs_raw_best":
             _at(systems.get("this server: model handle", {}), many) / best,
+        f"model_handle_coalesced_by_the_caller_{many}_clients_vs_raw_best":
+            _at(systems.get("this server: model handle, coalesced by the caller", {}), many)
+            / best,
         f"native_vs_naive_{many}_clients": ours / _at(systems["naive Ray Serve (JSON)"], many),
         "p50_one_client_minus_raw_batch1_ms":
             systems[OURS]["1"]["p50_ms"] - raw["batch1_ms"],
