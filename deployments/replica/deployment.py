@@ -80,17 +80,9 @@ class ModelDeployment:
         if shipped is not None:  # load this node's copy, not the source
             model = moved_to(model, receive(shipped))
 
-        device_ready = False
-
         def load(version: int, path: Path) -> ServedVersion:
-            # TensorFlow is imported and set up at the first load (versions load
-            # on one thread): the preprocessor and the `serve run` driver import
-            # this module too and need none, and a path with no model fails the
-            # replica without the import's ~3 s of CPU.
-            nonlocal device_ready
-            if not device_ready:
-                apply_device_plan(plan)
-                device_ready = True
+            # Imported after the device plan (``prepare`` below): the preprocessor
+            # and the `serve run` driver import this module too and need no TensorFlow.
             from deployments.replica.runner import SavedModelRunner
 
             runner = SavedModelRunner(model, version, path, plan.device)
@@ -103,8 +95,11 @@ class ModelDeployment:
                         model.name, version, path, plan.device)
             return served
 
+        # TensorFlow is imported and set up once there is a version to load: a
+        # path with no model fails the replica without the import's ~3 s of CPU.
         self._versions = VersionManager(model.name, source(model), model.version_policy, load,
-                                        model.poll_interval_s)
+                                        model.poll_interval_s,
+                                        prepare=partial(apply_device_plan, plan))
         self._versions.start()
 
     async def reconfigure(self, user_config: dict) -> None:

@@ -81,11 +81,16 @@ class VersionManager(Generic[Served]):
 
     def __init__(self, name: str, source: VersionSource, policy: Policy,
                  load: Callable[[int, Path], Served], poll_s: float,
-                 retry_s: float = 60.0, settle_s: float | None = None) -> None:
+                 retry_s: float = 60.0, settle_s: float | None = None,
+                 prepare: Callable[[], None] | None = None) -> None:
+        """``prepare``: what loading needs set up first, run once by
+        :meth:`start` when there is a version to load (its error is the
+        replica's, not a version's)."""
         self.name = name
         self._source = source
         self._policy = policy
         self._load = load
+        self._prepare = prepare
         self.poll_s = poll_s
         self._retry_s = retry_s
         self._settle_s = (settle_s if settle_s is not None
@@ -119,6 +124,8 @@ class VersionManager(Generic[Served]):
         self._last = listing
         steady = {v for v, fingerprint in listing.items() if first.get(v) == fingerprint}
         picked = self._policy.select(steady)
+        if steady and self._prepare is not None:
+            self._prepare()
         for version in sorted(picked):
             self._publish(version, listing[version], self._attempt(version))
         for version in sorted(steady - picked, reverse=True):

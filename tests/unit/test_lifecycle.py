@@ -73,6 +73,38 @@ def test_start_loads_what_the_policy_picks_or_fails_clearly(tmp_path):
     assert sorted(fallback.served) == [3] and states(fallback) == {4: "END", 3: "AVAILABLE"}
 
 
+def test_what_loading_needs_is_prepared_once_and_only_with_a_version_to_load(tmp_path):
+    prepared: list[str] = []
+    loaded: list[int] = []
+
+    def prepare() -> None:  # stands for TensorFlow's import and device plan
+        prepared.append("plan")
+
+    def tracked(version: int, path: Path) -> str:
+        assert prepared, "loaded before the device was set up"
+        loaded.append(version)
+        return load(version, path)
+
+    empty = VersionManager("m", LocalSource(tmp_path / "none"), Latest(), tracked, poll_s=0,
+                           settle_s=0.01, prepare=prepare)
+    with pytest.raises(NoVersions, match="no such directory"):
+        empty.start()
+    assert prepared == []  # nothing to load: nothing imported
+    for v in (1, 2):
+        add_version(tmp_path, v)
+    VersionManager("m", LocalSource(tmp_path), All(), tracked, poll_s=0, settle_s=0.01,
+                   prepare=prepare).start()
+    assert prepared == ["plan"] and sorted(loaded) == [1, 2]
+
+    def no_gpu() -> None:
+        raise RuntimeError("Ray assigned a GPU, but TensorFlow sees none")
+
+    failing = VersionManager("m", LocalSource(tmp_path), All(), tracked, poll_s=0,
+                             settle_s=0.01, prepare=no_gpu)
+    with pytest.raises(RuntimeError, match="TensorFlow sees none"):  # the replica's, as is
+        failing.start()
+
+
 def test_a_new_version_is_loaded_once_steady_then_the_old_one_unloads(tmp_path):
     async def scenario():
         add_version(tmp_path, 1)
