@@ -67,7 +67,9 @@ class _Values:
     def __init__(self, preprocessing: ImagePreprocessing, channels: int) -> None:
         scale, offset = preprocessing.affine(channels)
         self._scale = None if (scale == 1).all() else scale
-        self._offset = None if (offset == 0).all() else offset
+        # Adding a zero offset is skipped only where it changes nothing (it
+        # turns the -0.0 a negative scale makes of a 0 pixel into +0.0).
+        self._offset = None if (offset == 0).all() and (scale >= 0).all() else offset
         self._bgr = preprocessing.channel_order == "BGR"
         self._pad = np.array(preprocessing.pad_value, np.uint8).reshape(1, 1, -1)
 
@@ -89,10 +91,9 @@ class _Values:
             pixels = pixels[..., ::-1]  # a view: no copy
         np.copyto(out, pixels)  # uint8 → float32, exact
         height, width, channels = out.shape
-        # A row's pixels are contiguous, even in a letterbox's window; setting
-        # the shape of a view raises where a reshape would quietly copy.
-        rows = out.view()
-        rows.shape = (height, width * channels)
+        # A row's pixels are contiguous, even in a letterbox's window (a view,
+        # never a copy: copy=False raises rather than copy).
+        rows = np.reshape(out, (height, width * channels), copy=False)
         if self._scale is not None:
             np.multiply(rows, np.tile(self._scale, width), out=rows)
         if self._offset is not None:
