@@ -28,8 +28,8 @@ from deployments.ingress.direct import DirectClient
 
 def _caller(app_name: str, model: str | None, by_ref: bool, direct: bool,
             batch: np.ndarray) -> Callable[[], Awaitable[object]]:
-    if direct:
-        client = DirectClient.for_app(app_name, [model or ""])
+    if model is not None and direct:
+        client = DirectClient.for_app(app_name, [model])
         return lambda: client.predict({"image": batch})
     if model is not None:
         handle = serve.get_deployment_handle(model, app_name).options(_by_reference=True)

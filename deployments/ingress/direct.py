@@ -8,7 +8,10 @@ once per batch, not once per call).
     outputs = await client.predict({"image": batch})  # every output by name
 
 Inputs are checked against the signature here, as the ingress checks them
-(and the replica again); encoded images are not decoded: send arrays.
+(and the replica again); encoded images are not decoded: send arrays. What
+the app's ingress adds around a model is not here: the config's
+pre/postprocess code, labels and traffic splits, pipelines, its limits (the
+defaults apply) and the request counter (the model-call metrics are kept).
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ class DirectClient:
     def for_app(cls, app: str, models: Sequence[str], limits: InputLimits | None = None,
                 coalesce: CoalesceSettings | None = None) -> DirectClient:
         """``models`` of the running app ``app`` (each is its own deployment),
-        the first the default."""
+        the first the default. (``ray-tf-serve``, the CLI, deploys each model
+        as an app of its own, ``deployments.config.model_app(name)``: build
+        the clients from those handles and pass them to the constructor.)"""
         clients = {name: RayModelClient(name, serve.get_deployment_handle(name, app))
                    for name in models}
         return cls(clients, limits, coalesce)
@@ -54,6 +59,7 @@ class DirectClient:
                       signature: str | None = None) -> Outputs:
         """Every output of ``model``'s ``version`` (none: the highest) for
         ``inputs`` (arrays, or objects in the store, by input name)."""
-        meta = await self.plane.resolve(Target(model, version, signature=signature))
-        answer = await self.plane.infer(meta, inputs, pinned=version is not None)
+        target = Target(model, version, signature=signature)
+        meta = await self.plane.resolve(target)
+        answer = await self.plane.infer(meta, inputs, pinned=target.pinned)
         return answer.outputs
