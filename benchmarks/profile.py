@@ -30,27 +30,30 @@ PY_SPY = Path(sys.executable).parent / "py-spy"
 RATE_HZ = 97  # py-spy's samples per second (not a divisor of timer ticks)
 IDLE_S = 4.0  # how long each process's idle CPU is measured before a load
 
-# A stage by frame: py-spy writes each as "function (file:line)". The
+# A stage by frame: py-spy writes each as "function (file:line)", methods as
+# "Class.method", files relative to their package ("PIL/Image.py"). The
 # innermost frame matching any of these names the sample's stage; a sample
 # none matches is the event loop's and Serve's own work.
 Stages = Sequence[tuple[str, str]]
+_M = r"^(\w+\.)*"  # a function's class, if any
 INGRESS_STAGES: Stages = (
-    ("decode", r"codecs/image\.py|/PIL/|simplejpeg"),
-    ("put", r"^put \(.*model_client\.py|^put \(.*ray/_private/worker\.py"),
+    ("decode", r"codecs/image\.py|(^|[ (/])PIL/|simplejpeg"),
+    ("put", _M + r"put(_object)? \(.*(model_client|ray/_private/worker)\.py"),
     ("model call and return", r"model_client\.py|ray/serve/handle\.py"
                               r"|ray/serve/_private/(router|request_router|replica_result)"),
     ("coalescing", r"ingress/(coalescing|dispatch)\.py"),
     ("checks", r"deployments/(signature|bounds)\.py|ingress/(budget|deadline)\.py"),
-    ("encode", r"^(render|_finite|answer\w*|encode\w*|predictions\w*) \(|codecs/predictions"
-               r"|starlette/responses\.py|orjson"),
+    ("encode", _M + r"(render|_finite|answer\w*|encode\w*|predictions\w*) \("
+               r"|codecs/predictions|starlette/responses\.py|orjson"),
     ("parse", r"ingress/protocols/|deployments/codecs/|multipart|ingress/request\.py"),
-    ("HTTP in and out", r"uvicorn|/h11/|httptools|starlette/|ingress/asgi\.py"
+    ("HTTP in and out", r"uvicorn|(^|[ (/])h11/|httptools|starlette/|ingress/asgi\.py"
                         r"|ray/serve/_private/(http_util|proxy)"),
     ("data plane", r"ingress/(dataplane|catalog|registry)\.py"),
 )
 REPLICA_STAGES: Stages = (
     ("TensorFlow", r"tensorflow/|replica/runner\.py"),
-    ("inputs from the object store", r"deployments/objects\.py|ray/_private/serialization"),
+    ("object store (inputs in, outputs out)",
+     r"deployments/objects\.py|ray/_private/serialization"),
     ("batching", r"replica/(batching|served)\.py"),
 )
 OTHER = "event loop and Serve"
@@ -84,7 +87,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def haproxy_pids() -> list[int]:
-    """The HAProxy processes of this machine (the bench's cluster is its only one)."""
+    """The HAProxy processes of this machine (the bench's cluster is its only
+    one; a reload during a run would end them: the run then fails)."""
     found = subprocess.run(["pgrep", "-x", "haproxy"], capture_output=True, text=True)
     return [int(p) for p in found.stdout.split()]
 
@@ -100,7 +104,7 @@ def _record(pid: int, out: Path, seconds: float, fmt: str) -> subprocess.Popen[b
     return subprocess.Popen(
         [str(PY_SPY), "record", "--pid", str(pid), "--nonblocking", "--rate", str(RATE_HZ),
          "--duration", str(round(seconds)), "--format", fmt, "--output", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def profile_load(url: str, pids: dict[str, int], clients: int, seconds: float,
@@ -124,7 +128,9 @@ def profile_load(url: str, pids: dict[str, int], clients: int, seconds: float,
                        warmup_s=0, label=label)
     after = {role: cpu_seconds(pid) for role, pid in watched.items()}
     for sampler in samplers:
-        sampler.wait(timeout=60)
+        _, err = sampler.communicate(timeout=60)
+        if sampler.returncode != 0:  # e.g. no ptrace rights: say so, not empty tables
+            raise RuntimeError(f"py-spy failed ({sampler.returncode}): {err.decode()[-500:]}")
     requests = max(summary["requests"], 1)
     # What each process spends idle (health checks, metrics) is not the requests'.
     per_request = {role: 1000 * (after[role] - before[role] - idle[role] * seconds) / requests
