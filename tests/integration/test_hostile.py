@@ -101,7 +101,8 @@ def test_requests_of_different_inner_shapes_share_a_batch_without_failing_each_o
         answers = [r.result() for r in responses]
         stats = serve.get_deployment_handle("total", "ragged").stats.remote().result()
     finally:
-        serve.delete("ragged", _blocking=False)  # (goes while the next test runs)
+        # Waited for: its removal reloads HAProxy, not under the next test's load.
+        serve.delete("ragged")
     assert [a["outputs"]["total"] for a in answers] == [[float(s[1])] * s[0] for s in shapes]
     assert sum(stats["batch_rows"].values()) >= 1
 
