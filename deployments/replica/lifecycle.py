@@ -124,7 +124,7 @@ class VersionManager(Generic[Served]):
         self._last = listing
         steady = {v for v, fingerprint in listing.items() if first.get(v) == fingerprint}
         picked = self._policy.select(steady)
-        if steady and self._prepare is not None:
+        if picked and self._prepare is not None:  # (else nothing below loads)
             self._prepare()
         for version in sorted(picked):
             self._publish(version, listing[version], self._attempt(version))
