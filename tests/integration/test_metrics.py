@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
-from harness.cluster import wait_app_running
+from harness.cluster import wait_app_running, wait_until
 from tests.common import APP_NAME, SAMPLES
 from tests.integration.conftest import deploy_config, with_test_app
 
@@ -111,11 +111,9 @@ def test_latency_batch_and_queue_metrics_are_exported(traffic):
                 if t.get("application") == APP_NAME}
 
     # Each replica reports its gauge on a timer of its own: await both.
-    deadline = time.monotonic() + 60
-    while not queues(samples) >= {("digits", "1"), ("digits_linear", "1")}:
-        assert time.monotonic() < deadline, f"queue gauges of {queues(samples)} only"
-        time.sleep(2)
-        samples = scrape()
+    both = {("digits", "1"), ("digits_linear", "1")}
+    if not queues(samples) >= both:
+        wait_until(lambda: queues(scrape()) >= both, 60, f"the queue gauges of {both}")
 
 
 MONITORED = "monitored"
