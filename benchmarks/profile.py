@@ -143,8 +143,7 @@ def profile_load(url: str, pids: dict[str, int], clients: int, seconds: float,
     }
     stages = {}
     for role, table in (("ingress", INGRESS_STAGES), ("model", REPLICA_STAGES)):
-        raw = (out_dir / f"{label}-{role}").with_suffix(".raw")
-        shares = stage_shares(raw, table) if raw.exists() else {}
+        shares = stage_shares((out_dir / f"{label}-{role}").with_suffix(".raw"), table)
         stages[role] = {stage: share * per_request[role] for stage, share in shares.items()}
     return {"clients": clients, **summary, "cpu_ms_per_request": processes,
             "idle_cpu_ms_per_s": {role: 1000 * v for role, v in idle.items()},
