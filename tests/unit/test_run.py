@@ -49,6 +49,8 @@ FAKE_SERVE = textwrap.dedent("""
     else:
         signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
     note()
+    while len(open(pids).read().split()) < 3:  # each child noted before any exit
+        time.sleep(0.05)
     if behaviour == "exits":
         sys.exit(3)
     while True:
