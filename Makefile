@@ -17,26 +17,39 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: serve test test-unit test-cluster test-browser lint model browser bench kuberay clean
 
+# scikit-learn and matplotlib serve only the tests' digits, the model builds and the benchmark's
+# plot, never the server; but Keras imports both in every process that imports TensorFlow
+# whenever they can be found (1.5 s of CPU per model replica here). So they live in TOOLS, not
+# in the venv's site-packages, and only those processes look there (pytest's pythonpath,
+# PYTHONPATH below, the benchmark's plotting child): the cluster's workers import what a user's
+# install has. Pinned with the dependencies the venv lacks.
+TOOLS := $(VENV)/tools
+TOOL_PACKAGES := scikit-learn==1.9.1 scipy==1.17.1 joblib==1.6.0 threadpoolctl==3.8.0 \
+  matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.69.1 kiwisolver==1.5.1 \
+  pyparsing==3.3.3
+
 # uv installs the pinned packages from PyPI in parallel: ~20 s, where pip took ~95 s.
 UV := uv==0.13.9
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(UV)
-	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[test,build,bench]'
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[test,bench]'
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python --no-deps \
+	  --target $(TOOLS) $(TOOL_PACKAGES)
 	touch $(STAMP)
 
 $(MODEL): | $(STAMP)
-	$(BIN)/python -m models.build_digits
+	PYTHONPATH=$(TOOLS) $(BIN)/python -m models.build_digits
 
 $(LINEAR_MODEL): | $(STAMP)
-	$(BIN)/python -m models.build_digits_linear
+	PYTHONPATH=$(TOOLS) $(BIN)/python -m models.build_digits_linear
 
 $(TEST_MODELS): models/build_test_models.py | $(STAMP)
 	$(BIN)/python -m models.build_test_models
 	touch $@
 
 $(LOCATOR_MODEL): models/build_locator.py | $(STAMP)
-	$(BIN)/python -m models.build_locator
+	PYTHONPATH=$(TOOLS) $(BIN)/python -m models.build_locator
 
 model: $(MODEL) $(LINEAR_MODEL) $(TEST_MODELS) $(LOCATOR_MODEL)
 

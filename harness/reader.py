@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from harness.tools import tools_env
+
 if TYPE_CHECKING:
     from deployments.replica.runner import SavedModelRunner
 
@@ -23,7 +25,8 @@ LOCATOR = ROOT / "models" / "locator"
 def locator_model() -> Path:
     """models/locator, built first if `make model` has not (some 20 s)."""
     if not (LOCATOR / "1" / "saved_model.pb").exists():
-        subprocess.run([sys.executable, "-m", "models.build_locator"], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "models.build_locator"], cwd=ROOT, check=True,
+                       env=tools_env())
     return LOCATOR
 
 

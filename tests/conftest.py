@@ -10,10 +10,14 @@ import os
 
 import pytest
 
+from harness.tools import use_tools
+
 # Every process of the test session (this driver, `serve run`, the example
 # client) runs with Ray's token authentication off; see docs/operations.md.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# scikit-learn's digits, for this process only: not the clusters' workers.
+use_tools()
 
 
 # Modules whose tests start and stop a cluster of their own.
