@@ -14,7 +14,7 @@ from ray import serve
 from ray.serve.schema import ApplicationStatus
 
 from harness.cluster import wait_until
-from tests.common import APP_NAME, SAMPLES
+from tests.common import APP_NAME, SAMPLES, TLS
 from tests.integration.conftest import deploy_config, with_test_app
 
 COALESCE_APP = "coalesce"
@@ -50,7 +50,7 @@ def test_concurrent_requests_share_calls_and_each_gets_its_own_rows(
     calls_before, requests_before = calls_and_requests(APP_NAME)
 
     def post(job: int) -> httpx.Response:
-        with httpx.Client(base_url=base_url, timeout=60) as c:
+        with httpx.Client(base_url=base_url, timeout=60, verify=TLS) as c:
             if job % 8 == 7:  # a corrupt image among good ones
                 return c.post("/predict", content=b"\x89PNG broken",
                               headers={"Content-Type": "image/png"})
@@ -83,7 +83,7 @@ def test_clients_that_leave_mid_request_do_not_disturb_their_batch_mates(
         # wherever it is (queued for a batch, or in a model call).
         timeout = 0.005 if job % 3 == 0 else 60
         try:
-            with httpx.Client(base_url=base_url, timeout=timeout) as c:
+            with httpx.Client(base_url=base_url, timeout=timeout, verify=TLS) as c:
                 return c.post("/predict", files=files_for(job)).status_code
         except httpx.TimeoutException:
             return "gone"
@@ -126,7 +126,7 @@ def coalesce_url(base_url: str, tmp_path_factory) -> Iterator[str]:
 
 def burst(url: str) -> list[int]:
     def post(job: int) -> int:
-        with httpx.Client(timeout=60) as c:
+        with httpx.Client(timeout=60, verify=TLS) as c:
             return c.post(f"{url}/predict", files=files_for(job)).status_code
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:

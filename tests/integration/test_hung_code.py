@@ -14,6 +14,7 @@ from ray import serve
 from sklearn.datasets import load_digits
 
 from harness.cluster import replica_actor_names, wait_app_running, wait_until
+from tests.common import TLS
 from tests.integration.conftest import deploy_config, with_test_app
 from tests.integration.test_user_code import LINEAR
 
@@ -51,7 +52,8 @@ def test_a_hung_preprocess_gets_its_ingress_replica_replaced(base_url: str, tmp_
     pixels = load_digits().data[:2].astype(np.float32) / 16
 
     def predict(rows: np.ndarray) -> int:
-        return httpx.post(url, json={"instances": rows.tolist()}, timeout=60).status_code
+        return httpx.post(url, json={"instances": rows.tolist()}, timeout=60,
+                          verify=TLS).status_code
 
     try:
         wait_app_running(APP, 180)

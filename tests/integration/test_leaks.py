@@ -12,7 +12,7 @@ from ray import serve
 from harness.cluster import replica_pids, running_replicas, wait_until
 from harness.probes import object_store_mb, rss_mb
 from tests.app.test_bad_requests import OVER_THE_WIRE, check
-from tests.common import APP_NAME, SAMPLES
+from tests.common import APP_NAME, SAMPLES, TLS
 
 
 def send(base_url: str, count: int) -> int:
@@ -22,7 +22,7 @@ def send(base_url: str, count: int) -> int:
 
     def client(n: int) -> int:
         ok = 0
-        with httpx.Client(base_url=base_url, timeout=60) as c:
+        with httpx.Client(base_url=base_url, timeout=60, verify=TLS) as c:
             for i in range(n):
                 if i % 2:
                     r = c.post("/predict", content=image, headers={"Content-Type": "image/png"})
@@ -40,7 +40,7 @@ def send_corpus(base_url: str) -> None:
     cases = iter(OVER_THE_WIRE)
 
     def client() -> list[str]:
-        with httpx.Client(base_url=base_url, timeout=60) as c:
+        with httpx.Client(base_url=base_url, timeout=60, verify=TLS) as c:
             return [problem for bad in cases if (problem := check(
                 bad, c.request(bad.method, bad.path, content=bad.content, headers=bad.headers)))]
 

@@ -15,7 +15,7 @@ from ray import serve
 from ray.serve.schema import ApplicationStatus
 
 from harness.cluster import http_ok, wait_until
-from tests.common import CONFIG, ROOT, SAMPLES
+from tests.common import CONFIG, ROOT, SAMPLES, TLS
 from tests.integration.conftest import deploy_config, with_test_app
 
 # Models that cannot load, deployed at once (each fails after Serve's retries).
@@ -87,7 +87,7 @@ def test_callers_of_a_model_with_no_replica_share_one_wait(base_url: str, tmp_pa
         image = {"content": SAMPLES[0].read_bytes(), "headers": {"Content-Type": "image/png"}}
 
         def predict(_: int) -> httpx.Response:
-            return httpx.post(f"{url}/predict", **image, timeout=120)
+            return httpx.post(f"{url}/predict", **image, timeout=120, verify=TLS)
 
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(6) as pool:

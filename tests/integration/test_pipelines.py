@@ -33,7 +33,7 @@ from harness.cluster import (
 )
 from harness.reader import READER_CONFIG, locator_model
 from models.build_locator import canvases
-from tests.common import CONFIG, read_in_process
+from tests.common import CONFIG, TLS, read_in_process
 from tests.integration.conftest import deploy_config
 
 APP = "reader"
@@ -147,7 +147,7 @@ def test_each_stage_batches_on_its_own_replicas(reader: str, sample):
 
     def one(i: int) -> np.ndarray:
         answer = httpx.post(url, json={"inputs": {"image": images[i % 8:i % 8 + 1].tolist()}},
-                            timeout=60)
+                            timeout=60, verify=TLS)
         assert answer.status_code == 200, answer.text
         return np.asarray(answer.json()["outputs"]["probabilities"])
 
