@@ -72,8 +72,10 @@ def start_cluster(env_file: Path | None, drain_s: int | None = None,
 
     The variables are set after this driver imported Serve, so they reach the
     cluster's processes while this driver's own handles keep Serve's defaults.
-    ``drain_s`` shortens how long a deleted app drains (30 s by default, for
-    HAProxy to stop routing to it), for tests and benchmarks that delete apps.
+    ``drain_s`` shortens how long a stopping ingress replica (a deleted app's,
+    a redeploy's) drains, 30 s by default, for HAProxy to stop routing to it:
+    for tests and benchmarks that delete apps. It must still outlast HAProxy's
+    reload on a busy machine.
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if env_file is not None:

@@ -40,7 +40,10 @@ def cluster_address(tmp_path_factory) -> Iterator[str]:
     # each with a session cluster of its own.
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     os.environ.update(replica_ports(2 + worker))
-    yield start_cluster(ROOT / "configs" / "server.env", drain_s=1, num_cpus=8)
+    # Drains of 5 s: with 1 s, a redeploy under load once stopped an ingress
+    # replica before HAProxy, reloading on a saturated machine, stopped routing
+    # to it (a connection closed without an answer).
+    yield start_cluster(ROOT / "configs" / "server.env", drain_s=5, num_cpus=8)
     serve.shutdown()
     ray.shutdown()
 

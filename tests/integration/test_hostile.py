@@ -49,7 +49,10 @@ def crashing_url(base_url: str) -> Iterator[str]:
     replicas = serve.deployment(Crashing, name="digits_linear", num_replicas=2,
                                 max_ongoing_requests=64)
     app = Preprocessor.options(user_config={"coalesce": {"max_calls_in_flight": 1}}).bind(
-        {"digits_linear": replicas.bind(model, DeviceArgs())}, 3, InputLimits())
+        {"digits_linear": replicas.bind(model, DeviceArgs())}, 3,
+        # Time for both replicas to be replaced while the machine is saturated
+        # (the default 30 s once answered the poisoned request's 503 first).
+        InputLimits(request_timeout_s=120))
     serve.run(app, name="crashing", route_prefix="/crashing")
     yield f"{base_url}/crashing"
     serve.delete("crashing", _blocking=False)  # (goes while the next module starts)
