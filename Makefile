@@ -22,11 +22,11 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # whenever they can be found (1.5 s of CPU per model replica here). So they live in TOOLS, not
 # in the venv's site-packages, and only those processes look there (pytest's pythonpath,
 # PYTHONPATH below, the benchmark's plotting child): the cluster's workers import what a user's
-# install has. Pinned with the dependencies the venv lacks.
+# install has. Pinned with the dependencies the venv lacks (uv resolves both, less the venv's).
 TOOLS := $(VENV)/tools
 TOOL_PACKAGES := scikit-learn==1.9.1 scipy==1.17.1 joblib==1.6.0 threadpoolctl==3.8.0 \
-  matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.69.1 kiwisolver==1.5.1 \
-  pyparsing==3.3.3
+  cloudpickle==3.1.3 narwhals==2.29.0 matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 \
+  fonttools==4.69.1 kiwisolver==1.5.1
 
 # uv installs the pinned packages from PyPI in parallel: ~20 s, where pip took ~95 s.
 UV := uv==0.13.9
