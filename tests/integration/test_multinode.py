@@ -97,10 +97,35 @@ def stop_node(node: subprocess.Popen) -> None:
             continue
 
 
+STORE = "--object-store-memory=300000000"
+
+
+def start_head(env: dict[str, str], logs: Path) -> tuple[subprocess.Popen, int]:
+    """The head node, started, and its GCS port. Ray gives a starting node a
+    fixed 30 s to register with its GCS (ray/_private/node.py); beside make
+    test's other clusters a head once missed it and gave up, so one that gives
+    up is started once more."""
+    for attempt in range(2):
+        port, log = free_port(), logs / f"head{attempt}.log"
+        head = start_node(["--head", f"--port={port}", "--num-cpus=1",
+                           '--resources={"ingress": 1}', "--include-dashboard=false", STORE],
+                          env, log)
+
+        def settled(head: subprocess.Popen = head, log: Path = log) -> bool:
+            return "ray start --address" in log.read_text() or head.poll() is not None
+
+        wait_until(settled, 120, "the head node")
+        if head.poll() is None:
+            return head, port
+        stop_node(head)
+        forget_cluster(port)
+    raise RuntimeError(f"the head node gave up twice (see {log})")
+
+
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory) -> Iterator[TwoNodes]:
     logs = tmp_path_factory.mktemp("two-nodes")
-    port, http, grpc, worker_http = free_port(), free_port(), free_port(), free_port()
+    http, grpc, worker_http = free_port(), free_port(), free_port()
     # Serve's own proxies: configs/server.env's switches (which this driver's
     # environment may hold from the session's cluster) would replace them by
     # HAProxy, or run direct ingress with a proxy on the head only.
@@ -108,20 +133,15 @@ def two_nodes(tmp_path_factory) -> Iterator[TwoNodes]:
            if k not in read_env_file(ROOT / "configs" / "server.env") and k != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "disabled"
     env["RAY_metrics_report_interval_ms"] = str(METRICS_INTERVAL_MS)  # counters settle sooner
-    store = "--object-store-memory=300000000"
-    head = start_node(["--head", f"--port={port}", "--num-cpus=1",
-                       '--resources={"ingress": 1}', "--include-dashboard=false", store],
-                      env, logs / "head.log")
+    head, port = start_head(env, logs)
     # The second node's proxy needs its own ports only because it shares this host.
     worker_env = {**env, "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(worker_http),
                   "RAY_SERVE_WORKER_PROXY_GRPC_PORT": str(free_port())}
     address = f"127.0.0.1:{port}"
     worker = None
     try:
-        wait_until(lambda: "ray start --address" in (logs / "head.log").read_text(), 60,
-                   "the head node")
         worker = start_node([f"--address={address}", "--num-cpus=3",
-                             '--resources={"models": 4}', store], worker_env,
+                             '--resources={"models": 4}', STORE], worker_env,
                             logs / "worker.log")
         nodes = TwoNodes(address, {**env, "RAY_ADDRESS": address},
                          f"http://127.0.0.1:{http}", f"http://127.0.0.1:{worker_http}")
