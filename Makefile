@@ -70,20 +70,17 @@ browser:
 	command -v chromedriver >/dev/null || (apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver)
 
-# The models build while ruff and mypy run. Then three pytest runs at once: the session
-# cluster's tests, module by module in two pytest-xdist workers, each with a cluster of its
-# own; those that start a cluster of their own (the CLI, make serve); and the in-process tiers
-# (no Ray). The other two's reports print after the first's, and any failing fails the
-# target. (One cluster's modules one after another left about half of two cores idle: most
-# of a module's time is its app starting.)
+# The models build while ruff and mypy run. Then three pytest processes at once: the session
+# cluster's tests, those that start a cluster of their own (the CLI, make serve), and the
+# in-process tiers (no Ray); the other two's reports print after the first's, and any
+# failing fails the target. (A cluster alone leaves about half of two cores idle.)
 LOGS := build/tests
 test: $(STAMP)
 	$(MAKE) --no-print-directory -j3 model lint browser
 	@mkdir -p $(LOGS)
 	$(BIN)/pytest -m unit -q > $(LOGS)/unit.log 2>&1 & unit=$$!; \
 	  $(BIN)/pytest -m own_cluster > $(LOGS)/own_cluster.log 2>&1 & own=$$!; \
-	  $(BIN)/pytest -m "not unit and not own_cluster" -n 2 --dist loadfile --durations=15; \
-	  cluster=$$?; \
+	  $(BIN)/pytest -m "not unit and not own_cluster" --durations=15; cluster=$$?; \
 	  wait $$own; own=$$?; wait $$unit; unit=$$?; \
 	  echo "--- clusters of their own (pytest -m own_cluster) ---"; tail -n 30 $(LOGS)/own_cluster.log; \
 	  echo "--- in-process tiers (pytest -m unit) ---"; tail -n 30 $(LOGS)/unit.log; \
@@ -94,7 +91,7 @@ test-unit: $(STAMP) model lint
 	$(BIN)/pytest -m unit -n 2
 
 test-cluster: $(STAMP) model
-	$(BIN)/pytest -m "cluster and not browser" -n 2 --dist loadfile
+	$(BIN)/pytest -m "cluster and not browser"
 
 test-browser: $(STAMP) model browser
 	$(BIN)/pytest -m browser

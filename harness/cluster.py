@@ -29,23 +29,17 @@ _QUIET_PORTS = range(20000, 30000)
 _handed_out: set[int] = set()
 
 
-def replica_ports(slot: int) -> dict[str, str]:
-    """Serve's HAProxy reaches each ingress replica on a port of its own, from a
-    range every cluster on a host starts at the same place (HTTP 30000+, gRPC
-    40000+), and gRPC servers share a port (SO_REUSEPORT): a cluster beside
-    another would take some of its gRPC calls. So each cluster the tests run
-    beside others takes the ranges of a slot of its own."""
-    http, grpc = 30000 + 500 * slot, 40000 + 500 * slot
-    return {
-        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + 499),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + 499),
-    }
-
-
-# The ``own_cluster`` tests' clusters (one at a time); the session's take 2 on.
-OWN_CLUSTER_REPLICA_PORTS = replica_ports(1)
+# Serve's HAProxy reaches each replica on a port of its own, from a range every
+# cluster on a host starts at the same place (HTTP 30000+, gRPC 40000+), and gRPC
+# servers share a port (SO_REUSEPORT): a second cluster beside the session's
+# (``own_cluster`` tests) would take some of its gRPC calls. Those clusters get
+# ranges of their own.
+OWN_CLUSTER_REPLICA_PORTS = {
+    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "31000",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "32000",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "41000",
+    "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "42000",
+}
 
 
 def free_port() -> int:

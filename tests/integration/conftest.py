@@ -1,5 +1,4 @@
-"""One Ray cluster and one Serve instance for the whole test session (for
-each pytest-xdist worker's share of the modules, under `make test`).
+"""One Ray cluster and one Serve instance for the whole test session.
 
 The app under test is deployed the way a user deploys it: ``serve run
 configs/config.yaml`` in a subprocess, joining this session's cluster.
@@ -23,7 +22,6 @@ from harness.cluster import (
     driver_env,
     free_port,
     keep_routing_of,
-    replica_ports,
     serve_run,
     start_cluster,
     wait_ready,
@@ -36,10 +34,6 @@ def cluster_address(tmp_path_factory) -> Iterator[str]:
     # Shipped models unpack here, not in the directory every cluster on this
     # machine shares (a test deletes its copy).
     os.environ[MODEL_DIR_ENV] = str(tmp_path_factory.mktemp("shipped-models"))
-    # `make test` runs the modules in two pytest-xdist workers ("gw0", "gw1"),
-    # each with a session cluster of its own.
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
-    os.environ.update(replica_ports(2 + worker))
     # Drains of 5 s: with 1 s, a redeploy under load once stopped an ingress
     # replica before HAProxy, reloading on a saturated machine, stopped routing
     # to it (a connection closed without an answer).
