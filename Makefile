@@ -20,9 +20,9 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # scikit-learn and matplotlib serve only the tests' digits, the model builds and the benchmark's
 # plot, never the server; but Keras imports both in every process that imports TensorFlow
 # whenever they can be found (1.5 s of CPU per model replica here). So they live in TOOLS, not
-# in the venv's site-packages, and only those processes look there (pytest's pythonpath,
-# PYTHONPATH below, the benchmark's plotting child): the cluster's workers import what a user's
-# install has. Pinned with the dependencies the venv lacks (uv resolves both, less the venv's).
+# in the venv's site-packages, and only those processes look there (harness/tools.py for the
+# tests and the benchmark, PYTHONPATH below): the clusters' workers import what a user's
+# install has. Pinned with those of their dependencies (as uv resolves them) the venv lacks.
 TOOLS := $(VENV)/tools
 TOOL_PACKAGES := scikit-learn==1.9.1 scipy==1.17.1 joblib==1.6.0 threadpoolctl==3.8.0 \
   cloudpickle==3.1.3 narwhals==2.29.0 matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 \
