@@ -5,11 +5,14 @@ the cluster's processes get ``configs/server.env``, apps are deployed with
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import os
 import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -26,37 +29,62 @@ from deployments.envfile import read_env_file
 # range (32768+), where the OS and Ray's own processes take theirs. A port
 # chosen here stays free while a cluster starts, until its server binds it.
 _QUIET_PORTS = range(20000, 30000)
-_handed_out: set[int] = set()
+# Claims on ports and port ranges, shared by every process on this host (the
+# test runs `make test` starts side by side, a benchmark): a file per claim,
+# locked by its claimant until it exits, when the OS drops the lock.
+_CLAIMS = Path(tempfile.gettempdir()) / "ray-tf-serve-port-claims"
+_held: dict[str, int] = {}
 
 
-# Serve's HAProxy reaches each replica on a port of its own, from a range every
-# cluster on a host starts at the same place (HTTP 30000+, gRPC 40000+), and gRPC
-# servers share a port (SO_REUSEPORT): a second cluster beside the session's
-# (``own_cluster`` tests) would take some of its gRPC calls. Those clusters get
-# ranges of their own.
-OWN_CLUSTER_REPLICA_PORTS = {
-    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "31000",
-    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "32000",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "41000",
-    "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "42000",
-}
+def _claim(name: str) -> bool:
+    """Whether this process now holds the claim ``name`` (it keeps it till it exits)."""
+    if name in _held:
+        return False
+    _CLAIMS.mkdir(exist_ok=True)
+    fd = os.open(_CLAIMS / name, os.O_CREAT | os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _held[name] = fd
+    return True
 
 
 def free_port() -> int:
-    """A TCP port free on every interface now, not handed out before by this
-    process."""
+    """A TCP port free on every interface now, not handed out before to this or
+    any other process on this host that is still running."""
     for _ in range(1000):
         port = random.choice(_QUIET_PORTS)
-        if port in _handed_out:
-            continue
         with socket.socket() as s:
             try:
                 s.bind(("0.0.0.0", port))
             except OSError:
                 continue
-        _handed_out.add(port)
-        return port
+        if _claim(f"port-{port}"):
+            return port
     raise RuntimeError(f"no free port in {_QUIET_PORTS}")
+
+
+@functools.cache
+def replica_ports() -> dict[str, str]:
+    """Port ranges of this process's own for the ingress replicas of the
+    clusters it starts (one at a time), as Serve's variables. Serve's HAProxy
+    reaches each replica on a port from a range every cluster on a host starts
+    at the same place (HTTP 30000+, gRPC 40000+), and gRPC servers share a port
+    (SO_REUSEPORT): a cluster beside another would take some of its gRPC calls.
+    Slot 0, Serve's own ranges, is left to clusters started elsewhere (`make
+    serve`)."""
+    for slot in range(1, 20):
+        if _claim(f"replica-ports-{slot}"):
+            http, grpc = 30000 + 500 * slot, 40000 + 500 * slot
+            return {
+                "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http),
+                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http + 499),
+                "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc),
+                "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc + 499),
+            }
+    raise RuntimeError("every replica port range is claimed")
 
 
 def start_cluster(env_file: Path | None, drain_s: int | None = None,
@@ -80,6 +108,8 @@ def start_cluster(env_file: Path | None, drain_s: int | None = None,
     for name in ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT",
                  "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"):
         os.environ.setdefault(name, str(free_port()))
+    if "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT" not in os.environ:
+        os.environ.update(replica_ports())
     if drain_s is not None:
         os.environ["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = str(drain_s)
     # "local": a new cluster owned by this process, even if another runs here.

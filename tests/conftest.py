@@ -22,6 +22,11 @@ use_tools()
 
 # Modules whose tests start and stop a cluster of their own.
 OWN_CLUSTER = {"test_cli.py", "test_multinode.py", "test_stopping.py"}
+# Session-cluster modules `make test` runs in a second session cluster, in the
+# process that first ran the ``own_cluster`` modules: two processes of about the
+# same length, never more than two clusters at once.
+SECOND_CLUSTER = {"test_model_errors.py", "test_models.py", "test_shipping.py",
+                  "test_signatures.py", "test_zero_copy.py"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -30,5 +35,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(tier)
         if item.path.name == "test_ui.py":
             item.add_marker("browser")
-        if item.path.name in OWN_CLUSTER:
+        if tier == "cluster" and item.path.name in OWN_CLUSTER:
             item.add_marker("own_cluster")
+        if tier == "cluster" and item.path.name in SECOND_CLUSTER:
+            item.add_marker("second_cluster")
+    # Clusters of their own first: the session's starts when they are done.
+    items.sort(key=lambda item: "own_cluster" not in item.keywords)

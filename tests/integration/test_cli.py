@@ -28,7 +28,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from deployments import run
-from harness.cluster import OWN_CLUSTER_REPLICA_PORTS, free_port, wait_until
+from harness.cluster import free_port, replica_ports, wait_until
 from tests.common import ROOT, TFSERVING_TESTDATA
 
 pytestmark = pytest.mark.skipif(not TFSERVING_TESTDATA.is_dir(),
@@ -60,7 +60,7 @@ def test_reload_and_stop(tmp_path: Path) -> None:
     config.write_text(_config(TWO, THREE))
     http, grpc = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), run.RUNS: str(tmp_path / "runs"),
-           "RAY_ADDRESS": "", **OWN_CLUSTER_REPLICA_PORTS}
+           "RAY_ADDRESS": "", **replica_ports()}
     env.pop("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", None)  # the CLI's own
     for name in ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT",
                  "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from deployments import run
-from harness.cluster import OWN_CLUSTER_REPLICA_PORTS, free_port, wait_ready
+from harness.cluster import free_port, replica_ports, wait_ready
 from tests.common import CONFIG, ROOT
 
 HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT",
@@ -41,7 +41,7 @@ def test_make_serve_stopped_through_its_group_leaves_no_process_and_no_port(tmp_
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     runs = tmp_path / "runs"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own cluster
-    env |= {run.RUNS: str(runs), "RAY_AUTH_MODE": "disabled", **OWN_CLUSTER_REPLICA_PORTS}
+    env |= {run.RUNS: str(runs), "RAY_AUTH_MODE": "disabled", **replica_ports()}
     env |= {name: str(ports[name]) for name in HAPROXY_PORTS}
     # A group of its own, as a terminal's foreground job.
     shell = subprocess.Popen(["sh", "-c", MAKE_SERVE, sys.executable,
