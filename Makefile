@@ -74,8 +74,8 @@ browser:
 # cluster's tests; those that start a cluster of their own (the CLI, make serve), then the
 # `second_cluster` modules in a session cluster of their own (tests/conftest.py); and the
 # in-process tiers (no Ray). The other two's reports print after the first's, and any failing
-# fails the target. (One process for every cluster test took ~4 min longer: a cluster alone
-# leaves about a third of two cores idle.)
+# fails the target. (With every session-cluster module in the first, a fresh clone's run took
+# ~3 min longer, 12-12.5 min, with about a third of two cores idle once the others were done.)
 LOGS := build/tests
 test: $(STAMP)
 	$(MAKE) --no-print-directory -j3 model lint browser
