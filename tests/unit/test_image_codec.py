@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deployments.codecs import image as image_codec
 from deployments.codecs.image import decode_images, decoded_bytes
 from deployments.errors import BadRequest, PayloadTooLarge
+from deployments.preprocessing import DEFAULT, ImagePreprocessing, ShorterSide
 from deployments.types import ImageGeometry
 
 SAMPLES = Path(__file__).resolve().parents[2] / "models" / "samples"
@@ -199,3 +201,67 @@ def test_wide_grayscale_is_narrowed_without_widening_its_samples():
         batch = decode_images([encode(image, "PNG" if mode == "I;16" else "TIFF")],
                               ImageGeometry(8, 8, 1), LIMIT, BUDGET)
         assert np.allclose(batch, expected / 255), mode
+
+
+def _photo(width: int, height: int, mode: str, seed: int) -> Image.Image:
+    """Smooth gradients under noise: what a camera's JPEG holds, not flat blocks."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 / width, y * 255 / height, (x + y) * 127 / (width + height)], -1)
+    pixels = (base + rng.normal(0, 25, base.shape)).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(pixels).convert(mode)
+
+
+# (size, Pillow's mode, save options): 4:4:4, 4:2:2 and 4:2:0 colour, progressive,
+# low quality, odd sizes, a grayscale JPEG, one large enough for the draft to reduce.
+JPEGS = [
+    ((224, 224), "RGB", {"quality": 90}),
+    ((224, 224), "RGB", {"quality": 95, "subsampling": 0}),
+    ((97, 61), "RGB", {"quality": 75, "subsampling": 1}),
+    ((300, 200), "RGB", {"quality": 50, "progressive": True}),
+    ((61, 97), "L", {"quality": 85}),
+    ((1000, 800), "RGB", {"quality": 90}),
+]
+PLAIN_DECODES = [
+    (ImageGeometry(224, 224, 3), DEFAULT),
+    (ImageGeometry(40, 56, 3), ImagePreprocessing(resize="letterbox", interpolation="bicubic")),
+    (ImageGeometry(48, 48, 3), ImagePreprocessing(resize=ShorterSide(shorter_side=56))),
+    (GRAY, DEFAULT),
+    (ImageGeometry(64, 64, 1), ImagePreprocessing(resize="letterbox")),
+]
+
+
+@pytest.mark.parametrize(("size", "mode", "options"), JPEGS)
+@pytest.mark.parametrize(("geometry", "preprocessing"), PLAIN_DECODES)
+def test_jpegs_decoded_by_libjpeg_turbo_directly_are_pillows_pixels_to_the_bit(
+    size, mode, options, geometry, preprocessing, monkeypatch: pytest.MonkeyPatch,
+):
+    buffer = io.BytesIO()
+    _photo(*size, mode, seed=size[0]).save(buffer, format="JPEG", **options)
+    blob = buffer.getvalue()
+    direct, jpeg_pixels = [], image_codec._jpeg_pixels
+
+    def counted(*args):
+        pixels = jpeg_pixels(*args)
+        direct.append(pixels is not None)
+        return pixels
+
+    with monkeypatch.context() as patch:
+        patch.setattr(image_codec, "_jpeg_pixels", counted)
+        fast = decode_images([blob], geometry, LIMIT, BUDGET, preprocessing)
+    with monkeypatch.context() as patch:
+        patch.setattr(image_codec, "_jpeg_pixels", lambda *args: None)
+        pillow = decode_images([blob], geometry, LIMIT, BUDGET, preprocessing)
+    np.testing.assert_array_equal(fast, pillow)
+    # Decoded directly unless Pillow must: reduced by the draft, or another mode.
+    drafted = image_codec._open(blob, geometry, preprocessing, LIMIT, "")
+    assert direct == [drafted.size == size and drafted.mode == geometry.pillow_mode]
+
+
+def test_jpegs_libjpeg_warns_about_are_left_to_pillow():
+    blob = encode(_photo(64, 64, "RGB", seed=1), "JPEG")
+    cut = blob[: len(blob) * 2 // 3]  # truncated: libjpeg warns, Pillow refuses
+    image = image_codec._open(cut, RGB, DEFAULT, LIMIT, "")
+    assert image_codec._jpeg_pixels(image, cut, RGB, DEFAULT) is None
+    with pytest.raises(BadRequest, match="truncated or corrupt"):
+        decode_images([cut], RGB, LIMIT, BUDGET)
