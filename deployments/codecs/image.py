@@ -221,8 +221,8 @@ def _jpeg_pixels(image: Image.Image, blob: bytes, geometry: ImageGeometry,
         return None
     if image.size != (geometry.width, geometry.height) or isinstance(preprocessing.resize,
                                                                      ShorterSide):
-        as_image = Image.fromarray(pixels[..., 0] if output == "GRAY" else pixels)
-        pixels = np.asarray(_resize(as_image, geometry, preprocessing))
+        return _resized(Image.fromarray(pixels[..., 0] if output == "GRAY" else pixels),
+                        geometry, preprocessing)
     return pixels.reshape(*pixels.shape[:2], geometry.channels)
 
 
@@ -248,6 +248,12 @@ def _pixels(image: Image.Image, geometry: ImageGeometry, preprocessing: ImagePre
         raise BadRequest(
             f"image{where} has pixel mode {image.mode}, which cannot be converted to {mode}"
         ) from None
+    return _resized(image, geometry, preprocessing)
+
+
+def _resized(image: Image.Image, geometry: ImageGeometry,
+             preprocessing: ImagePreprocessing) -> np.ndarray:
+    """``image`` (in the model's mode) resized by the policy, as uint8 ``[h, w, C]``."""
     pixels = np.asarray(_resize(image, geometry, preprocessing), dtype=np.uint8)
     return pixels.reshape(*pixels.shape[:2], geometry.channels)
 
