@@ -14,6 +14,10 @@ WORKDIR /home/ray/app
 COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users deployments ./deployments
 RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}"
+# Serve starts this launcher as its HAProxy (deployments/haproxy.py); the build
+# fails here if pip put it elsewhere.
+ENV RAY_SERVE_HAPROXY_BINARY_PATH=/home/ray/anaconda3/bin/ray-tf-serve-haproxy
+RUN test -x "$RAY_SERVE_HAPROXY_BINARY_PATH"
 
 # The default models are committed (built by models/build_*.py), labels beside them.
 COPY --chown=ray:users models ./models

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from deployments import run
+from deployments.haproxy import launcher_env
 from deployments.tfserving_config import (
     FlagError,
     Options,
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for warning in options.warnings:
         say(f"warning: {warning}")
-    os.environ.update(server_env(template_path(options)))
+    os.environ.update(server_env(template_path(options)) | launcher_env())
     _move_fallback_ports(options)
     run.reap_stale(run.runs_root(), kill_after_s=5.0)
     probe = Path(run.runs_root(), f"ports-{os.getpid()}.yaml")

@@ -38,6 +38,8 @@ from types import FrameType
 
 import yaml
 
+from deployments.haproxy import launcher_env
+
 MARK = "RAY_TF_SERVE_RUN"
 RUNS = "RAY_TF_SERVE_RUNS"  # where runs keep their directories; default: $TMPDIR/ray-tf-serve
 _LOCK = "lock"
@@ -298,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("serve_args", nargs="*", help="more `serve run` options, after --")
     args = parser.parse_args(argv)
     reap_stale(runs_root(), kill_after_s=5.0)
+    os.environ.update(launcher_env())
     if taken := taken_ports(serving_ports(args.config)):
         for problem in taken:
             _say(problem)

@@ -23,6 +23,7 @@ from ray import serve
 from ray.serve.schema import ApplicationStatus
 
 from deployments.envfile import read_env_file
+from deployments.haproxy import launcher_env
 
 # Ports that nothing picks on its own: above Ray's worker ports (10002-19999),
 # below Serve's direct-ingress replica ports (30000+) and Linux's ephemeral
@@ -101,7 +102,7 @@ def start_cluster(env_file: Path | None, drain_s: int | None = None,
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if env_file is not None:
-        os.environ.update(read_env_file(env_file))
+        os.environ.update(read_env_file(env_file) | launcher_env())
     # HAProxy and its fallback proxy listen on fixed ports by default (9101,
     # 8404, 8500, 9500): free ones let two local clusters (a test run beside a
     # benchmark or `make serve`) run at once.

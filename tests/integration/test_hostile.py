@@ -114,7 +114,11 @@ def test_killing_one_of_two_ingress_replicas_under_load(base_url: str, tmp_path:
     """HAProxy sends the requests the dead ingress held to the live one
     (RAY_SERVE_HAPROXY_RETRY_ON in configs/server.env) instead of answering
     its 500, bodies larger than its default 16 KiB buffer too
-    (RAY_SERVE_HAPROXY_TUNE_BUFSIZE: with Serve's default, 2 of 84 got a 500)."""
+    (RAY_SERVE_HAPROXY_TUNE_BUFSIZE: with Serve's default, 2 of 84 got a 500)
+    and bodies still arriving when HAProxy picked the replica (its config
+    buffers them, deployments/haproxy.py: without, 4 runs in 6 had 500s)."""
+    node = ray.get_runtime_context().get_node_id()
+    assert Path(f"/tmp/haproxy-serve/{node}/haproxy.cfg.buffered").is_file()
     config = with_test_app("ingress2", deployment={"num_replicas": 1})
     config["applications"][-1]["deployments"][0]["num_replicas"] = 2
     deploy_config(config, tmp_path)

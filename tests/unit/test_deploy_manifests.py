@@ -81,6 +81,8 @@ def test_the_dockerfile_builds_on_the_pinned_ray_image_with_the_serving_env():
     for name, value in SERVER_ENV.items():
         assert re.search(rf'\b{name}="?{value}\b', dockerfile), name
     assert "COPY --chown=ray:users models ./models" in dockerfile
+    assert re.search(r"ENV RAY_SERVE_HAPROXY_BINARY_PATH=\S+/ray-tf-serve-haproxy\n"
+                     r'RUN test -x "\$RAY_SERVE_HAPROXY_BINARY_PATH"', dockerfile)
     assert "from deployments.cli import docker_main" in dockerfile  # TF Serving's conventions
 
 
