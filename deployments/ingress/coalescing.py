@@ -8,6 +8,18 @@ when a slot frees, or as soon as they hold ``max_rows`` rows, so batches grow
 with the load and full batches never wait for a slot. Each caller gets its
 own result (or its own error) back, in order.
 
+A free slot holds a partial batch briefly when more requests are due: those
+of the callers a call just answered, who (in a closed loop, as clients and
+upstream services run) send their next one within a round trip. The
+coalescer counts how many requests it held at once in the last second or two
+(the callers it serves), and a partial batch waits for as many rows as those
+callers not already in a call could bring, up to ``max_rows``, for at most a
+tenth of a model call (``HOLD_SHARE``, never over ``MAX_HOLD_S``). Without it,
+the first caller back takes a free slot alone and the rest queue behind it:
+MobileNetV2 at 16 clients ran calls of every size from 1 to 8 rows, and a
+1-row call costs TensorFlow 1.5x per row what an 8-row one does. One caller
+never waits: there is no one else to wait for.
+
 Pure asyncio: the dispatcher hands it the function that makes the call.
 """
 
@@ -20,6 +32,12 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+# A partial batch waits at most this share of a model call, and never longer.
+HOLD_SHARE = 0.1
+MAX_HOLD_S = 0.010
+# How long a count of callers is remembered (between one and two windows).
+PEAK_WINDOW_S = 1.0
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -46,6 +64,7 @@ class _Member(Generic[Item, Result]):
     item: Item
     rows: int
     future: asyncio.Future[Result]
+    arrived: float
     call: asyncio.Task[None] | None = None  # once sent
     batch: list[_Member[Item, Result]] = field(default_factory=list)
 
@@ -72,7 +91,12 @@ class Coalescer(Generic[Item, Result]):
         self.max_calls = max_calls  # None: no limit (coalescing off)
         self._pending: list[_Member[Item, Result]] = []
         self._in_flight = 0
+        self._rows_in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._callers = _Peak()
+        self._call_s = 0.0  # a model call's duration, smoothed
+        self._freed = 0.0  # when the last call ended
+        self._timer: asyncio.TimerHandle | None = None
         self.stats = CoalesceStats()
 
     @property
@@ -86,9 +110,11 @@ class Coalescer(Generic[Item, Result]):
 
     async def submit(self, item: Item, rows: int) -> Result:
         """``item``'s result, from a call it shares with whatever is waiting."""
-        member: _Member[Item, Result] = _Member(
-            item, rows, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        member: _Member[Item, Result] = _Member(item, rows, loop.create_future(), loop.time())
         self._pending.append(member)
+        self._callers.note(sum(m.rows for m in self._pending) + self._rows_in_flight,
+                           member.arrived)
         self._dispatch()
         try:
             return await member.future
@@ -106,10 +132,11 @@ class Coalescer(Generic[Item, Result]):
         while batch := self._next_batch():
             rows = sum(m.rows for m in batch)
             self._in_flight += 1
+            self._rows_in_flight += rows
             self.stats.calls += 1
             self.stats.requests += len(batch)
             self.stats.rows[rows] += 1
-            task = asyncio.create_task(self._run(batch))
+            task = asyncio.create_task(self._run(batch, rows))
             for member in batch:
                 member.call, member.batch = task, batch
             self._tasks.add(task)
@@ -127,7 +154,7 @@ class Coalescer(Generic[Item, Result]):
                     count == 0 or rows + self._pending[count].rows <= self.max_rows):
                 rows += self._pending[count].rows
                 count += 1
-        if self._slot_free() or rows >= self.max_rows:
+        if rows >= self.max_rows or (self._slot_free() and not self._holds(rows)):
             batch, self._pending = self._pending[:count], self._pending[count:]
             return batch
         big = next((m for m in self._pending if m.rows >= self.max_rows), None)
@@ -136,10 +163,36 @@ class Coalescer(Generic[Item, Result]):
         self._pending.remove(big)
         return [big]
 
-    async def _run(self, batch: list[_Member[Item, Result]]) -> None:
+    def _holds(self, rows: int) -> bool:
+        """Whether a partial batch of ``rows`` waits for the callers due back
+        (the module's docstring); if so, a timer sends it when its wait ends."""
+        if self.max_calls is None or not self._pending:
+            return False
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        callers = self._callers.peak(now)
+        share = -(-callers // self.max_calls)  # spread over the slots: idle ones run too
+        due = min(self.max_rows, share, callers - self._rows_in_flight)
+        waiting_since = max(self._pending[0].arrived, self._freed)  # for this slot
+        until = waiting_since + min(HOLD_SHARE * self._call_s, MAX_HOLD_S)
+        if rows >= due or now >= until:
+            return False
+        if self._timer is None:
+            self._timer = loop.call_at(until, self._wake)
+        return True
+
+    def _wake(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    async def _run(self, batch: list[_Member[Item, Result]], rows: int) -> None:
         results: Sequence[Result | BaseException]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             results = await self._call([m.item for m in batch])
+            took = loop.time() - started
+            self._call_s = took if not self._call_s else 0.8 * self._call_s + 0.2 * took
             if len(results) != len(batch):
                 raise RuntimeError(f"a call of {len(batch)} requests returned "
                                    f"{len(results)} results")
@@ -151,6 +204,8 @@ class Coalescer(Generic[Item, Result]):
             raise
         finally:
             self._in_flight -= 1
+            self._rows_in_flight -= rows
+            self._freed = loop.time()
             self._dispatch()
         for member, result in zip(batch, results, strict=True):
             if member.future.done():  # its caller went away
@@ -159,3 +214,24 @@ class Coalescer(Generic[Item, Result]):
                 member.future.set_exception(result)
             else:
                 member.future.set_result(result)
+
+
+class _Peak:
+    """The most requests held at once lately: over the current window and the
+    one before it, so a count fades one to two windows after the load does."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self._current = 0
+        self._previous = 0
+
+    def note(self, count: int, now: float) -> None:
+        if now - self._start >= PEAK_WINDOW_S:
+            fresh = now - self._start < 2 * PEAK_WINDOW_S
+            self._previous = self._current if fresh else 0
+            self._current, self._start = 0, now
+        self._current = max(self._current, count)
+
+    def peak(self, now: float) -> int:
+        self.note(0, now)
+        return max(self._current, self._previous)
