@@ -25,12 +25,12 @@ UNMEASURED_BATCH_SIZE = 32
 # put and handle call, Serve's batch queue, the answer's return), counted by
 # ``auto`` beside TensorFlow's own time: timed on TensorFlow alone, a model
 # whose throughput is flat across batch sizes would get batches of one row,
-# each paying this once. Measured on `make bench`'s two-core machine
-# (MobileNetV2, 16 clients, two one-CPU replicas): calls of 4 rows against
-# calls of ~7 cost the ingress and the replicas 5.2 against 3.8 ms of CPU per
-# request, ~12 ms per call; with 3 ms counted, auto took 4 rows, flat on
-# TensorFlow against 8, and served 83 images/s where 8 served 89.
-PATH_COST_PER_CALL_S = 0.010
+# each paying this once (``make bench``: about 3 ms on its two-core machine).
+# More is not better: MobileNetV2 at 16 clients on two one-CPU replicas served
+# as much with calls of 4 rows as of 8 or 16 (111, 105, 106 images/s,
+# interleaved), and 10 ms here made one noisy warm-up pick 32, whose calls
+# the replicas' queues merged, leaving the other replica idle.
+PATH_COST_PER_CALL_S = 0.003
 
 
 def bucket_sizes(max_batch_size: int) -> list[int]:
