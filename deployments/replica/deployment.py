@@ -86,7 +86,7 @@ class ModelDeployment:
             from deployments.replica.runner import SavedModelRunner
 
             runner = SavedModelRunner(model, version, path, plan.device)
-            served = ServedVersion(runner, self._executor, self._settings)
+            served = ServedVersion(runner, self._executor, self._settings, plan.cpu_threads)
             if model.warmup:
                 self._executor.submit(served.replay_warmup).result()
             self._executor.submit(self._prepare, served, self._settings).result()

@@ -25,6 +25,11 @@ class DevicePlan:
     memory_growth: bool = False
     memory_limit_mb: int | None = None
 
+    @property
+    def cpu_threads(self) -> int | None:
+        """TensorFlow's threads when it computes on the CPU (None on a GPU)."""
+        return None if self.device.startswith("/GPU") else self.intra_op_threads
+
 
 def plan_device(
     num_cpus: float,

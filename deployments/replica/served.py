@@ -77,10 +77,13 @@ class ServedVersion:
     """
 
     def __init__(self, runner: SavedModelRunner, executor: ThreadPoolExecutor,
-                 settings: BatchSettings) -> None:
+                 settings: BatchSettings, cpu_threads: int | None = None) -> None:
+        """``cpu_threads``: TensorFlow's threads when it runs on the CPU, whose
+        batch sizes are then timed in CPU time (None: a GPU, timed by the clock)."""
         self.runner = runner
         self._executor = executor
         self._settings = settings
+        self._cpu_threads = cpu_threads
         self._batch_seconds = 0.0  # moving average of one model call
         self.batch_rows: Counter[int] = Counter()
         self.buckets: list[int] = []
@@ -175,9 +178,8 @@ class ServedVersion:
                 rates[size] = size / (seconds + PATH_COST_PER_CALL_S)
                 if seconds > _SIZING_MAX_CALL_S or not gains(rates):
                     break
-            # Replicas starting together time at once on shared cores, and
-            # what slows one timing would decide the pick (two runs of
-            # MobileNetV2 picked 2 and 8): each size keeps the best of two.
+            # Noise that slows one timing would decide the pick: each size
+            # keeps the best of two.
             for size in rates:
                 rates[size] = max(rates[size],
                                   size / (self._time_call(size) + PATH_COST_PER_CALL_S))
@@ -190,12 +192,21 @@ class ServedVersion:
 
     def _time_call(self, size: int) -> float:
         """Seconds per call of ``size`` rows: the mean of at least three calls
-        and ``_SIZING_SECONDS``."""
+        and ``_SIZING_SECONDS``.
+
+        On the CPU, the process's CPU time over TensorFlow's threads: replicas
+        that start together time their sizes at once on shared cores, and by
+        the clock, whichever size met the most contention lost (a replica of
+        MobileNetV2 measured 45 rows/s at 1 row, 29 at 4, and took 1; alone
+        it does 73 at 4)."""
         batch = self._zeros(size)
         calls, started = 0, time.perf_counter()
+        cpu_started = time.process_time()
         while calls < 3 or time.perf_counter() - started < _SIZING_SECONDS:
             self.runner.run(batch)
             calls += 1
+        if self._cpu_threads is not None:
+            return (time.process_time() - cpu_started) / self._cpu_threads / calls
         return (time.perf_counter() - started) / calls
 
     def new_buckets(self, settings: BatchSettings) -> list[int]:

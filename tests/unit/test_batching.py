@@ -99,14 +99,22 @@ class FlatModel:
     def __init__(self) -> None:
         spec = TensorSpec("x", "float32", (None, 2))
         self.metadata = ModelMetadata("m", 1, "serving_default", (spec,), (spec,), "x", ())
-        self.now = 0.0
+        self.now = 0.0  # the wall clock
+        self.cpu = 0.0  # the process's CPU time
 
     def clock(self) -> float:
         return self.now
 
+    def cpu_clock(self) -> float:
+        return self.cpu
+
     def run(self, batch: dict[str, np.ndarray], signature: str | None = None) -> dict:
         self.now += self.ROW_S * len(batch["x"])
+        self.cpu += self.ROW_S * len(batch["x"])
         return {"x": batch["x"]}
+
+    def clocks(self) -> SimpleNamespace:
+        return SimpleNamespace(perf_counter=self.clock, process_time=self.cpu_clock)
 
 
 def test_auto_sizing_counts_what_a_call_costs_the_serving_path(
@@ -114,7 +122,7 @@ def test_auto_sizing_counts_what_a_call_costs_the_serving_path(
     """Timed on TensorFlow alone, a flat model would get batches of one row,
     each paying the path's cost per call; counted, larger batches win."""
     model = FlatModel()
-    monkeypatch.setattr(served_module, "time", SimpleNamespace(perf_counter=model.clock))
+    monkeypatch.setattr(served_module, "time", model.clocks())
     version = ServedVersion(cast(Any, model), ThreadPoolExecutor(1), BatchSettings())
     sizing = version.measure_batch_sizes()
     per_call = {size: size / rate - model.ROW_S * size for size, rate in sizing.rates.items()}
@@ -157,9 +165,30 @@ def test_auto_sizing_keeps_each_sizes_best_of_two_timings(monkeypatch: pytest.Mo
         return FlatModel.run(model, batch, signature)
 
     monkeypatch.setattr(model, "run", run)
-    monkeypatch.setattr(served_module, "time", SimpleNamespace(perf_counter=model.clock))
+    monkeypatch.setattr(served_module, "time", model.clocks())
     version = ServedVersion(cast(Any, model), ThreadPoolExecutor(1), BatchSettings())
     sizing = version.measure_batch_sizes()
     assert slowed["calls"] == 4
     assert sizing.rates[4] == pytest.approx(4 / (4 * model.ROW_S + PATH_COST_PER_CALL_S))
+    assert sizing.picked == 4
+
+
+def test_on_the_cpu_auto_sizing_times_cpu_time_not_the_clock(monkeypatch: pytest.MonkeyPatch):
+    """Another replica timing at once on the same cores stretches this one's
+    calls on the clock, not in CPU time: here every call of 4 rows or more
+    waited as long again for a core, which by the clock would pick 2."""
+    model = FlatModel()
+
+    def run(batch: dict[str, np.ndarray], signature: str | None = None) -> dict:
+        if len(batch["x"]) >= 4:
+            model.now += model.ROW_S * len(batch["x"])  # waiting for a core
+        return FlatModel.run(model, batch, signature)
+
+    monkeypatch.setattr(model, "run", run)
+    monkeypatch.setattr(served_module, "time", model.clocks())
+    by_clock = ServedVersion(cast(Any, model), ThreadPoolExecutor(1), BatchSettings())
+    assert by_clock.measure_batch_sizes().picked == 2
+    on_cpu = ServedVersion(cast(Any, model), ThreadPoolExecutor(1), BatchSettings(), cpu_threads=1)
+    sizing = on_cpu.measure_batch_sizes()
+    assert sizing.rates[8] == pytest.approx(8 / (8 * model.ROW_S + PATH_COST_PER_CALL_S))
     assert sizing.picked == 4

@@ -8,11 +8,13 @@ def test_cpu_replica_threads_follow_num_cpus():
     assert plan_device(num_cpus=1, gpu_ids=[], gpu_fraction=0) == DevicePlan("/CPU:0", 1, 1)
     assert plan_device(num_cpus=0.5, gpu_ids=[], gpu_fraction=0).intra_op_threads == 1
     assert plan_device(num_cpus=8, gpu_ids=[], gpu_fraction=0).inter_op_threads == 2
+    assert plan_device(num_cpus=2, gpu_ids=[], gpu_fraction=0).cpu_threads == 2  # timed in CPU time
 
 
 def test_gpu_replica_with_memory_growth():
     plan = plan_device(num_cpus=1, gpu_ids=["0"], gpu_fraction=0.5, gpu_memory="growth")
     assert plan.device == "/GPU:0" and plan.memory_growth and plan.memory_limit_mb is None
+    assert plan.cpu_threads is None  # batch sizes timed by the clock
 
 
 def test_fractional_gpu_gets_its_share_of_memory():
