@@ -13,8 +13,9 @@ of the callers a call just answered, who (in a closed loop, as clients and
 upstream services run) send their next one within a round trip. The
 coalescer counts how many requests it held at once in the last second or two
 (the callers it serves), and a partial batch waits for as many rows as those
-callers not already in a call could bring, up to ``max_rows``, for at most a
-tenth of a model call (``HOLD_SHARE``, never over ``MAX_HOLD_S``). Without it,
+callers not already in a call could bring, spread over the call slots (so
+idle replicas run too) and up to ``max_rows``, for at most a tenth of a model
+call (``HOLD_SHARE``, never over ``MAX_HOLD_S``). Without it,
 the first caller back takes a free slot alone and the rest queue behind it:
 MobileNetV2 at 16 clients ran calls of every size from 1 to 8 rows, and a
 1-row call costs TensorFlow 1.5x per row what an 8-row one does. One caller
