@@ -86,10 +86,12 @@ class CoalesceStats:
 class Coalescer(Generic[Item, Result]):
     """Merges the requests of one model version into calls of ``call``."""
 
-    def __init__(self, call: Call[Item, Result], max_rows: int, max_calls: int | None) -> None:
+    def __init__(self, call: Call[Item, Result], max_rows: int, max_calls: int | None,
+                 max_hold_s: float = MAX_HOLD_S) -> None:
         self._call = call
         self.max_rows = max_rows
         self.max_calls = max_calls  # None: no limit (coalescing off)
+        self._max_hold_s = max_hold_s  # 0: a freed slot never holds
         self._pending: list[_Member[Item, Result]] = []
         self._in_flight = 0
         self._rows_in_flight = 0
@@ -175,7 +177,7 @@ class Coalescer(Generic[Item, Result]):
         share = -(-callers // self.max_calls)  # spread over the slots: idle ones run too
         due = min(self.max_rows, share, callers - self._rows_in_flight)
         waiting_since = max(self._pending[0].arrived, self._freed)  # for this slot
-        until = waiting_since + min(HOLD_SHARE * self._call_s, MAX_HOLD_S)
+        until = waiting_since + min(HOLD_SHARE * self._call_s, self._max_hold_s)
         if rows >= due or now >= until:
             return False
         if self._timer is None:

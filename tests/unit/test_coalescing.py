@@ -44,7 +44,7 @@ def run(coro):
 def test_an_idle_path_sends_the_first_request_at_once_and_alone():
     async def scenario():
         model = FakeModel()
-        coalescer = Coalescer(model, max_rows=8, max_calls=2)
+        coalescer = Coalescer(model, max_rows=8, max_calls=2, max_hold_s=0)
         task = asyncio.create_task(coalescer.submit("a", 1))
         await settle()
         assert model.calls == [["a"]]  # no waiting for batch-mates
@@ -57,7 +57,7 @@ def test_an_idle_path_sends_the_first_request_at_once_and_alone():
 def test_arrivals_gather_while_the_slots_are_busy_and_go_together_in_order():
     async def scenario():
         model = FakeModel()
-        coalescer = Coalescer(model, max_rows=8, max_calls=1)
+        coalescer = Coalescer(model, max_rows=8, max_calls=1, max_hold_s=0)
         first = asyncio.create_task(coalescer.submit("a", 1))
         await settle()
         rest = [asyncio.create_task(coalescer.submit(x, 1)) for x in "bcd"]
@@ -78,7 +78,7 @@ def test_arrivals_gather_while_the_slots_are_busy_and_go_together_in_order():
 def test_a_full_batch_goes_without_waiting_for_a_slot():
     async def scenario():
         model = FakeModel()
-        coalescer = Coalescer(model, max_rows=4, max_calls=1)
+        coalescer = Coalescer(model, max_rows=4, max_calls=1, max_hold_s=0)
         tasks = [asyncio.create_task(coalescer.submit("a", 1))]
         await settle()
         tasks += [asyncio.create_task(coalescer.submit(x, 2)) for x in "bcd"]
@@ -100,7 +100,7 @@ def test_a_full_batch_goes_without_waiting_for_a_slot():
 def test_without_a_slot_a_partial_batch_waits_and_a_full_one_behind_it_goes():
     async def scenario():
         model = FakeModel()
-        coalescer = Coalescer(model, max_rows=4, max_calls=1)
+        coalescer = Coalescer(model, max_rows=4, max_calls=1, max_hold_s=0)
         tasks = [asyncio.create_task(coalescer.submit("a", 1))]
         await settle()
         tasks += [asyncio.create_task(coalescer.submit("b", 1)),
@@ -122,7 +122,7 @@ def test_without_a_slot_a_partial_batch_waits_and_a_full_one_behind_it_goes():
 def test_a_call_whose_callers_all_left_is_cancelled_and_frees_its_slot():
     async def scenario():
         model = FakeModel()
-        coalescer = Coalescer(model, max_rows=8, max_calls=1)
+        coalescer = Coalescer(model, max_rows=8, max_calls=1, max_hold_s=0)
         gone = asyncio.create_task(coalescer.submit("a", 1))
         await settle()
         waiting = asyncio.create_task(coalescer.submit("b", 1))
@@ -141,7 +141,7 @@ def test_one_bad_member_fails_alone():
     async def scenario():
         model = FakeModel()
         model.fail["b"] = ValueError("b is bad")
-        coalescer = Coalescer(model, max_rows=8, max_calls=1)
+        coalescer = Coalescer(model, max_rows=8, max_calls=1, max_hold_s=0)
         tasks = [asyncio.create_task(coalescer.submit(x, 1)) for x in "abc"]
         await settle()
         model.release(0)
@@ -158,7 +158,7 @@ def test_a_failed_call_fails_each_of_its_members_and_the_next_call_still_goes():
     async def scenario():
         model = FakeModel()
         model.fail_call = RuntimeError("replica lost")
-        coalescer = Coalescer(model, max_rows=8, max_calls=1)
+        coalescer = Coalescer(model, max_rows=8, max_calls=1, max_hold_s=0)
         tasks = [asyncio.create_task(coalescer.submit(x, 1)) for x in "abc"]
         await settle()
         model.release(0)
@@ -177,7 +177,7 @@ def test_a_call_answering_the_wrong_number_of_results_fails_every_member():
         async def short(items):
             return items[:-1]
 
-        coalescer = Coalescer(short, max_rows=8, max_calls=1)
+        coalescer = Coalescer(short, max_rows=8, max_calls=1, max_hold_s=0)
         results = await asyncio.gather(coalescer.submit("a", 1), return_exceptions=True)
         assert "returned 0 results" in str(results[0])
 
@@ -187,7 +187,7 @@ def test_a_call_answering_the_wrong_number_of_results_fails_every_member():
 def test_a_cancelled_member_leaves_its_batch_and_the_others_are_answered():
     async def scenario():
         model = FakeModel()
-        coalescer = Coalescer(model, max_rows=8, max_calls=1)
+        coalescer = Coalescer(model, max_rows=8, max_calls=1, max_hold_s=0)
         first = asyncio.create_task(coalescer.submit("a", 1))
         await settle()
         waiting = {x: asyncio.create_task(coalescer.submit(x, 1)) for x in "bcd"}
@@ -211,7 +211,7 @@ def test_a_cancelled_member_leaves_its_batch_and_the_others_are_answered():
 def test_retuning_takes_effect_for_the_next_requests(max_calls):
     async def scenario():
         model = FakeModel()
-        coalescer = Coalescer(model, max_rows=8, max_calls=1)
+        coalescer = Coalescer(model, max_rows=8, max_calls=1, max_hold_s=0)
         coalescer.max_calls = max_calls  # None: coalescing off
         tasks = [asyncio.create_task(coalescer.submit(x, 1)) for x in "abc"]
         await settle()
@@ -260,6 +260,36 @@ def test_few_callers_are_spread_over_the_slots_not_held_for_one_call():
     replicas work, instead of one call of two rows."""
     rows = closed_loop(clients=2, requests=10, call_s=0.01).stats.rows
     assert rows == {1: 20}, rows
+
+
+def test_a_freed_slot_holds_for_the_caller_due_back_then_sends_when_its_wait_ends():
+    async def scenario():
+        model = FakeModel()
+        coalescer = Coalescer(model, max_rows=2, max_calls=1, max_hold_s=1.0)
+        a = asyncio.create_task(coalescer.submit("a", 1))
+        await settle()
+        b = asyncio.create_task(coalescer.submit("b", 1))  # no slot: waits
+        await asyncio.sleep(0.5)  # a's call takes 0.5 s: a hold may last 50 ms
+        model.release(0)
+        assert await a == "A"
+        await settle()
+        assert model.calls == [["a"]]  # b waits for a's caller, due back
+        again = asyncio.create_task(coalescer.submit("a2", 1))
+        await settle()
+        assert model.calls == [["a"], ["b", "a2"]]  # a full call
+        model.release(1)
+        assert (await b, await again) == ("B", "A2")
+        # Nobody due back comes: after its wait, the lone request goes anyway.
+        late = asyncio.create_task(coalescer.submit("c", 1))
+        for _ in range(1000):
+            if len(model.calls) == 3:
+                break
+            await asyncio.sleep(0.001)
+        assert model.calls[2] == ["c"]
+        model.release(2)
+        assert await late == "C"
+
+    run(scenario())
 
 
 def test_one_caller_is_never_held_back():
