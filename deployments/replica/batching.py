@@ -99,6 +99,13 @@ def concat_outputs(parts: Sequence[Outputs]) -> Outputs:
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
+def throughputs(seconds_per_call: dict[int, float]) -> dict[int, float]:
+    """Rows per second by batch size, each call's :data:`PATH_COST_PER_CALL_S`
+    counted beside its TensorFlow time."""
+    return {size: size / (seconds + PATH_COST_PER_CALL_S)
+            for size, seconds in seconds_per_call.items()}
+
+
 def gains(rates: dict[int, float]) -> bool:
     """Whether a larger batch size is still worth timing: one of the last two
     sizes beat every smaller one by more than the tolerance."""

@@ -24,7 +24,6 @@ from deployments.errors import BadRequest, ModelFailed, PayloadTooLarge, ServeEr
 from deployments.metrics import ModelMetrics
 from deployments.replica.batching import (
     MAX_BATCH_SIZE,
-    PATH_COST_PER_CALL_S,
     UNMEASURED_BATCH_SIZE,
     BatchSizing,
     bucket_for,
@@ -34,6 +33,7 @@ from deployments.replica.batching import (
     gains,
     merge_rows,
     split_rows,
+    throughputs,
 )
 from deployments.replica.warmup import WarmupCall, read_warmup, replay
 from deployments.signature import STRING, ModelMetadata, check_inputs, fits_batch
@@ -167,31 +167,30 @@ class ServedVersion:
         executor thread) and pick the smallest within a few percent of the best
         throughput, each call's cost to the serving path counted; larger sizes
         are tried only while they still gain."""
-        rates: dict[int, float] = {}
+        timed: dict[int, float] = {}  # seconds per call, by batch size
         if not self.runner.metadata.batchable:
             self.sizing = BatchSizing.unmeasured()
             return self.sizing
         try:
             for size in bucket_sizes(MAX_BATCH_SIZE):
-                self.runner.run(self._zeros(size))  # a new shape's first call sets up its kernels
-                seconds = self._time_call(size)
-                rates[size] = size / (seconds + PATH_COST_PER_CALL_S)
-                if seconds > _SIZING_MAX_CALL_S or not gains(rates):
+                batch = self._zeros(size)
+                self.runner.run(batch)  # a new shape's first call sets up its kernels
+                timed[size] = self._time_call(batch)
+                if timed[size] > _SIZING_MAX_CALL_S or not gains(throughputs(timed)):
                     break
             # Noise that slows one timing would decide the pick: each size
             # keeps the best of two.
-            for size in rates:
-                rates[size] = max(rates[size],
-                                  size / (self._time_call(size) + PATH_COST_PER_CALL_S))
+            for size in timed:
+                timed[size] = min(timed[size], self._time_call(self._zeros(size)))
         except BadRequest as exc:
             self._refused_zeros(exc)
             self.sizing = BatchSizing.unmeasured()
             return self.sizing
-        self.sizing = BatchSizing.pick(rates)
+        self.sizing = BatchSizing.pick(throughputs(timed))
         return self.sizing
 
-    def _time_call(self, size: int) -> float:
-        """Seconds per call of ``size`` rows: the mean of at least three calls
+    def _time_call(self, batch: Inputs) -> float:
+        """Seconds per call of ``batch``: the mean of at least three calls
         and ``_SIZING_SECONDS``.
 
         On the CPU, the process's CPU time over TensorFlow's threads: replicas
@@ -199,7 +198,6 @@ class ServedVersion:
         the clock, whichever size met the most contention lost (a replica of
         MobileNetV2 measured 45 rows/s at 1 row, 29 at 4, and took 1; alone
         it does 73 at 4)."""
-        batch = self._zeros(size)
         calls, started = 0, time.perf_counter()
         cpu_started = time.process_time()
         while calls < 3 or time.perf_counter() - started < _SIZING_SECONDS:
