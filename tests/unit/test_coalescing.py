@@ -226,15 +226,16 @@ def test_retuning_takes_effect_for_the_next_requests(max_calls):
     run(scenario())
 
 
-def closed_loop(clients: int, requests: int, call_s: float, max_rows: int = 8) -> Coalescer:
+def closed_loop(clients: int, requests: int, call_s: float) -> Coalescer:
     """``clients`` callers that each send their next request as soon as the
-    last is answered, to a model whose calls take ``call_s``, two in flight."""
+    last is answered, to a model whose calls take ``call_s``, two in flight
+    of up to 8 rows."""
     async def model(items: list[int]) -> list[int]:
         await asyncio.sleep(call_s)
         return items
 
     async def scenario() -> Coalescer:
-        coalescer: Coalescer[int, int] = Coalescer(model, max_rows=max_rows, max_calls=2)
+        coalescer: Coalescer[int, int] = Coalescer(model, max_rows=8, max_calls=2)
 
         async def client(k: int) -> None:
             for _ in range(requests):
@@ -243,7 +244,7 @@ def closed_loop(clients: int, requests: int, call_s: float, max_rows: int = 8) -
         await asyncio.gather(*(client(k) for k in range(clients)))
         return coalescer
 
-    return asyncio.run(scenario())
+    return run(scenario())
 
 
 def test_callers_due_back_fill_the_freed_slot_instead_of_the_first_taking_it_alone():
