@@ -27,6 +27,7 @@ Pure asyncio: the dispatcher hands it the function that makes the call.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -139,7 +140,11 @@ class Coalescer(Generic[Item, Result]):
             self.stats.calls += 1
             self.stats.requests += len(batch)
             self.stats.rows[rows] += 1
-            task = asyncio.create_task(self._run(batch, rows))
+            # A call serves several callers, so it runs in a context of its own,
+            # not in that of the request whose arrival sent it: Serve cancels
+            # the handle calls made in a request's context when that request is
+            # cancelled (its client left), which answered its batch-mates 500.
+            task = asyncio.create_task(self._run(batch, rows), context=contextvars.Context())
             for member in batch:
                 member.call, member.batch = task, batch
             self._tasks.add(task)

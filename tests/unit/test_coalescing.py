@@ -4,6 +4,7 @@ each caller its own answer or error, cancellation of one member."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import pytest
 
@@ -224,6 +225,29 @@ def test_retuning_takes_effect_for_the_next_requests(max_calls):
         assert [await t for t in tasks] == ["A", "B", "C"]
 
     run(scenario())
+
+
+def test_a_call_runs_in_no_callers_context():
+    """Serve cancels the handle calls made in a request's context when that
+    request is cancelled: a call shared with others must not be one of them."""
+    marker: contextvars.ContextVar[str | None] = contextvars.ContextVar("marker", default=None)
+    seen: list[str | None] = []
+
+    async def model(items: list[str]) -> list[str]:
+        seen.append(marker.get())
+        return items
+
+    async def scenario():
+        coalescer = Coalescer(model, max_rows=8, max_calls=1, max_hold_s=0)
+
+        async def caller() -> str:
+            marker.set("the caller's request")
+            return await coalescer.submit("a", 1)
+
+        assert await asyncio.create_task(caller()) == "a"
+
+    run(scenario())
+    assert seen == [None]
 
 
 def closed_loop(clients: int, requests: int, call_s: float) -> Coalescer:
