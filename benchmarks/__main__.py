@@ -18,6 +18,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ from benchmarks.peer import HandBuiltPeer
 from benchmarks.plot import plot_results
 from benchmarks.profile import profile_runs
 from benchmarks.raw_tf import measure_raw
-from benchmarks.report import OURS, PEER, ratios, report
+from benchmarks.report import HANDLE, OURS, PEER, RAW, ratios, report
 from benchmarks.sequence import mix, raw_rates, served_rate
 from benchmarks.server import APP, MODEL, ROOT, Server, bench_config
 from deployments.envfile import read_env_file
@@ -72,21 +73,31 @@ def by_concurrency(url: str, body: bodies.Body, levels: list[int], seconds: floa
             for c in levels}
 
 
-def interleaved(systems: dict[str, tuple[str, bodies.Body]], clients: int, seconds: float,
-                rounds: int = 2) -> dict[str, list[float]]:
-    """Each system's images/s measured in turn, ``rounds`` times over (A B A B):
-    a drift of the machine's speed falls on both alike."""
-    rates: dict[str, list[float]] = {name: [] for name in systems}
+def interleaved(systems: dict[str, Callable[[str], float]], rounds: int = 3
+                ) -> dict[str, list[float]]:
+    """Each system's figure (``measure(label)``) in turn, ``rounds`` times
+    over (A B C A B C): a drift of the machine's speed, which alone moves a
+    rate by up to a third within minutes, falls on all alike."""
+    figures: dict[str, list[float]] = {name: [] for name in systems}
     for round_ in range(rounds):
-        for name, (url, body) in systems.items():
-            label = f"interleaved {round_ + 1}/{rounds}: {name}, {clients} clients"
-            rates[name].append(run_load(url, lambda b=body: b, 1, clients, seconds,
-                                        label=label)["images_per_s"])
-    return rates
+        for name, measure in systems.items():
+            figures[name].append(measure(f"interleaved {round_ + 1}/{rounds}: {name}"))
+    return figures
+
+
+def http_load(url: str, body: bodies.Body, clients: int, seconds: float,
+              figure: str = "images_per_s") -> Callable[[str], float]:
+    return lambda label: run_load(url, lambda: body, 1, clients, seconds, label=label)[figure]
+
+
+def raw_tf(model_dir: Path, batch: int, seconds: float, figure: str
+           ) -> Callable[[str], float]:
+    """Raw TensorFlow in this process (the cluster idle beside it)."""
+    return lambda label: measure_raw(model_dir / "1", [batch], seconds, label)[batch][figure]
 
 
 def measure_server(server: Server, model_dir: Path, levels: list[int], seconds: float,
-                   jpeg: bytes, naive_replicas: int) -> dict:
+                   jpeg: bytes, naive_replicas: int, raw_best_batch: int) -> dict:
     """This server over each path, then the hand-built peer and the naive
     baseline beside it (each deployed as its own app while it is measured)."""
     pixels = bodies.pixels(jpeg)
@@ -115,9 +126,20 @@ def measure_server(server: Server, model_dir: Path, levels: list[int], seconds: 
     app["ingress_stats"] = server.ingress_stats()
 
     peer = server.run_app(HandBuiltPeer.bind(str(model_dir / "1"), SHAPE), "peer")
-    app["interleaved"] = interleaved(
-        {PEER: (peer, bodies.raw_float32(pixels)), OURS: paths["native image"]},
-        INTERLEAVED_CLIENTS, seconds)
+    # The issue's bars, measured in turn: at 16 clients raw TensorFlow's best
+    # batch, the peer, native JPEG and the handle; at one client raw
+    # TensorFlow's batch of 1 and native JPEG's median.
+    clients = app["interleaved_clients"] = INTERLEAVED_CLIENTS
+    app["interleaved"] = interleaved({
+        RAW: raw_tf(model_dir, raw_best_batch, seconds / 2, "images_per_s"),
+        PEER: http_load(peer, bodies.raw_float32(pixels), clients, seconds),
+        OURS: http_load(*paths["native image"], clients, seconds),
+        HANDLE: lambda label: server.handle_load(clients, seconds, label)["images_per_s"],
+    })
+    app["interleaved_one_client_ms"] = interleaved({
+        RAW: raw_tf(model_dir, 1, seconds / 2, "ms_per_call"),
+        OURS: http_load(*paths["native image"], 1, seconds, "p50_ms"),
+    })
     systems[PEER] = by_concurrency(peer, bodies.raw_float32(pixels), levels, seconds,
                                    "hand-built peer")
     serve.delete("peer")
@@ -349,7 +371,7 @@ def main() -> None:
         server.deploy(config)
         if "systems" not in args.skip:
             results.update(measure_server(server, model_dir, levels, seconds, jpeg,
-                                          args.replicas))
+                                          args.replicas, best))
         if "coalescing" not in args.skip:
             results.setdefault("systems", {})[f"{OURS}, coalescing off"] = \
                 measure_coalescing_off(server, config, jpeg, 16, seconds)

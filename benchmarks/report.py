@@ -7,6 +7,7 @@ import numpy as np
 OURS = "this server: native image"
 PEER = "hand-built @serve.batch (raw float32)"
 HANDLE = "this server: Python handle"
+RAW = "raw TF, best batch"
 
 
 def _at(system: dict, clients: int) -> float:
@@ -151,10 +152,16 @@ def _throughput_ratios(results: dict) -> dict:
             systems[OURS]["1"]["p50_ms"] - raw["batch1_ms"],
         "first_request_vs_steady_p50": app["first_request_ms"] / systems[OURS]["1"]["p50_ms"],
     }
-    if "interleaved" in app:  # peer, ours, peer, ours
-        rates = app["interleaved"]
-        out["native_vs_hand_built_peer_interleaved"] = (float(np.mean(rates[OURS]))
-                                                        / float(np.mean(rates[PEER])))
+    if "interleaved" in app:  # raw, peer, ours, handle, raw, peer, ...
+        rates = {name: float(np.mean(r)) for name, r in app["interleaved"].items()}
+        out["native_vs_hand_built_peer_interleaved"] = rates[OURS] / rates[PEER]
+        if RAW in rates:
+            clients = app["interleaved_clients"]
+            out[f"native_{clients}_clients_vs_raw_best_interleaved"] = rates[OURS] / rates[RAW]
+            out[f"handle_{clients}_clients_vs_raw_best_interleaved"] = rates[HANDLE] / rates[RAW]
+    if "interleaved_one_client_ms" in app:  # raw batch 1 ms per call, our p50
+        ms = {name: float(np.mean(v)) for name, v in app["interleaved_one_client_ms"].items()}
+        out["p50_one_client_minus_raw_batch1_ms_interleaved"] = ms[OURS] - ms[RAW]
     off = systems.get(f"{OURS}, coalescing off", {})
     if off:
         clients = int(next(iter(off)))
