@@ -36,7 +36,7 @@ from benchmarks.payload_log import measure_payload_log
 from benchmarks.peer import HandBuiltPeer
 from benchmarks.plot import plot_results
 from benchmarks.profile import profile_runs
-from benchmarks.raw_tf import measure_raw
+from benchmarks.raw_tf import measure_raw, measure_raw_beside
 from benchmarks.report import HANDLE, OURS, PEER, RAW, ratios, report
 from benchmarks.sequence import mix, raw_rates, served_rate
 from benchmarks.server import APP, MODEL, ROOT, Server, bench_config
@@ -90,10 +90,15 @@ def http_load(url: str, body: bodies.Body, clients: int, seconds: float,
     return lambda label: run_load(url, lambda: body, 1, clients, seconds, label=label)[figure]
 
 
-def raw_tf(model_dir: Path, batch: int, seconds: float, figure: str
-           ) -> Callable[[str], float]:
-    """Raw TensorFlow in this process (the cluster idle beside it)."""
-    return lambda label: measure_raw(model_dir / "1", [batch], seconds, label)[batch][figure]
+def raw_tf_beside(model_dir: Path, batch: int, seconds: float, runs: list[dict]
+                  ) -> Callable[[str], float]:
+    """Raw TensorFlow's images/s in this process, the cluster idle beside it,
+    scaled up to the whole machine by the cores the cluster took meanwhile
+    (each run's figures appended to ``runs``)."""
+    def measure(label: str) -> float:
+        runs.append(measure_raw_beside(model_dir / "1", batch, seconds, label))
+        return float(runs[-1]["whole_machine_images_per_s"])
+    return measure
 
 
 def measure_server(server: Server, model_dir: Path, levels: list[int], seconds: float,
@@ -128,16 +133,18 @@ def measure_server(server: Server, model_dir: Path, levels: list[int], seconds: 
     peer = server.run_app(HandBuiltPeer.bind(str(model_dir / "1"), SHAPE), "peer")
     # The issue's bars, measured in turn: at 16 clients raw TensorFlow's best
     # batch, the peer, native JPEG and the handle; at one client raw
-    # TensorFlow's batch of 1 and native JPEG's median.
+    # TensorFlow's batch of 1 (unscaled: one call's latency, not a rate)
+    # and native JPEG's median.
     clients = app["interleaved_clients"] = INTERLEAVED_CLIENTS
     app["interleaved"] = interleaved({
-        RAW: raw_tf(model_dir, raw_best_batch, seconds / 2, "images_per_s"),
+        RAW: raw_tf_beside(model_dir, raw_best_batch, seconds / 2,
+                           app.setdefault("interleaved_raw_beside", [])),
         PEER: http_load(peer, bodies.raw_float32(pixels), clients, seconds),
         OURS: http_load(*paths["native image"], clients, seconds),
         HANDLE: lambda label: server.handle_load(clients, seconds, label)["images_per_s"],
     })
     app["interleaved_one_client_ms"] = interleaved({
-        RAW: raw_tf(model_dir, 1, seconds / 2, "ms_per_call"),
+        RAW: lambda label: measure_raw(model_dir / "1", [1], seconds / 2, label)[1]["ms_per_call"],
         OURS: http_load(*paths["native image"], 1, seconds, "p50_ms"),
     })
     systems[PEER] = by_concurrency(peer, bodies.raw_float32(pixels), levels, seconds,
