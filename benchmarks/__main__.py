@@ -37,7 +37,7 @@ from benchmarks.peer import HandBuiltPeer
 from benchmarks.plot import plot_results
 from benchmarks.profile import profile_runs
 from benchmarks.raw_tf import measure_raw, measure_raw_beside
-from benchmarks.report import HANDLE, OURS, PEER, RAW, ratios, report
+from benchmarks.report import DIRECT, HANDLE, OURS, PEER, RAW, ratios, report
 from benchmarks.sequence import mix, raw_rates, served_rate
 from benchmarks.server import APP, MODEL, ROOT, Server, bench_config
 from deployments.envfile import read_env_file
@@ -60,6 +60,7 @@ SECTIONS = ["systems", "coalescing", "standin", "profile", "sequence", "pipeline
 STANDIN_APP = "standin"
 INTERLEAVED_CLIENTS = 16  # the issue's bar: native JPEG against the hand-built peer
 SHAPE = (1, 224, 224, 3)
+DIRECT_FLAGS = ("--model", MODEL, "--direct")  # benchmarks.handle_load's, for DIRECT
 
 
 def machine() -> dict:
@@ -119,7 +120,7 @@ def measure_server(server: Server, model_dir: Path, levels: list[int], seconds: 
         systems[f"this server: {name}"] = by_concurrency(url, body, levels, seconds, name)
     handles = {"Python handle": (), "Python handle, ObjectRef by name": ("--by-ref",),
                "model handle": ("--model", MODEL),  # these skip the Preprocessor
-               "model handle, coalesced by the caller": ("--model", MODEL, "--direct")}
+               DIRECT.removeprefix("this server: "): DIRECT_FLAGS}
     for name, flags in handles.items():
         systems[f"this server: {name}"] = {
             str(c): server.handle_load(c, seconds, f"{name}, {c} clients", *flags)
@@ -142,6 +143,8 @@ def measure_server(server: Server, model_dir: Path, levels: list[int], seconds: 
         PEER: http_load(peer, bodies.raw_float32(pixels), clients, seconds),
         OURS: http_load(*paths["native image"], clients, seconds),
         HANDLE: lambda label: server.handle_load(clients, seconds, label)["images_per_s"],
+        DIRECT: lambda label: server.handle_load(clients, seconds, label, *DIRECT_FLAGS)[
+            "images_per_s"],
     })
     app["interleaved_one_client_ms"] = interleaved({
         RAW: lambda label: measure_raw(model_dir / "1", [1], seconds / 2, label)[1]["ms_per_call"],
