@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+
+
+@functools.cache
+def _serving_fn(model_dir: Path) -> Any:
+    """The SavedModel's serving signature, loaded once per run: the rounds
+    measured in turn call raw TensorFlow again and again."""
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(model_dir)).signatures["serving_default"]
 
 
 def measure_raw(model_dir: Path, batch_sizes: list[int], seconds: float,
@@ -15,7 +26,7 @@ def measure_raw(model_dir: Path, batch_sizes: list[int], seconds: float,
     """Images per second and ms per call of the serving signature, per batch size."""
     import tensorflow as tf
 
-    fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    fn = _serving_fn(model_dir)
     rng = np.random.default_rng(0)
     results = {}
     for size in tqdm(batch_sizes, desc=label, unit="batch size"):
