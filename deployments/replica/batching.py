@@ -22,15 +22,21 @@ SIZING_TOLERANCE = 0.05
 # What ``auto`` falls back to when nothing can be measured (BatchSettings' default).
 UNMEASURED_BATCH_SIZE = 32
 # What one model call costs the serving path besides TensorFlow (the ingress's
-# put and handle call, Serve's batch queue, the answer's return), counted by
-# ``auto`` beside TensorFlow's own time: timed on TensorFlow alone, a model
-# whose throughput is flat across batch sizes would get batches of one row,
-# each paying this once (``make bench``: about 3 ms on its two-core machine).
-# More is not better: MobileNetV2 at 16 clients on two one-CPU replicas served
-# as much with calls of 4 rows as of 8 or 16 (111, 105, 106 images/s,
-# interleaved), and 10 ms here made one noisy warm-up pick 32, whose calls
-# the replicas' queues merged, leaving the other replica idle.
-PATH_COST_PER_CALL_S = 0.003
+# put and handle call, Serve's handling of the call in the model replica, the
+# answer's return), counted by ``auto`` beside TensorFlow's own time: timed on
+# TensorFlow alone, a model whose throughput is flat across batch sizes would
+# get batches of one row, each paying this once. Measured on ``make bench``'s
+# two-core machine (MobileNetV2, 16 clients, calls of 2, 4 and 8 rows, the CPU
+# time of every process per image): 11-13 ms a call, of which 3.5-4.5 ms in the
+# ingress, 6-7 ms in the model replicas (~5 ms of it outside TensorFlow's
+# threads) and 1 ms in the raylet (a repeat run was within noise). At 3 ms,
+# a replica's 2 rows and 4 rows came out within the 5% tolerance of each other
+# and the pick followed noise: two replicas of one deployment took 2 and 4,
+# and the 2-row calls served 10-15% less. Counted in full it would pick larger
+# batches than a few clients fill: 10 ms made one noisy warm-up pick 32, whose
+# calls the replicas' queues merged, leaving the other replica idle (calls of 4
+# and 8 rows served alike at 16 clients).
+PATH_COST_PER_CALL_S = 0.006
 
 
 def bucket_sizes(max_batch_size: int) -> list[int]:

@@ -152,14 +152,14 @@ def test_each_part_is_answered_alone_and_a_part_that_is_an_error_is_its_answer()
 
 def test_auto_sizing_keeps_each_sizes_best_of_two_timings(monkeypatch: pytest.MonkeyPatch):
     """A timing slowed by a neighbour (replicas warm up together on shared
-    cores) does not decide the pick: here the first timing of 4 rows ran at
-    half speed, which alone would have made 8 the pick."""
+    cores) does not decide the pick: here the first timing of 8 rows ran at
+    half speed, which alone would have made 16 the pick."""
     model = FlatModel()
     slowed = {"calls": 0}
 
     def run(batch: dict[str, np.ndarray], signature: str | None = None) -> dict:
         rows = len(batch["x"])
-        if rows == 4 and slowed["calls"] < 4:  # its set-up call, then the first timing's
+        if rows == 8 and slowed["calls"] < 4:  # its set-up call, then the first timing's
             slowed["calls"] += 1
             model.now += model.ROW_S * rows
         return FlatModel.run(model, batch, signature)
@@ -169,8 +169,8 @@ def test_auto_sizing_keeps_each_sizes_best_of_two_timings(monkeypatch: pytest.Mo
     version = ServedVersion(cast(Any, model), ThreadPoolExecutor(1), BatchSettings())
     sizing = version.measure_batch_sizes()
     assert slowed["calls"] == 4
-    assert sizing.rates[4] == pytest.approx(4 / (4 * model.ROW_S + PATH_COST_PER_CALL_S))
-    assert sizing.picked == 4
+    assert sizing.rates[8] == pytest.approx(8 / (8 * model.ROW_S + PATH_COST_PER_CALL_S))
+    assert sizing.picked == 8
 
 
 def test_on_the_cpu_auto_sizing_times_cpu_time_not_the_clock(monkeypatch: pytest.MonkeyPatch):
@@ -191,4 +191,4 @@ def test_on_the_cpu_auto_sizing_times_cpu_time_not_the_clock(monkeypatch: pytest
     on_cpu = ServedVersion(cast(Any, model), ThreadPoolExecutor(1), BatchSettings(), cpu_threads=1)
     sizing = on_cpu.measure_batch_sizes()
     assert sizing.rates[8] == pytest.approx(8 / (8 * model.ROW_S + PATH_COST_PER_CALL_S))
-    assert sizing.picked == 4
+    assert sizing.picked == 8
