@@ -58,7 +58,7 @@ class CoalesceSettings(BaseModel):
         None, description="rows per model call; default: the model's max_batch_size")
     max_calls_in_flight: PositiveInt = Field(
         2, description="model calls in flight per model version past which partial "
-                       "batches wait (full ones always go)")
+                       "batches wait (full ones always go): two per model replica")
 
 
 @dataclass(eq=False)
