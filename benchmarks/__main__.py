@@ -91,6 +91,12 @@ def http_load(url: str, body: bodies.Body, clients: int, seconds: float,
     return lambda label: run_load(url, lambda: body, 1, clients, seconds, label=label)[figure]
 
 
+def handle_rate(server: Server, clients: int, seconds: float,
+                *flags: str) -> Callable[[str], float]:
+    """The second job's images/s through ``benchmarks.handle_load`` with ``flags``."""
+    return lambda label: server.handle_load(clients, seconds, label, *flags)["images_per_s"]
+
+
 def raw_tf_beside(model_dir: Path, batch: int, seconds: float, runs: list[dict]
                   ) -> Callable[[str], float]:
     """Raw TensorFlow's images/s in this process, the cluster idle beside it,
@@ -142,9 +148,8 @@ def measure_server(server: Server, model_dir: Path, levels: list[int], seconds: 
                            app.setdefault("interleaved_raw_beside", [])),
         PEER: http_load(peer, bodies.raw_float32(pixels), clients, seconds),
         OURS: http_load(*paths["native image"], clients, seconds),
-        HANDLE: lambda label: server.handle_load(clients, seconds, label)["images_per_s"],
-        DIRECT: lambda label: server.handle_load(clients, seconds, label, *DIRECT_FLAGS)[
-            "images_per_s"],
+        HANDLE: handle_rate(server, clients, seconds),
+        DIRECT: handle_rate(server, clients, seconds, *DIRECT_FLAGS),
     })
     app["interleaved_one_client_ms"] = interleaved({
         RAW: lambda label: measure_raw(model_dir / "1", [1], seconds / 2, label)[1]["ms_per_call"],
