@@ -7,7 +7,7 @@ tensors before anything is put in the object store.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -204,11 +204,13 @@ def check_input_names(inputs: dict[Any, Any], meta: ModelMetadata, where: str) -
 
 
 def check_inputs(inputs: dict[str, Any], meta: ModelMetadata, max_rows: int | None = None,
-                 max_elements: int | None = None) -> Inputs:
+                 max_elements: int | None = None, finite: Collection[str] = ()) -> Inputs:
     """Every input of ``meta``'s signature, each checked against its spec and
-    cast to its dtype if needed (else not copied); all with the same rows."""
+    cast to its dtype if needed (else not copied); all with the same rows.
+    ``finite``: inputs whose values are finite by construction (decoded images)."""
     check_input_names(inputs, meta, "the request")
-    checked = {spec.name: check_tensor(inputs[spec.name], spec, meta.strict_shapes)
+    checked = {spec.name: check_tensor(inputs[spec.name], spec, meta.strict_shapes,
+                                       spec.name in finite)
                for spec in meta.inputs}
     rows = {name: len(array) if array.ndim else 1 for name, array in checked.items()}
     if len(set(rows.values())) > 1 and fits_batch(checked, meta):
@@ -227,10 +229,13 @@ def fits_batch(inputs: Inputs, meta: ModelMetadata) -> bool:
     return meta.batchable and all(spec.fits(inputs[spec.name].shape) for spec in meta.inputs)
 
 
-def check_tensor(array: Any, spec: TensorSpec, strict_shapes: bool = True) -> np.ndarray:
+def check_tensor(array: Any, spec: TensorSpec, strict_shapes: bool = True,
+                 finite: bool = False) -> np.ndarray:
     """One input checked against ``spec``: rank, fixed dimensions (unless the
     graph decides: ``strict_shapes`` false), and values its dtype can hold
-    (no silent wrap of an int64 into an int32, no NaN)."""
+    (no silent wrap of an int64 into an int32, no NaN). ``finite``: the
+    values are known finite in their own dtype, so unless a cast narrows
+    them they are not scanned again."""
     if not isinstance(array, np.ndarray):
         raise BadRequest(f"expected a numpy array for {spec.name!r}, got {type(array).__name__}")
     if strict_shapes and not spec.fits(array.shape):
@@ -253,7 +258,8 @@ def check_tensor(array: Any, spec: TensorSpec, strict_shapes: bool = True) -> np
                              f"{spec.describe()} ({info.min} to {info.max})")
     with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
         checked = np.asarray(array, dtype=expected)
-    if expected.kind == "f" and not np.isfinite(checked).all():
+    if expected.kind == "f" and not (finite and checked is array) \
+            and not np.isfinite(checked).all():
         raise BadRequest(
             f"input {spec.name!r} holds NaN or infinite values (or numbers too large "
             f"for {expected})"

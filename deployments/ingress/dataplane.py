@@ -13,7 +13,7 @@ dispatcher (``dispatch.py``), coalesced with every other caller's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import cast
@@ -143,16 +143,18 @@ class DataPlane:
         try:
             async with asyncio.timeout(timeout_s if bounded else None):
                 decoded: Mapping[str, np.ndarray | ray.ObjectRef] = await self._decode(meta, inputs)
+                # Decoded pixels are finite by the preprocessing's own check.
+                finite = {n for n, v in inputs.items() if isinstance(v, EncodedImages)}
                 if pre is not None:
                     # (every ObjectRef replaced by its array)
                     read = cast(dict[str, np.ndarray],
                                 {**decoded, **await read_objects(_refs(decoded))})
                     processed = await pre(read)
                     self.budget.take(_nbytes(processed), f"{pre.path}'s inputs")
-                    decoded = processed
+                    decoded, finite = processed, set()
                 if pending is not None:
                     pending.inputs = decoded  # what the model is asked, for its record
-                meta, outputs = await self._follow(model, meta, decoded, pinned)
+                meta, outputs = await self._follow(model, meta, decoded, pinned, finite)
                 if post is not None:
                     outputs = await post(outputs)
                     self.budget.take(_nbytes(outputs), f"{post.path}'s outputs")
@@ -190,7 +192,8 @@ class DataPlane:
                               executor=self._decoder)
 
     async def _follow(self, model: ServedModel, meta: ModelMetadata,
-                      inputs: Mapping[str, np.ndarray | ray.ObjectRef], pinned: bool) -> Answer:
+                      inputs: Mapping[str, np.ndarray | ray.ObjectRef], pinned: bool,
+                      finite: Collection[str] = ()) -> Answer:
         """The model's answer from the version ``pinned`` names, or from
         whichever one serves a request that named none."""
         catalog = model.catalog
@@ -198,7 +201,7 @@ class DataPlane:
         if not pinned:
             meta = await catalog.split(meta)
         while True:
-            part = await self._part(meta, inputs)
+            part = await self._part(meta, inputs, finite)
             check_deadline()
             try:
                 return Answer(meta, await model.dispatcher.submit(meta, part))
@@ -211,13 +214,15 @@ class DataPlane:
             tried.add(meta.version)
             meta = (await catalog.another(tried)).signature(meta.named_signature)
 
-    async def _part(self, meta: ModelMetadata,
-                    inputs: Mapping[str, np.ndarray | ray.ObjectRef]) -> Part:
-        """``inputs`` checked against ``meta``'s signature, as one part of a call."""
+    async def _part(self, meta: ModelMetadata, inputs: Mapping[str, np.ndarray | ray.ObjectRef],
+                    finite: Collection[str] = ()) -> Part:
+        """``inputs`` checked against ``meta``'s signature, as one part of a call
+        (``finite``: inputs whose values need no scan for NaN)."""
         refs = _refs(inputs)
         views = await read_objects(refs)
         limits = self._limits
-        checked = check_inputs({**inputs, **views}, meta, limits.max_rows, limits.max_elements)
+        checked = check_inputs({**inputs, **views}, meta, limits.max_rows, limits.max_elements,
+                               finite)
         rows = rows_of(checked)
         if refs and len(refs) == len(checked) and all(
                 np.may_share_memory(checked[n], views[n]) for n in refs):  # none cast

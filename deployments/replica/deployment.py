@@ -197,12 +197,14 @@ class ModelDeployment:
         parts of one call share batches with each other and with other
         callers' requests; ``isolated`` parts (re-sent after a crash) run in
         TensorFlow calls of their own instead. ``signature``: which one of
-        the version's signatures (default: the configured one).
+        the version's signatures (default: the configured one). Every part
+        was checked against it by the data plane that sent it
+        (``DataPlane._part``), callers' own objects included.
         """
         async with self._versions.using(version) as served:
             run = served.run_alone if isolated else served.infer
             return await answer_each(await _parts(local, forwarded), served.signature(signature),
-                                     partial(run, signature=signature))
+                                     partial(run, signature=signature), checked=True)
 
     async def infer_step(self, step: Step, isolated: bool, request: list[Inputs] | None,
                          forwarded: list[dict[str, ray.ObjectRef]],

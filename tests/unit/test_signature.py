@@ -135,6 +135,14 @@ def test_non_finite_values_are_refused(value):
         check_tensor(batch, IMAGE)
 
 
+@pytest.mark.parametrize("finite", [False, True])
+def test_a_cast_that_overflows_is_refused_even_from_finite_values(finite):
+    batch = np.zeros((1, 28, 28, 1))  # float64: 1e39 is finite here, not as float32
+    batch[0, 3, 4, 0] = 1e39
+    with pytest.raises(BadRequest, match="NaN or infinite"):
+        check_tensor(batch, IMAGE, finite=finite)
+
+
 def test_too_many_numbers_is_413():
     meta = metadata(TensorSpec("x", "float32", (None, 64)), image_input=None)
     with pytest.raises(PayloadTooLarge, match="has 640 numbers, the limit is 600"):
