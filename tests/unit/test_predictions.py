@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from deployments.codecs.predictions import parse_flag, parse_top_k, top_k_predictions
+from deployments.codecs.predictions import (
+    parse_flag,
+    parse_top_k,
+    top_k_indices,
+    top_k_predictions,
+)
 from deployments.errors import BadRequest
 
 LABELS = ("zero", "one", "two", "three")
@@ -42,3 +47,16 @@ def test_flags():
     for bad in ("maybe", 2.5, [1]):
         with pytest.raises(BadRequest, match="scores must be true or false"):
             parse_flag(bad, "scores")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_top_k_by_partition_ranks_as_a_full_stable_sort(seed):
+    """Ties in class order, NaN last, -0.0 equal to 0.0: every row as argsort ranks it."""
+    rng = np.random.default_rng(seed)
+    values = [0.0, -0.0, 0.5, 1.0, np.inf, -np.inf, np.nan]
+    for _ in range(500):
+        classes = int(rng.integers(1, 80))
+        scores = rng.choice(values, (int(rng.integers(1, 4)), classes))
+        k = int(rng.integers(1, classes + 1))
+        expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(top_k_indices(scores, k), expected)
