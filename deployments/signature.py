@@ -223,6 +223,26 @@ def check_inputs(inputs: dict[str, Any], meta: ModelMetadata, max_rows: int | No
     return checked
 
 
+def as_checked(inputs: Any, meta: ModelMetadata) -> bool:
+    """Whether ``inputs`` are laid out as :func:`check_inputs` leaves them for
+    ``meta``: its input names, each a numeric array of its spec's dtype and
+    shape, all with the same rows. A look at the arrays' headers, never at
+    their values: for arrays a data plane checked before it sent them, so
+    that one checked against another signature (a version redeployed with a
+    new one) is checked again rather than run."""
+    if not isinstance(inputs, dict) or inputs.keys() != {s.name for s in meta.inputs}:
+        return False
+    for spec in meta.inputs:
+        array = inputs[spec.name]
+        if (spec.dtype == STRING or not isinstance(array, np.ndarray)
+                or array.dtype != np.dtype(spec.dtype)
+                or (meta.strict_shapes and not spec.fits(array.shape))
+                or (spec.batched and spec.fits(array.shape) and array.shape[0] == 0)):
+            return False
+    rows = {len(a) if a.ndim else 1 for a in inputs.values()}
+    return len(rows) == 1 or not fits_batch(inputs, meta)
+
+
 def fits_batch(inputs: Inputs, meta: ModelMetadata) -> bool:
     """Whether checked ``inputs`` may share a call with other requests' rows:
     the signature batches, and each array has its input's declared shape."""

@@ -69,7 +69,7 @@ class InProcessModel:
         if runner is None:  # as a model replica answers
             raise NotFound(f"model version {version} is not served")
         return await answer_each(local, runner.metadata.signature(signature),
-                                 _on_a_thread(runner, signature))
+                                 _on_a_thread(runner, signature), checked=True)
 
     @staticmethod
     def put(local: list[Inputs]) -> list[Inputs]:

@@ -8,7 +8,7 @@ once per batch, not once per call).
     outputs = await client.predict({"image": batch})  # every output by name
 
 Inputs are checked against the signature here, as the ingress checks them
-(and the replica again); encoded images are not decoded: send arrays. What
+(the replica runs them as they are); encoded images are not decoded: send arrays. What
 the app's ingress adds around a model is not here: the config's
 pre/postprocess code, labels and traffic splits, pipelines, its limits (the
 defaults apply) and the request counter (the model-call metrics are kept).

@@ -36,7 +36,13 @@ from deployments.replica.batching import (
     throughputs,
 )
 from deployments.replica.warmup import WarmupCall, read_warmup, replay
-from deployments.signature import STRING, ModelMetadata, check_inputs, fits_batch
+from deployments.signature import (
+    STRING,
+    ModelMetadata,
+    as_checked,
+    check_inputs,
+    fits_batch,
+)
 from deployments.types import Inputs, Outputs, rows_of
 
 if TYPE_CHECKING:
@@ -381,16 +387,17 @@ async def answer_each(parts: Sequence[Inputs | ServeError], meta: ModelMetadata,
     fan-out of the data it built rather than what the client sent.
 
     ``checked``: a data plane checked each part against this signature
-    before it put it (the ingress's, or a ``DirectClient``'s), so it runs as
-    it is: a second pass over every value would cost the replica a tenth of
-    its CPU in front of a GPU (the stand-in's profile, 2026-12-06)."""
+    before it put it (the ingress's, or a ``DirectClient``'s), so a part
+    laid out as the checks leave it (``as_checked``) runs as it is: a second
+    pass over every value cost the replica a tenth of its CPU in front of a
+    GPU (the stand-in's profile, 2026-12-06). Any other is checked in full."""
     max_rows, max_elements = (limits.max_rows, limits.max_elements) if limits else (None, None)
 
     async def answer(part: Inputs | ServeError) -> Outputs | ServeError:
         if isinstance(part, ServeError):
             return part
         try:
-            return await infer(part if checked else
+            return await infer(part if checked and as_checked(part, meta) else
                                check_inputs(part, meta, max_rows, max_elements))
         # the inputs do not fit or are too large, or the model refused their values
         except (BadRequest, PayloadTooLarge) as exc:

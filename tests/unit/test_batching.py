@@ -150,6 +150,25 @@ def test_each_part_is_answered_alone_and_a_part_that_is_an_error_is_its_answer()
     assert isinstance(answers[3], BadRequest)
 
 
+def test_parts_checked_upstream_run_as_they_are_unless_laid_out_otherwise():
+    """A part the data plane checked is not scanned again; one laid out for
+    another signature (a version redeployed with a new one) is checked in full."""
+    spec = TensorSpec("x", "float32", (None, 2))
+    meta = ModelMetadata("m", 1, "serving_default", (spec,), (spec,), "x", None)
+    seen: list[np.ndarray] = []
+
+    async def keep(part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.append(part["x"])
+        return part
+
+    nan = np.full((1, 2), np.nan, np.float32)  # what only a value scan would catch
+    stale = {"x": np.full((1, 2), np.nan, np.float64)}  # another dtype: checked again
+    answers = asyncio.run(answer_each([{"x": nan}, stale, {"y": nan}], meta, keep, checked=True))
+    assert len(seen) == 1 and seen[0] is nan  # run as it is, not copied
+    assert isinstance(answers[1], BadRequest) and "NaN" in answers[1].message
+    assert isinstance(answers[2], BadRequest)
+
+
 def test_auto_sizing_keeps_each_sizes_best_of_two_timings(monkeypatch: pytest.MonkeyPatch):
     """A timing slowed by a neighbour (replicas warm up together on shared
     cores) does not decide the pick: here the first timing of 8 rows ran at

@@ -5,6 +5,7 @@ from deployments.errors import BadRequest, PayloadTooLarge
 from deployments.signature import (
     ModelMetadata,
     TensorSpec,
+    as_checked,
     check_inputs,
     check_tensor,
     image_geometry,
@@ -141,6 +142,22 @@ def test_a_cast_that_overflows_is_refused_even_from_finite_values(finite):
     batch[0, 3, 4, 0] = 1e39
     with pytest.raises(BadRequest, match="NaN or infinite"):
         check_tensor(batch, IMAGE, finite=finite)
+
+
+def test_checked_inputs_are_recognised_by_their_headers():
+    mask = TensorSpec("mask", "int32", (None, 4))
+    meta = metadata(IMAGE, mask)
+    checked = check_inputs({"image": np.zeros((2, 28, 28, 1)),
+                            "mask": np.zeros((2, 4), np.int64)}, meta)  # both cast
+    assert as_checked(checked, meta)
+    assert not as_checked({**checked, "mask": checked["mask"].astype(np.int64)}, meta)
+    assert not as_checked({"image": checked["image"]}, meta)  # an input missing
+    assert not as_checked({**checked, "mask": np.zeros((3, 4), np.int32)}, meta)  # rows differ
+    assert not as_checked({**checked, "mask": np.zeros((2, 5), np.int32)}, meta)  # shape
+    assert not as_checked({**checked, "mask": np.zeros((0, 4), np.int32),
+                           "image": np.zeros((0, 28, 28, 1), np.float32)}, meta)  # empty
+    text = metadata(TensorSpec("text", "string", (None,)), image_input=None)
+    assert not as_checked(check_inputs({"text": np.array(["a"])}, text), text)  # strings: always
 
 
 def test_too_many_numbers_is_413():
