@@ -56,7 +56,7 @@ def decode_images(blobs: Sequence[bytes], geometry: ImageGeometry, max_pixels: i
             f"the limit is {max_decoded_bytes}")
     batch = np.empty((len(blobs), geometry.height, geometry.width, geometry.channels),
                      dtype=np.float32)
-    values = _values(preprocessing, geometry.channels)
+    values = _values(preprocessing, geometry)
     for i, image in enumerate(images):
         pixels = _decode(image, blobs[i], geometry, preprocessing,
                          f" (image {i})" if many else "")
@@ -65,29 +65,24 @@ def decode_images(blobs: Sequence[bytes], geometry: ImageGeometry, max_pixels: i
 
 
 @functools.lru_cache(maxsize=64)
-def _values(preprocessing: ImagePreprocessing, channels: int) -> _Values:
-    """One per model's preprocessing, not per request (~20 µs of Python each)."""
-    return _Values(preprocessing, channels)
+def _values(preprocessing: ImagePreprocessing, geometry: ImageGeometry) -> _Values:
+    """One per model's preprocessing and input size, not per request (~20 µs
+    of Python each)."""
+    return _Values(preprocessing, geometry)
 
 
 class _Values:
     """Pixels (uint8) → the model's values, written into a batch row."""
 
-    def __init__(self, preprocessing: ImagePreprocessing, channels: int) -> None:
-        scale, offset = preprocessing.affine(channels)
+    def __init__(self, preprocessing: ImagePreprocessing, geometry: ImageGeometry) -> None:
+        scale, offset = preprocessing.affine(geometry.channels)
         # Adding a zero offset is skipped only where it changes nothing (it
         # turns the -0.0 a negative scale makes of a 0 pixel into +0.0).
-        self._affine = (None if (scale == 1).all() else scale,
-                        None if (offset == 0).all() and (scale >= 0).all() else offset)
+        self._scale = None if (scale == 1).all() else _row_of(scale, geometry.width)
+        self._offset = (None if (offset == 0).all() and (scale >= 0).all()
+                        else _row_of(offset, geometry.width))
         self._bgr = preprocessing.channel_order == "BGR"
         self._pad = np.array(preprocessing.pad_value, np.uint8).reshape(1, 1, -1)
-
-    @functools.lru_cache(maxsize=16)  # noqa: B019 (instances live as long as _values keeps them)
-    def _runs(self, width: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """The scale and offset repeated over a row of ``width`` pixels."""
-        scale, offset = self._affine
-        return (None if scale is None else np.tile(scale, width),
-                None if offset is None else np.tile(offset, width))
 
     def place(self, pixels: np.ndarray, row: np.ndarray) -> None:
         """``pixels`` (``[h, w, C]``) in the middle of ``row`` (``[H, W, C]``),
@@ -110,11 +105,19 @@ class _Values:
         # A row's pixels are contiguous, even in a letterbox's window (a view,
         # never a copy: copy=False raises rather than copy).
         rows = np.reshape(out, (height, width * channels), copy=False)
-        scale, offset = self._runs(width)
-        if scale is not None:
-            np.multiply(rows, scale, out=rows)
-        if offset is not None:
-            np.add(rows, offset, out=rows)
+        if self._scale is not None:
+            np.multiply(rows, self._scale[:width * channels], out=rows)
+        if self._offset is not None:
+            np.add(rows, self._offset[:width * channels], out=rows)
+
+
+def _row_of(values: np.ndarray, width: int) -> np.ndarray:
+    """Per-channel ``values`` repeated over a row of ``width`` pixels (a
+    narrower, letterboxed window's row is a prefix of it); read-only, as
+    every request's decode shares it."""
+    row = np.tile(values, width)
+    row.flags.writeable = False
+    return row
 
 
 def decoded_bytes(image: Image.Image, geometry: ImageGeometry,
