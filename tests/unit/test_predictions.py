@@ -49,14 +49,15 @@ def test_flags():
             parse_flag(bad, "scores")
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_top_k_by_partition_ranks_as_a_full_stable_sort(seed):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("seed", range(2))
+def test_top_k_by_partition_ranks_as_a_full_stable_sort(seed, dtype):
     """Ties in class order, NaN last, -0.0 equal to 0.0: every row as argsort ranks it."""
     rng = np.random.default_rng(seed)
     values = [0.0, -0.0, 0.5, 1.0, np.inf, -np.inf, np.nan]
     for _ in range(500):
         classes = int(rng.integers(1, 80))
-        scores = rng.choice(values, (int(rng.integers(1, 4)), classes))
+        scores = rng.choice(values, (int(rng.integers(1, 4)), classes)).astype(dtype)
         k = int(rng.integers(1, classes + 1))
         expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         np.testing.assert_array_equal(top_k_indices(scores, k), expected)
