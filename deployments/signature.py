@@ -207,7 +207,9 @@ def check_inputs(inputs: dict[str, Any], meta: ModelMetadata, max_rows: int | No
                  max_elements: int | None = None, finite: Collection[str] = ()) -> Inputs:
     """Every input of ``meta``'s signature, each checked against its spec and
     cast to its dtype if needed (else not copied); all with the same rows.
-    ``finite``: inputs whose values are finite by construction (decoded images)."""
+    ``finite``: inputs whose values are known finite (decoded images, or
+    arrays a data plane checked before it sent them): not scanned again
+    unless a cast narrows them."""
     check_input_names(inputs, meta, "the request")
     checked = {spec.name: check_tensor(inputs[spec.name], spec, meta.strict_shapes,
                                        spec.name in finite)
@@ -221,26 +223,6 @@ def check_inputs(inputs: dict[str, Any], meta: ModelMetadata, max_rows: int | No
         check_size(first, max(rows.values()), sum(a.size for a in checked.values()),
                    max_rows, max_elements)
     return checked
-
-
-def as_checked(inputs: Any, meta: ModelMetadata) -> bool:
-    """Whether ``inputs`` are laid out as :func:`check_inputs` leaves them for
-    ``meta``: its input names, each a numeric array of its spec's dtype and
-    shape, all with the same rows. A look at the arrays' headers, never at
-    their values: for arrays a data plane checked before it sent them, so
-    that one checked against another signature (a version redeployed with a
-    new one) is checked again rather than run."""
-    if not isinstance(inputs, dict) or inputs.keys() != {s.name for s in meta.inputs}:
-        return False
-    for spec in meta.inputs:
-        array = inputs[spec.name]
-        if (spec.dtype == STRING or not isinstance(array, np.ndarray)
-                or array.dtype != np.dtype(spec.dtype)
-                or (meta.strict_shapes and not spec.fits(array.shape))
-                or (spec.batched and spec.fits(array.shape) and array.shape[0] == 0)):
-            return False
-    rows = {len(a) if a.ndim else 1 for a in inputs.values()}
-    return len(rows) == 1 or not fits_batch(inputs, meta)
 
 
 def fits_batch(inputs: Inputs, meta: ModelMetadata) -> bool:

@@ -36,13 +36,7 @@ from deployments.replica.batching import (
     throughputs,
 )
 from deployments.replica.warmup import WarmupCall, read_warmup, replay
-from deployments.signature import (
-    STRING,
-    ModelMetadata,
-    as_checked,
-    check_inputs,
-    fits_batch,
-)
+from deployments.signature import STRING, ModelMetadata, check_inputs, fits_batch
 from deployments.types import Inputs, Outputs, rows_of
 
 if TYPE_CHECKING:
@@ -387,18 +381,19 @@ async def answer_each(parts: Sequence[Inputs | ServeError], meta: ModelMetadata,
     fan-out of the data it built rather than what the client sent.
 
     ``checked``: a data plane checked each part against this signature
-    before it put it (the ingress's, or a ``DirectClient``'s), so a part
-    laid out as the checks leave it (``as_checked``) runs as it is: a second
-    pass over every value cost the replica a tenth of its CPU in front of a
-    GPU (the stand-in's profile, 2026-12-06). Any other is checked in full."""
+    before it put it (the ingress's, or a ``DirectClient``'s), so its values
+    are not scanned again unless a cast narrows them (a part checked against
+    an older signature): a second pass over every value cost the replica a
+    tenth of its CPU in front of a GPU (the stand-in's profile, 2026-12-06).
+    Names, dtypes, shapes and rows are still checked."""
     max_rows, max_elements = (limits.max_rows, limits.max_elements) if limits else (None, None)
+    finite = [spec.name for spec in meta.inputs] if checked else []
 
     async def answer(part: Inputs | ServeError) -> Outputs | ServeError:
         if isinstance(part, ServeError):
             return part
         try:
-            return await infer(part if checked and as_checked(part, meta) else
-                               check_inputs(part, meta, max_rows, max_elements))
+            return await infer(check_inputs(part, meta, max_rows, max_elements, finite))
         # the inputs do not fit or are too large, or the model refused their values
         except (BadRequest, PayloadTooLarge) as exc:
             return exc if blame is None else ModelFailed(f"{blame}: {exc.message}")

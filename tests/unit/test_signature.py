@@ -5,7 +5,6 @@ from deployments.errors import BadRequest, PayloadTooLarge
 from deployments.signature import (
     ModelMetadata,
     TensorSpec,
-    as_checked,
     check_inputs,
     check_tensor,
     image_geometry,
@@ -144,20 +143,27 @@ def test_a_cast_that_overflows_is_refused_even_from_finite_values(finite):
         check_tensor(batch, IMAGE, finite=finite)
 
 
-def test_checked_inputs_are_recognised_by_their_headers():
+def test_inputs_checked_upstream_pass_unscanned_and_anything_else_is_checked():
     mask = TensorSpec("mask", "int32", (None, 4))
     meta = metadata(IMAGE, mask)
+    names = ["image", "mask"]
     checked = check_inputs({"image": np.zeros((2, 28, 28, 1)),
                             "mask": np.zeros((2, 4), np.int64)}, meta)  # both cast
-    assert as_checked(checked, meta)
-    assert not as_checked({**checked, "mask": checked["mask"].astype(np.int64)}, meta)
-    assert not as_checked({"image": checked["image"]}, meta)  # an input missing
-    assert not as_checked({**checked, "mask": np.zeros((3, 4), np.int32)}, meta)  # rows differ
-    assert not as_checked({**checked, "mask": np.zeros((2, 5), np.int32)}, meta)  # shape
-    assert not as_checked({**checked, "mask": np.zeros((0, 4), np.int32),
-                           "image": np.zeros((0, 28, 28, 1), np.float32)}, meta)  # empty
+    checked["image"][0, 0, 0, 0] = np.nan  # what only a value scan would catch
+    again = check_inputs(checked, meta, finite=names)
+    assert all(again[n] is checked[n] for n in names)  # as they are: not copied, not scanned
+    recast = check_inputs({**checked, "mask": checked["mask"].astype(np.int64)}, meta,
+                          finite=names)
+    assert recast["mask"].dtype == np.int32
+    for laid_out_otherwise in ({"image": checked["image"]},  # an input missing
+                               {**checked, "mask": np.zeros((3, 4), np.int32)},  # rows differ
+                               {**checked, "mask": np.zeros((2, 5), np.int32)},  # shape
+                               {"mask": np.zeros((0, 4), np.int32),
+                                "image": np.zeros((0, 28, 28, 1), np.float32)}):  # empty
+        with pytest.raises(BadRequest):
+            check_inputs(laid_out_otherwise, meta, finite=names)
     text = metadata(TensorSpec("text", "string", (None,)), image_input=None)
-    assert not as_checked(check_inputs({"text": np.array(["a"])}, text), text)  # strings: always
+    assert check_inputs({"text": np.array(["a"])}, text, finite=["text"])["text"][0] == b"a"
 
 
 def test_too_many_numbers_is_413():
