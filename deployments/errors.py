@@ -21,6 +21,19 @@ class ServeError(Exception):
         super().__init__(message)
         self.message = message
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Ray pickles errors between processes (Serve's gRPC proxy unpickles a
+        # replica's); a subclass whose __init__ takes other arguments than
+        # the message is rebuilt from its attributes, not by calling it.
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt(cls: type[ServeError], args: tuple[object, ...],
+             attributes: dict[str, object]) -> ServeError:
+    error = cls.__new__(cls, *args)
+    error.__dict__.update(attributes)
+    return error
+
 
 def clip(text: str, limit: int = 40) -> str:
     """A client's text shortened for quoting in a message."""
