@@ -319,13 +319,20 @@ def read_model_config(path: str | Path) -> list[ModelEntry]:
     (a :class:`FlagError` naming the file, line and what is wrong)."""
     from tensorflow_serving.config import model_server_config_pb2
 
-    config = read_text_proto(path, model_server_config_pb2.ModelServerConfig())
+    return model_entries(read_text_proto(path, model_server_config_pb2.ModelServerConfig()),
+                         str(path))
+
+
+def model_entries(config: Any, source: str) -> list[ModelEntry]:
+    """A ``ModelServerConfig``'s models (from a file or a reload RPC), checked
+    as TF Serving checks them; a :class:`FlagError` names ``source``, the
+    entry and what is wrong."""
     if config.WhichOneof("config") != "model_config_list":
-        raise FlagError(f"{path}: only model_config_list is supported (custom_model_config "
+        raise FlagError(f"{source}: only model_config_list is supported (custom_model_config "
                         "is not)")
     entries, seen = [], set()
     for i, model in enumerate(config.model_config_list.config):
-        where = f"{path}: config {i + 1} ({model.name or 'no name'})"
+        where = f"{source}: config {i + 1} ({model.name or 'no name'})"
         if not model.name:
             raise FlagError(f"{where}: name is empty")
         if model.name in seen:
@@ -341,7 +348,7 @@ def read_model_config(path: str | Path) -> list[ModelEntry]:
         entries.append(ModelEntry(model.name, model.base_path, _policy(model, where),
                                   dict(sorted(model.version_labels.items()))))
     if not entries:
-        raise FlagError(f"{path}: model_config_list names no model")
+        raise FlagError(f"{source}: model_config_list names no model")
     return entries
 
 

@@ -5,6 +5,11 @@ the flags make (as ``serve run`` deploys a YAML: ``serve_start`` and
 ``--model_config_file_poll_wait_seconds`` and applies what changed, and on
 SIGINT or SIGTERM shuts Serve down.
 
+``ModelService.HandleReloadConfigRequest`` reaches it from the ingress
+(``deployments.reloads``) and is applied the same way, in turn with the
+file's changes; as in TF Serving, a polled file that differs from a
+reloaded config replaces it at the next poll.
+
 A change is applied in two steps: first the new and changed models'
 applications beside the running ones (the ingress still routing as before),
 then, once they run (or failed), the ingress routes to the new list and the
@@ -25,7 +30,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -39,11 +44,15 @@ from deployments.tfserving_config import (
     ModelEntry,
     Plan,
     load,
+    model_entries,
     parse_flags,
     read_model_config,
     serve_config,
     shutdown_budget_s,
 )
+
+if TYPE_CHECKING:
+    from deployments.reloads import Status
 
 logger = logging.getLogger("ray-tf-serve")
 
@@ -63,12 +72,16 @@ class Server:
         self.deployed = list(plan.models)  # those with an application
         self.stopping = threading.Event()
         self._client: Any = None
+        self._applying = threading.Lock()  # one change at a time, file's or RPC's
+        self._reloads: threading.Thread | None = None
 
     def start(self) -> None:
         import ray
         from ray.serve._private import api as serve_api  # what `serve run` calls
         from ray.serve.config import gRPCOptions
         from ray.serve.schema import ServeDeploySchema
+
+        from deployments.reloads import NAME, NAMESPACE, Reloads
 
         address = self.plan.options.address
         init: dict[str, Any] = {"namespace": "serve"}
@@ -86,6 +99,11 @@ class Server:
             proxy_location=config.proxy_location,
             grpc_options=gRPCOptions(**config.grpc_options.model_dump()))
         self.deploy(serve_config(self.plan))
+        reloads = Reloads.options(  # type: ignore[attr-defined]
+            name=NAME, namespace=NAMESPACE).remote()
+        self._reloads = threading.Thread(target=self.serve_reloads, args=(reloads,),
+                                         name="reloads", daemon=True)
+        self._reloads.start()
 
     def deploy(self, config: dict[str, Any]) -> None:
         from ray.serve.schema import ServeDeploySchema
@@ -123,10 +141,45 @@ class Server:
         except FlagError as e:
             say(f"keeping the running config: {e}")
             return False
-        if models == self.models:
-            return False
-        apply(self, models)
+        with self._applying:
+            if models == self.models:
+                return False
+            apply(self, models)
         return True
+
+    def reload_config(self, config: bytes) -> Status:
+        """Applies a reload RPC's serialized ``ModelServerConfig``; its status
+        as TF Serving gives it: ``INVALID_ARGUMENT`` for a config refused,
+        ``UNKNOWN`` naming the models that did not become available."""
+        from tensorflow_serving.config import model_server_config_pb2
+
+        try:
+            models = model_entries(model_server_config_pb2.ModelServerConfig.FromString(config),
+                                   "HandleReloadConfigRequest")
+        except FlagError as e:
+            return "INVALID_ARGUMENT", str(e)
+        say(f"HandleReloadConfigRequest: {[m.name for m in models]}")
+        with self._applying:
+            failed = apply(self, models) if models != self.models else []
+        if failed:
+            return "UNKNOWN", (f"{len(failed)} model(s) did not become available: "
+                               f"{{{', '.join(failed)}}}; see `serve status`")
+        return "OK", ""
+
+    def serve_reloads(self, reloads: Any) -> None:
+        """Takes the ingress's reload requests in turn until the server stops."""
+        import ray
+
+        while not self.stopping.is_set():
+            try:
+                taken = ray.get(reloads.next.remote(1.0))
+            except ray.exceptions.RayError:
+                if self.stopping.is_set():
+                    return
+                raise
+            if taken is not None:
+                key, config = taken
+                reloads.answer.remote(key, self.reload_config(config))
 
     def serve_forever(self) -> None:
         poll_s = self.plan.options.model_config_file_poll_wait_seconds
@@ -139,11 +192,13 @@ class Server:
         import ray
         from ray import serve
 
+        if self._reloads is not None:
+            self._reloads.join(timeout=5)
         serve.shutdown()
         ray.shutdown()
 
 
-def apply(server: Server, models: list[ModelEntry]) -> None:
+def apply(server: Server, models: list[ModelEntry]) -> list[str]:
     """Applies the file's new ``models``, the applications' set changing
     only while no request is routed to what goes, so every step is safe:
 
@@ -155,7 +210,9 @@ def apply(server: Server, models: list[ModelEntry]) -> None:
        model's replica takes a CPU);
     3. once those run (or failed: named, not routed to), the ingress routes
        to the added models too (the ingress serves one model at least: with
-       none kept, or none running, it keeps the list it had)."""
+       none kept, or none running, it keeps the list it had).
+
+    The added or changed models that did not run, by name."""
     plan = server.plan
     old = {m.name: m for m in server.models}
     new = {m.name: m for m in models}
@@ -170,13 +227,16 @@ def apply(server: Server, models: list[ModelEntry]) -> None:
         server.deploy(serve_config(plan, server.deployed, served=kept))
         server.wait_running([APP_NAME])
     served = kept or server.models
+    failed: set[str] = set()
     if started or removed:
         server.deploy(serve_config(plan, models, served=served))
         server.deployed = list(models)
         failed = server.wait_running([model_app(m.name) for m in started])
         served = [m for m in models if model_app(m.name) not in failed] or served
         server.deploy(serve_config(plan, models, served=served))
+        server.wait_running([APP_NAME])  # the ingress routes to them: a reload can answer
     server.models = list(models)
+    return [m.name for m in started if model_app(m.name) in failed]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -71,6 +71,7 @@ with _without_tensorflow_init():
         get_model_status_pb2,
         inference_pb2,
         input_pb2,
+        model_management_pb2,
         model_pb2,
         model_service_pb2_grpc,
         predict_pb2,
@@ -81,7 +82,8 @@ with _without_tensorflow_init():
 
 __all__ = [
     "classification_pb2", "error_codes_pb2", "example_pb2", "get_model_metadata_pb2",
-    "get_model_status_pb2", "inference_pb2", "input_pb2", "meta_graph_pb2", "model_pb2",
+    "get_model_status_pb2", "inference_pb2", "input_pb2", "meta_graph_pb2",
+    "model_management_pb2", "model_pb2",
     "model_service_pb2_grpc", "predict_pb2", "prediction_log_pb2", "prediction_service_pb2_grpc",
     "regression_pb2",
     "tensor_pb2", "tensor_shape_pb2", "types_pb2",

@@ -43,17 +43,19 @@ _deadline: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar(
     "deadline", default=None)
 
 
-def request_timeout(asked: str | None, limits: InputLimits) -> tuple[float, bool]:
+def request_timeout(asked: str | None, limits: InputLimits | None) -> tuple[float, bool]:
     """How long a request may take from arrival to answer: the configured
-    ``request_timeout_s``, or less when the client ``asked`` for less (its
-    :data:`TIMEOUT_HEADER`); and whether that is the client's deadline."""
+    ``request_timeout_s`` (none without ``limits``), or less when the client
+    ``asked`` for less (its :data:`TIMEOUT_HEADER`); and whether that is the
+    client's deadline."""
+    limit_s = limits.request_timeout_s if limits is not None else math.inf
     try:
         seconds = float(asked) if asked is not None else math.inf
     except ValueError:
         seconds = math.inf
-    if 0 < seconds < limits.request_timeout_s:
+    if 0 < seconds < limit_s:
         return seconds, True
-    return limits.request_timeout_s, False
+    return limit_s, False
 
 
 @asynccontextmanager

@@ -18,6 +18,7 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     inference_pb2,
+    model_management_pb2,
     predict_pb2,
     regression_pb2,
 )
@@ -160,7 +161,7 @@ RPCS: dict[str, Any] = {  # every method of both services, with an empty request
     "MultiInference": inference_pb2.MultiInferenceRequest(),
     "GetModelMetadata": get_model_metadata_pb2.GetModelMetadataRequest(),
     "GetModelStatus": get_model_status_pb2.GetModelStatusRequest(),
-    "HandleReloadConfigRequest": None,
+    "HandleReloadConfigRequest": model_management_pb2.ReloadConfigRequest(),
 }
 
 

@@ -27,6 +27,7 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     inference_pb2,
+    model_management_pb2,
     predict_pb2,
     regression_pb2,
 )
@@ -256,6 +257,9 @@ def test_metadata_and_status_are_the_rest_documents_as_protos(app: App):
          "has no version '3'"),
         ("MultiInference", inference_pb2.MultiInferenceRequest(), "INVALID_ARGUMENT",
          "must have at least one task"),
+        # No ray-tf-serve process to apply it (tests/integration/test_cli.py does).
+        ("HandleReloadConfigRequest", model_management_pb2.ReloadConfigRequest(),
+         "UNIMPLEMENTED", "models are configured in the app's YAML"),
     ],
 )
 def test_errors_carry_tf_servings_status_codes(app: App, method, request_, code, message):

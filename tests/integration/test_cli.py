@@ -3,9 +3,11 @@ Serving's own test models and its ``--model_config_file``,
 ``--monitoring_config_file`` and ``--batching_parameters_file``: labels from
 the file answer on REST, TF Serving's gRPC stub answers on ``--port``, the
 monitoring page shows TF Serving's metric names; a model added to and one
-removed from the file, and a label, apply live within two poll periods while another client keeps
-calling an unchanged model (no failure); SIGTERM drains within the stop's
-budget (exit 0) and leaves no process and no port. About 2 minutes.
+removed from the file, and a label, apply live within two poll periods while
+another client keeps calling an unchanged model (no failure); TF Serving's
+``HandleReloadConfigRequest`` adds, refuses and removes models; SIGTERM
+drains within the stop's budget (exit 0) and leaves no process and no port.
+About 3 minutes.
 
 It runs a Ray cluster of its own (the CLI starts one on 127.0.0.1), on free
 ports, beside the session's cluster.
@@ -19,13 +21,21 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc as grpc_lib
 import httpx
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from google.protobuf import text_format
+from tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from deployments import run
 from harness.cluster import free_port, replica_ports, wait_until
@@ -52,12 +62,21 @@ def _predict(client: httpx.Client, path: str) -> httpx.Response:
     return client.post(f"/v1/models/{path}:predict", json={"instances": [2.0]})
 
 
+def _answers(client: httpx.Client, path: str) -> bool:
+    try:
+        return _predict(client, path).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 POLL_S = 20  # --model_config_file_poll_wait_seconds
 
 
-def test_reload_and_stop(tmp_path: Path) -> None:
-    config = tmp_path / "models.config"
-    config.write_text(_config(TWO, THREE))
+@contextmanager
+def _server(tmp_path: Path, *flags: str) -> Iterator[tuple[int, int]]:
+    """``ray-tf-serve`` with ``flags`` on free ports (HTTP, gRPC); on leaving,
+    SIGTERM, which drains within the stop's budget (exit 0) and leaves no
+    process and no port."""
     http, grpc = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), run.RUNS: str(tmp_path / "runs"),
            "RAY_ADDRESS": "", **replica_ports()}
@@ -67,21 +86,42 @@ def test_reload_and_stop(tmp_path: Path) -> None:
         env[name] = str(free_port())
     server = subprocess.Popen(
         [sys.executable, "-m", "deployments.cli", f"--port={grpc}", f"--rest_api_port={http}",
-         f"--model_config_file={config}", f"--model_config_file_poll_wait_seconds={POLL_S}",
-         f"--monitoring_config_file={TFSERVING_TESTDATA / 'monitoring_config.txt'}",
-         "--enable_batching",
-         f"--batching_parameters_file={TFSERVING_TESTDATA / 'batching_config.txt'}"],
-        cwd=ROOT, env=env)
+         *flags], cwd=ROOT, env=env)
+    try:
+        yield http, grpc
+    finally:
+        server.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        try:  # Serve drained within the stop's budget: nothing had to be killed
+            assert server.wait(timeout=90) == 0
+            print(f"SIGTERM: exited 0 after {time.monotonic() - signalled:.1f} s")
+        finally:
+            server.kill()
+    left = [p for p in run.processes() if p.mark and Path(p.mark).parent == tmp_path / "runs"]
+    assert left == []
+    assert run.port_is_free(http) and run.port_is_free(grpc)
+
+
+def test_reload_and_stop(tmp_path: Path) -> None:
+    config = tmp_path / "models.config"
+    config.write_text(_config(TWO, THREE))
+    with _server(tmp_path, f"--model_config_file={config}",
+                 f"--model_config_file_poll_wait_seconds={POLL_S}",
+                 f"--monitoring_config_file={TFSERVING_TESTDATA / 'monitoring_config.txt'}",
+                 "--enable_batching",
+                 f"--batching_parameters_file={TFSERVING_TESTDATA / 'batching_config.txt'}",
+                 ) as (http, grpc):
+        _reload_while_serving(config, http, grpc)
+
+
+def _reload_while_serving(config: Path, http: int, grpc: int) -> None:
     stop = threading.Event()
     answers: list[int] = []
     failures: list[str] = []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{http}", timeout=30) as client:
             def ok(path: str) -> bool:
-                try:
-                    return _predict(client, path).status_code == 200
-                except httpx.HTTPError:
-                    return False
+                return _answers(client, path)
 
             wait_until(lambda: ok("half_plus_three") and ok("half_plus_two"), 240,
                        "the models to serve")
@@ -145,13 +185,44 @@ def test_reload_and_stop(tmp_path: Path) -> None:
             assert len(answers) > 20
     finally:
         stop.set()
-        server.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        try:  # Serve drained within the stop's budget: nothing had to be killed
-            assert server.wait(timeout=90) == 0
-            print(f"SIGTERM: exited 0 after {time.monotonic() - signalled:.1f} s")
-        finally:
-            server.kill()
-    left = [p for p in run.processes() if p.mark and Path(p.mark).parent == tmp_path / "runs"]
-    assert left == []
-    assert run.port_is_free(http) and run.port_is_free(grpc)
+
+
+def _reload_request(*models: tuple[str, str, str]) -> model_management_pb2.ReloadConfigRequest:
+    request = model_management_pb2.ReloadConfigRequest(metric_names=["load_attempts"])
+    text_format.Parse(_config(*models), request.config)
+    return request
+
+
+def test_tf_servings_reload_rpc_changes_the_models(tmp_path: Path) -> None:
+    """``ModelService.HandleReloadConfigRequest`` from TF Serving's own stub,
+    as its users' scripts send it: answered once the added model serves."""
+    config = tmp_path / "models.config"
+    config.write_text(_config(THREE))
+    with _server(tmp_path, f"--model_config_file={config}") as (http, grpc), \
+            httpx.Client(base_url=f"http://127.0.0.1:{http}", timeout=30) as client, \
+            grpc_lib.insecure_channel(f"127.0.0.1:{grpc}") as channel:
+        wait_until(lambda: _answers(client, "half_plus_three"), 240, "the model to serve")
+        reload = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest
+
+        answer = reload(_reload_request(THREE, TF2), timeout=240)
+        assert answer.status.error_code == 0 and answer.HasField("status")
+        assert [(m.name, m.int64_value_increase) for m in answer.metric] == [
+            ("load_attempts", 0)]
+        assert _predict(client, "half_plus_two_tf2").json() == {"predictions": [3.0]}
+
+        with pytest.raises(grpc_lib.RpcError) as refused:
+            reload(_reload_request(THREE, THREE), timeout=60)
+        assert refused.value.code() == grpc_lib.StatusCode.INVALID_ARGUMENT
+        assert "the name 'half_plus_three' is used twice" in refused.value.details()
+
+        missing = ("missing", "no_such_model", "")
+        with pytest.raises(grpc_lib.RpcError) as failed:
+            reload(_reload_request(THREE, missing), timeout=240)
+        assert failed.value.code() == grpc_lib.StatusCode.UNKNOWN
+        assert "1 model(s) did not become available: {missing}" in failed.value.details()
+        assert _predict(client, "half_plus_three").json() == {"predictions": [4.0]}
+        assert _predict(client, "missing").status_code == 404
+
+        reload(_reload_request(TF2), timeout=240)
+        assert _predict(client, "half_plus_three").status_code == 404
+        assert _predict(client, "half_plus_two_tf2").json() == {"predictions": [3.0]}

@@ -21,6 +21,7 @@ from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     inference_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -169,6 +170,12 @@ def test_metadata_and_status(prediction, channel: grpc.Channel, client: httpx.Cl
     rest = client.get("/v1/models/digits").json()["model_version_status"][0]
     assert (version.version, version.state) == (int(rest["version"]), version.AVAILABLE)
     assert rest["state"] == "AVAILABLE" and version.status.error_message == ""
+    # An app run from a YAML has no ray-tf-serve process to reload its models.
+    with pytest.raises(grpc.RpcError) as refused:
+        models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(),
+                                         metadata=MAIN, timeout=60)
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "models are configured in the app's YAML" in refused.value.details()
 
 
 @pytest.mark.parametrize(

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import pickle
 
+import grpc
 import pytest
 
 from deployments.errors import BadRequest, ServeError, ServiceUnavailable
 from deployments.ingress.deadline import DeadlinePassed
+from deployments.ingress.protocols.grpc import GrpcFailure
 
 
 @pytest.mark.parametrize("error", [
     BadRequest("a 'bad' request"),
     ServiceUnavailable("overloaded"),
     DeadlinePassed(1.5, clients=True),
+    GrpcFailure(grpc.StatusCode.UNKNOWN, "1 model(s) did not become available: {m}"),
 ], ids=type)
 def test_errors_survive_pickling(error: ServeError):
     back = pickle.loads(pickle.dumps(error))

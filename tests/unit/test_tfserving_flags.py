@@ -16,6 +16,7 @@ from deployments.tfserving_config import (
     ModelEntry,
     docker_argv,
     load,
+    model_entries,
     parse_flags,
     read_batching,
     read_model_config,
@@ -76,6 +77,19 @@ def test_tf_serving_model_config_files():
     bad = TFSERVING_TESTDATA / "bad_model_config.txt"
     with pytest.raises(FlagError, match=rf"^{bad}:1:1: not a valid text ModelServerConfig"):
         read_model_config(bad)
+
+
+def test_a_reload_rpcs_config_is_checked_as_a_files_naming_the_rpc():
+    from tensorflow_serving.config import model_server_config_pb2 as pb
+
+    rpc = "HandleReloadConfigRequest"
+    with pytest.raises(FlagError, match=f"^{rpc}: only model_config_list is supported"):
+        model_entries(pb.ModelServerConfig(), rpc)  # TF Serving: INVALID_ARGUMENT too
+    with pytest.raises(FlagError, match=f"^{rpc}: model_config_list names no model"):
+        model_entries(pb.ModelServerConfig(model_config_list={}), rpc)
+    config = pb.ModelServerConfig(model_config_list={"config": [
+        {"name": "a", "base_path": "/a", "version_labels": {"stable": 2}}]})
+    assert model_entries(config, rpc) == [ModelEntry("a", "/a", {"latest": 1}, {"stable": 2})]
 
 
 def test_policies_labels_and_refusals(tmp_path: Path):

@@ -66,10 +66,21 @@ class GrpcService:
 Rpc = Callable[[Any, Any, RayServegRPCContext], Awaitable[Any]]
 
 
-def rpc(protocol: str, model_of: Callable[[Any], str]) -> Callable[[Rpc], Rpc]:
-    """An RPC method bounded by its deadline, that turns our errors into gRPC
-    status codes with their message (``DEADLINE_EXCEEDED`` past the client's
-    deadline) and counts the call under ``protocol``, for the model
+class GrpcFailure(ServeError):
+    """An RPC's failure with its own gRPC status code (where no HTTP status
+    names it: TF Serving's ``UNKNOWN``, for one)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def rpc(protocol: str, model_of: Callable[[Any], str],
+        bounded: bool = True) -> Callable[[Rpc], Rpc]:
+    """An RPC method bounded by its deadline (only the client's, not
+    ``request_timeout_s``, unless ``bounded``), that turns our errors into
+    gRPC status codes with their message (``DEADLINE_EXCEEDED`` past the
+    client's deadline) and counts the call under ``protocol``, for the model
     ``model_of(request)`` names; a call without a valid token (when auth is
     on) is refused first. (Serve passes ``grpc_context`` to methods whose
     signature names it.)"""
@@ -88,7 +99,8 @@ def rpc(protocol: str, model_of: Callable[[Any], str]) -> Callable[[Rpc], Rpc]:
                         metadata.get(FORCE_LOG_HEADER))), \
                         self._gate.rpc(method.__name__, grpc_context), \
                         self._plane.budget.request():
-                    async with deadline(*request_timeout(asked, self._limits)):
+                    async with deadline(*request_timeout(
+                            asked, self._limits if bounded else None)):
                         answer = await method(self, request, grpc_context)
                 code = grpc.StatusCode.OK
                 return answer
@@ -96,9 +108,12 @@ def rpc(protocol: str, model_of: Callable[[Any], str]) -> Callable[[Rpc], Rpc]:
                 code = grpc.StatusCode.CANCELLED
                 raise
             except ServeError as exc:
-                code = (grpc.StatusCode.DEADLINE_EXCEEDED
-                        if isinstance(exc, DeadlinePassed) and exc.clients
-                        else STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL))
+                if isinstance(exc, GrpcFailure):
+                    code = exc.code
+                elif isinstance(exc, DeadlinePassed) and exc.clients:
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
+                else:
+                    code = STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL)
                 grpc_context.set_code(code)
                 grpc_context.set_details(exc.message)
                 raise

@@ -1,7 +1,8 @@
 """TensorFlow Serving's gRPC API through Ray Serve's gRPC proxy, beside
 KServe V2's: ``tensorflow.serving.PredictionService`` (``Predict``,
 ``Classify``, ``Regress``, ``MultiInference``, ``GetModelMetadata``) and
-``tensorflow.serving.ModelService`` (``GetModelStatus``), so TF Serving's
+``tensorflow.serving.ModelService`` (``GetModelStatus``,
+``HandleReloadConfigRequest``: ``deployments.reloads``), so TF Serving's
 own stubs speak to the app unmodified. The config enables it with
 :func:`add_servicer` in ``grpc_options.grpc_servicer_functions``.
 
@@ -38,6 +39,7 @@ from deployments.codecs.tfserving_protos import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     inference_pb2,
+    model_management_pb2,
     model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -46,8 +48,9 @@ from deployments.codecs.tfserving_protos import (
 )
 from deployments.errors import BadRequest, Unimplemented
 from deployments.ingress.budget import off_loop
-from deployments.ingress.protocols.grpc import GrpcService, rpc
+from deployments.ingress.protocols.grpc import GrpcFailure, GrpcService, rpc
 from deployments.ingress.request import Answer, EncodedImages, Target
+from deployments.reloads import request_reload
 
 
 def add_servicer(servicer: Any, server: grpc.Server) -> None:
@@ -62,6 +65,8 @@ def _model_of(request: Any) -> str:
 
 
 _status = rpc("tfserving-grpc", _model_of)
+# A reload waits for its models to load: only the client's deadline bounds it.
+_reload_status = rpc("tfserving-grpc", _model_of, bounded=False)
 
 
 def _target(spec: model_pb2.ModelSpec) -> Target:
@@ -150,9 +155,24 @@ class TFServingGrpcService(GrpcService):
             [(task, answer.meta, answer.outputs)
              for task, answer in zip(tasks, answers, strict=True)])
 
-    @_status
-    async def HandleReloadConfigRequest(self, request: Any,
-                                        grpc_context: RayServegRPCContext) -> None:
-        raise Unimplemented("models are configured in the app's YAML: change it and "
-                            "redeploy (serve deploy) instead of HandleReloadConfigRequest")
-
+    @_reload_status
+    async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,
+                                        grpc_context: RayServegRPCContext
+                                        ) -> model_management_pb2.ReloadConfigResponse:
+        """The config's models served from now on, as TF Serving's reload:
+        answered once the added ones are available (``ray-tf-serve`` only)."""
+        status = await request_reload(request.config.SerializeToString())
+        if status is None:
+            raise Unimplemented("models are configured in the app's YAML: change it and "
+                                "redeploy (serve deploy); HandleReloadConfigRequest reloads "
+                                "the models of ray-tf-serve, TF Serving's command")
+        code, message = status
+        if code != "OK":
+            raise GrpcFailure(grpc.StatusCode[code], message)
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.SetInParent()  # OK, set as TF Serving sets it
+        # TF Serving reports how each named metric of its own grew; we keep
+        # none of those counters, and it answers 0 for a metric it lacks.
+        response.metric.extend(model_management_pb2.Metric(name=name, int64_value_increase=0)
+                               for name in request.metric_names)
+        return response
