@@ -114,6 +114,14 @@ _FLAGS = (
          "ignored"),
     Flag("xla_cpu_compilation_enabled", bool, False, "XLA is per model (jit_compile in a YAML)",
          "ignored"),
+    Flag("xla_gpu_compilation_enabled", bool, False, "XLA is per model (jit_compile in a YAML)",
+         "ignored"),
+    Flag("mixed_precision", str, "", "models run in the precision they were saved in",
+         "ignored"),
+    Flag("skip_initialize_tpu", bool, False, "no TPU is used", "ignored"),
+    Flag("enable_serialization_as_tensor_content", bool, False, "Predict answers keep typed "
+         "fields (float_val, ...), which tf.make_ndarray and every stub read as they read "
+         "tensor_content", "ignored"),
     Flag("enable_profiler", bool, False, "no TensorFlow profiler service", "ignored"),
     Flag("num_tflite_pools", int, 0, "TF Lite is not served", "ignored"),
     Flag("num_tflite_interpreters_per_pool", int, 0, "TF Lite is not served", "ignored"),
@@ -136,6 +144,9 @@ _FLAGS = (
     Flag("prefer_tflite_model", bool, False, "TF Lite models are not served", "refused"),
     Flag("thread_pool_factory_config_file", str, "", "custom thread pools are not supported",
          "refused"),
+    Flag("enable_grpc_healthcheck_service", bool, False, "no grpc.health.v1 service here: "
+         "probe GET /v1/models/NAME over REST, or Serve's "
+         "ray.serve.RayServeAPIService/Healthz over gRPC", "refused"),
 )
 FLAGS = {f.name: f for f in _FLAGS}
 

@@ -233,6 +233,12 @@ def test_metadata_and_status_are_the_rest_documents_as_protos(app: App):
         ("Predict", predict_request("nope", pixels=ROWS), "NOT_FOUND", "no model named 'nope'"),
         ("Predict", predict_request("digits_linear", version=7, pixels=ROWS), "NOT_FOUND",
          "has no version '7'"),
+        ("Predict", predict_pb2.PredictRequest(), "INVALID_ARGUMENT", "^Missing ModelSpec$"),
+        ("Predict", predict_request("", pixels=ROWS), "INVALID_ARGUMENT",
+         r"^ModelSpec has no name specified\.$"),
+        # A version set is that version, 0 too (TF Serving: ServableRequest::Specific).
+        ("Predict", predict_request("digits_linear", version=0, pixels=ROWS), "NOT_FOUND",
+         "has no version '0'"),
         ("Predict", predict_request("digits_linear", label="canary", pixels=ROWS),
          "INVALID_ARGUMENT", "Unrecognized servable version label: canary .model "
                              "'digits_linear' has labels: stable=1"),

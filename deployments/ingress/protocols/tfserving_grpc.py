@@ -69,9 +69,17 @@ _status = rpc("tfserving-grpc", _model_of)
 _reload_status = rpc("tfserving-grpc", _model_of, bounded=False)
 
 
-def _target(spec: model_pb2.ModelSpec) -> Target:
-    """What a ``ModelSpec`` names (version 0 or none: the highest)."""
-    version = (spec.version.value or None) if spec.HasField("version") else None
+def _target(request: Any, named: bool = True) -> Target:
+    """What a request's ``ModelSpec`` names (no version: the highest; a
+    version set, 0 too, is that version, as TF Serving's
+    ``ServableRequest::Specific``); TF Serving's 400s for no spec, and (where
+    it looks a servable up: ``named``) for a spec without a name."""
+    if not request.HasField("model_spec"):
+        raise BadRequest("Missing ModelSpec")
+    spec: model_pb2.ModelSpec = request.model_spec
+    if named and not spec.name:
+        raise BadRequest("ModelSpec has no name specified.")
+    version = spec.version.value if spec.HasField("version") else None
     return Target(spec.name, version, spec.version_label or None, spec.signature_name)
 
 
@@ -83,7 +91,7 @@ class TFServingGrpcService(GrpcService):
     async def Predict(self, request: predict_pb2.PredictRequest,
                       grpc_context: RayServegRPCContext) -> predict_pb2.PredictResponse:
         self._take_message(request)
-        named = _target(request.model_spec)
+        named = _target(request)
         meta = await self._plane.resolve(named)
         meta.check_input_count(len(request.inputs))
         limits = self._limits
@@ -116,7 +124,7 @@ class TFServingGrpcService(GrpcService):
         """A ``Classify``/``Regress`` call: its examples serialized (off the
         event loop) for the signature's examples input, run like any request."""
         self._take_message(request)
-        named = _target(request.model_spec)
+        named = _target(request)
         meta = await self._plane.resolve(named)
         self._plane.budget.take(examples_bytes(request.input), "the serialized examples")
         inputs: dict[str, np.ndarray] = await off_loop(
@@ -127,14 +135,15 @@ class TFServingGrpcService(GrpcService):
     async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                                grpc_context: RayServegRPCContext
                                ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        meta = await self._plane.resolve(_target(request.model_spec))
+        meta = await self._plane.resolve(_target(request))
         return model_metadata_response(meta, request.metadata_field)
 
     @_status
     async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
                              grpc_context: RayServegRPCContext
                              ) -> get_model_status_pb2.GetModelStatusResponse:
-        return model_status_response(await self._plane.statuses(_target(request.model_spec)))
+        return model_status_response(await self._plane.statuses(
+            _target(request, named=False)))
 
     @_status
     async def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
@@ -145,7 +154,7 @@ class TFServingGrpcService(GrpcService):
         self._take_message(request)
         if not request.tasks:
             raise BadRequest("MultiInferenceRequest must have at least one task")
-        named = replace(_target(request.tasks[0].model_spec), signature=None)
+        named = replace(_target(request.tasks[0]), signature=None)
         meta = await self._plane.resolve(named)
         self._plane.budget.take(examples_bytes(request.input), "the serialized examples")
         tasks = await off_loop(parse_multi_inference, request, meta, self._limits.max_rows)
