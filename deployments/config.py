@@ -27,6 +27,7 @@ from pydantic import (
 
 from deployments.bounds import STRICT, Bytes, Count, Dim, Seconds, Version
 from deployments.preprocessing import ImagePreprocessing
+from deployments.types import DEFAULT_SIGNATURE
 
 # The URL schemes of object storage, each through its fsspec filesystem (s3fs, gcsfs).
 SCHEMES = ("s3", "gs")
@@ -178,7 +179,9 @@ class ModelArgs(_Strict):
         description="how images become the input's values: range, mean/std, channel order, "
                     "resize, interpolation, alpha, EXIF (input: image)")
     labels_path: PathOrUrl | None = Field(None, description="one class label per line")
-    signature_name: str = "serving_default"
+    signature_name: str = Field(
+        DEFAULT_SIGNATURE, description="the signature requests naming none get (a SavedModel "
+        "without serving_default is served to requests that name one, as by TF Serving)")
     scores_output: str | None = Field(
         None, description="output holding class scores; default: the only or first output"
     )

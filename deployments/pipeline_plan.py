@@ -26,7 +26,7 @@ from deployments.codecs.tfserving_grpc import signature_def
 from deployments.config import REQUEST, PipelineArgs, split_ref
 from deployments.errors import ServeError
 from deployments.signature import PREDICT, STRING, ModelMetadata, TensorSpec, castable
-from deployments.types import Inputs, Outputs
+from deployments.types import DEFAULT_SIGNATURE, Inputs, Outputs
 
 # A pipeline serves one version: its models' own versions move underneath it.
 PIPELINE_VERSION = 1
@@ -183,10 +183,10 @@ class Plan:
         outs = tuple(sorted(outputs, key=lambda s: s.name))
         first = models[self.steps[0].name]
         return ModelMetadata(
-            name=self.name, version=PIPELINE_VERSION, signature_name="serving_default",
+            name=self.name, version=PIPELINE_VERSION, signature_name=DEFAULT_SIGNATURE,
             inputs=specs, outputs=outs, scores_output=scores, labels=labels,
             image_input=image[0] if image else None, method_name=PREDICT,
-            signature_defs={"serving_default": signature_def(specs, outs, PREDICT)},
+            signature_defs={DEFAULT_SIGNATURE: signature_def(specs, outs, PREDICT)},
             max_batch_size=first.max_batch_size,
             preprocessing=image[1].preprocessing if image else first.preprocessing)
 

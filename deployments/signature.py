@@ -15,7 +15,7 @@ import numpy as np
 
 from deployments.errors import BadRequest, PayloadTooLarge, clip
 from deployments.preprocessing import DEFAULT, ImagePreprocessing
-from deployments.types import ImageGeometry, Inputs, Shape
+from deployments.types import DEFAULT_SIGNATURE, ImageGeometry, Inputs, Shape
 
 # Which numpy kinds may be cast to which target kinds without surprises:
 # bool/int data into a float model is fine, floats into an int model are
@@ -96,6 +96,11 @@ class ModelMetadata:
     others: Mapping[str, ModelMetadata] = field(default_factory=dict, compare=False)
     # Whether this is one of ``others`` (requests name it; the default is not named).
     other_signature: bool = False
+    # Whether this is what a request naming no signature gets from a SavedModel
+    # without ``serving_default``: a stand-in (its first signature) for what
+    # needs a default (warm-up, batch sizing), which the data plane refuses to
+    # run, as TF Serving refuses such a request; named, it runs.
+    unnamed_refused: bool = False
 
     @property
     def takes_images(self) -> bool:
@@ -120,14 +125,20 @@ class ModelMetadata:
     def signature(self, name: str | None) -> ModelMetadata:
         """The metadata of signature ``name`` (none or empty: the default), or
         TF Serving's 400 for one the SavedModel lacks."""
-        if name in (None, "", self.signature_name):
+        if name in (None, ""):
             return self
+        if name == self.signature_name:
+            return replace(self, unnamed_refused=False) if self.unnamed_refused else self
         view = self.others.get(name)
         if view is None:
-            raise BadRequest(f"Serving signature name: \"{clip(name)}\" not found in signature "
-                             f"def (model {self.name!r} version {self.version} has: "
-                             f"{', '.join(map(repr, self.signature_names))})")
+            raise self.missing(name)
         return view
+
+    def missing(self, name: str = DEFAULT_SIGNATURE) -> BadRequest:
+        """TF Serving's 400 for a signature the SavedModel lacks."""
+        return BadRequest(f"Serving signature name: \"{clip(name)}\" not found in signature "
+                          f"def (model {self.name!r} version {self.version} has: "
+                          f"{', '.join(map(repr, self.signature_names))})")
 
     def check_input_count(self, count: int) -> None:
         """A 400 for a request of more tensors than any signature of this

@@ -16,6 +16,9 @@ Inputs = dict[str, np.ndarray]
 # A model's answer, by output name.
 Outputs = dict[str, np.ndarray]
 
+# The signature requests that name none get (TF Serving's ``kDefaultServingSignatureDefKey``).
+DEFAULT_SIGNATURE = "serving_default"
+
 
 def rows_of(inputs: Inputs) -> int:
     """The rows of a request (every input has as many; one for a request

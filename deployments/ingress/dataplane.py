@@ -123,6 +123,8 @@ class DataPlane:
         (unless ``timeout_s`` is given). A request its model's payload log
         draws is recorded after its answer or error (``payload_log.py``).
         """
+        if meta.unnamed_refused:
+            raise meta.missing()
         pending = self.payload_log.sample(meta.name)
         if pending is None:
             return await self._infer(meta, inputs, pinned, timeout_s, None)

@@ -21,7 +21,7 @@ from deployments.config import ModelArgs
 from deployments.errors import BadRequest, clip
 from deployments.model_files import labels_file
 from deployments.signature import PREDICT, STRING, ModelMetadata, TensorSpec, image_geometry
-from deployments.types import Inputs, Outputs
+from deployments.types import DEFAULT_SIGNATURE, Inputs, Outputs
 
 
 class ModelLoadError(RuntimeError):
@@ -250,16 +250,21 @@ class SavedModelRunner:
                 f"cannot load model {name!r} from {path}: {type(exc).__name__}: {exc}"
             ) from exc
         specs = self._engine.specs
-        if signature_name not in specs:
-            raise ModelLoadError(
-                f"model {name!r} at {path} has no signature {signature_name!r} "
-                f"(it has: {', '.join(sorted(specs)) or 'none'})"
-            )
+        # TF Serving serves a SavedModel without serving_default to requests
+        # that name a signature: the first one stands in where we need one.
+        unnamed_refused = signature_name not in specs
+        if unnamed_refused:
+            if signature_name != DEFAULT_SIGNATURE or not specs:
+                raise ModelLoadError(
+                    f"model {name!r} at {path} has no signature {signature_name!r} "
+                    f"(it has: {', '.join(sorted(specs)) or 'none'})"
+                )
+            signature_name = min(specs)
         defs = _signature_defs_json(meta_graph)
         default = self._describe(model, version, signature_name, defs, strict=tf2)
         others = {sig: self._describe(model, version, sig, defs, strict=tf2, default=False)
                   for sig in sorted(specs) if sig != signature_name}
-        self.metadata = replace(default, others=others)
+        self.metadata = replace(default, others=others, unnamed_refused=unnamed_refused)
         if model.jit_compile and (variable := [s.name for s in default.inputs if s.variable]):
             raise ModelLoadError(
                 f"model {name!r} has inputs of variable inner size ({', '.join(variable)}): "

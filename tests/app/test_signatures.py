@@ -258,3 +258,38 @@ def test_metadata_describes_every_input_and_output(client: TestClient):
     assert examples["signature_def"]["signature_def"]["serving_default"]["method_name"] == \
         "tensorflow/serving/classify"
 
+
+
+class _TwoSignatures(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+    def double(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": 2 * x}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+    def triple(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": 3 * x}
+
+
+def test_a_savedmodel_without_serving_default_answers_requests_that_name_a_signature(tmp_path):
+    """As TF Serving serves it: it loads, a request naming a signature gets
+    it, one naming none gets TF Serving's 400 (on every protocol: the data
+    plane refuses it)."""
+    module = _TwoSignatures()
+    tf.saved_model.save(module, str(tmp_path / "m" / "1"),
+                        signatures={"double": module.double, "triple": module.triple})
+    args = AppArgs.model_validate({"models": [{"name": "m", "path": str(tmp_path / "m")}]})
+    rows = [[1.0, 2.0, 3.0]]
+    with TestClient(build_app(args)) as http:
+        for signature, factor in (("double", 2), ("triple", 3)):
+            answer = http.post("/v1/models/m:predict",
+                               json={"signature_name": signature, "instances": rows})
+            assert answer.json() == {"predictions": [[factor * v for v in rows[0]]]}
+        unnamed = http.post("/v1/models/m:predict", json={"instances": rows})
+        assert unnamed.status_code == 400
+        assert unnamed.json()["error"].startswith(
+            'Serving signature name: "serving_default" not found in signature def')
+        v2 = http.post("/v2/models/m/infer", json={"inputs": [
+            {"name": "x", "shape": [1, 3], "datatype": "FP32", "data": rows[0]}]})
+        assert v2.status_code == 400 and "serving_default" in v2.json()["error"]
+        metadata = http.get("/v1/models/m/metadata").json()["metadata"]["signature_def"]
+        assert {"double", "triple"} <= set(metadata["signature_def"])
