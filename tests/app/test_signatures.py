@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterator
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,13 +271,19 @@ class _TwoSignatures(tf.Module):
         return {"y": 3 * x}
 
 
+def save_two_signatures(path: Path) -> None:
+    """A SavedModel with signatures ``double`` and ``triple`` (x: float32[N, 3]
+    → y) and no ``serving_default``."""
+    module = _TwoSignatures()
+    tf.saved_model.save(module, str(path),
+                        signatures={"double": module.double, "triple": module.triple})
+
+
 def test_a_savedmodel_without_serving_default_answers_requests_that_name_a_signature(tmp_path):
     """As TF Serving serves it: it loads, a request naming a signature gets
     it, one naming none gets TF Serving's 400 (on every protocol: the data
     plane refuses it)."""
-    module = _TwoSignatures()
-    tf.saved_model.save(module, str(tmp_path / "m" / "1"),
-                        signatures={"double": module.double, "triple": module.triple})
+    save_two_signatures(tmp_path / "m" / "1")
     args = AppArgs.model_validate({"models": [{"name": "m", "path": str(tmp_path / "m")}]})
     rows = [[1.0, 2.0, 3.0]]
     with TestClient(build_app(args)) as http:

@@ -17,19 +17,24 @@ from ray import serve
 
 from deployments.app import build_app
 from deployments.errors import BadRequest
+from tests.app.test_signatures import save_two_signatures
 from tests.common import signature_models
 
 APP = "signatures"
 
 
 @pytest.fixture(scope="module")
-def app(base_url: str) -> Iterator[serve.handle.DeploymentHandle]:
+def app(base_url: str, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[serve.handle.DeploymentHandle]:
     root = signature_models()
+    no_default = tmp_path_factory.mktemp("no_default")
+    save_two_signatures(no_default / "1")
     handle = serve.run(build_app({"models": [
         {"name": "tabular", "path": str(root / "tabular"), "scores_output": "approval",
          "labels_path": str(root / "tabular" / "labels.txt")},
         {"name": "sequence", "path": str(root / "sequence")},
         {"name": "examples", "path": str(root / "examples")},
+        {"name": "no_default", "path": str(no_default)},
     ]}), name=APP, route_prefix=f"/{APP}")
     yield handle
     serve.delete(APP, _blocking=False)  # (goes while the next module starts)
@@ -110,3 +115,15 @@ def test_concurrent_sequences_of_mixed_lengths_each_get_their_own_answer(app):
              for rows, n in stats["batch_rows"].items()}
     # Some TF calls held more than one request's two rows.
     assert any(rows > 2 and n > 0 for rows, n in calls.items()), calls
+
+
+def test_a_savedmodel_without_serving_default_serves_its_named_signatures(app, base_url: str):
+    """Its replica warms up and sizes batches on a stand-in; requests name one."""
+    url = f"{base_url}/{APP}/v1/models/no_default:predict"
+    for signature, factor in (("double", 2.0), ("triple", 3.0)):
+        answer = httpx.post(url, timeout=60, json={"signature_name": signature,
+                                                   "instances": [[1.0, 2.0, 3.0]] * 2})
+        assert answer.json() == {"predictions": [[factor, 2 * factor, 3 * factor]] * 2}
+    unnamed = httpx.post(url, timeout=60, json={"instances": [[1.0, 2.0, 3.0]]})
+    assert unnamed.status_code == 400
+    assert 'Serving signature name: "serving_default" not found' in unnamed.json()["error"]
