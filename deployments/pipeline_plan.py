@@ -137,6 +137,11 @@ class Plan:
         transformed: set[str] = set()
         for step in self.steps:
             meta = models[step.name]
+            if meta.unnamed_refused:  # a step runs its model's default signature
+                raise PipelineMisconfigured(
+                    f"{step} runs model {meta.name!r}, which has no {DEFAULT_SIGNATURE!r} "
+                    f"signature (it has: {', '.join(meta.signature_names)}): set the model's "
+                    "signature_name to the one the step should run")
             wires = step.inputs if step.inputs is not None else tuple(
                 (s.name, REQUEST, s.name) for s in meta.inputs)
             if step.transform is None:

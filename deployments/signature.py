@@ -96,10 +96,10 @@ class ModelMetadata:
     others: Mapping[str, ModelMetadata] = field(default_factory=dict, compare=False)
     # Whether this is one of ``others`` (requests name it; the default is not named).
     other_signature: bool = False
-    # Whether this is what a request naming no signature gets from a SavedModel
-    # without ``serving_default``: a stand-in (its first signature) for what
-    # needs a default (warm-up, batch sizing), which the data plane refuses to
-    # run, as TF Serving refuses such a request; named, it runs.
+    # Whether this is a SavedModel without ``serving_default``: the default is a
+    # stand-in (its first signature) for what needs one (warm-up, batch
+    # sizing); a request naming no signature is refused, as TF Serving refuses
+    # it (``signature``), one naming the stand-in gets it.
     unnamed_refused: bool = False
 
     @property
@@ -124,17 +124,21 @@ class ModelMetadata:
 
     def signature(self, name: str | None) -> ModelMetadata:
         """The metadata of signature ``name`` (none or empty: the default), or
-        TF Serving's 400 for one the SavedModel lacks."""
+        TF Serving's 400 for one the SavedModel lacks (the default too, where
+        it lacks ``serving_default``)."""
         if name in (None, ""):
+            if self.unnamed_refused:
+                raise self.missing(DEFAULT_SIGNATURE)
             return self
-        if name == self.signature_name:
-            return replace(self, unnamed_refused=False) if self.unnamed_refused else self
+        if name == self.signature_name:  # the stand-in named: calls name it too
+            return (replace(self, unnamed_refused=False, other_signature=True)
+                    if self.unnamed_refused else self)
         view = self.others.get(name)
         if view is None:
             raise self.missing(name)
         return view
 
-    def missing(self, name: str = DEFAULT_SIGNATURE) -> BadRequest:
+    def missing(self, name: str) -> BadRequest:
         """TF Serving's 400 for a signature the SavedModel lacks."""
         return BadRequest(f"Serving signature name: \"{clip(name)}\" not found in signature "
                           f"def (model {self.name!r} version {self.version} has: "

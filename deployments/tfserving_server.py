@@ -167,19 +167,27 @@ class Server:
         return "OK", ""
 
     def serve_reloads(self, reloads: Any) -> None:
-        """Takes the ingress's reload requests in turn until the server stops."""
+        """Takes the ingress's reload requests in turn until the server stops;
+        each is answered, whatever applying it raised (a caller may wait
+        without a deadline)."""
         import ray
 
         while not self.stopping.is_set():
             try:
                 taken = ray.get(reloads.next.remote(1.0))
-            except ray.exceptions.RayError:
-                if self.stopping.is_set():
-                    return
-                raise
-            if taken is not None:
-                key, config = taken
-                reloads.answer.remote(key, self.reload_config(config))
+            except ray.exceptions.RayActorError:  # gone with the cluster: nobody to answer
+                if not self.stopping.is_set():
+                    logger.exception("HandleReloadConfigRequest: the reloads actor died")
+                return
+            if taken is None:
+                continue
+            key, config = taken
+            try:
+                status = self.reload_config(config)
+            except Exception as e:  # Serve's controller restarting, say
+                logger.exception("HandleReloadConfigRequest failed")
+                status = "INTERNAL", f"applying the config failed: {type(e).__name__}: {e}"
+            reloads.answer.remote(key, status)
 
     def serve_forever(self) -> None:
         poll_s = self.plan.options.model_config_file_poll_wait_seconds

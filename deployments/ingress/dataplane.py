@@ -62,10 +62,11 @@ class DataPlane:
 
     async def resolve(self, target: Target) -> ModelMetadata:
         """The version and signature ``target`` names, or a 404 naming what is
-        served (a 400 for an unknown label or signature)."""
+        served (a 400 for an unknown label or signature). A signature not
+        known yet (None: in a body still to read) is the caller's to pick."""
         catalog = self.registry.get(target.model).catalog
         meta = await catalog.version(target.version, target.label)
-        return meta.signature(target.signature)
+        return meta if target.signature is None else meta.signature(target.signature)
 
     async def versions(self, model: str | None) -> dict[int, ModelMetadata]:
         """Every served version of ``model`` (none: the default)."""
@@ -123,8 +124,8 @@ class DataPlane:
         (unless ``timeout_s`` is given). A request its model's payload log
         draws is recorded after its answer or error (``payload_log.py``).
         """
-        if meta.unnamed_refused:
-            raise meta.missing()
+        if meta.unnamed_refused:  # the default, never looked up (a protocol naming none)
+            meta.signature(None)
         pending = self.payload_log.sample(meta.name)
         if pending is None:
             return await self._infer(meta, inputs, pinned, timeout_s, None)

@@ -313,7 +313,9 @@ class SavedModelRunner:
         DLPack would share the buffer, but numpy refuses to export the
         object store's read-only views through it.
         """
-        meta = self.metadata.signature(signature)
+        # (None: the default, a SavedModel's stand-in too, which warm-up and
+        # batch sizing run; requests reach here with the name they gave.)
+        meta = self.metadata if signature is None else self.metadata.signature(signature)
         try:
             return self._engine.run(meta.signature_name,
                                     [inputs[spec.name] for spec in meta.inputs])

@@ -266,37 +266,40 @@ class _TwoSignatures(tf.Module):
     def double(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"y": 2 * x}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
-    def triple(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"y": 3 * x}
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32, name="z")])
+    def triple(self, z: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": 3 * z}
 
 
 def save_two_signatures(path: Path) -> None:
-    """A SavedModel with signatures ``double`` and ``triple`` (x: float32[N, 3]
-    → y) and no ``serving_default``."""
+    """A SavedModel with signatures ``double`` (x: float32[N, 3] → y) and
+    ``triple`` (z: float32[N, 2] → y), and no ``serving_default``."""
     module = _TwoSignatures()
     tf.saved_model.save(module, str(path),
                         signatures={"double": module.double, "triple": module.triple})
 
 
+NO_DEFAULT = 'Serving signature name: "serving_default" not found in signature def'
+
+
 def test_a_savedmodel_without_serving_default_answers_requests_that_name_a_signature(tmp_path):
     """As TF Serving serves it: it loads, a request naming a signature gets
-    it, one naming none gets TF Serving's 400 (on every protocol: the data
-    plane refuses it)."""
+    it, one naming none gets TF Serving's 400 on every protocol, before its
+    body is read against any signature."""
     save_two_signatures(tmp_path / "m" / "1")
     args = AppArgs.model_validate({"models": [{"name": "m", "path": str(tmp_path / "m")}]})
-    rows = [[1.0, 2.0, 3.0]]
     with TestClient(build_app(args)) as http:
-        for signature, factor in (("double", 2), ("triple", 3)):
+        for signature, row, factor in (("double", [1.0, 2.0, 3.0], 2), ("triple", [1.0, 2.0], 3)):
             answer = http.post("/v1/models/m:predict",
-                               json={"signature_name": signature, "instances": rows})
-            assert answer.json() == {"predictions": [[factor * v for v in rows[0]]]}
-        unnamed = http.post("/v1/models/m:predict", json={"instances": rows})
-        assert unnamed.status_code == 400
-        assert unnamed.json()["error"].startswith(
-            'Serving signature name: "serving_default" not found in signature def')
-        v2 = http.post("/v2/models/m/infer", json={"inputs": [
-            {"name": "x", "shape": [1, 3], "datatype": "FP32", "data": rows[0]}]})
-        assert v2.status_code == 400 and "serving_default" in v2.json()["error"]
+                               json={"signature_name": signature, "instances": [row]})
+            assert answer.json() == {"predictions": [[factor * v for v in row]]}
+        for path, body in (("/v1/models/m:predict", {"instances": [[1.0, 2.0]]}),
+                           ("/v1/models/m:classify", {"examples": [{"z": [1.0, 2.0]}]}),
+                           ("/v2/models/m/infer", {"inputs": [{
+                               "name": "z", "shape": [1, 2], "datatype": "FP32",
+                               "data": [1.0, 2.0]}]})):
+            unnamed = http.post(path, json=body)
+            assert unnamed.status_code == 400, path
+            assert unnamed.json()["error"].startswith(NO_DEFAULT), unnamed.json()
         metadata = http.get("/v1/models/m/metadata").json()["metadata"]["signature_def"]
         assert {"double", "triple"} <= set(metadata["signature_def"])

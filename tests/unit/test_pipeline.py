@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -133,6 +134,15 @@ def test_wiring_that_does_not_fit_the_models_is_named(changes: dict, message: st
     plan = Plan.from_args(pipeline(**changes))
     with pytest.raises(PipelineMisconfigured, match=re.escape(message)):
         plan.metadata({"detect": DETECTOR, "classifier": CLASSIFIER})
+
+
+def test_a_model_without_serving_default_cannot_be_a_step():
+    """A step runs its model's default signature; TF Serving's models may lack it."""
+    no_default = replace(CLASSIFIER, signature_name="a", unnamed_refused=True)
+    with pytest.raises(PipelineMisconfigured, match=re.escape(
+            "step 'classifier' runs model 'classifier', which has no 'serving_default' "
+            "signature (it has: a): set the model's signature_name")):
+        Plan.from_args(pipeline()).metadata({"detect": DETECTOR, "classifier": no_default})
 
 
 def crop(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -3,7 +3,8 @@ Serve's gRPC proxy: the proxy calls the ingress deployment's method named
 after the RPC with the request message. Errors set a gRPC status code and
 our message on the call's context; every call is counted by its code.
 
-A call is bounded by ``request_timeout_s``, or by less when the client sends
+A call is bounded by ``request_timeout_s`` (one that waits for models to
+load, by the client's deadline only), or by less when the client sends
 ``x-request-timeout-seconds`` metadata: the proxy passes the client's gRPC
 deadline on only by cancelling the call once it passes (gRPC consumes the
 ``grpc-timeout`` header, and Serve's context carries no deadline).

@@ -69,12 +69,13 @@ _status = rpc("tfserving-grpc", _model_of)
 _reload_status = rpc("tfserving-grpc", _model_of, bounded=False)
 
 
-def _target(request: Any, named: bool = True) -> Target:
+def _target(request: Any, named: bool = True, required: bool = True) -> Target:
     """What a request's ``ModelSpec`` names (no version: the highest; a
     version set, 0 too, is that version, as TF Serving's
-    ``ServableRequest::Specific``); TF Serving's 400s for no spec, and (where
-    it looks a servable up: ``named``) for a spec without a name."""
-    if not request.HasField("model_spec"):
+    ``ServableRequest::Specific``); TF Serving's 400s for no spec (where it
+    is ``required``), and (where it looks a servable up: ``named``) for a
+    spec without a name."""
+    if required and not request.HasField("model_spec"):
         raise BadRequest("Missing ModelSpec")
     spec: model_pb2.ModelSpec = request.model_spec
     if named and not spec.name:
@@ -154,7 +155,7 @@ class TFServingGrpcService(GrpcService):
         self._take_message(request)
         if not request.tasks:
             raise BadRequest("MultiInferenceRequest must have at least one task")
-        named = replace(_target(request.tasks[0]), signature=None)
+        named = replace(_target(request.tasks[0], required=False), signature=None)
         meta = await self._plane.resolve(named)
         self._plane.budget.take(examples_bytes(request.input), "the serialized examples")
         tasks = await off_loop(parse_multi_inference, request, meta, self._limits.max_rows)
