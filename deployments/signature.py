@@ -11,6 +11,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
+import ml_dtypes
 import numpy as np
 
 from deployments.errors import BadRequest, PayloadTooLarge, clip
@@ -21,6 +22,14 @@ from deployments.types import DEFAULT_SIGNATURE, ImageGeometry, Inputs, Shape
 # bool/int data into a float model is fine, floats into an int model are
 # not; ints go into unsigned inputs when their values fit (checked).
 _CASTABLE_KINDS = {"f": "biuf", "i": "iu", "u": "iu", "b": "b"}
+
+# TensorFlow's bfloat16, a float to numpy only through ml_dtypes (its kind is "V").
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def _kind(dtype: np.dtype) -> str:
+    """A dtype's numpy kind, bfloat16 counted as the float it is."""
+    return "f" if dtype == BFLOAT16 else dtype.kind
 
 # The dtype name of string tensors (``tf.string``): numpy object arrays of bytes.
 STRING = "string"
@@ -264,7 +273,7 @@ def check_tensor(array: Any, spec: TensorSpec, strict_shapes: bool = True,
     if spec.dtype == STRING:
         return _strings(array, spec)
     expected = np.dtype(spec.dtype)
-    if not _casts(array.dtype.kind, expected):
+    if not _casts(_kind(array.dtype), expected):
         raise BadRequest(
             f"input {spec.name!r} has dtype {array.dtype}, expected {spec.describe()}"
         )
@@ -275,7 +284,7 @@ def check_tensor(array: Any, spec: TensorSpec, strict_shapes: bool = True,
                              f"{spec.describe()} ({info.min} to {info.max})")
     with np.errstate(over="ignore"):  # overflow becomes inf, refused just below
         checked = np.asarray(array, dtype=expected)
-    if expected.kind == "f" and not (finite and checked is array) \
+    if _kind(expected) == "f" and not (finite and checked is array) \
             and not np.isfinite(checked).all():
         raise BadRequest(
             f"input {spec.name!r} holds NaN or infinite values (or numbers too large "
@@ -285,7 +294,7 @@ def check_tensor(array: Any, spec: TensorSpec, strict_shapes: bool = True,
 
 
 def _casts(kind: str, target: np.dtype) -> bool:
-    return kind in _CASTABLE_KINDS.get(target.kind, target.kind)
+    return kind in _CASTABLE_KINDS.get(_kind(target), target.kind)
 
 
 def castable(source: str, target: str) -> bool:
@@ -293,7 +302,7 @@ def castable(source: str, target: str) -> bool:
     (as :func:`check_tensor` casts them; values are checked then)."""
     if STRING in (source, target):
         return source == target
-    return _casts(np.dtype(source).kind, np.dtype(target))
+    return _casts(_kind(np.dtype(source)), np.dtype(target))
 
 
 def _strings(array: np.ndarray, spec: TensorSpec) -> np.ndarray:

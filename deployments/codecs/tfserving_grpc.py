@@ -46,13 +46,21 @@ from deployments.codecs.tfserving_protos import (
 )
 from deployments.codecs.v2_tensor import as_bytes, check_shape, element_count
 from deployments.errors import BadRequest, ModelFailed, PayloadTooLarge, clip
-from deployments.signature import CLASSIFY, REGRESS, STRING, ModelMetadata, TensorSpec
+from deployments.signature import (
+    BFLOAT16,
+    CLASSIFY,
+    REGRESS,
+    STRING,
+    ModelMetadata,
+    TensorSpec,
+)
 from deployments.versions import VersionStatus
 
-# The dtypes TF Serving's REST API takes, with the typed field that holds each
+# The dtypes TF Serving's gRPC API carries here, with the typed field that holds each
 # and that field's own numpy type.
 _DTYPES: dict[int, tuple[np.dtype | str, str, np.dtype | str]] = {
     types_pb2.DT_HALF: (np.dtype("<f2"), "half_val", np.dtype(np.int32)),
+    types_pb2.DT_BFLOAT16: (BFLOAT16, "half_val", np.dtype(np.int32)),  # bits, as TF stores
     types_pb2.DT_FLOAT: (np.dtype("<f4"), "float_val", np.dtype(np.float32)),
     types_pb2.DT_DOUBLE: (np.dtype("<f8"), "double_val", np.dtype(np.float64)),
     types_pb2.DT_INT8: (np.dtype("i1"), "int_val", np.dtype(np.int32)),

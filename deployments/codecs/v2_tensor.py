@@ -15,7 +15,7 @@ import numpy as np
 
 from deployments.codecs.predictions import top_k_indices
 from deployments.errors import BadRequest, PayloadTooLarge
-from deployments.signature import STRING, ModelMetadata, TensorSpec
+from deployments.signature import BFLOAT16, STRING, ModelMetadata, TensorSpec
 
 PROTOCOL_VERSION = "2"
 EXTENSIONS = ("binary_tensor_data", "classification")
@@ -27,6 +27,7 @@ DATATYPES: dict[str, np.dtype] = {
         "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
         "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
         "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+        "BF16": BFLOAT16,
     }.items()
 }
 BYTES = "BYTES"

@@ -189,7 +189,7 @@ def v2_binary_cases() -> list[Bad]:
         "header length too small": (binary(256, rows.tobytes(), "7"), "malformed JSON"),
         "negative size": (binary(-1, b""), "binary_data_size must not be negative"),
         "unknown datatype": (binary(256, rows.tobytes(), datatype="FP8"), "unsupported"),
-        "BF16": (binary(128, b"\0" * 128, datatype="BF16"), "unsupported"),
+        "BF16 wrong size": (binary(100, b"\0" * 100, datatype="BF16"), "needs 128"),
         "BYTES to a tensor model": (binary(8, struct.pack("<I", 4) + b"abcd",
                                            datatype="BYTES", shape=(1,)), "takes tensors"),
         "FP64 wrong size": (binary(256, rows.tobytes(), datatype="FP64"), "needs 512"),

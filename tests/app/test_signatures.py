@@ -303,3 +303,37 @@ def test_a_savedmodel_without_serving_default_answers_requests_that_name_a_signa
             assert unnamed.json()["error"].startswith(NO_DEFAULT), unnamed.json()
         metadata = http.get("/v1/models/m/metadata").json()["metadata"]["signature_def"]
         assert {"double", "triple"} <= set(metadata["signature_def"])
+
+
+class _Bfloat16(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.bfloat16, name="x")])
+    def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"y": 2 * x, "f": tf.cast(x, tf.float32) + 1}
+
+
+def test_a_bfloat16_model_on_tf_serving_rest_and_v2_as_tritonclient_sends_it(tmp_path):
+    """bfloat16 in and out: TF Serving's JSON numbers, V2's BF16 in JSON and in
+    tritonclient's own binary encoding (ml_dtypes), and its metadata."""
+    import tritonclient.http as triton
+
+    module = _Bfloat16()
+    tf.saved_model.save(module, str(tmp_path / "b" / "1"),
+                        signatures={"serving_default": module.serve})
+    args = AppArgs.model_validate({"models": [{"name": "b", "path": str(tmp_path / "b")}]})
+    x = np.array([[1.5, -2.0], [0.25, 3.0]], tf.bfloat16.as_numpy_dtype)
+    with TestClient(build_app(args)) as http:
+        rest = http.post("/v1/models/b:predict", json={"instances": x.astype(float).tolist()})
+        assert rest.json() == {"predictions": [{"y": [3.0, -4.0], "f": [2.5, -1.0]},
+                                               {"y": [0.5, 6.0], "f": [1.25, 4.0]}]}
+        metadata = http.get("/v2/models/b").json()
+        assert metadata["inputs"] == [{"name": "x", "datatype": "BF16", "shape": [-1, 2]}]
+        given = triton.InferInput("x", list(x.shape), "BF16")
+        given.set_data_from_numpy(x, binary_data=True)
+        body, length = triton.InferenceServerClient.generate_request_body(
+            [given], [triton.InferRequestedOutput("y", binary_data=True)])
+        answer = http.post("/v2/models/b/infer", content=body,
+                           headers={"Inference-Header-Content-Length": str(length)})
+        assert answer.status_code == 200, answer.text
+        result = triton.InferenceServerClient.parse_response_body(
+            answer.content, header_length=int(answer.headers["Inference-Header-Content-Length"]))
+        np.testing.assert_array_equal(result.as_numpy("y"), 2 * x)

@@ -47,8 +47,8 @@ from tests.common import ROOT
 # Limits far above what these tests send.
 parse = partial(parse_predict_request, max_rows=256, max_elements=2**26)
 
-NUMBERS = ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
-           "uint16", "uint32", "uint64", "bool"]
+NUMBERS = ["float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64",
+           "uint8", "uint16", "uint32", "uint64", "bool"]
 
 
 def decode(proto) -> np.ndarray:
@@ -130,7 +130,8 @@ def test_tensor_content_is_a_view_of_the_message():
 
 def test_outputs_tensorflow_reads_back():
     outputs = {"p": np.array([[0.25, 0.75]], np.float32),
-               "n": np.array([[3]], np.int64), "s": np.array([[b"x", b"yz"]], dtype=object)}
+               "n": np.array([[3]], np.int64), "s": np.array([[b"x", b"yz"]], dtype=object),
+               "h": np.array([[1.5, -2.0]], tf.bfloat16.as_numpy_dtype)}  # half_val bits
     meta = ModelMetadata("m", 3, "sig", (), (), "p", ())
     response = encode_predict_response(meta, outputs)
     assert (response.model_spec.name, response.model_spec.version.value,
@@ -143,7 +144,7 @@ def test_outputs_tensorflow_reads_back():
     assert list(response.outputs["n"].int64_val) == [3]
     assert not response.outputs["p"].tensor_content
     with pytest.raises(BadRequest, match=r"output tensor alias not found in signature: q "
-                                         r"Outputs expected to be in the set \{n,p,s\}\."):
+                                         r"Outputs expected to be in the set \{h,n,p,s\}\."):
         encode_predict_response(meta, outputs, ["q"])
     with pytest.raises(BadRequest, match="duplicate output tensor alias: p"):
         encode_predict_response(meta, outputs, ["p", "p"])
@@ -172,7 +173,7 @@ def test_predict_request_inputs_by_name():
     ("proto", "match"),
     [
         (tf.make_tensor_proto(np.zeros(2, np.complex64)), "dtype DT_COMPLEX64 is not supported"),
-        (tf.make_tensor_proto(np.zeros(2), dtype=tf.bfloat16), "dtype DT_BFLOAT16"),
+        (tf.make_tensor_proto(np.zeros(2, np.int32), dtype=tf.qint8), "dtype DT_QINT8"),
         (tf.make_tensor_proto(np.zeros(2, np.complex128)), "dtype DT_COMPLEX128"),
     ],
 )
