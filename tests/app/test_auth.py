@@ -162,6 +162,11 @@ RPCS: dict[str, Any] = {  # every method of both services, with an empty request
     "GetModelMetadata": get_model_metadata_pb2.GetModelMetadataRequest(),
     "GetModelStatus": get_model_status_pb2.GetModelStatusRequest(),
     "HandleReloadConfigRequest": model_management_pb2.ReloadConfigRequest(),
+    # V2's methods not offered (UNIMPLEMENTED past the gate), each with its request.
+    **{method.name: getattr(pb, method.input_type.name)()
+       for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
+       if method.name not in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
+                              "ModelMetadata", "ModelInfer")},
 }
 
 

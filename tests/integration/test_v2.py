@@ -136,6 +136,12 @@ def test_tritonclient_grpc_needs_no_metadata_with_one_app(grpc_client):
 def test_tritonclient_grpc_infers_tensors_and_images(grpc_client):
     assert grpc_client.is_server_live(APP) and grpc_client.is_server_ready(APP)
     assert grpc_client.is_model_ready("digits_linear", headers=APP)
+    # As over HTTP, and as Triton answers: an unknown model is not ready, not an error.
+    assert not grpc_client.is_model_ready("no_such_model", headers=APP)
+    with pytest.raises(InferenceServerException) as refused:  # not an INTERNAL error
+        grpc_client.get_model_config("digits_linear", headers=APP)
+    assert refused.value.status() == "StatusCode.UNIMPLEMENTED"
+    assert "ModelConfig is not offered here" in refused.value.message()
     meta = grpc_client.get_model_metadata("digits_linear", headers=APP, as_json=True)
     assert meta["inputs"][0]["name"] == "pixels" and meta["platform"] == "tensorflow_savedmodel"
 

@@ -23,10 +23,10 @@ from deployments.codecs.v2_grpc import (
     model_metadata_response,
     parse_infer_request,
 )
-from deployments.errors import ServiceUnavailable
+from deployments.errors import NotFound, ServiceUnavailable, Unimplemented
 from deployments.ingress.budget import off_loop
 from deployments.ingress.protocols import v2
-from deployments.ingress.protocols.grpc import GrpcService, rpc
+from deployments.ingress.protocols.grpc import GrpcService, Rpc, rpc
 from deployments.ingress.request import Target
 
 # The generated classes name their modules after the .proto files
@@ -74,8 +74,8 @@ class V2GrpcService(GrpcService):
     async def ModelReady(self, request: pb.ModelReadyRequest,
                          grpc_context: RayServegRPCContext) -> pb.ModelReadyResponse:
         try:
-            await self._plane.model_ready(request.name, request.version or None)  # 404 if unknown
-        except ServiceUnavailable:
+            await self._plane.model_ready(request.name, request.version or None)
+        except (ServiceUnavailable, NotFound):  # Triton: unknown is not ready, not an error
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
@@ -103,3 +103,21 @@ class V2GrpcService(GrpcService):
                                 limits.max_elements)
         meta, outputs = await v2.infer(self._plane, named, parsed)
         return await off_loop(encode_infer_response, meta, parsed.id, outputs)
+
+
+def _unimplemented(method: str) -> Rpc:
+    async def refuse(self: GrpcService, request: Any, grpc_context: RayServegRPCContext) -> None:
+        raise Unimplemented(f"{method} is not offered here: this server speaks KServe V2's "
+                            "core protocol (health, metadata, infer) with the binary tensor "
+                            "data and classification extensions")
+
+    refuse.__name__ = refuse.__qualname__ = method
+    return _status(refuse)
+
+
+# The rest of the service tritonclient may call (model config and statistics,
+# the repository, shared memory, trace and log settings, streaming): each is
+# UNIMPLEMENTED with a reason; a method the ingress lacks would be INTERNAL.
+for _method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name:
+    if not hasattr(V2GrpcService, _method):
+        setattr(V2GrpcService, _method, _unimplemented(_method))
