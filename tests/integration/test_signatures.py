@@ -120,10 +120,10 @@ def test_concurrent_sequences_of_mixed_lengths_each_get_their_own_answer(app):
 def test_a_savedmodel_without_serving_default_serves_its_named_signatures(app, base_url: str):
     """Its replica warms up and sizes batches on a stand-in; requests name one."""
     url = f"{base_url}/{APP}/v1/models/no_default:predict"
-    for signature, factor in (("double", 2.0), ("triple", 3.0)):
+    for signature, row, factor in (("double", [1.0, 2.0, 3.0], 2), ("triple", [1.0, 2.0], 3)):
         answer = httpx.post(url, timeout=60, json={"signature_name": signature,
-                                                   "instances": [[1.0, 2.0, 3.0]] * 2})
-        assert answer.json() == {"predictions": [[factor, 2 * factor, 3 * factor]] * 2}
+                                                   "instances": [row] * 2})
+        assert answer.json() == {"predictions": [[factor * v for v in row]] * 2}
     unnamed = httpx.post(url, timeout=60, json={"instances": [[1.0, 2.0, 3.0]]})
     assert unnamed.status_code == 400
     assert 'Serving signature name: "serving_default" not found' in unnamed.json()["error"]
