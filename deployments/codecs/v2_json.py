@@ -227,7 +227,7 @@ def encode_infer_response(meta: ModelMetadata, request_id: str | None,
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         elif out.datatype == BYTES:
-            entry["data"] = [b.decode("utf-8", "replace") for b in out.data]
+            entry["data"] = _texts(out)
         else:
             entry["data"] = np.asarray(out.data).ravel().tolist()
         tensors.append(entry)
@@ -239,3 +239,14 @@ def encode_infer_response(meta: ModelMetadata, request_id: str | None,
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
+
+
+def _texts(out: OutputTensor) -> list[str]:
+    """A BYTES output's elements as JSON strings, or a 400 where one is not
+    UTF-8 text (replaced characters would corrupt it without a word)."""
+    try:
+        return [b.decode("utf-8") for b in out.data]
+    except UnicodeDecodeError:
+        raise BadRequest(f"output {out.name!r} holds bytes that are not UTF-8 text, which "
+                         "JSON cannot carry: ask for it in binary (its \"parameters\": "
+                         "{\"binary_data\": true})") from None

@@ -151,6 +151,20 @@ def test_response_json_and_binary():
     assert json.loads(content)["outputs"][0]["data"] == pytest.approx([0.2, 0.5, 0.3])
 
 
+def test_bytes_outputs_that_are_not_text_go_in_binary_not_corrupted_in_json():
+    png = b"\x89PNG\r\n\xff"
+    text = OutputTensor("t", "BYTES", (2,), ["é".encode(), b"ok"])
+    assert json.loads(encode_infer_response(META, None, [text])[0])["outputs"][0]["data"] == [
+        "é", "ok"]
+    blob = OutputTensor("image", "BYTES", (1,), [png])
+    with pytest.raises(BadRequest, match=r"output 'image' holds bytes that are not UTF-8 text"
+                                         r".*ask for it in binary"):
+        encode_infer_response(META, None, [blob])
+    blob.binary = True
+    content, length = encode_infer_response(META, None, [blob])
+    assert length is not None and content[length:] == struct.pack("<I", len(png)) + png
+
+
 def test_classification_extension():
     scores = np.array([[0.2, 0.5, 0.3]], np.float32)
     assert classify(scores, META.labels, 2).tolist() == [[b"0.500000:1:b", b"0.300000:2:c"]]
