@@ -222,6 +222,28 @@ def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
             "shape": [-1 if d is None else d for d in spec.shape]}
 
 
+def model_config(meta: ModelMetadata, max_rows: int) -> dict[str, Any]:
+    """``GET /v2/models/{name}/config``, Triton's model configuration (what
+    its clients and perf_analyzer read for ``max_batch_size`` and each
+    tensor's type and dims): a signature that batches takes up to
+    ``max_rows`` rows a request, and its dims leave the batch dimension out."""
+    batch = max_rows if meta.batchable else 0
+
+    def tensor(spec: TensorSpec, image: bool = False) -> dict[str, Any]:
+        datatype = datatype_of(spec.dtype)
+        entry: dict[str, Any] = {
+            "name": spec.name, "data_type": f"TYPE_{'STRING' if datatype == BYTES else datatype}",
+            "dims": [-1 if d is None else d for d in spec.shape[1 if batch else 0:]]}
+        if image and len(spec.shape) == 4:  # [N, height, width, channels], as decoded here
+            entry["format"] = "FORMAT_NHWC"
+        return entry
+
+    return {"name": meta.name, "platform": "tensorflow_savedmodel", "backend": "tensorflow",
+            "max_batch_size": batch,
+            "input": [tensor(s, s.name == meta.image_input) for s in meta.inputs],
+            "output": [tensor(s) for s in meta.outputs]}
+
+
 def model_metadata(meta: ModelMetadata, versions: list[int]) -> dict[str, Any]:
     """``GET /v2/models/{name}``: the signature in V2 terms. An image model's
     image input also takes BYTES (encoded images), noted in its parameters."""

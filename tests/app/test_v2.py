@@ -70,3 +70,18 @@ def test_v2_json_errors_and_unknown_versions(client: httpx.Client):
     r = client.get("/v2/models/digits/versions/2")
     assert r.status_code == 404
     assert client.get("/v2/health/live").json() == {"live": True}
+
+
+def test_tritons_model_config_shows_batching_types_and_dims(client: httpx.Client):
+    """What Triton's clients and perf_analyzer read: max_batch_size (the rows
+    a request may carry) and each tensor's type and dims past the batch."""
+    linear = client.get("/v2/models/digits_linear/config").json()
+    assert linear == {
+        "name": "digits_linear", "platform": "tensorflow_savedmodel", "backend": "tensorflow",
+        "max_batch_size": 256,  # configs/config.yaml's limits.max_rows
+        "input": [{"name": "pixels", "data_type": "TYPE_FP32", "dims": [64]}],
+        "output": [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]}]}
+    (image,) = client.get("/v2/models/digits/versions/1/config").json()["input"]
+    assert image == {"name": "image", "data_type": "TYPE_FP32", "dims": [28, 28, 1],
+                     "format": "FORMAT_NHWC"}
+    assert client.get("/v2/models/nope/config").status_code == 404

@@ -96,6 +96,8 @@ def test_tritonclient_http_metadata_and_health(http_client):
                                  "parameters": {"also_accepts": "BYTES [N] encoded images"}}
     assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32",
                                 "shape": [-1, 10]}]
+    config = http_client.get_model_config("digits")  # Triton's, as its image client reads it
+    assert (config["max_batch_size"], config["input"][0]["format"]) == (256, "FORMAT_NHWC")
 
 
 @pytest.mark.parametrize(
@@ -138,10 +140,13 @@ def test_tritonclient_grpc_infers_tensors_and_images(grpc_client):
     assert grpc_client.is_model_ready("digits_linear", headers=APP)
     # As over HTTP, and as Triton answers: an unknown model is not ready, not an error.
     assert not grpc_client.is_model_ready("no_such_model", headers=APP)
+    config = grpc_client.get_model_config("digits_linear", headers=APP, as_json=True)
+    assert config["config"]["max_batch_size"] == 256  # perf_analyzer reads it
+    assert config["config"]["input"][0]["dims"] == ["64"]  # (int64 in protobuf's JSON)
     with pytest.raises(InferenceServerException) as refused:  # not an INTERNAL error
-        grpc_client.get_model_config("digits_linear", headers=APP)
+        grpc_client.get_inference_statistics("digits_linear", headers=APP)
     assert refused.value.status() == "StatusCode.UNIMPLEMENTED"
-    assert "ModelConfig is not offered here" in refused.value.message()
+    assert "ModelStatistics is not offered here" in refused.value.message()
     meta = grpc_client.get_model_metadata("digits_linear", headers=APP, as_json=True)
     assert meta["inputs"][0]["name"] == "pixels" and meta["platform"] == "tensorflow_savedmodel"
 

@@ -4,6 +4,7 @@
     GET  /v2/health/live, /v2/health/ready
     GET  /v2/models/{name}[/versions/{version}]            model metadata
     GET  /v2/models/{name}[/versions/{version}]/ready
+    GET  /v2/models/{name}[/versions/{version}]/config     Triton's model configuration
     POST /v2/models/{name}[/versions/{version}]/infer
 
 :func:`infer` is the protocol's one inference path, shared with gRPC
@@ -26,6 +27,7 @@ from deployments.codecs.v2_tensor import (
     EXTENSIONS,
     InferRequest,
     OutputTensor,
+    model_config,
     model_metadata,
     select_outputs,
 )
@@ -95,6 +97,8 @@ class V2Api:
             *model_routes("/v2/models", "/ready", self.model_ready, "GET", "v2.model_ready",
                           "v2"),
             *model_routes("/v2/models", "/infer", self.infer, "POST", "v2.infer", "v2"),
+            *model_routes("/v2/models", "/config", self.model_config, "GET", "v2.model_config",
+                          "v2"),
         ]
 
     async def server(self, request: Request) -> JSONResponse:
@@ -111,6 +115,10 @@ class V2Api:
         named = target(request)
         meta = await self._plane.resolve(named)
         return JSONResponse(model_metadata(meta, sorted(await self._plane.versions(named.model))))
+
+    async def model_config(self, request: Request) -> JSONResponse:
+        meta = await self._plane.resolve(target(request))
+        return JSONResponse(model_config(meta, self._limits.max_rows))
 
     async def model_ready(self, request: Request) -> JSONResponse:
         name = request.path_params["name"]

@@ -13,6 +13,7 @@ import sys
 from typing import Any, cast
 
 import grpc
+from google.protobuf import json_format
 from ray.serve.grpc_util import RayServegRPCContext
 from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
@@ -23,6 +24,7 @@ from deployments.codecs.v2_grpc import (
     model_metadata_response,
     parse_infer_request,
 )
+from deployments.codecs.v2_tensor import model_config
 from deployments.errors import NotFound, ServiceUnavailable, Unimplemented
 from deployments.ingress.budget import off_loop
 from deployments.ingress.protocols import v2
@@ -91,6 +93,13 @@ class V2GrpcService(GrpcService):
         return model_metadata_response(meta, sorted(await self._plane.versions(request.name)))
 
     @_status
+    async def ModelConfig(self, request: pb.ModelConfigRequest,
+                          grpc_context: RayServegRPCContext) -> pb.ModelConfigResponse:
+        meta = await self._plane.resolve(Target(request.name, request.version or None))
+        return pb.ModelConfigResponse(config=json_format.ParseDict(
+            model_config(meta, self._limits.max_rows), model_config_pb2.ModelConfig()))
+
+    @_status
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          grpc_context: RayServegRPCContext) -> pb.ModelInferResponse:
         limits = self._limits
@@ -109,13 +118,13 @@ def _unimplemented(method: str) -> Rpc:
     async def refuse(self: GrpcService, request: Any, grpc_context: RayServegRPCContext) -> None:
         raise Unimplemented(f"{method} is not offered here: this server speaks KServe V2's "
                             "core protocol (health, metadata, infer) with the binary tensor "
-                            "data and classification extensions")
+                            "data and classification extensions, and Triton's model config")
 
     refuse.__name__ = refuse.__qualname__ = method
     return _status(refuse)
 
 
-# The rest of the service tritonclient may call (model config and statistics,
+# The rest of the service tritonclient may call (model statistics,
 # the repository, shared memory, trace and log settings, streaming): each is
 # UNIMPLEMENTED with a reason; a method the ingress lacks would be INTERNAL.
 for _method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name:
