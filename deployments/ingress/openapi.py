@@ -76,6 +76,17 @@ class V2ModelMetadata(TypedDict, total=False):
     outputs: list[Any]
 
 
+class TritonModelConfig(TypedDict, total=False):
+    """Triton's model configuration, as far as a SavedModel here fills it."""
+
+    name: str
+    platform: str
+    backend: str
+    max_batch_size: Annotated[int, Field(ge=0)]
+    input: list[Any]
+    output: list[Any]
+
+
 class OutputTensor(TypedDict):
     """One output of a KServe V2 inference answer."""
 
@@ -202,6 +213,8 @@ def _operations() -> dict[str, dict[str, Any] | None]:
         "v2.ready": _operation("V2 readiness", anything),
         "v2.model": _operation("V2 model metadata", _schema(V2ModelMetadata)),
         "v2.model_ready": _operation("V2 model readiness", anything),
+        "v2.model_config": _operation("Triton's model configuration",
+                                      _schema(TritonModelConfig)),
         "v2.infer": _operation(
             "V2 inference (JSON or binary tensors)", _schema(V2InferResponse), v2_infer_body,
             [{"name": "Inference-Header-Content-Length", "in": "header",
