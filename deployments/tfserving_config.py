@@ -119,6 +119,9 @@ _FLAGS = (
     Flag("mixed_precision", str, "", "models run in the precision they were saved in",
          "ignored"),
     Flag("skip_initialize_tpu", bool, False, "no TPU is used", "ignored"),
+    Flag("enable_grpc_healthcheck_service", bool, False, "grpc.health.v1 is always on, on "
+         "--port (ModelService, PredictionService and \"\" are SERVING once every model "
+         "answers)", "ignored"),
     Flag("enable_serialization_as_tensor_content", bool, False, "Predict answers keep typed "
          "fields (float_val, ...), which tf.make_ndarray and every stub read as they read "
          "tensor_content", "ignored"),
@@ -144,9 +147,6 @@ _FLAGS = (
     Flag("prefer_tflite_model", bool, False, "TF Lite models are not served", "refused"),
     Flag("thread_pool_factory_config_file", str, "", "custom thread pools are not supported",
          "refused"),
-    Flag("enable_grpc_healthcheck_service", bool, False, "no grpc.health.v1 service here: "
-         "probe GET /v1/models/NAME over REST, or Serve's "
-         "ray.serve.RayServeAPIService/Healthz over gRPC", "refused"),
 )
 FLAGS = {f.name: f for f in _FLAGS}
 

@@ -42,7 +42,8 @@ MIN_TOKEN_CHARS = 16
 RECHECK_S = 5.0
 
 # The gRPC health methods: exempt while their HTTP twins are.
-_RPC_PATHS = {"ServerLive": "/v2/health/live", "ServerReady": "/v2/health/ready"}
+_RPC_PATHS = {"ServerLive": "/v2/health/live", "ServerReady": "/v2/health/ready",
+              "Check": "/readyz", "Watch": "/readyz"}
 
 # Whether the current request's caller reads load errors in full (set by the gate).
 _full_detail: ContextVar[bool] = ContextVar("full_detail", default=False)

@@ -36,6 +36,7 @@ from deployments.ingress.coalescing import CoalesceSettings
 from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.model_client import RayModelClient
 from deployments.ingress.payload_log import PayloadLogs
+from deployments.ingress.protocols.health_grpc import HealthGrpcService
 from deployments.ingress.protocols.monitoring import MonitoringPage, ray_nodes
 from deployments.ingress.protocols.native import NativeApi
 from deployments.ingress.protocols.tfserving_grpc import TFServingGrpcService
@@ -69,7 +70,7 @@ class IngressSettings(BaseModel):
 
 @serve.deployment(name="Preprocessor", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
 @serve.ingress()
-class Preprocessor(V2GrpcService, TFServingGrpcService):
+class Preprocessor(V2GrpcService, TFServingGrpcService, HealthGrpcService):
     def __init__(self, models: dict[str, DeploymentHandle], top_k: int,
                  limits: InputLimits, code: dict[str, CodePaths] | None = None,
                  pipelines: tuple[Plan, ...] = (), auth: AuthArgs | None = None,

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2
 from sklearn.datasets import load_digits
 from starlette.testclient import TestClient
 from tensorflow_serving.apis import (
@@ -29,6 +30,7 @@ from deployments.errors import ServeError
 from deployments.ingress.asgi import build_asgi
 from deployments.ingress.auth import Gate
 from deployments.ingress.dataplane import DataPlane
+from deployments.ingress.protocols.health_grpc import HealthGrpcService
 from deployments.ingress.protocols.tfserving_grpc import TFServingGrpcService
 from deployments.ingress.protocols.v2_grpc import V2GrpcService
 from deployments.ingress.registry import ModelRegistry
@@ -45,7 +47,7 @@ ORIGIN = "https://app.example.com"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class Service(V2GrpcService, TFServingGrpcService):
+class Service(V2GrpcService, TFServingGrpcService, HealthGrpcService):
     """Both gRPC mixins on a data plane, as the ingress deployment holds them."""
 
     def __init__(self, plane: DataPlane, args: AppArgs, gate: Gate) -> None:
@@ -162,6 +164,7 @@ RPCS: dict[str, Any] = {  # every method of both services, with an empty request
     "GetModelMetadata": get_model_metadata_pb2.GetModelMetadataRequest(),
     "GetModelStatus": get_model_status_pb2.GetModelStatusRequest(),
     "HandleReloadConfigRequest": model_management_pb2.ReloadConfigRequest(),
+    "Check": health_pb2.HealthCheckRequest(), "Watch": health_pb2.HealthCheckRequest(),
     # V2's methods not offered (UNIMPLEMENTED past the gate), each with its request.
     **{method.name: getattr(pb, method.input_type.name)()
        for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
@@ -178,8 +181,9 @@ def test_the_list_holds_every_grpc_method():
 def test_every_grpc_method_needs_a_token_but_the_health_ones(app: App, method):
     refused = app.rpc(method, RPCS[method])
     wrong = app.rpc(method, RPCS[method], ("authorization", f"Bearer {TOKEN[:-1]}"))
-    if method in ("ServerLive", "ServerReady"):
-        assert refused.code is wrong.code is None
+    if method in ("ServerLive", "ServerReady", "Check", "Watch"):  # probes send no token
+        assert refused.code is wrong.code is (
+            grpc.StatusCode.UNIMPLEMENTED if method == "Watch" else None)
         return
     assert refused.code is wrong.code is grpc.StatusCode.UNAUTHENTICATED
     assert refused.details.startswith("a token is required")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import json_format
+from grpc_health.v1 import health_pb2
 from sklearn.datasets import load_digits
 from starlette.testclient import TestClient
 from tensorflow.core.framework import types_pb2
@@ -37,6 +38,7 @@ from deployments.errors import ServeError
 from deployments.ingress.asgi import build_asgi
 from deployments.ingress.auth import Gate
 from deployments.ingress.dataplane import DataPlane
+from deployments.ingress.protocols.health_grpc import HealthGrpcService
 from deployments.ingress.protocols.tfserving_grpc import TFServingGrpcService
 from deployments.metrics import IngressMetrics
 from deployments.versions import Routing
@@ -45,7 +47,7 @@ from tests.app.conftest import config_args
 from tests.common import SAMPLES, sample_label, signature_models
 
 
-class Service(TFServingGrpcService):
+class Service(TFServingGrpcService, HealthGrpcService):
     """The mixin on a data plane, as the ingress deployment holds it."""
 
     def __init__(self, plane: DataPlane, args: AppArgs,
@@ -341,3 +343,14 @@ def test_rest_and_grpc_requests_meet_in_the_data_planes_one_inference_path(
     np.testing.assert_allclose(
         np.reshape(by_name["probabilities"]["data"], by_name["probabilities"]["shape"]),
         tf.make_ndarray(answer.outputs["probabilities"]), rtol=1e-6)
+
+
+def test_grpc_health_checks_answer_for_tf_servings_services(app: App):
+    """--enable_grpc_healthcheck_service, always on: TF Serving's names, ours."""
+    for service in ("", "ModelService", "PredictionService",
+                    "tensorflow.serving.PredictionService", "inference.GRPCInferenceService"):
+        answer = app.call("Check", health_pb2.HealthCheckRequest(service=service))
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
+    unknown = app.fails("Check", health_pb2.HealthCheckRequest(service="SessionService"))
+    assert unknown.code == grpc.StatusCode.NOT_FOUND
+    assert unknown.details == "unknown service 'SessionService'"

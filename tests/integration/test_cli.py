@@ -5,7 +5,8 @@ the file answer on REST, TF Serving's gRPC stub answers on ``--port``, the
 monitoring page shows TF Serving's metric names; a model added to and one
 removed from the file, and a label, apply live within two poll periods while
 another client keeps calling an unchanged model (no failure); TF Serving's
-``HandleReloadConfigRequest`` adds, refuses and removes models; SIGTERM
+``HandleReloadConfigRequest`` adds, refuses and removes models, and
+``grpc.health.v1`` answers a probe; SIGTERM
 drains within the stop's budget (exit 0) and leaves no process and no port.
 About 3 minutes.
 
@@ -30,6 +31,7 @@ import httpx
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     model_management_pb2,
     model_service_pb2_grpc,
@@ -198,10 +200,15 @@ def test_tf_servings_reload_rpc_changes_the_models(tmp_path: Path) -> None:
     as its users' scripts send it: answered once the added model serves."""
     config = tmp_path / "models.config"
     config.write_text(_config(THREE))
-    with _server(tmp_path, f"--model_config_file={config}") as (http, grpc), \
+    with _server(tmp_path, f"--model_config_file={config}",
+                 "--enable_grpc_healthcheck_service") as (http, grpc), \
             httpx.Client(base_url=f"http://127.0.0.1:{http}", timeout=30) as client, \
             grpc_lib.insecure_channel(f"127.0.0.1:{grpc}") as channel:
         wait_until(lambda: _answers(client, "half_plus_three"), 240, "the model to serve")
+        # What a Kubernetes gRPC probe asks, on --port, with no metadata.
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="PredictionService"), timeout=30)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
         reload = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest
 
         answer = reload(_reload_request(THREE, TF2), timeout=240)

@@ -48,15 +48,18 @@ from deployments.codecs.tfserving_protos import (
 )
 from deployments.errors import BadRequest, Unimplemented
 from deployments.ingress.budget import off_loop
+from deployments.ingress.protocols import health_grpc
 from deployments.ingress.protocols.grpc import GrpcFailure, GrpcService, rpc
 from deployments.ingress.request import Answer, EncodedImages, Target
 from deployments.reloads import request_reload
 
 
 def add_servicer(servicer: Any, server: grpc.Server) -> None:
-    """For ``grpc_options.grpc_servicer_functions``: both TF Serving services."""
+    """For ``grpc_options.grpc_servicer_functions``: both TF Serving services,
+    and gRPC's health service beside them (``health_grpc.py``)."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
+    health_grpc.add_servicer(servicer, server)
 
 
 def _model_of(request: Any) -> str:
