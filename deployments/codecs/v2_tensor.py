@@ -184,11 +184,20 @@ def as_bytes(array: np.ndarray) -> list[bytes]:
 
 def classify(scores: np.ndarray, labels: tuple[str, ...], k: int) -> np.ndarray:
     """Triton's classification extension: per row, the ``k`` best classes as
-    ``"score:index:label"`` strings, best first."""
+    ``"value:index:label"`` strings, best first (``"value:index"`` where the
+    output has no labels; integer values as integers, as Triton writes them)."""
     rows = scores.reshape(len(scores), -1)
+    if rows.dtype == BFLOAT16:
+        rows = rows.astype(np.float32)
     best = top_k_indices(rows, k)
-    return np.array([[f"{row[i]:f}:{i}:{labels[i]}".encode() for i in idx]
-                     for row, idx in zip(rows, best, strict=True)], dtype=object)
+    value = "{:f}" if rows.dtype.kind == "f" else "{}"
+
+    def text(row: np.ndarray, i: int) -> bytes:
+        label = f":{labels[i]}" if i < len(labels) else ""
+        return f"{value.format(row[i])}:{i}{label}".encode()
+
+    return np.array([[text(row, i) for i in idx] for row, idx in zip(rows, best, strict=True)],
+                    dtype=object)
 
 
 def select_outputs(request: InferRequest, meta: ModelMetadata,
@@ -204,10 +213,11 @@ def select_outputs(request: InferRequest, meta: ModelMetadata,
         data: np.ndarray = results[out.name]
         binary = request.binary_output if out.binary is None else out.binary
         if out.classification:
-            if out.name != meta.scores_output or not meta.labels:
-                raise BadRequest(f"output {out.name!r} of model {meta.name!r} holds no class "
-                                 "scores to classify")
-            data = classify(data, meta.labels, out.classification)
+            if datatype_of(data.dtype) in (BYTES, "BOOL") or not data.size:
+                raise BadRequest(f"output {out.name!r} of model {meta.name!r} holds no "
+                                 "numbers to classify")
+            labels = meta.labels if out.name == meta.scores_output else ()
+            data = classify(data, labels, out.classification)
             tensors.append(OutputTensor(out.name, BYTES, data.shape, list(data.ravel()), binary))
         elif datatype_of(data.dtype) == BYTES:  # a string output: its elements as bytes
             tensors.append(OutputTensor(out.name, BYTES, data.shape, as_bytes(data), binary))

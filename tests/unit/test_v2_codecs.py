@@ -186,12 +186,20 @@ def test_datatype_names(dtype, name):
     assert datatype_of(dtype) == name
 
 
-def test_classification_needs_class_scores():
-    regression = ModelMetadata("r", 1, "serving_default", META.inputs,
-                               (TensorSpec("value", "float32", (None,)),), "value", ())
-    request = InferRequest(inputs=[], outputs=[RequestedOutput("value", classification=1)])
-    with pytest.raises(BadRequest, match="holds no class scores"):
-        select_outputs(request, regression, {"value": np.zeros(2, np.float32)})
+def test_any_numeric_output_is_classified_as_triton_does():
+    """Labels where the output has them (the scores output), none elsewhere;
+    integers as integers; strings and booleans hold no values to rank."""
+    two_heads = ModelMetadata("r", 1, "serving_default", META.inputs,
+                              (TensorSpec("value", "float32", (None,)),), "value", ())
+    request = InferRequest(inputs=[], outputs=[RequestedOutput("value", classification=1),
+                                               RequestedOutput("count", classification=2)])
+    value, count = select_outputs(request, two_heads, {
+        "value": np.array([[0.5, 2.0]], np.float32), "count": np.array([[3, 9, 1]], np.int64)})
+    assert value.data == [b"2.000000:1"] and count.data == [b"9:1", b"3:0"]
+    for dtype in (object, np.bool_):
+        request = InferRequest(inputs=[], outputs=[RequestedOutput("s", classification=1)])
+        with pytest.raises(BadRequest, match="holds no numbers to classify"):
+            select_outputs(request, two_heads, {"s": np.ones((1, 2), dtype)})
 
 
 def test_binary_flags_must_be_booleans():
