@@ -20,12 +20,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 from deployments.codecs.tfserving_grpc import signature_def
 from deployments.config import REQUEST, PipelineArgs, split_ref
 from deployments.errors import ServeError
-from deployments.signature import PREDICT, STRING, ModelMetadata, TensorSpec, castable
+from deployments.signature import (
+    PREDICT,
+    ModelMetadata,
+    TensorSpec,
+    castable,
+    is_float,
+)
 from deployments.types import DEFAULT_SIGNATURE, Inputs, Outputs
 
 # A pipeline serves one version: its models' own versions move underneath it.
@@ -172,7 +176,7 @@ class Plan:
                                 if models[s].scores_output == t),
                                key=lambda n: -order.index(sources[n][0]))  # the latest step's
         scores = self.scores_output or next(iter(fed_by_scores), next(
-            (o.name for o in outputs if o.dtype != STRING and np.dtype(o.dtype).kind == "f"),
+            (o.name for o in outputs if is_float(o.dtype)),
             outputs[0].name))
         if scores not in sources:
             raise PipelineMisconfigured(

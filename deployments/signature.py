@@ -31,6 +31,11 @@ def _kind(dtype: np.dtype) -> str:
     """A dtype's numpy kind, bfloat16 counted as the float it is."""
     return "f" if dtype == BFLOAT16 else dtype.kind
 
+
+def is_float(dtype: np.dtype | str) -> bool:
+    """Whether a tensor of ``dtype`` (a numpy dtype or its name, or STRING) holds floats."""
+    return dtype != STRING and _kind(np.dtype(dtype)) == "f"
+
 # The dtype name of string tensors (``tf.string``): numpy object arrays of bytes.
 STRING = "string"
 
@@ -200,7 +205,7 @@ def image_geometry(spec: TensorSpec) -> ImageGeometry:
         raise ValueError(
             f"input {spec.name!r} is {spec.describe()}, not images ([N, height, width, 1 or 3])"
         )
-    if spec.dtype == STRING or np.dtype(spec.dtype).kind != "f":
+    if not is_float(spec.dtype):
         raise ValueError(f"input {spec.name!r} is {spec.describe()}: images are decoded to "
                          "floats, so an image input must be a float type")
     _, height, width, channels = cast(tuple[int, ...], spec.shape)  # (no None: checked above)

@@ -120,8 +120,8 @@ _FLAGS = (
          "ignored"),
     Flag("skip_initialize_tpu", bool, False, "no TPU is used", "ignored"),
     Flag("enable_grpc_healthcheck_service", bool, False, "grpc.health.v1 is always on, on "
-         "--port (ModelService, PredictionService and \"\" are SERVING once every model "
-         "answers)", "ignored"),
+         "--port (ModelService, PredictionService and \"\" are SERVING while it runs)",
+         "ignored"),
     Flag("enable_serialization_as_tensor_content", bool, False, "Predict answers keep typed "
          "fields (float_val, ...), which tf.make_ndarray and every stub read as they read "
          "tensor_content", "ignored"),

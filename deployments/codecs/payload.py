@@ -18,6 +18,8 @@ from typing import Literal
 
 import numpy as np
 
+from deployments.signature import is_float
+
 # What is kept of one tensor: its values and shape, its shape only, nothing.
 Keep = Literal["full", "shape", "none"]
 # What a record holds of one tensor: "summary" is a ``full`` tensor over the cap.
@@ -88,7 +90,7 @@ def _nbytes(array: np.ndarray) -> int:
 
 
 def _summary(array: np.ndarray) -> dict[str, float] | None:
-    if array.dtype.kind not in "biuf" or array.size == 0:
+    if not (array.dtype.kind in "biu" or is_float(array.dtype)) or array.size == 0:
         return None
     return {"min": float(array.min()), "max": float(array.max()),
             "mean": float(array.mean(dtype=np.float64))}

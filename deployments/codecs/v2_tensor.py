@@ -241,10 +241,13 @@ def model_config(meta: ModelMetadata, max_rows: int) -> dict[str, Any]:
 
     def tensor(spec: TensorSpec, image: bool = False) -> dict[str, Any]:
         datatype = datatype_of(spec.dtype)
+        dims = [-1 if d is None else d for d in spec.shape[1 if batch else 0:]]
         entry: dict[str, Any] = {
             "name": spec.name, "data_type": f"TYPE_{'STRING' if datatype == BYTES else datatype}",
-            "dims": [-1 if d is None else d for d in spec.shape[1 if batch else 0:]]}
-        if image and len(spec.shape) == 4:  # [N, height, width, channels], as decoded here
+            "dims": dims or [1]}
+        if not dims:  # one value a row: Triton's dims may not be empty
+            entry["reshape"] = {"shape": []}
+        if image and len(dims) == 3:  # [height, width, channels], as decoded here
             entry["format"] = "FORMAT_NHWC"
         return entry
 

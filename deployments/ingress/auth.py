@@ -43,7 +43,7 @@ RECHECK_S = 5.0
 
 # The gRPC health methods: exempt while their HTTP twins are.
 _RPC_PATHS = {"ServerLive": "/v2/health/live", "ServerReady": "/v2/health/ready",
-              "Check": "/readyz", "Watch": "/readyz"}
+              "Check": "/healthz", "Watch": "/healthz"}
 
 # Whether the current request's caller reads load errors in full (set by the gate).
 _full_detail: ContextVar[bool] = ContextVar("full_detail", default=False)

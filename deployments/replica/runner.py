@@ -20,7 +20,14 @@ from tensorflow.core.protobuf import config_pb2, saved_model_pb2
 from deployments.config import ModelArgs
 from deployments.errors import BadRequest, clip
 from deployments.model_files import labels_file
-from deployments.signature import PREDICT, STRING, ModelMetadata, TensorSpec, image_geometry
+from deployments.signature import (
+    PREDICT,
+    STRING,
+    ModelMetadata,
+    TensorSpec,
+    image_geometry,
+    is_float,
+)
 from deployments.types import DEFAULT_SIGNATURE, Inputs, Outputs
 
 
@@ -278,7 +285,7 @@ class SavedModelRunner:
         name = model.name
         inputs, outputs = self._engine.specs[signature]
         output_names = [o.name for o in outputs]
-        floats = [o.name for o in outputs if o.dtype != STRING and np.dtype(o.dtype).kind == "f"]
+        floats = [o.name for o in outputs if is_float(o.dtype)]
         scores = (model.scores_output if default else None) or (floats or output_names)[0]
         if scores not in output_names:
             raise ModelLoadError(

@@ -346,7 +346,8 @@ def test_rest_and_grpc_requests_meet_in_the_data_planes_one_inference_path(
 
 
 def test_grpc_health_checks_answer_for_tf_servings_services(app: App):
-    """--enable_grpc_healthcheck_service, always on: TF Serving's names, ours."""
+    """--enable_grpc_healthcheck_service, always on: TF Serving's names are
+    SERVING while the server runs; V2's is the readiness of every model."""
     for service in ("", "ModelService", "PredictionService",
                     "tensorflow.serving.PredictionService", "inference.GRPCInferenceService"):
         answer = app.call("Check", health_pb2.HealthCheckRequest(service=service))

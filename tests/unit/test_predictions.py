@@ -61,3 +61,14 @@ def test_top_k_by_partition_ranks_as_a_full_stable_sort(seed, dtype):
         k = int(rng.integers(1, classes + 1))
         expected = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         np.testing.assert_array_equal(top_k_indices(scores, k), expected)
+
+
+def test_top_k_of_other_dtypes_ranks_their_values():
+    """bfloat16 (numpy sorts its NaN first), unsigned and small ints (negating wraps)."""
+    import ml_dtypes
+
+    scores = np.array([[np.nan, 0.5, 2.0] + [0.0] * 9], ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(top_k_indices(scores, 3), [[2, 1, 3]])
+    np.testing.assert_array_equal(top_k_indices(np.array([[0, 3, 200, 1]], np.uint8), 2),
+                                  [[2, 1]])
+    np.testing.assert_array_equal(top_k_indices(np.array([[-128, 5, 127]], np.int8), 1), [[2]])

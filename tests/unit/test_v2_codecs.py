@@ -1,5 +1,6 @@
 import json
 import struct
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -12,6 +13,7 @@ from deployments.codecs.v2_tensor import (
     RequestedOutput,
     classify,
     datatype_of,
+    model_config,
     raw_to_tensor,
     select_outputs,
     tensor_to_raw,
@@ -232,3 +234,22 @@ def test_tensor_sizes_are_checked_before_the_data_is_read():
         parse(*body([{"name": "x", "datatype": "FP32", "shape": [300, 1], "data": [0] * 300}]))
     with pytest.raises(PayloadTooLarge, match="numbers, the limit is 67108864"):
         parse(*body([{"name": "x", "datatype": "FP32", "shape": [1, 2**27], "data": []}]))
+
+
+def test_model_config_dims_as_triton_takes_them():
+    """Past the batch dimension; one value a row is dims [1] reshaped to []
+    (Triton's dims may not be empty); NHWC only on an image's three dims."""
+    meta = ModelMetadata("m", 1, "serving_default",
+                         (TensorSpec("image", "float32", (None, 8, 8, 3)),
+                          TensorSpec("id", "string", (None,))),
+                         (TensorSpec("score", "float32", (None,)),), "score", (),
+                         image_input="image")
+    config = model_config(meta, 64)
+    assert config["max_batch_size"] == 64
+    assert config["input"] == [
+        {"name": "image", "data_type": "TYPE_FP32", "dims": [8, 8, 3], "format": "FORMAT_NHWC"},
+        {"name": "id", "data_type": "TYPE_STRING", "dims": [1], "reshape": {"shape": []}}]
+    fixed = replace(meta, inputs=(TensorSpec("image", "float32", (1, 8, 8, 3)),))
+    unbatched = model_config(fixed, 64)
+    assert unbatched["max_batch_size"] == 0 and "format" not in unbatched["input"][0]
+    assert unbatched["input"][0]["dims"] == [1, 8, 8, 3]

@@ -3,11 +3,14 @@ Kubernetes' gRPC probes and ``grpc_health_probe`` call: TF Serving's
 ``--enable_grpc_healthcheck_service``, always on here. It is registered with
 TF Serving's services (``tfserving_grpc.add_servicer``), on the same port.
 
-``Check`` answers ``SERVING`` once every model has a replica that answers now
-(TF Serving opens its port only when its models have loaded), else
-``NOT_SERVING``; for the services TF Serving names (``ModelService``,
-``PredictionService``), their full names, KServe V2's, and the server as a
-whole (``""``). Another name is ``NOT_FOUND``, as the health protocol says.
+``Check`` answers as TF Serving does for the server as a whole (``""``) and
+its services (``ModelService``, ``PredictionService``, or their full names):
+``SERVING`` while the server runs, whatever its models do, so a liveness
+probe never restarts it for one model's trouble (as ``/healthz``). For
+KServe V2's service (``inference.GRPCInferenceService``) it answers as V2's
+``ServerReady`` and ``/readyz``: ``SERVING`` once every model has a replica
+that answers now, else ``NOT_SERVING`` (a readiness probe). Another name is
+``NOT_FOUND``, as the health protocol says.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from ray.serve.grpc_util import RayServegRPCContext
 from deployments.errors import NotFound, ServiceUnavailable, Unimplemented, clip
 from deployments.ingress.protocols.grpc import GrpcService, rpc
 
-SERVICES = frozenset({"", "ModelService", "PredictionService",
-                      "tensorflow.serving.ModelService", "tensorflow.serving.PredictionService",
-                      "inference.GRPCInferenceService"})
+# Serving while the server runs, as TF Serving sets them once at start.
+LIVE = frozenset({"", "ModelService", "PredictionService", "tensorflow.serving.ModelService",
+                  "tensorflow.serving.PredictionService"})
+# Serving once every model answers (V2's ServerReady, /readyz).
+READY = "inference.GRPCInferenceService"
 
 
 def add_servicer(servicer: Any, server: grpc.Server) -> None:
@@ -40,7 +45,9 @@ class HealthGrpcService(GrpcService):
     @_status
     async def Check(self, request: health_pb2.HealthCheckRequest,
                     grpc_context: RayServegRPCContext) -> health_pb2.HealthCheckResponse:
-        if request.service not in SERVICES:
+        if request.service in LIVE:
+            return health_pb2.HealthCheckResponse(status=_Status.SERVING)
+        if request.service != READY:
             raise NotFound(f"unknown service {clip(request.service)!r}")
         try:
             await self._plane.ready()
