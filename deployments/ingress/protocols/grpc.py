@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from ray.serve.grpc_util import RayServegRPCContext
 
 from deployments.config import InputLimits
-from deployments.errors import PayloadTooLarge, ServeError
+from deployments.errors import PayloadTooLarge, ServeError, ServiceUnavailable
 from deployments.ingress.auth import Gate
 from deployments.ingress.dataplane import DataPlane
 from deployments.ingress.deadline import TIMEOUT_HEADER, DeadlinePassed, deadline, request_timeout
@@ -62,6 +62,15 @@ class GrpcService:
             raise PayloadTooLarge(f"request is {size} bytes, the limit is "
                                   f"{limits.max_body_bytes}")
         self._plane.budget.take(size, "the request message")
+
+    async def _ready(self) -> bool:
+        """Whether every model has a replica that answers now: what a readiness
+        RPC answers (probes poll it: an answer, not an error)."""
+        try:
+            await self._plane.ready()
+        except ServiceUnavailable:
+            return False
+        return True
 
 
 Rpc = Callable[[Any, Any, RayServegRPCContext], Awaitable[Any]]

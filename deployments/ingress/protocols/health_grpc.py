@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ray.serve.grpc_util import RayServegRPCContext
 
-from deployments.errors import NotFound, ServiceUnavailable, Unimplemented, clip
+from deployments.errors import NotFound, Unimplemented, clip
 from deployments.ingress.protocols.grpc import GrpcService, rpc
 
 # Serving while the server runs, as TF Serving sets them once at start.
@@ -49,11 +49,8 @@ class HealthGrpcService(GrpcService):
             return health_pb2.HealthCheckResponse(status=_Status.SERVING)
         if request.service != READY:
             raise NotFound(f"unknown service {clip(request.service)!r}")
-        try:
-            await self._plane.ready()
-        except ServiceUnavailable:  # probes poll: an answer, not an error
-            return health_pb2.HealthCheckResponse(status=_Status.NOT_SERVING)
-        return health_pb2.HealthCheckResponse(status=_Status.SERVING)
+        return health_pb2.HealthCheckResponse(
+            status=_Status.SERVING if await self._ready() else _Status.NOT_SERVING)
 
     @_status
     async def Watch(self, request: health_pb2.HealthCheckRequest,

@@ -66,11 +66,7 @@ class V2GrpcService(GrpcService):
     @_status
     async def ServerReady(self, request: pb.ServerReadyRequest,
                           grpc_context: RayServegRPCContext) -> pb.ServerReadyResponse:
-        try:
-            await self._plane.ready()
-        except ServiceUnavailable:  # clients poll until ready: an answer, not an error
-            return pb.ServerReadyResponse(ready=False)
-        return pb.ServerReadyResponse(ready=True)
+        return pb.ServerReadyResponse(ready=await self._ready())
 
     @_status
     async def ModelReady(self, request: pb.ModelReadyRequest,
