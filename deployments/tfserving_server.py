@@ -72,7 +72,7 @@ class Server:
         self.deployed = list(plan.models)  # those with an application
         self.stopping = threading.Event()
         self._client: Any = None
-        self._applying = threading.Lock()  # one change at a time, file's or RPC's
+        self._applying = threading.Lock()  # (change)
         self._reloads: threading.Thread | None = None
 
     def start(self) -> None:
@@ -141,11 +141,13 @@ class Server:
         except FlagError as e:
             say(f"keeping the running config: {e}")
             return False
+        return self.change(models) is not None
+
+    def change(self, models: list[ModelEntry]) -> list[str] | None:
+        """Applies ``models`` (a file's or a reload RPC's) one change at a
+        time: None if they are the ones served, else those that did not run."""
         with self._applying:
-            if models == self.models:
-                return False
-            apply(self, models)
-        return True
+            return None if models == self.models else apply(self, models)
 
     def reload_config(self, config: bytes) -> Status:
         """Applies a reload RPC's serialized ``ModelServerConfig``; its status
@@ -159,8 +161,7 @@ class Server:
         except FlagError as e:
             return "INVALID_ARGUMENT", str(e)
         say(f"HandleReloadConfigRequest: {[m.name for m in models]}")
-        with self._applying:
-            failed = apply(self, models) if models != self.models else []
+        failed = self.change(models)
         if failed:
             return "UNKNOWN", (f"{len(failed)} model(s) did not become available: "
                                f"{{{', '.join(failed)}}}; see `serve status`")
