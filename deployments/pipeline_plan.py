@@ -28,7 +28,7 @@ from deployments.signature import (
     ModelMetadata,
     TensorSpec,
     castable,
-    is_float,
+    default_scores,
 )
 from deployments.types import DEFAULT_SIGNATURE, Inputs, Outputs
 
@@ -175,9 +175,7 @@ class Plan:
         fed_by_scores = sorted((n for n, (s, t) in sources.items()
                                 if models[s].scores_output == t),
                                key=lambda n: -order.index(sources[n][0]))  # the latest step's
-        scores = self.scores_output or next(iter(fed_by_scores), next(
-            (o.name for o in outputs if is_float(o.dtype)),
-            outputs[0].name))
+        scores = self.scores_output or next(iter(fed_by_scores), default_scores(outputs))
         if scores not in sources:
             raise PipelineMisconfigured(
                 f"pipeline {self.name!r}: scores_output {scores!r} is not one of its outputs "

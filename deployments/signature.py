@@ -7,7 +7,7 @@ tensors before anything is put in the object store.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -23,6 +23,9 @@ from deployments.types import DEFAULT_SIGNATURE, ImageGeometry, Inputs, Shape
 # not; ints go into unsigned inputs when their values fit (checked).
 _CASTABLE_KINDS = {"f": "biuf", "i": "iu", "u": "iu", "b": "b"}
 
+# The dtype name of string tensors (``tf.string``): numpy object arrays of bytes.
+STRING = "string"
+
 # TensorFlow's bfloat16, a float to numpy only through ml_dtypes (its kind is "V").
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -36,8 +39,11 @@ def is_float(dtype: np.dtype | str) -> bool:
     """Whether a tensor of ``dtype`` (a numpy dtype or its name, or STRING) holds floats."""
     return dtype != STRING and _kind(np.dtype(dtype)) == "f"
 
-# The dtype name of string tensors (``tf.string``): numpy object arrays of bytes.
-STRING = "string"
+
+def default_scores(outputs: Sequence[TensorSpec]) -> str:
+    """The output taken for class scores where none is named: the first of
+    floats, else the first output (a model's, or a pipeline's)."""
+    return next((o.name for o in outputs if is_float(o.dtype)), outputs[0].name)
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from deployments.signature import (
     STRING,
     ModelMetadata,
     TensorSpec,
+    default_scores,
     image_geometry,
-    is_float,
 )
 from deployments.types import DEFAULT_SIGNATURE, Inputs, Outputs
 
@@ -285,8 +285,7 @@ class SavedModelRunner:
         name = model.name
         inputs, outputs = self._engine.specs[signature]
         output_names = [o.name for o in outputs]
-        floats = [o.name for o in outputs if is_float(o.dtype)]
-        scores = (model.scores_output if default else None) or (floats or output_names)[0]
+        scores = (model.scores_output if default else None) or default_scores(outputs)
         if scores not in output_names:
             raise ModelLoadError(
                 f"model {name!r} has no output {scores!r} (it has: {', '.join(output_names)})"
