@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,9 +228,13 @@ def select_outputs(request: InferRequest, meta: ModelMetadata,
     return tensors
 
 
+def _dims(shape: Sequence[int | None]) -> list[int]:
+    """Dimensions as V2 and Triton write them: -1 for any size."""
+    return [-1 if d is None else d for d in shape]
+
+
 def tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "datatype": datatype_of(spec.dtype),
-            "shape": [-1 if d is None else d for d in spec.shape]}
+    return {"name": spec.name, "datatype": datatype_of(spec.dtype), "shape": _dims(spec.shape)}
 
 
 def model_config(meta: ModelMetadata, max_rows: int) -> dict[str, Any]:
@@ -241,7 +246,7 @@ def model_config(meta: ModelMetadata, max_rows: int) -> dict[str, Any]:
 
     def tensor(spec: TensorSpec, image: bool = False) -> dict[str, Any]:
         datatype = datatype_of(spec.dtype)
-        dims = [-1 if d is None else d for d in spec.shape[1 if batch else 0:]]
+        dims = _dims(spec.shape[1 if batch else 0:])
         entry: dict[str, Any] = {
             "name": spec.name, "data_type": f"TYPE_{'STRING' if datatype == BYTES else datatype}",
             "dims": dims or [1]}
